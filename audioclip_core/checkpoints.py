@@ -1,0 +1,377 @@
+"""Checkpoints: strict, code-free loading of every official layout, export, our own format.
+
+Official layouts (all plain `torch.save` of a state dict unless noted):
+
+* ``audioclip``  - AudioCLIP-Full-Training.pt / AudioCLIP-Partial-Training.pt: 861 keys,
+  CLIP's keys at the root and the audio head under ``audio.``;
+* ``clip``       - CLIP.pt: CLIP RN50's 489 keys, optionally with OpenAI's three metadata
+  scalars ``input_resolution``, ``context_length``, ``vocab_size``; OpenAI's RN50.pt is the
+  same layout inside a TorchScript archive (fp16);
+* ``esrnxfbsp``  - ESRNXFBSP.pt: a stand-alone ESResNeXt-fbsp classifier (370 keys, no
+  prefix, ``fc`` 527 x 2048).
+
+Every pickle is read with ``weights_only=True``: a file that would run code is refused. A
+leading ``module.`` (DataParallel) is stripped. A missing, unexpected or mis-shaped key is
+reported in one error listing all of them. Our own checkpoints are safetensors files with
+a JSON metadata record (preset, architecture, and lineage when a training stage wrote them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models.audioclip import AudioCLIP
+from .models.esresnext import AudioConfig, ESResNeXt
+from .models.presets import build_from_preset, get_preset
+
+Source = Union[str, os.PathLike, Mapping[str, Any]]
+
+FORMAT = "audioclip-safetensors/1"
+CLIP_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+AUDIO_PREFIX = "audio."
+AUDIO_SCALES = ("logit_scale_ai", "logit_scale_at")
+LAYOUTS = ("audioclip", "clip", "esrnxfbsp")
+
+RELEASES = (
+    "AudioCLIP-Full-Training.pt and AudioCLIP-Partial-Training.pt "
+    "(https://github.com/AndreyGuzhov/AudioCLIP/releases/tag/v0.1), "
+    "ESRNXFBSP.pt / ESResNeXtFBSP_AudioSet.pt "
+    "(https://github.com/AndreyGuzhov/ESResNeXt-fbsp/releases/tag/v0.1) and CLIP.pt "
+    "(AudioCLIP's assets) or OpenAI's RN50.pt"
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with what to do about it."""
+
+
+# -- reading -------------------------------------------------------------------------------
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
+def _to_tensor(key: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray) or np.isscalar(value):
+        return torch.from_numpy(np.array(value, copy=True))
+    raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor or array")
+
+
+def read_safetensors_metadata(path: Union[str, os.PathLike]) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata() or {}
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except (TypeError, ValueError):
+            meta[k] = v
+    return meta
+
+
+def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read any supported file (or mapping) into (state dict, metadata) without running code."""
+    if isinstance(source, Mapping):
+        return _clean_keys({str(k): _to_tensor(str(k), v) for k, v in source.items()}), {}
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist. Weights are not shipped: "
+                              f"download {RELEASES} and pass the file's path.")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: file is empty or truncated ({path.stat().st_size} bytes)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+            meta = read_safetensors_metadata(path)
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+        return _clean_keys(sd), meta
+    if _is_torchscript(path):
+        # OpenAI's RN50.pt: a TorchScript archive. Its code is TorchScript, executed by
+        # torch's own interpreter, not arbitrary Python; only the parameters are kept.
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"{path}: TorchScript archive could not be read: {exc}") from exc
+        sd = {k: v.detach().clone() for k, v in scripted.state_dict().items()}
+        return _clean_keys(sd), {"source_format": "torchscript"}
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused - the file contains pickled objects that could run code when "
+            f"loaded (only tensors and plain containers are accepted): {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: could not be read - truncated or not a PyTorch checkpoint: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    return _clean_keys({str(k): _to_tensor(str(k), v) for k, v in obj.items()}), {}
+
+
+def _clean_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    keys = set(sd)
+    has_clip = "token_embedding.weight" in keys or any(k.startswith("visual.") for k in keys)
+    has_audio = any(k.startswith(AUDIO_PREFIX) for k in keys)
+    if has_clip and has_audio:
+        return "audioclip"
+    if has_clip:
+        return "clip"
+    if "fbsp.m" in keys or "conv1.weight" in keys and "fc.weight" in keys:
+        return "esrnxfbsp"
+    if has_audio:
+        return "audioclip"
+    return "unknown"
+
+
+# -- strict loading ------------------------------------------------------------------------
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
+                ignore: tuple[str, ...] = ()) -> None:
+    """`module.load_state_dict(sd, strict=True)` with ONE error that lists every problem."""
+    expected = {k: v for k, v in module.state_dict().items() if k not in ignore}
+    given = {k: v for k, v in sd.items() if k not in ignore}
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{what}: the checkpoint does not match the model "
+                 f"({len(given)} keys given, {len(expected)} expected)."]
+        for label, items in (("missing", missing), ("unexpected", unexpected),
+                             ("wrong shape", mismatched)):
+            if items:
+                parts.append(f"{len(items)} {label}: " + ", ".join(items))
+        raise CheckpointError("\n".join(parts))
+    for k, v in given.items():
+        if v.is_floating_point() != expected[k].is_floating_point():
+            raise CheckpointError(f"{what}: {k} has dtype {v.dtype}, model expects {expected[k].dtype}")
+    module.load_state_dict(given, strict=not ignore)
+
+
+def _clip_part(sd: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """CLIP keys of a CLIP.pt / RN50.pt, its metadata scalars checked and removed."""
+    out = dict(sd)
+    for k in CLIP_METADATA_KEYS:
+        if k in out:
+            out.pop(k)
+    return out
+
+
+def _clip_module_keys(model: AudioCLIP) -> list[str]:
+    return [k for k in model.state_dict() if not k.startswith(AUDIO_PREFIX) and k not in AUDIO_SCALES]
+
+
+def _check_layout(sd: Mapping[str, torch.Tensor], wanted: str, what: str) -> None:
+    layout = detect_layout(sd)
+    if layout == wanted:
+        return
+    hints = {
+        "clip": "it is a CLIP-only checkpoint (image and text towers); build a model with "
+                "build_model(preset, clip_weights=PATH) and add the audio head separately",
+        "esrnxfbsp": "it is a stand-alone ESResNeXt-fbsp audio classifier; load it with "
+                     "load_audio_classifier(PATH) or use it as build_model(preset, audio_weights=PATH)",
+        "audioclip": "it is a whole AudioCLIP checkpoint; load it with load_model(PATH)",
+        "unknown": f"its keys match no known layout (first keys: {list(sd)[:5]})",
+    }
+    raise CheckpointError(f"{what}: expected the {wanted!r} layout but {hints[layout]}")
+
+
+# -- public API ------------------------------------------------------------------------------
+def load_model(source: Source, *, preset: Optional[str] = None) -> AudioCLIP:
+    """An AudioCLIP from a checkpoint in the official 861-key layout, our safetensors format, or a
+    mapping of tensors/arrays in the official layout; strict; returned in eval mode.
+
+    `preset` defaults to the one recorded in our own checkpoints, else "audioclip-rn50".
+    """
+    what = str(source) if not isinstance(source, Mapping) else "state dict"
+    sd, meta = read_checkpoint(source)
+    if meta.get("kind") not in (None, "audioclip"):
+        raise CheckpointError(f"{what}: holds a {meta.get('kind')!r} model, not AudioCLIP; "
+                              "use load_audio_classifier for audio classifiers")
+    _check_layout(sd, "audioclip", what)
+    preset = preset or meta.get("preset") or "audioclip-rn50"
+    model = build_from_preset(preset)
+    load_strict(model, sd, what=f"{what} (preset {preset})")
+    model.checkpoint_metadata = meta
+    return model.eval()
+
+
+def load_audio_classifier(source: Source, *, preset: Optional[str] = None) -> ESResNeXt:
+    """A stand-alone ESResNeXt-fbsp from the ESRNXFBSP layout (or ours); classes from `fc`."""
+    what = str(source) if not isinstance(source, Mapping) else "state dict"
+    sd, meta = read_checkpoint(source)
+    _check_layout(sd, "esrnxfbsp", what)
+    if "fc.weight" not in sd:
+        raise CheckpointError(f"{what}: missing fc.weight, cannot tell the number of classes")
+    preset = preset or meta.get("preset") or "audioclip-rn50"
+    config = AudioConfig.from_dict({**get_preset(preset)["audio_cfg"],
+                                    "num_classes": int(sd["fc.weight"].shape[0])})
+    model = ESResNeXt(config)
+    load_strict(model, sd, what=f"{what} (audio classifier, preset {preset})")
+    model.checkpoint_metadata = {**meta, "preset": preset}
+    return model.eval()
+
+
+def load_clip_weights(model: AudioCLIP, source: Source) -> None:
+    """Strictly load CLIP.pt / OpenAI RN50.pt / any 'clip'-layout weights into the CLIP towers."""
+    what = str(source) if not isinstance(source, Mapping) else "state dict"
+    sd, _ = read_checkpoint(source)
+    if detect_layout(sd) == "audioclip":  # take the towers of a whole AudioCLIP checkpoint
+        sd = {k: v for k, v in sd.items() if not k.startswith(AUDIO_PREFIX) and k not in AUDIO_SCALES}
+    _check_layout(sd, "clip", what)
+    sd = _clip_part(sd, what)
+    clip_keys = set(_clip_module_keys(model))
+    audio_and_scales = tuple(k for k in model.state_dict() if k not in clip_keys)
+    full = {**{k: v for k, v in model.state_dict().items() if k in audio_and_scales}, **sd}
+    load_strict(model, full, what=f"{what} (CLIP towers)")
+
+
+def load_audio_head(model: AudioCLIP, source: Source, *, include_fc: bool = False) -> None:
+    """Strictly load an ESRNXFBSP-layout audio head into `model.audio`.
+
+    The classifier layer is skipped (the 527-class AudioSet head does not fit the embedding
+    projection; the projection stays freshly initialised, as in the paper) unless
+    `include_fc` is set and the shapes agree.
+    """
+    what = str(source) if not isinstance(source, Mapping) else "state dict"
+    sd, _ = read_checkpoint(source)
+    if detect_layout(sd) == "audioclip":
+        sd = {k[len(AUDIO_PREFIX):]: v for k, v in sd.items() if k.startswith(AUDIO_PREFIX)}
+    _check_layout(sd, "esrnxfbsp", what)
+    if not include_fc:
+        current = model.audio.state_dict()
+        sd = {**sd, "fc.weight": current["fc.weight"], "fc.bias": current["fc.bias"]}
+    load_strict(model.audio, sd, what=f"{what} (audio head)")
+
+
+def build_model(preset: str = "audioclip-rn50", *, clip_weights: Optional[Source] = None,
+                audio_weights: Optional[Source] = None) -> AudioCLIP:
+    """A fresh AudioCLIP, optionally with CLIP towers and/or an audio head from weights files
+    (the starting point of cooperative training). Returned in train mode."""
+    model = build_from_preset(preset)
+    if clip_weights is not None:
+        load_clip_weights(model, clip_weights)
+    if audio_weights is not None:
+        load_audio_head(model, audio_weights)
+    return model
+
+
+# -- writing -------------------------------------------------------------------------------
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def official_state_dict(module: nn.Module, layout: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """The module's tensors under the official key names of `layout`."""
+    sd = module.state_dict()
+    if isinstance(module, AudioCLIP):
+        layout = layout or "audioclip"
+        if layout == "audioclip":
+            return dict(sd)
+        if layout == "clip":
+            return {k: v for k, v in sd.items() if not k.startswith(AUDIO_PREFIX) and k not in AUDIO_SCALES}
+        if layout == "esrnxfbsp":
+            return {k[len(AUDIO_PREFIX):]: v for k, v in sd.items() if k.startswith(AUDIO_PREFIX)}
+    elif isinstance(module, ESResNeXt):
+        if layout not in (None, "esrnxfbsp"):
+            raise CheckpointError(f"an ESResNeXt can only be exported in the 'esrnxfbsp' layout, not {layout!r}")
+        return dict(sd)
+    raise CheckpointError(f"cannot export a {type(module).__name__} in layout {layout!r}; "
+                          f"layouts: {', '.join(LAYOUTS)}")
+
+
+def export_official(module: nn.Module, path: Union[str, os.PathLike],
+                    layout: Optional[str] = None) -> Path:
+    """Write the official `.pt` layout (plain `torch.save` of the state dict), atomically."""
+    path = Path(path)
+    sd = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(module, layout).items()}
+    tmp = _atomic_target(path)
+    try:
+        torch.save(sd, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_checkpoint(module: nn.Module, path: Union[str, os.PathLike], *,
+                    metadata: Optional[Mapping[str, Any]] = None) -> Path:
+    """Our own format: safetensors (loads without executing code) plus a metadata record."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if isinstance(module, AudioCLIP):
+        kind, preset = "audioclip", module.preset
+        arch = {"embed_dim": module.embed_dim, "audio_cfg": module.audio.config.to_dict()}
+    elif isinstance(module, ESResNeXt):
+        kind = "esresnext"
+        preset = getattr(module, "checkpoint_metadata", {}).get("preset") or getattr(module, "preset", None)
+        arch = {"audio_cfg": module.config.to_dict()}
+    else:
+        raise CheckpointError(f"cannot save a {type(module).__name__}")
+    record = {"format": FORMAT, "kind": kind, "preset": preset, "architecture": arch,
+              **dict(metadata or {})}
+    meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in record.items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = _atomic_target(path)
+    try:
+        save_file(sd, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def convert(src: Source, dst: Union[str, os.PathLike], *, layout: Optional[str] = None,
+            preset: Optional[str] = None) -> tuple[Path, str]:
+    """Convert between layouts: `.safetensors` destination = our format, `.pt` = official."""
+    sd, meta = read_checkpoint(src)
+    kind = detect_layout(sd)
+    if kind == "audioclip":
+        module: nn.Module = load_model(sd, preset=preset or meta.get("preset"))
+    elif kind == "esrnxfbsp":
+        module = load_audio_classifier(sd, preset=preset or meta.get("preset"))
+    elif kind == "clip":
+        module = build_model(preset or "audioclip-rn50", clip_weights=sd)
+        layout = layout or "clip"
+        if str(dst).endswith(".safetensors"):
+            raise CheckpointError("a CLIP-only checkpoint can only be converted to the official 'clip' .pt layout")
+    else:
+        raise CheckpointError(f"{src}: its keys match no known layout")
+    if str(dst).endswith(".safetensors"):
+        return save_checkpoint(module, dst, metadata={"converted_from": str(src) if not isinstance(src, Mapping) else "mapping"}), "safetensors"
+    out_layout = layout or ("audioclip" if kind == "audioclip" else "esrnxfbsp")
+    return export_official(module, dst, out_layout), out_layout
