@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - the main job (creates/updates the environment first)
+#   make test   - the test suite (creates/updates the environment first)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION ?= 0.13.9
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export DAGSTER_HOME ?= $(abspath dagster_home)
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+
+.PHONY: env demo test test-fast bench clean-env help
+
+help:
+	@echo "make demo       run the main job on the built-in demo data"
+	@echo "make test       run the whole test suite"
+	@echo "make test-fast  skip tests marked slow"
+
+# The environment is (re)built whenever pyproject.toml or uv.lock changes.
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	uv sync --frozen --group dev
+	@touch $@
+
+env: $(VENV)/.synced
+
+demo: env
+	$(PY) -m audioclip_core.demo
+
+test: env
+	$(PY) -m pytest -q
+
+test-fast: env
+	$(PY) -m pytest -q -m "not slow"
+
+bench: env
+	$(PY) bench/run_all.py
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,209 @@
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import audioclip_core as ac
+from audioclip_core.checkpoints import (CheckpointError, detect_layout, load_audio_head, official_state_dict,
+                                        read_checkpoint)
+
+
+def _official(model, layout=None):
+    return {k: v.clone() for k, v in official_state_dict(model, layout).items()}
+
+
+def test_official_roundtrip_is_byte_identical(tmp_path, tiny_model):
+    path = ac.export_official(tiny_model, tmp_path / "full.pt")
+    model = ac.load_model(path, preset="audioclip-tiny")
+    assert not model.training
+    out = ac.export_official(model, tmp_path / "again.pt")
+    a = torch.load(path, weights_only=True)
+    b = torch.load(out, weights_only=True)
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert a[k].numpy().tobytes() == b[k].numpy().tobytes(), k
+    assert "audio.fbsp.bias" in a and a["audio.fbsp.bias"].shape == (0,)
+    assert "audio.window" in a and any(k.endswith("num_batches_tracked") for k in a)
+
+
+def test_mapping_of_numpy_arrays_loads(tiny_model):
+    sd = {k: v.numpy() for k, v in _official(tiny_model).items()}
+    model = ac.load_model(sd, preset="audioclip-tiny")
+    x = torch.randn(1, 1, 8000) * 1000
+    with torch.no_grad():
+        assert torch.equal(model.encode_audio(x), tiny_model.encode_audio(x))
+
+
+def test_module_prefix_is_stripped(tiny_model):
+    sd = {f"module.{k}": v for k, v in _official(tiny_model).items()}
+    ac.load_model(sd, preset="audioclip-tiny")
+
+
+def test_missing_unexpected_and_misshaped_keys_in_one_error(tiny_model):
+    sd = _official(tiny_model)
+    sd.pop("audio.layer1.0.conv1.weight")
+    sd.pop("visual.attnpool.q_proj.bias")
+    sd["extra.weight"] = torch.zeros(3)
+    sd["audio.fc.bias"] = torch.zeros(7)
+    with pytest.raises(CheckpointError) as err:
+        ac.load_model(sd, preset="audioclip-tiny")
+    msg = str(err.value)
+    assert "audio.layer1.0.conv1.weight" in msg and "visual.attnpool.q_proj.bias" in msg
+    assert "2 missing" in msg and "1 unexpected: extra.weight" in msg
+    assert "audio.fc.bias: checkpoint (7,) vs model (128,)" in msg
+
+
+def test_wrong_preset_is_refused_with_shapes(tiny_model):
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        ac.load_model(_official(tiny_model))  # default preset: the paper's RN50 sizes
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/audioclip-pwned-marker",))
+
+
+def test_code_running_pickle_is_refused(tmp_path):
+    marker = "/tmp/audioclip-pwned-marker"
+    if os.path.exists(marker):
+        os.remove(marker)
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        ac.load_model(path)
+    assert not os.path.exists(marker)
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(_RunsCode()))
+    with pytest.raises(CheckpointError):
+        ac.load_audio_classifier(raw)
+    assert not os.path.exists(marker)
+
+
+def test_truncated_and_missing_files(tmp_path, tiny_model):
+    path = ac.export_official(tiny_model, tmp_path / "full.pt")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        ac.load_model(cut, preset="audioclip-tiny")
+    st = tmp_path / "cut.safetensors"
+    ac.save_checkpoint(tiny_model, tmp_path / "ok.safetensors")
+    st.write_bytes((tmp_path / "ok.safetensors").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="safetensors"):
+        ac.load_model(st)
+    with pytest.raises(CheckpointError, match="does not exist.*releases"):
+        ac.load_model(tmp_path / "nope.pt")
+
+
+def test_safetensors_carries_metadata_and_preset(tmp_path, tiny_model):
+    path = ac.save_checkpoint(tiny_model, tmp_path / "m.safetensors",
+                              metadata={"lineage": {"manifest": "abc"}, "input_scale": "int16"})
+    assert not list(tmp_path.glob("*.tmp"))
+    model = ac.load_model(path)  # preset read from the metadata
+    assert model.preset == "audioclip-tiny"
+    meta = model.checkpoint_metadata
+    assert meta["kind"] == "audioclip" and meta["lineage"] == {"manifest": "abc"}
+    assert meta["input_scale"] == "int16"
+
+
+def test_clip_layout_with_and_without_metadata_scalars(tiny_model):
+    clip_sd = _official(tiny_model, "clip")
+    assert detect_layout(clip_sd) == "clip"
+    with pytest.raises(CheckpointError, match="CLIP-only"):
+        ac.load_model(clip_sd, preset="audioclip-tiny")
+    for extra in ({}, {"input_resolution": torch.tensor(224), "context_length": torch.tensor(77),
+                       "vocab_size": torch.tensor(49408)}):
+        model = ac.build_model("audioclip-tiny", clip_weights={**clip_sd, **extra})
+        for k, v in clip_sd.items():
+            assert torch.equal(model.state_dict()[k], v), k
+    bad = dict(clip_sd)
+    bad.pop("ln_final.weight")
+    with pytest.raises(CheckpointError, match="ln_final.weight"):
+        ac.build_model("audioclip-tiny", clip_weights=bad)
+
+
+def test_esrnxfbsp_layout_classifier_and_audio_head(tiny_model):
+    cfg = ac.get_preset("audioclip-tiny")["audio_cfg"]
+    torch.manual_seed(1)
+    cls = ac.ESResNeXt(ac.AudioConfig.from_dict({**cfg, "num_classes": 527}))
+    sd = {k: v.clone() for k, v in cls.state_dict().items()}
+    assert detect_layout(sd) == "esrnxfbsp"
+    loaded = ac.load_audio_classifier(sd, preset="audioclip-tiny")
+    assert loaded.fc.out_features == 527 and not loaded.training
+    with pytest.raises(CheckpointError, match="load_audio_classifier"):
+        ac.load_model(sd, preset="audioclip-tiny")
+    model = ac.build_model("audioclip-tiny", audio_weights=sd)
+    msd = model.state_dict()
+    for k, v in sd.items():
+        if k.startswith("fc."):
+            continue
+        assert torch.equal(msd[f"audio.{k}"], v), k
+    assert model.audio.fc.out_features == model.embed_dim  # fresh projection, not the 527 head
+    sd.pop("layer4.0.bn3.running_var")
+    with pytest.raises(CheckpointError, match="layer4.0.bn3.running_var"):
+        ac.load_audio_classifier(sd, preset="audioclip-tiny")
+
+
+def _scripted_from_state(sd):
+    """A TorchScript archive whose parameters carry the given names, as OpenAI's RN50.pt does."""
+    root = nn.Module()
+    for key, value in sd.items():
+        *path, leaf = key.split(".")
+        mod = root
+        for part in path:
+            if not hasattr(mod, part):
+                mod.add_module(part, nn.Module())
+            mod = getattr(mod, part)
+        if value.is_floating_point() and value.dim() > 0:
+            mod.register_parameter(leaf, nn.Parameter(value.half(), requires_grad=False))
+        else:
+            mod.register_buffer(leaf, value)
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            for name, child in inner.named_children():
+                self.add_module(name, child)
+            for name, p in inner.named_parameters(recurse=False):
+                self.register_parameter(name, p)
+            for name, b in inner.named_buffers(recurse=False):
+                self.register_buffer(name, b)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    return torch.jit.script(Wrapper(root))
+
+
+def test_openai_torchscript_rn50_layout(tmp_path, tiny_model):
+    clip_sd = _official(tiny_model, "clip")
+    clip_sd.update({"input_resolution": torch.tensor(224), "context_length": torch.tensor(77),
+                    "vocab_size": torch.tensor(49408)})
+    path = tmp_path / "RN50.pt"
+    torch.jit.save(_scripted_from_state(clip_sd), str(path))
+    sd, meta = read_checkpoint(path)
+    assert meta["source_format"] == "torchscript"
+    model = ac.build_model("audioclip-tiny", clip_weights=path)
+    w = model.state_dict()["visual.conv1.weight"]
+    assert w.dtype == torch.float32
+    assert torch.equal(w, clip_sd["visual.conv1.weight"].half().float())
+
+
+def test_convert_cli_roundtrip(tmp_path, tiny_model):
+    from audioclip_core.cli import main
+
+    src = ac.export_official(tiny_model, tmp_path / "full.pt")
+    assert main(["convert", str(src), str(tmp_path / "full.safetensors"), "--preset", "audioclip-tiny"]) == 0
+    assert main(["convert", str(tmp_path / "full.safetensors"), str(tmp_path / "back.pt")]) == 0
+    a = torch.load(src, weights_only=True)
+    b = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["convert", str(src), str(tmp_path / "head.pt"), "--layout", "esrnxfbsp",
+                 "--preset", "audioclip-tiny"]) == 0
+    head = torch.load(tmp_path / "head.pt", weights_only=True)
+    assert detect_layout(head) == "esrnxfbsp" and "fbsp.m" in head
