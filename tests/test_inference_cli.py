@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+import audioclip_core as ac
+from audioclip_core.audio import load_audio, prepare_waveform, windows
+from audioclip_core.cli import main
+from audioclip_core.inference import AudioEmbedder, embed_images, embed_texts
+
+
+def test_classify_real_esc50_clips(shared_data, tiny_checkpoint, tmp_path, capsys):
+    clips = sorted((shared_data / "esc50" / "audio").glob("*.wav"))[:6]
+    out = tmp_path / "pred.json"
+    rc = main(["classify", "--checkpoint", str(tiny_checkpoint), "--labels", "dog,rain,crying baby,clock tick",
+               "--top-k", "2", "--out", str(out), *map(str, clips)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [r["file"] for r in rows] == list(map(str, clips))
+    for r in rows:
+        assert r["label"] in {"dog", "rain", "crying baby", "clock tick"} and len(r["top"]) == 2
+        assert 0.25 <= r["probability"] <= 1.0 and r["top"][0]["probability"] >= r["top"][1]["probability"]
+    # the same clips as parquet, readable by pandas
+    rc = main(["classify", "-c", str(tiny_checkpoint), "--labels", "dog,rain", "-o", str(tmp_path / "p.parquet"),
+               *map(str, clips[:2])])
+    assert rc == 0 and len(pd.read_parquet(tmp_path / "p.parquet")) == 2
+
+
+def test_no_checkpoint_says_what_to_do(shared_data, capsys, monkeypatch):
+    monkeypatch.delenv("AUDIOCLIP_CHECKPOINT", raising=False)
+    clip = next((shared_data / "esc50" / "audio").glob("*.wav"))
+    with pytest.raises(SystemExit) as exc:
+        main(["classify", "--labels", "dog", str(clip)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "AudioCLIP-Full-Training.pt" in err and "releases" in err and "--checkpoint" in err
+
+
+def test_missing_checkpoint_file_is_a_clear_error(tmp_path, capsys):
+    rc = main(["classify", "-c", str(tmp_path / "nope.pt"), "--labels", "dog", "x.wav"])
+    assert rc == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_embed_and_query_mixed_files(shared_data, tiny_checkpoint, tmp_path):
+    demo = shared_data / "audioclip_demo"
+    files = sorted(map(str, (demo / "audio").glob("*.wav"))) + sorted(map(str, (demo / "images").glob("*.jpg")))
+    out = tmp_path / "emb.csv"
+    assert main(["embed", "-c", str(tiny_checkpoint), *files, "--text", "a cat", "-o", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df["modality"]) == ["audio"] * 5 + ["image"] * 5 + ["text"]
+    emb = np.array([json.loads(e) for e in df["embedding"]])
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    q = tmp_path / "q.json"
+    assert main(["query", "-c", str(tiny_checkpoint), "--text", "cat", "--top-k", "3", "-o", str(q), *files]) == 0
+    rows = json.loads(q.read_text())
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
+
+
+def test_any_rate_and_channels_and_long_audio(tmp_path, tiny_model):
+    sr = 22050
+    t = np.arange(int(sr * 23.5)) / sr
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 660 * t)], 1).astype(np.float32) * 0.3
+    path = tmp_path / "long.flac"
+    sf.write(path, stereo, sr)
+    wave, rate = load_audio(path)
+    assert rate == sr and wave.shape == (2, len(t))
+    x = prepare_waveform(wave, rate, input_scale="int16")
+    assert x.shape == (2, int(44100 * 23.5)) and float(x.abs().max()) > 3000
+    w = windows(x, 441000, 220500)
+    assert w.shape[0] == 4 and torch.equal(w[-1], x[:, -441000:])  # last window aligned to the end
+    emb = AudioEmbedder(tiny_model, input_scale="int16").embed_files([path], progress=False)
+    assert emb.shape == (1, tiny_model.embed_dim) and abs(float(emb.norm()) - 1) < 1e-5
+    with pytest.raises(ValueError):
+        AudioEmbedder(tiny_model, pooling="median")
+
+
+def test_decode_errors_are_clear(tmp_path):
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"not audio at all" * 10)
+    with pytest.raises(ac.audio.AudioDecodeError, match="broken.mp3"):
+        load_audio(bad)
+
+
+def test_video_container_audio_via_ffmpeg(shared_data):
+    wave, sr = load_audio(shared_data / "video" / "chaplin.mp4")
+    assert wave.shape[0] in (1, 2) and wave.shape[1] > sr and sr > 8000
+
+
+def test_images_and_texts(shared_data, tiny_model):
+    imgs = sorted((shared_data / "audioclip_demo" / "images").glob("*.jpg"))[:3]
+    e = embed_images(tiny_model, imgs, progress=False)
+    assert e.shape == (3, tiny_model.embed_dim)
+    t = embed_texts(tiny_model, [["dog", "bark"], "rain"], template="the sound of {}")
+    assert t.shape == (2, tiny_model.embed_dim)
+    with torch.no_grad():
+        direct = tiny_model.encode_text(["the sound of dog, bark"], normalize=True)
+    assert torch.allclose(t[0], direct[0], atol=1e-6)

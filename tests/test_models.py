@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+import audioclip_core as ac
+from audioclip_core.models.esresnext import rescale_int16
+from audioclip_core.models.fbsp import blackman_harris, frame_signal
+
+
+def test_window_is_periodic_blackman_harris():
+    scipy_signal = pytest.importorskip("scipy.signal")
+    ref = scipy_signal.get_window("blackmanharris", 1654, fftbins=True)
+    assert torch.allclose(blackman_harris(1654).double(), torch.from_numpy(ref), atol=1e-7)
+
+
+@pytest.mark.parametrize("length,frames", [(220500, 392), (176400, 313), (44100, 77), (1323, 1), (1654, 1), (1655, 2)])
+def test_frame_counts(length, frames):
+    x = torch.ones(1, length)
+    assert frame_signal(x, 1654, 561, torch.ones(1654)).shape == (1, frames, 1654)
+
+
+def test_float32_rescale_quantises_unit_input_like_the_reference():
+    x = torch.tensor([0.001, -0.001, 0.5], dtype=torch.float32)
+    y = rescale_int16(x)
+    # x + 32768 in float32 rounds to steps of 2**-8 above 0 -> 0.001 becomes 0 (+ DC offset)
+    assert y[0] == y[1] or abs(float(y[0]) - float(y[1])) < 1e-6
+    assert rescale_int16(torch.tensor([-32768.0, 32767.0])).tolist() == [-1.0, 1.0]
+
+
+def test_short_and_multichannel_clips(tiny_model):
+    with torch.no_grad():
+        for shape in [(2, 1, 1323), (1, 3, 44100), (1, 2, 30000)]:
+            out = tiny_model.encode_audio(torch.randn(*shape) * 3000)
+            assert out.shape == (shape[0], tiny_model.embed_dim) and torch.isfinite(out).all()
+
+
+def test_channels_are_summed_through_one_backbone(tiny_model):
+    x = torch.randn(1, 3, 20000) * 3000
+    with torch.no_grad():
+        summed = sum(tiny_model.audio.embed(tiny_model.audio.preprocess(x[:, i:i + 1])) for i in range(3))
+        together = tiny_model.audio.embed(tiny_model.audio.preprocess(x))
+    assert torch.allclose(summed, together, rtol=1e-4, atol=1e-4)
+
+
+def test_fbsp_gradients_are_max_normalised():
+    head = ac.ESResNeXt(ac.AudioConfig.from_dict({**ac.get_preset("audioclip-tiny")["audio_cfg"], "num_classes": 4}))
+    loss = head(torch.randn(2, 1, 8000) * 5000).pow(2).sum() * 1000
+    loss.backward()
+    for p in (head.fbsp.m, head.fbsp.fb, head.fbsp.fc):
+        assert abs(float(p.grad.abs().max()) - 1.0) < 1e-5
+    assert head.fbsp.bias.numel() == 0
+
+
+def test_forward_reference_semantics(tiny_model):
+    audio = torch.randn(3, 1, 10000) * 2000
+    image = torch.randn(3, 3, 224, 224)
+    text = [["dog", "bark"], ["rain"], ["car horn"]]
+    with torch.no_grad():
+        out = tiny_model(audio=audio, image=image, text=text)
+        a, i, t = out.features
+        assert torch.allclose(a.norm(dim=-1), torch.ones(3), atol=1e-5)
+        s_it, s_ai, s_at = tiny_model.logit_scales()
+        assert torch.allclose(out.logits.audio_text, s_at * a @ t.T)
+        assert float(s_ai) == 100.0  # ln 100 init sits at the clamp ceiling
+        ce = torch.nn.functional.cross_entropy
+        tgt = torch.arange(3)
+        total = sum(ce(lg, tgt) + ce(lg.T, tgt) for lg in out.logits)
+        assert torch.allclose(out.loss, total / 6 + tiny_model.loss_ttf(), atol=1e-5)
+        two = tiny_model(image=image, text=text)  # one pair: not halved, no ttf term
+        lg = two.logits.image_text
+        assert torch.allclose(two.loss, ce(lg, tgt) + ce(lg.T, tgt), atol=1e-6)
+        assert two.logits.audio_text is None and two.features.audio is None
+        assert tiny_model(text=text).loss is None
+
+
+def test_logit_scales_clamped_at_use_not_in_parameter(tiny_model):
+    model = ac.build_model("audioclip-tiny")
+    with torch.no_grad():
+        model.logit_scale_at.fill_(7.0)
+        model.logit_scale_ai.fill_(-3.0)
+    with torch.no_grad():
+        s_it, s_ai, s_at = model.logit_scales()
+    assert float(s_at) == 100.0 and float(s_ai) == 1.0 and float(model.logit_scale_at.detach()) == 7.0
+
+
+def test_freeze_cooperative(tiny_model):
+    model = ac.build_model("audioclip-tiny")
+    model.freeze(image=True, text=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters()
+                         if n.startswith("audio.") or n in ("logit_scale_ai", "logit_scale_at")}
+
+
+def test_other_open_clip_tower_sets_audio_projection(tmp_path):
+    preset = tmp_path / "audioclip-rn50-tiny-towers.json"
+    preset.write_text(json.dumps({
+        "open_clip_model": "RN50",
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "audio_cfg": ac.get_preset("audioclip-tiny")["audio_cfg"],
+    }))
+    model = ac.build_model(str(preset)).eval()
+    assert model.audio.fc.out_features == 64
+    with torch.no_grad():
+        out = model(audio=torch.randn(2, 1, 5000), image=torch.randn(2, 3, 64, 64), text=["a", "b"])
+    assert out.logits.audio_image.shape == (2, 2)
+
+
+def test_unknown_preset_lists_available():
+    with pytest.raises(ValueError, match="audioclip-rn50, audioclip-tiny"):
+        ac.get_preset("nope")
