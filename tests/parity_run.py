@@ -44,10 +44,11 @@ def run_parity(parity_dir: Path, model_cache: dict | None = None) -> tuple[dict,
         out["tokens"] = ac.tokenize(inputs["text_joined"]).numpy().astype(ref["tokens"].dtype)
         mono = torch.from_numpy(inputs["audio_mono"])
         images = torch.from_numpy(inputs["images"])
-        for name in ("mono", "stereo", "short"):
-            raw = model.encode_audio(torch.from_numpy(inputs[f"audio_{name}"]))
-            out[f"audio_{name}_emb_raw"] = raw.numpy()
-            out[f"audio_{name}_emb"] = (raw / raw.norm(dim=-1, keepdim=True)).numpy()
+        # every audio input the set provides (mono, stereo, short, or others recorded the same way)
+        for key in [k for k in inputs if k.startswith("audio_")]:
+            raw = model.encode_audio(torch.from_numpy(np.asarray(inputs[key], dtype=np.float32)))
+            out[f"{key}_emb_raw"] = raw.numpy()
+            out[f"{key}_emb"] = (raw / raw.norm(dim=-1, keepdim=True)).numpy()
         short = ac.models.esresnext.rescale_int16(torch.from_numpy(inputs["audio_short"]))
         spec = model.audio.spectrogram(short)
         out["audio_short_spec"] = spec.numpy()
@@ -57,8 +58,7 @@ def run_parity(parity_dir: Path, model_cache: dict | None = None) -> tuple[dict,
         idx = ref["fbsp_kernel_rows_idx"]
         out["fbsp_kernel_rows"] = kernel[torch.from_numpy(idx.astype(np.int64))].numpy()
         out["fbsp_kernel_rows_idx"] = idx
-        fresh = ac.LinearFBSP(n // 2 + 1, normalized=True) if hasattr(ac, "LinearFBSP") else \
-            ac.models.LinearFBSP(n // 2 + 1, normalized=True)
+        fresh = ac.models.LinearFBSP(n // 2 + 1, normalized=True)
         idx0 = ref["fbsp_init_kernel_rows_idx"]
         out["fbsp_init_kernel_rows"] = fresh.kernel(n)[torch.from_numpy(idx0.astype(np.int64))].numpy()
         out["fbsp_init_kernel_rows_idx"] = idx0
