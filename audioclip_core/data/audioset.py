@@ -1,0 +1,187 @@
+"""AudioSet's official segment lists, label index and ontology, parsed exactly.
+
+Segment CSVs (`eval_segments.csv`, `balanced_train_segments.csv`,
+`unbalanced_train_segments.csv`) start with three `#` header lines, then one row per
+segment: ``YTID, start_seconds, end_seconds, "mid,mid,..."`` with a space after each comma.
+A malformed row is reported with its line number and reason and skipped; it never stops
+the file. The SHA-256 of a file's bytes is its data version.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
+SEGMENT_FILES = {
+    "eval": "eval_segments.csv",
+    "balanced_train": "balanced_train_segments.csv",
+    "unbalanced_train": "unbalanced_train_segments.csv",
+}
+UNBALANCED_SHARD_ROWS = 50_000
+UNBALANCED_SHARDS = 41  # unbalanced_00 .. unbalanced_40 (~2.04M segments)
+PARTITIONS = (["eval", "balanced_train"] + [f"unbalanced_{i:02d}" for i in range(UNBALANCED_SHARDS)]
+              + ["demo"])
+
+
+class InvalidYoutubeId(ValueError):
+    pass
+
+
+def validate_ytid(ytid: str) -> str:
+    """A YouTube id must match [A-Za-z0-9_-]{11} before it becomes part of any path or URL."""
+    if not isinstance(ytid, str) or not YTID_RE.fullmatch(ytid):
+        raise InvalidYoutubeId(f"not a YouTube id (11 characters of A-Z a-z 0-9 _ -): {ytid!r}")
+    return ytid
+
+
+def segment_id(ytid: str, start: float) -> str:
+    """The name a segment's files carry: id and start time in milliseconds, e.g. `abc_30000`."""
+    return f"{validate_ytid(ytid)}_{int(round(start * 1000)):d}"
+
+
+@dataclass(frozen=True)
+class Segment:
+    ytid: str
+    start: float
+    end: float
+    labels: tuple[str, ...]
+    line: int
+
+    @property
+    def segment_id(self) -> str:
+        return segment_id(self.ytid, self.start)
+
+
+@dataclass
+class ParseIssue:
+    line: int
+    reason: str
+    text: str
+
+
+@dataclass
+class SegmentFile:
+    path: Path
+    sha256: str
+    header: list[str]
+    segments: list[Segment] = field(default_factory=list)
+    issues: list[ParseIssue] = field(default_factory=list)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = None,
+                       first_line: int = 1) -> Iterator[Segment | ParseIssue]:
+    for lineno, raw in enumerate(lines, start=first_line):
+        text = raw.rstrip("\r\n")
+        if not text.strip():
+            continue
+        if text.startswith("#"):
+            # only the three header lines are comments; '#' in the body is a damaged row
+            # (spreadsheet tools turn ids starting with '-' into '#NAME?')
+            yield ParseIssue(lineno, "malformed row starting with '#'", text)
+            continue
+        try:
+            row = next(csv.reader([text], skipinitialspace=True))
+        except csv.Error as exc:
+            yield ParseIssue(lineno, f"unreadable CSV: {exc}", text)
+            continue
+        if len(row) != 4:
+            yield ParseIssue(lineno, f"expected 4 fields (YTID, start, end, labels), got {len(row)}", text)
+            continue
+        ytid, start_s, end_s, labels_s = (x.strip() for x in row)
+        if not YTID_RE.fullmatch(ytid):
+            yield ParseIssue(lineno, f"invalid YouTube id {ytid!r}", text)
+            continue
+        try:
+            start, end = float(start_s), float(end_s)
+        except ValueError:
+            yield ParseIssue(lineno, f"start/end not numbers: {start_s!r}, {end_s!r}", text)
+            continue
+        if not (0 <= start < end) or end - start > 60:
+            yield ParseIssue(lineno, f"bad time range {start}..{end}", text)
+            continue
+        labels = tuple(x.strip() for x in labels_s.split(",") if x.strip())
+        if not labels:
+            yield ParseIssue(lineno, "no labels", text)
+            continue
+        if known_labels is not None:
+            unknown = [m for m in labels if m not in known_labels]
+            if unknown:
+                yield ParseIssue(lineno, f"unknown label ids {unknown}", text)
+                continue
+        yield Segment(ytid, start, end, labels, lineno)
+
+
+def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
+                      rows: Optional[slice] = None) -> SegmentFile:
+    """Parse a segment CSV; `rows` selects data rows (for shards of the unbalanced list)."""
+    path = Path(path)
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        lines = f.read().splitlines()
+    header = [ln for ln in lines[:3] if ln.startswith("#")]
+    body_start = len(header)
+    body = lines[body_start:]
+    if rows is not None:
+        start = rows.start or 0
+        body = body[rows]
+        first = body_start + start + 1
+    else:
+        first = body_start + 1
+    out = SegmentFile(path=path, sha256=file_sha256(path), header=header)
+    for item in parse_segment_rows(body, known_labels, first_line=first):
+        (out.segments if isinstance(item, Segment) else out.issues).append(item)
+    return out
+
+
+def partition_source(partition: str) -> tuple[str, Optional[slice]]:
+    """(segment file key, row slice) of a static partition."""
+    if partition in ("eval", "balanced_train"):
+        return partition, None
+    m = re.fullmatch(r"unbalanced_(\d{2})", partition)
+    if m and int(m.group(1)) < UNBALANCED_SHARDS:
+        i = int(m.group(1))
+        return "unbalanced_train", slice(i * UNBALANCED_SHARD_ROWS, (i + 1) * UNBALANCED_SHARD_ROWS)
+    if partition == "demo":
+        return "demo", None
+    raise ValueError(f"unknown AudioSet partition {partition!r}")
+
+
+@dataclass(frozen=True)
+class LabelIndex:
+    mids: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @property
+    def name_of(self) -> dict[str, str]:
+        return dict(zip(self.mids, self.names))
+
+    @property
+    def index_of(self) -> dict[str, int]:
+        return {m: i for i, m in enumerate(self.mids)}
+
+
+def read_class_labels(path: Path) -> LabelIndex:
+    """`class_labels_indices.csv`: index,mid,display_name (names quoted, may hold commas)."""
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: int(r["index"]))
+    if [int(r["index"]) for r in rows] != list(range(len(rows))):
+        raise ValueError(f"{path}: class indices are not 0..{len(rows) - 1}")
+    return LabelIndex(tuple(r["mid"] for r in rows), tuple(r["display_name"] for r in rows))
+
+
+def read_ontology(path: Path) -> dict[str, dict]:
+    with open(path, "r", encoding="utf-8") as f:
+        return {node["id"]: node for node in json.load(f)}

@@ -1,0 +1,130 @@
+"""ESC-50 and UrbanSound8K in their official layouts: metadata, file validation, folds.
+
+* ESC-50: ``meta/esc50.csv`` (filename, fold, target, category, ...) + ``audio/<filename>``;
+  5 folds of 400 clips, 50 classes of 40.
+* UrbanSound8K: ``metadata/UrbanSound8K.csv`` (slice_file_name, fsID, start, end, salience,
+  fold, classID, class) + ``audio/fold<N>/<slice_file_name>``; 10 folds, 10 classes.
+
+Folds are always the datasets' own and never reshuffled: clips cut from one recording share
+a fold, so a random split would leak recordings between train and test. Class names are the
+text labels with underscores replaced by spaces.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import soundfile as sf
+
+from .audioset import file_sha256
+
+
+@dataclass(frozen=True)
+class ClipSetSpec:
+    name: str
+    metadata: str                     # path of the metadata CSV inside the root
+    num_folds: int
+    row: Callable[[dict], tuple[str, int, int, str]]   # -> (relative audio path, fold, class id, label)
+    expected_clips: int
+    expected_fold_counts: dict[int, int]
+    expected_per_class: int | None = None
+
+
+ESC50 = ClipSetSpec(
+    name="esc50", metadata="meta/esc50.csv", num_folds=5,
+    row=lambda r: (f"audio/{r['filename']}", int(r["fold"]), int(r["target"]), r["category"]),
+    expected_clips=2000, expected_fold_counts={k: 400 for k in range(1, 6)}, expected_per_class=40,
+)
+US8K = ClipSetSpec(
+    name="us8k", metadata="metadata/UrbanSound8K.csv", num_folds=10,
+    row=lambda r: (f"audio/fold{int(r['fold'])}/{r['slice_file_name']}", int(r["fold"]), int(r["classID"]),
+                   r["class"]),
+    expected_clips=8732,
+    expected_fold_counts={1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837},
+)
+SPECS = {"esc50": ESC50, "us8k": US8K}
+
+
+def class_name(label: str) -> str:
+    return label.replace("_", " ").strip()
+
+
+def read_metadata(root: Path, spec: ClipSetSpec) -> list[dict]:
+    """Rows of the official metadata as dicts: path, fold, class_id, class_name, line."""
+    path = Path(root) / spec.metadata
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec.name}: metadata file {path} not found (expected the official layout)")
+    rows = []
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        for line, r in enumerate(csv.DictReader(f), start=2):
+            try:
+                rel, fold, cid, label = spec.row(r)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"{path}:{line}: malformed metadata row ({exc}): {r}") from exc
+            if not 1 <= fold <= spec.num_folds:
+                raise ValueError(f"{path}:{line}: fold {fold} outside 1..{spec.num_folds}")
+            rows.append({"path": rel, "fold": fold, "class_id": cid, "class_name": class_name(label),
+                         "line": line})
+    return rows
+
+
+def validate(root: Path, spec: ClipSetSpec, rows: list[dict], *, hash_files: bool = True) -> tuple[list[dict], dict]:
+    """Check every metadata row against its file; returns (manifest rows, report).
+
+    Manifest rows gain status (`ok`, `missing`, `unreadable`), sample_rate, channels,
+    duration, sha256. The report lists missing, extra (files no row names) and unreadable files.
+    """
+    root = Path(root)
+    out, missing, unreadable = [], [], []
+    named = set()
+    for r in rows:
+        path = root / r["path"]
+        named.add(r["path"])
+        rec = {**r, "status": "ok", "reason": "", "sample_rate": None, "channels": None,
+               "duration": None, "sha256": None}
+        if not path.is_file():
+            rec.update(status="missing", reason="file not found")
+            missing.append(r["path"])
+        else:
+            try:
+                info = sf.info(str(path))
+                rec.update(sample_rate=int(info.samplerate), channels=int(info.channels),
+                           duration=float(info.frames) / info.samplerate)
+                if info.frames == 0:
+                    raise RuntimeError("no samples")
+                if hash_files:
+                    rec["sha256"] = file_sha256(path)
+            except (RuntimeError, sf.LibsndfileError) as exc:
+                rec.update(status="unreadable", reason=str(exc))
+                unreadable.append(r["path"])
+        out.append(rec)
+    audio_dir = root / "audio"
+    present = {str(p.relative_to(root)) for p in audio_dir.rglob("*") if p.is_file()} if audio_dir.is_dir() else set()
+    extra = sorted(present - named)
+    return out, {"missing": missing, "unreadable": unreadable, "extra": extra}
+
+
+def fold_split(rows: list[dict], fold: int) -> tuple[list[dict], list[dict]]:
+    """Official protocol: test = the given fold, train = all others."""
+    return [r for r in rows if r["fold"] != fold], [r for r in rows if r["fold"] == fold]
+
+
+def count_warnings(spec: ClipSetSpec, rows: list[dict]) -> list[str]:
+    """Differences from the published counts (a subset is legitimate, so these are warnings)."""
+    warnings = []
+    if len(rows) != spec.expected_clips:
+        warnings.append(f"{spec.name}: {len(rows)} clips, published {spec.expected_clips}")
+    for fold, n in spec.expected_fold_counts.items():
+        got = sum(1 for r in rows if r["fold"] == fold)
+        if got != n:
+            warnings.append(f"{spec.name}: fold {fold} has {got} clips, published {n}")
+    if spec.expected_per_class:
+        counts: dict[int, int] = {}
+        for r in rows:
+            counts[r["class_id"]] = counts.get(r["class_id"], 0) + 1
+        off = {c: n for c, n in counts.items() if n != spec.expected_per_class}
+        if off:
+            warnings.append(f"{spec.name}: {len(off)} classes without {spec.expected_per_class} clips")
+    return warnings

@@ -1,0 +1,182 @@
+"""Downloading AudioSet segments with yt-dlp, and classifying why a download failed.
+
+One call downloads one segment (the [start, end] range only) into a temporary folder and
+renames the result into place, so a killed download never leaves a file that looks done.
+Failures become a status: ``unavailable``, ``private``, ``age_restricted``, ``geo_blocked``,
+``throttled`` or ``error``; ``throttled`` and ``error`` are transient and retried with
+exponential backoff and jitter, the others are final.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .data.audioset import segment_id, validate_ytid
+
+YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
+# audio plus a small video stream (frames are resized to 224 px on the short side later)
+DEFAULT_FORMAT = "bv*[height<=360]+ba/b[height<=360]/bv*+ba/b"
+STATUSES = ("ok", "unavailable", "private", "age_restricted", "geo_blocked", "throttled", "error")
+TRANSIENT = ("throttled", "error")
+
+
+@dataclass
+class DownloadOptions:
+    url_template: str = YOUTUBE_URL_TEMPLATE
+    format: str = DEFAULT_FORMAT
+    max_attempts: int = 4
+    backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 120.0
+    socket_timeout: float = 30.0
+    sleep_requests: float = 0.0           # pause between HTTP requests (yt-dlp sleep_interval_requests)
+    rate_limit: Optional[int] = None      # bytes/s
+    cookies_file: Optional[str] = None    # what real YouTube needs for age-gated or busy periods
+    js_runtime: Optional[str] = None      # e.g. "node" or "deno": full YouTube support needs one
+
+
+@dataclass
+class DownloadResult:
+    ytid: str
+    start: float
+    end: float
+    status: str
+    message: str = ""
+    attempts: int = 0
+    path: Optional[str] = None
+    bytes: int = 0
+    sha256: Optional[str] = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float = 0.0
+
+
+def classify_error(exc: BaseException) -> tuple[str, str]:
+    """(status, message) of a yt-dlp failure."""
+    cause = getattr(exc, "exc_info", None)
+    inner = cause[1] if cause and len(cause) > 1 and cause[1] is not None else exc
+    message = str(inner) or str(exc)
+    low = (message + " " + str(exc)).lower()
+    status_code = getattr(inner, "status", None) or getattr(getattr(inner, "response", None), "status", None)
+    name = type(inner).__name__
+    if name == "GeoRestrictedError" or "available in your country" in low or "geo restrict" in low:
+        return "geo_blocked", message
+    if status_code == 429 or "rate-limited" in low or "too many requests" in low:
+        return "throttled", message
+    if "private video" in low:
+        return "private", message
+    if "confirm your age" in low or "age-restricted" in low or "age restricted" in low or "inappropriate for some users" in low:
+        return "age_restricted", message
+    if status_code in (404, 410) or "video unavailable" in low or "removed" in low or "does not exist" in low \
+            or "not found" in low:
+        return "unavailable", message
+    return "error", message
+
+
+def _ffmpeg_on_path(workdir: Path) -> None:
+    # yt-dlp's section downloads look for ffmpeg on PATH (its `ffmpeg_location` option is
+    # not consulted there), so a folder holding an `ffmpeg` link to the bundled binary is
+    # put in front of PATH.
+    from .audio import ffmpeg_exe
+
+    bindir = workdir / ".bin"
+    link = bindir / "ffmpeg"
+    if not link.exists():
+        bindir.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(ffmpeg_exe())
+        except FileExistsError:
+            pass
+    if str(bindir) not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
+                     options: Optional[DownloadOptions] = None,
+                     sleep: Callable[[float], None] = time.sleep) -> DownloadResult:
+    """Download [start, end] of a video into `dest_dir/<segment_id>.<ext>` (atomic)."""
+    import yt_dlp
+    from yt_dlp.utils import DownloadError, download_range_func
+
+    options = options or DownloadOptions()
+    result = DownloadResult(ytid, start, end, status="error")
+    try:
+        validate_ytid(ytid)
+    except ValueError as exc:
+        result.message, result.finished_at = str(exc), time.time()
+        return result
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    _ffmpeg_on_path(dest_dir.parent)
+    name = segment_id(ytid, start)
+    url = options.url_template.format(ytid=ytid)
+    for attempt in range(1, options.max_attempts + 1):
+        result.attempts = attempt
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
+        ydl_opts = {
+            "format": options.format,
+            "outtmpl": str(tmp / f"{name}.%(ext)s"),
+            "download_ranges": download_range_func(None, [(start, end)]),
+            "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
+            "retries": 2, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
+            "merge_output_format": "mkv", "logger": _QuietLogger(),
+        }
+        if options.sleep_requests:
+            ydl_opts["sleep_interval_requests"] = options.sleep_requests
+        if options.rate_limit:
+            ydl_opts["ratelimit"] = options.rate_limit
+        if options.cookies_file:
+            ydl_opts["cookiefile"] = options.cookies_file
+        if options.js_runtime:
+            ydl_opts["js_runtimes"] = {options.js_runtime: {}}
+        try:
+            with yt_dlp.YoutubeDL(ydl_opts) as ydl:
+                ydl.download([url])
+            files = [p for p in tmp.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl"))]
+            if not files:
+                raise RuntimeError("yt-dlp finished without writing a file")
+            media = max(files, key=lambda p: p.stat().st_size)
+            final = dest_dir / f"{name}{media.suffix}"
+            os.replace(media, final)
+            result.status, result.message, result.path = "ok", "", str(final)
+            result.bytes, result.sha256 = final.stat().st_size, _sha256(final)
+            break
+        except DownloadError as exc:
+            result.status, result.message = classify_error(exc)
+        except Exception as exc:  # network stacks raise many types; all are transient errors here
+            result.status, result.message = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if result.status not in TRANSIENT or attempt == options.max_attempts:
+            break
+        delay = min(options.max_backoff_seconds, options.backoff_seconds * 2 ** (attempt - 1))
+        sleep(delay * (0.5 + random.random()))
+    result.finished_at = time.time()
+    return result
+
+
+class _QuietLogger:
+    def debug(self, msg):  # noqa: D401 - yt-dlp logger protocol
+        pass
+
+    def info(self, msg):
+        pass
+
+    def warning(self, msg):
+        pass
+
+    def error(self, msg):
+        pass
