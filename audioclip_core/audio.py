@@ -16,11 +16,13 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    import torch
 
 import numpy as np
 import soundfile as sf
-import torch
 
 SAMPLE_RATE = 44100
 INPUT_SCALES = ("unit", "int16")
@@ -63,6 +65,8 @@ def load_audio(path: Union[str, os.PathLike]) -> tuple[torch.Tensor, int]:
         data, sr = _decode_with_ffmpeg(path)
     if data.shape[0] == 0:
         raise AudioDecodeError(f"{path}: contains no samples")
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
 
 
@@ -76,15 +80,19 @@ def resample(wave: torch.Tensor, orig_sr: int, target_sr: int = SAMPLE_RATE) -> 
 
 def to_model_input(wave: torch.Tensor, input_scale: str = DEFAULT_INPUT_SCALE) -> torch.Tensor:
     """[-1, 1] waveform `[C, T]` or `[B, C, T]` -> float32 values the audio head expects."""
+    import torch
+
     if input_scale not in INPUT_SCALES:
         raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
     wave = wave.to(torch.float32)
     return wave * 32768.0 if input_scale == "int16" else wave
 
 
-def prepare_waveform(wave: Union[torch.Tensor, np.ndarray], sample_rate: int, *,
+def prepare_waveform(wave: Union["torch.Tensor", np.ndarray], sample_rate: int, *,
                      input_scale: str = DEFAULT_INPUT_SCALE) -> torch.Tensor:
     """Any-rate, any-channel waveform in [-1, 1] (`[T]` or `[C, T]`) -> `[C, T]` at 44.1 kHz, scaled."""
+    import torch
+
     wave = torch.as_tensor(wave, dtype=torch.float32)
     if wave.dim() == 1:
         wave = wave.unsqueeze(0)
@@ -96,6 +104,8 @@ def prepare_waveform(wave: Union[torch.Tensor, np.ndarray], sample_rate: int, *,
 def windows(wave: torch.Tensor, window: int, hop: int) -> torch.Tensor:
     """`[C, T]` -> `[N, C, window]`: the whole clip if it fits, else overlapping windows; the
     last window is aligned to the end so no sample is dropped."""
+    import torch
+
     length = wave.shape[-1]
     if length <= window:
         return wave.unsqueeze(0)

@@ -128,11 +128,12 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
         ydl_opts = {
             "format": options.format,
-            "outtmpl": str(tmp / f"{name}.%(ext)s"),
+            # a fixed Matroska container takes any codec pair and does not depend on the URL's extension
+            "outtmpl": str(tmp / f"{name}.mkv"),
             "download_ranges": download_range_func(None, [(start, end)]),
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
             "retries": 2, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
-            "merge_output_format": "mkv", "logger": _QuietLogger(),
+            "merge_output_format": "mkv", "logger": _QuietLogger(), "cachedir": False,
         }
         if options.sleep_requests:
             ydl_opts["sleep_interval_requests"] = options.sleep_requests
@@ -166,6 +167,18 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
         sleep(delay * (0.5 + random.random()))
     result.finished_at = time.time()
     return result
+
+
+FINAL_FAILURES = ("unavailable", "private", "age_restricted", "geo_blocked")
+
+
+def existing_download(dest_dir: Path, ytid: str, start: float) -> Optional[Path]:
+    """A finished download of this segment, if one is already in place (renamed = complete)."""
+    name = segment_id(ytid, start)
+    for p in sorted(Path(dest_dir).glob(f"{name}.*")):
+        if p.is_file() and not p.name.endswith((".part", ".ytdl", ".tmp")):
+            return p
+    return None
 
 
 class _QuietLogger:

@@ -1,8 +1,28 @@
-"""Dagster Definitions: resources, partitions, jobs, schedules and the asset modules of `assets/`.
+"""Dagster Definitions: resources, partitions, jobs and the asset modules of `assets/`.
 
-The asset modules (data lineage, training stages, evaluation tables) are added here as
-they are built; `dagster dev -w workspace.yaml` shows them.
+Local runs use the multiprocess executor (one run per partition; backfills fan out across
+partitions); the `youtube` pool bounds concurrent downloads across runs and the `gpu` pool
+serialises training. See docs/deployment.md for the Kubernetes executor configuration.
 """
-from dagster import Definitions
+import dagster as dg
 
-defs = Definitions(assets=[])
+from assets import audioset, clipsets
+from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
+
+data_assets = dg.load_assets_from_modules([audioset, clipsets])
+
+audioset_data_job = dg.define_asset_job(
+    "audioset_data", selection=dg.AssetSelection.groups(audioset.GROUP),
+    partitions_def=audioset.audioset_partitions,
+    description="segments -> downloads -> clips -> manifest for one AudioSet partition")
+
+defs = dg.Definitions(
+    assets=data_assets,
+    asset_checks=[],
+    jobs=[audioset_data_job],
+    resources={
+        "data_root": DataRoot(),
+        "sources": DatasetSources(),
+        "youtube": YoutubeDownloader(),
+    },
+)

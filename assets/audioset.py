@@ -1,0 +1,135 @@
+"""AudioSet lineage: segments -> downloads -> clips -> manifest, one static partition each."""
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from audioclip_core.data.audioset import PARTITIONS
+from audioclip_core.data.audioset_steps import (MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition,
+                                                run_downloads, run_extraction, update_catalog)
+from audioclip_core.data.io import markdown_table, write_parquet
+
+from .resources import DataRoot, DatasetSources, YoutubeDownloader
+
+audioset_partitions = dg.StaticPartitionsDefinition(list(PARTITIONS))
+GROUP = "audioset"
+SUCCESS_WARN, SUCCESS_ERROR = 0.8, 0.5
+
+
+def _progress(context, label: str):
+    state = {"last": -1}
+
+    def report(done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done // step != state["last"]:
+            state["last"] = done // step
+            context.log.info(f"{label}: {done}/{total}")
+
+    return report
+
+
+def _read(path: Path):
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, kinds={"parquet"},
+          description="The official segment list of the partition, parsed; malformed rows reported and skipped.")
+def audioset_segments(context: dg.AssetExecutionContext, data_root: DataRoot,
+                      sources: DatasetSources) -> dg.MaterializeResult:
+    partition = context.partition_key
+    source = sources.audioset(data_root.path)
+    df, issues, source_sha = read_partition(source, partition)
+    for issue in issues[:20]:
+        context.log.warning(f"line {issue.line}: {issue.reason}: {issue.text[:120]!r}")
+    out = data_root.sub("audioset", "segments") / f"{partition}.parquet"
+    write_parquet(df, out)
+    issues_df = pd.DataFrame([vars(i) for i in issues], columns=["line", "reason", "text"])
+    write_parquet(issues_df, data_root.sub("audioset", "segments") / f"{partition}.issues.parquet")
+    return dg.MaterializeResult(
+        metadata={"segments": len(df), "malformed_rows": len(issues), "source": str(source),
+                  "source_sha256": source_sha, "path": dg.MetadataValue.path(str(out)),
+                  "preview": dg.MetadataValue.md(markdown_table(df.drop(columns=["line"]))),
+                  "malformed_preview": dg.MetadataValue.md(markdown_table(issues_df)) if len(issues_df) else "none"},
+        data_version=dg.DataVersion(f"{source_sha[:16]}:{partition}"))
+
+
+@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_segments], pool="youtube",
+          kinds={"parquet"},
+          check_specs=[dg.AssetCheckSpec("download_success_rate", asset="audioset_downloads",
+                                         description=f"warn below {SUCCESS_WARN:.0%}, fail below {SUCCESS_ERROR:.0%}")],
+          description="yt-dlp downloads of each segment's time range, with a status per segment. "
+                      "Re-materialising skips `ok` and final failures and retries transient ones.")
+def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot,
+                       youtube: YoutubeDownloader) -> dg.MaterializeResult:
+    partition = context.partition_key
+    segments = pd.read_parquet(data_root.path / "audioset" / "segments" / f"{partition}.parquet")
+    status_path = data_root.sub("audioset", "downloads") / f"{partition}.parquet"
+    dest = data_root.sub("audioset", "downloads", partition)
+    table = run_downloads(segments, dest, _read(status_path), youtube.options(), max_workers=youtube.max_workers,
+                          progress=_progress(context, f"downloads {partition}"))
+    digest = write_parquet(table, status_path)
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    rate = counts.get("ok", 0) / len(table) if len(table) else 0.0
+    severity = dg.AssetCheckSeverity.ERROR if rate < SUCCESS_ERROR else dg.AssetCheckSeverity.WARN
+    check = dg.AssetCheckResult(check_name="download_success_rate", passed=rate >= SUCCESS_WARN,
+                                severity=severity, metadata={"success_rate": rate, "by_status": counts})
+    return dg.MaterializeResult(
+        metadata={"segments": len(table), "success_rate": rate, "by_status": counts,
+                  "attempted_now": int((~table["skipped"].astype(bool)).sum()) if len(table) else 0,
+                  "bytes": int(table["bytes"].fillna(0).sum()) if len(table) else 0,
+                  "path": dg.MetadataValue.path(str(status_path)),
+                  "preview": dg.MetadataValue.md(markdown_table(table[["segment_id", "status", "message", "attempts"]]))},
+        data_version=dg.DataVersion(digest[:16]), check_results=[check])
+
+
+@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_downloads], kinds={"parquet"},
+          check_specs=[dg.AssetCheckSpec("no_empty_or_silent_clips", asset="audioset_clips"),
+                       dg.AssetCheckSpec("ten_frames_per_clip", asset="audioset_clips")],
+          description="One ffmpeg pass per segment: 44.1 kHz WAV + 10 equally spaced JPEG frames; "
+                      "bad media quarantined with the reason.")
+def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+    partition = context.partition_key
+    downloads = pd.read_parquet(data_root.path / "audioset" / "downloads" / f"{partition}.parquet")
+    out = data_root.sub("audioset", "clips") / f"{partition}.parquet"
+    clips = run_extraction(downloads, data_root.sub("audioset", "clips", partition), _read(out),
+                           progress=_progress(context, f"clips {partition}"))
+    digest = write_parquet(clips, out)
+    problems = clip_problems(clips)
+    checks = [
+        dg.AssetCheckResult(check_name="no_empty_or_silent_clips", passed=not problems["empty"] and not problems["silent"],
+                            metadata={"empty": problems["empty"][:20], "silent": problems["silent"][:20]}),
+        dg.AssetCheckResult(check_name="ten_frames_per_clip", passed=not problems["frames"],
+                            metadata={"wrong_frame_count": problems["frames"][:20]}),
+    ]
+    counts = clips["status"].value_counts().to_dict() if len(clips) else {}
+    return dg.MaterializeResult(
+        metadata={"clips": int(counts.get("ok", 0)), "by_status": counts,
+                  "extracted_now": int((~clips["skipped"].astype(bool)).sum()) if len(clips) else 0,
+                  "path": dg.MetadataValue.path(str(out)),
+                  "quarantined": dg.MetadataValue.md(markdown_table(clips[clips["status"] != "ok"][["segment_id", "reason"]]))
+                  if (clips["status"] != "ok").any() else "none"},
+        data_version=dg.DataVersion(digest[:16]), check_results=checks)
+
+
+@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_segments, audioset_downloads,
+          audioset_clips], kinds={"parquet", "duckdb"},
+          description="The partition's manifest (parquet, one row per segment) and its view in the DuckDB "
+                      "catalog of the data root. Columns: " + "; ".join(f"{k}: {v}" for k, v in MANIFEST_COLUMNS.items()))
+def audioset_manifest(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+    partition = context.partition_key
+    base = data_root.path / "audioset"
+    manifest = build_manifest(pd.read_parquet(base / "segments" / f"{partition}.parquet"),
+                              pd.read_parquet(base / "downloads" / f"{partition}.parquet"),
+                              pd.read_parquet(base / "clips" / f"{partition}.parquet"), partition)
+    out = data_root.sub("audioset", "manifests") / f"{partition}.parquet"
+    digest = write_parquet(manifest, out)
+    update_catalog(data_root.catalog, {f"audioset_{partition}": out})
+    counts = manifest["status"].value_counts().to_dict()
+    return dg.MaterializeResult(
+        metadata={"segments": len(manifest), "ok": int(counts.get("ok", 0)), "by_status": counts,
+                  "success_rate": counts.get("ok", 0) / len(manifest) if len(manifest) else 0.0,
+                  "sha256": digest, "path": dg.MetadataValue.path(str(out)),
+                  "catalog": dg.MetadataValue.path(str(data_root.catalog)), "duckdb_view": f"audioset_{partition}",
+                  "preview": dg.MetadataValue.md(markdown_table(manifest[["segment_id", "label_names", "status", "duration"]]))},
+        data_version=dg.DataVersion(digest[:16]))

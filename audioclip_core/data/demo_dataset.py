@@ -1,0 +1,226 @@
+"""The built-in demo dataset, generated from nothing in a few seconds.
+
+Six real AudioSet classes whose sound can be synthesised - Sine wave, White noise, Pink
+noise, Chirp tone, Clicking, Siren - become:
+
+* ``audioset/``: official-format ``balanced_train_segments.csv``, ``eval_segments.csv`` and
+  ``demo_segments.csv`` (three ``#`` header lines, quoted label ids), the label index and
+  ontology, and ``videos/<ytid>.mp4``: short videos whose audio is the class's sound and
+  whose frames carry a class colour and pattern (so images correlate with the class). Some
+  listed ids have no video, as on YouTube; the local media server serves the folder and
+  yt-dlp downloads from it through the production path.
+* ``esc50/`` and ``us8k/``: small datasets in the official ESC-50 and UrbanSound8K layouts
+  (5 and 10 folds) whose class names are the same sounds, so zero-shot has something to find.
+
+Everything is seeded: the same call writes the same bytes.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..audio import ffmpeg_exe
+
+SR = 44100
+
+
+@dataclass(frozen=True)
+class DemoClass:
+    mid: str
+    name: str            # AudioSet display name
+    short: str           # ESC-50 / US8K style category (underscores)
+    color: tuple[int, int, int]
+
+
+CLASSES = (
+    DemoClass("/m/01v_m0", "Sine wave", "sine_wave", (230, 60, 60)),
+    DemoClass("/m/0chx_", "White noise", "white_noise", (235, 235, 235)),
+    DemoClass("/m/0cj0r", "Pink noise", "pink_noise", (240, 120, 200)),
+    DemoClass("/m/0hdsk", "Chirp tone", "chirp_tone", (60, 200, 80)),
+    DemoClass("/m/07qc9xj", "Clicking", "clicking", (60, 90, 230)),
+    DemoClass("/m/03kmc9", "Siren", "siren", (240, 200, 40)),
+)
+
+
+def synthesize(cls: DemoClass, seconds: float, rng: np.random.Generator, sr: int = SR) -> np.ndarray:
+    """A mono waveform in [-1, 1] with the character of the class, randomised per clip."""
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    amp = rng.uniform(0.25, 0.6)
+    if cls.short == "sine_wave":
+        y = np.sin(2 * np.pi * rng.uniform(300, 1200) * t)
+    elif cls.short == "white_noise":
+        y = rng.standard_normal(n) / 3
+    elif cls.short == "pink_noise":
+        spec = np.fft.rfft(rng.standard_normal(n))
+        f = np.maximum(np.fft.rfftfreq(n, 1 / sr), 1.0)
+        y = np.fft.irfft(spec / np.sqrt(f), n)
+        y = y / (np.abs(y).max() + 1e-9)
+    elif cls.short == "chirp_tone":
+        f0, f1 = rng.uniform(200, 600), rng.uniform(3000, 8000)
+        period = rng.uniform(0.5, 1.0)
+        phase_t = t % period
+        y = np.sin(2 * np.pi * (f0 * phase_t + (f1 - f0) * phase_t ** 2 / (2 * period)))
+    elif cls.short == "clicking":
+        y = np.zeros(n)
+        step = int(sr / rng.uniform(4, 12))
+        for start in range(int(rng.integers(0, step)), n - 200, step):
+            y[start:start + 200] = np.exp(-np.arange(200) / 25.0) * rng.choice([-1, 1])
+    elif cls.short == "siren":
+        rate = rng.uniform(0.3, 1.2)
+        freq = 900 + 400 * np.sin(2 * np.pi * rate * t)
+        y = np.sin(2 * np.pi * np.cumsum(freq) / sr)
+    else:  # pragma: no cover - the class list is fixed
+        raise ValueError(cls.short)
+    return (amp * y / (np.abs(y).max() + 1e-9)).astype(np.float32)
+
+
+def _frames(classes: list[DemoClass], n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Frames `[n, H, W, 3]` uint8: class colours as vertical bands plus a moving bar and noise."""
+    h, w = size
+    img = np.zeros((n, h, w, 3), dtype=np.float32)
+    band = w // len(classes)
+    for i, c in enumerate(classes):
+        img[:, :, i * band:(i + 1) * band if i < len(classes) - 1 else w] = c.color
+    for k in range(n):
+        x = int((k / max(n - 1, 1)) * (w - 10))
+        img[k, :, x:x + 10] *= 0.5
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_video(path: Path, classes: list[DemoClass], seconds: float, rng: np.random.Generator,
+                fps: int = 10, size: tuple[int, int] = (120, 160)) -> None:
+    audio = sum(synthesize(c, seconds, rng) for c in classes) / len(classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wav = path.with_suffix(".tmp.wav")
+    sf.write(wav, audio, SR)
+    frames = _frames(classes, int(seconds * fps), size, rng)
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{size[1]}x{size[0]}", "-r", str(fps), "-i", "-", "-i", str(wav),
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+           "-b:a", "96k", "-shortest", "-movflags", "+faststart", str(path)]
+    try:
+        subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
+    finally:
+        wav.unlink(missing_ok=True)
+
+
+def _ytid(rng: np.random.Generator) -> str:
+    alphabet = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
+    return "".join(rng.choice(alphabet, 11))
+
+
+def _segment_csv(path: Path, rows: list[tuple[str, float, float, list[str]]]) -> None:
+    labels = {m for *_, ms in rows for m in ms}
+    lines = [f"# Segments csv created by the audioclip demo generator",
+             f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(labels)}, "
+             f"num_positive_labels={sum(len(ms) for *_, ms in rows)}",
+             "# YTID, start_seconds, end_seconds, positive_labels"]
+    lines += [f'{y}, {s:.3f}, {e:.3f}, "{",".join(ms)}"' for y, s, e, ms in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def generate_audioset(root: Path, *, train_per_class: int = 8, eval_per_class: int = 3,
+                      missing_per_split: int = 2, seed: int = 0, video_seconds: float = 6.0,
+                      segment: tuple[float, float] = (1.0, 5.0)) -> dict:
+    """Write the demo AudioSet folder; returns counts."""
+    from importlib.resources import files
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    videos = root / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    res = files("audioclip_core") / "resources" / "audioset"
+    for name in ("class_labels_indices.csv", "ontology.json"):
+        (root / name).write_bytes((res / name).read_bytes())
+    splits = {"balanced_train": train_per_class, "eval": eval_per_class}
+    counts = {}
+    all_rows = {}
+    for split, per_class in splits.items():
+        rows = []
+        for cls_i, cls in enumerate(CLASSES):
+            for j in range(per_class):
+                members = [cls]
+                if j == per_class - 1 and split == "balanced_train":  # a multi-label clip per class
+                    members.append(CLASSES[(cls_i + 1) % len(CLASSES)])
+                ytid = _ytid(rng)
+                write_video(videos / f"{ytid}.mp4", members, video_seconds, rng)
+                rows.append((ytid, segment[0], segment[1], [m.mid for m in members]))
+        for _ in range(missing_per_split):  # listed, but "removed from YouTube"
+            rows.append((_ytid(rng), segment[0], segment[1], [CLASSES[int(rng.integers(len(CLASSES)))].mid]))
+        order = rng.permutation(len(rows))
+        rows = [rows[i] for i in order]
+        _segment_csv(root / f"{split}_segments.csv", rows)
+        all_rows[split] = rows
+        counts[split] = len(rows)
+    demo_rows = all_rows["eval"][:6]
+    _segment_csv(root / "demo_segments.csv", demo_rows)
+    counts["demo"] = len(demo_rows)
+    return counts
+
+
+def generate_esc50(root: Path, *, per_fold_class: int = 2, seed: int = 1) -> int:
+    """ESC-50 layout: meta/esc50.csv + audio/{fold}-{src}-{take}-{target}.wav, 5 s mono 44.1 kHz."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    lines = ["filename,fold,target,category,esc10,src_file,take"]
+    src = 100000
+    for fold in range(1, 6):
+        for target, cls in enumerate(CLASSES):
+            for take in "AB"[:per_fold_class]:
+                src += 1
+                name = f"{fold}-{src}-{take}-{target}.wav"
+                sf.write(root / "audio" / name, synthesize(cls, 5.0, rng), SR, subtype="PCM_16")
+                lines.append(f"{name},{fold},{target},{cls.short},False,{src},{take}")
+    (root / "meta" / "esc50.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines) - 1
+
+
+def generate_us8k(root: Path, *, per_fold_class: int = 1, seed: int = 2) -> int:
+    """UrbanSound8K layout: metadata/UrbanSound8K.csv + audio/fold{N}/{fsID}-{classID}-0-{i}.wav
+    (<= 4 s, mixed sample rates and channel counts as in the real set)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "metadata").mkdir(parents=True, exist_ok=True)
+    lines = ["slice_file_name,fsID,start,end,salience,fold,classID,class"]
+    fsid = 200000
+    rates = (22050, 44100, 48000)
+    for fold in range(1, 11):
+        folder = root / "audio" / f"fold{fold}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for class_id, cls in enumerate(CLASSES):
+            for i in range(per_fold_class):
+                fsid += 1
+                seconds = float(rng.uniform(2.5, 4.0))
+                sr = int(rates[int(rng.integers(len(rates)))])
+                y = synthesize(cls, seconds, rng, sr)
+                if rng.random() < 0.5:
+                    y = np.stack([y, 0.8 * y], 1)
+                name = f"{fsid}-{class_id}-0-{i}.wav"
+                sf.write(folder / name, y, sr, subtype="PCM_16")
+                lines.append(f"{name},{fsid},0.0,{seconds:.6f},1,{fold},{class_id},{cls.short}")
+    (root / "metadata" / "UrbanSound8K.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines) - 1
+
+
+def generate_all(root: Path, *, force: bool = False) -> dict:
+    """Write the whole demo dataset under `root` (skipped if already complete)."""
+    root = Path(root)
+    marker = root / ".complete"
+    if marker.exists() and not force:
+        return {"skipped": True}
+    if root.exists():
+        shutil.rmtree(root)
+    counts = generate_audioset(root / "audioset")
+    counts["esc50"] = generate_esc50(root / "esc50")
+    counts["us8k"] = generate_us8k(root / "us8k")
+    marker.write_text("ok\n")
+    return counts

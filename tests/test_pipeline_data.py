@@ -1,0 +1,161 @@
+"""The data lineage materialised through Dagster on real videos served from 127.0.0.1."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from assets import audioset, clipsets
+from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
+from audioclip_core.audio import ffmpeg_exe
+from audioclip_core.data.demo_dataset import generate_esc50, generate_us8k
+from audioclip_core.media_server import MediaServer
+
+AUDIOSET_ASSETS = [audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
+                   audioset.audioset_manifest]
+IDS = {"Chaplin0001": "chaplin.mp4", "BigBuckBun0": "big_buck_bunny_0_30.webm"}
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory, shared_data):
+    """A folder in the official format whose ids map to real videos on a local server, some missing."""
+    root = tmp_path_factory.mktemp("heldout")
+    src, videos = root / "audioset", root / "videos"
+    src.mkdir()
+    videos.mkdir()
+    for ytid, name in IDS.items():
+        shutil.copy(shared_data / "video" / name, videos / f"{ytid}.media")
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(videos / "Chaplin0001.media"), "-an", "-c:v", "copy",
+                    "-f", "mp4", str(videos / "NoAudio0001.media")], check=True)
+    data = (videos / "Chaplin0001.media").read_bytes()
+    (videos / "Truncated01.media").write_bytes(data[: len(data) // 4])
+    (src / "eval_segments.csv").write_text(
+        "# Segments csv created Sun Mar  5 10:54:25 2017\n# num_ytids=7\n# YTID, start_seconds, end_seconds, positive_labels\n"
+        'Chaplin0001, 1.000, 6.000, "/m/09x0r,/m/04rlf"\n'
+        'BigBuckBun0, 10.000, 15.000, "/m/0jbk"\n'
+        'Missing0001, 0.000, 10.000, "/m/09x0r"\n'
+        'NoAudio0001, 0.000, 5.000, "/m/09x0r"\n'
+        'Truncated01, 0.000, 5.000, "/m/09x0r"\n'
+        'broken row without fields\n'
+        '../../etc/x, 0.000, 10.000, "/m/09x0r"\n')
+    with MediaServer(videos) as server:
+        yield src, server
+
+
+def _resources(tmp_path, src, server=None, **paths):
+    yt = YoutubeDownloader(url_template=server.url("{ytid}.media") if server else "http://127.0.0.1:9/{ytid}",
+                           backoff_seconds=0.01, max_attempts=2)
+    return {"data_root": DataRoot(root=str(tmp_path / "data")),
+            "sources": DatasetSources(audioset_dir=str(src), **paths), "youtube": yt}
+
+
+def _mat(assets, resources, partition=None):
+    result = dg.materialize(assets, resources=resources, partition_key=partition,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    return result
+
+
+def _meta(result, key):
+    mats = result.asset_materializations_for_node(key)
+    return {k: v.value for k, v in mats[-1].metadata.items()}
+
+
+def test_audioset_lineage_statuses_frames_and_catalog(held_out, tmp_path):
+    src, server = held_out
+    res = _resources(tmp_path, src, server)
+    result = _mat(AUDIOSET_ASSETS, res, "eval")
+    seg = _meta(result, "audioset_segments")
+    assert seg["segments"] == 5 and seg["malformed_rows"] == 2
+    data = tmp_path / "data"
+    con = duckdb.connect(str(data / "catalog.duckdb"), read_only=True)
+    df = con.sql("SELECT segment_id, status, reason, audio_path, frame_paths, duration, channels "
+                 "FROM audioset_eval ORDER BY segment_id").df()
+    status = dict(zip(df["segment_id"], df["status"]))
+    assert status == {"Chaplin0001_1000": "ok", "BigBuckBun0_10000": "ok", "Missing0001_0": "unavailable",
+                      "NoAudio0001_0": "invalid_media", "Truncated01_0": "error"}
+    reasons = dict(zip(df["segment_id"], df["reason"]))
+    assert "no audio track" in reasons["NoAudio0001_0"] and "404" in reasons["Missing0001_0"]
+    assert "ffmpeg" in reasons["Truncated01_0"]  # a corrupt source cannot even be cut
+    for row in df[df["status"] == "ok"].itertuples():
+        assert Path(row.audio_path).is_file() and len(row.frame_paths) == 10
+        assert all(Path(p).is_file() for p in row.frame_paths) and 4.5 < row.duration <= 5.05
+        assert Path(row.audio_path).name == f"{row.segment_id}.wav"
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["no_empty_or_silent_clips"] and checks["ten_frames_per_clip"]
+    assert checks["download_success_rate"] is False  # 2 of 5 segments
+    # everything written lies under the data root
+    assert not list(tmp_path.glob("*.part")) and {p.name for p in tmp_path.iterdir()} == {"data"}
+
+
+def test_rematerialising_does_no_work_twice(held_out, tmp_path):
+    src, server = held_out
+    res = _resources(tmp_path, src, server)
+    _mat(AUDIOSET_ASSETS, res, "eval")
+    clip = tmp_path / "data" / "audioset" / "clips" / "eval" / "Chaplin0001_1000.wav"
+    before = clip.stat().st_mtime_ns
+    again = _mat(AUDIOSET_ASSETS, res, "eval")
+    # only the transient failure (the corrupt source) is tried again; ok and final ones are not
+    assert _meta(again, "audioset_downloads")["attempted_now"] == 1
+    assert _meta(again, "audioset_clips")["extracted_now"] == 0
+    assert clip.stat().st_mtime_ns == before
+
+
+def test_killed_download_and_extraction_resume(held_out, tmp_path):
+    src, server = held_out
+    res = _resources(tmp_path, src, server)
+    _mat(AUDIOSET_ASSETS[:1], res, "eval")
+    data = tmp_path / "data" / "audioset"
+    # a run killed mid-way: one download finished (renamed into place) but not recorded,
+    # another one half-written in its temporary folder; a clip half-extracted
+    dl = data / "downloads" / "eval"
+    dl.mkdir(parents=True)
+    shutil.copy(Path(server.root) / "BigBuckBun0.media", dl / "BigBuckBun0_10000.webm")
+    (dl / ".Chaplin0001_1000.abc").mkdir()
+    (dl / ".Chaplin0001_1000.abc" / "Chaplin0001_1000.mp4.part").write_bytes(b"partial")
+    clips = data / "clips" / "eval"
+    clips.mkdir(parents=True)
+    (clips / ".BigBuckBun0_10000.xyz").mkdir()
+    (clips / ".BigBuckBun0_10000.xyz" / "BigBuckBun0_10000_f00.jpg").write_bytes(b"half")
+    result = _mat(AUDIOSET_ASSETS[1:], res, "eval")
+    table = pd.read_parquet(data / "downloads" / "eval.parquet").set_index("segment_id")
+    assert table.loc["BigBuckBun0_10000", "status"] == "ok" and table.loc["BigBuckBun0_10000", "attempts"] == 0
+    assert table.loc["Chaplin0001_1000", "status"] == "ok" and table.loc["Chaplin0001_1000", "attempts"] == 1
+    assert not [p for p in dl.iterdir() if p.name.startswith(".") and p.name != ".bin"]
+    assert not [p for p in clips.iterdir() if p.name.startswith(".")]
+    assert _meta(result, "audioset_manifest")["ok"] == 2
+
+
+def test_esc50_us8k_manifests_and_folds(tmp_path):
+    esc, us = tmp_path / "esc", tmp_path / "us"
+    n_esc = generate_esc50(esc, per_fold_class=1)
+    n_us = generate_us8k(us)
+    res = _resources(tmp_path, tmp_path, esc50_dir=str(esc), us8k_dir=str(us))
+    assets = [clipsets.esc50_manifest, clipsets.us8k_manifest, clipsets.esc50_folds, clipsets.us8k_folds]
+    result = _mat(assets[:2], res)
+    m = _meta(result, "esc50_manifest")
+    assert m["clips"] == n_esc == 30 and m["ok"] == 30
+    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+    assert checks[("esc50_manifest", "every_row_has_its_file")].passed
+    assert not checks[("esc50_manifest", "published_counts")].passed  # a small set: a warning
+    for k in range(1, 6):
+        r = _mat([clipsets.esc50_folds], res, str(k))
+        assert _meta(r, "esc50_folds")["test"] == 6 and _meta(r, "esc50_folds")["train"] == 24
+        assert all(c.passed for c in r.get_asset_check_evaluations())
+    r = _mat([clipsets.us8k_folds], res, "3")
+    assert _meta(r, "us8k_folds")["test"] == 6 and _meta(r, "us8k_folds")["train"] == n_us - 6
+    con = duckdb.connect(str(tmp_path / "data" / "catalog.duckdb"), read_only=True)
+    assert con.sql("SELECT count(*) FROM esc50_fold3_test").fetchall()[0][0] == 6
+    assert con.sql("SELECT count(DISTINCT sample_rate) FROM us8k").fetchall()[0][0] >= 2
+
+
+def test_real_esc50_metadata_with_missing_files(shared_data, tmp_path):
+    res = _resources(tmp_path, tmp_path, esc50_dir=str(shared_data / "esc50"))
+    result = _mat([clipsets.esc50_manifest], res)
+    m = _meta(result, "esc50_manifest")
+    assert m["clips"] == 2000 and m["ok"] == 20 and m["classes"] == 50
+    check = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not check["every_row_has_its_file"].passed and check["published_counts"].passed
