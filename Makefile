@@ -10,12 +10,13 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: env demo test test-fast bench clean-env help
+.PHONY: env demo test test-fast bench ui clean-env help
 
 help:
 	@echo "make demo       run the main job on the built-in demo data"
 	@echo "make test       run the whole test suite"
 	@echo "make test-fast  skip tests marked slow"
+	@echo "make ui         Dagster UI on 127.0.0.1:3000"
 
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -36,6 +37,10 @@ test-fast: env
 
 bench: env
 	$(PY) bench/run_all.py
+
+ui: env
+	$(PY) -m pipelines.instance
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p $${DAGSTER_PORT:-3000} -w workspace.yaml
 
 clean-env:
 	rm -rf $(VENV)

@@ -159,3 +159,21 @@ def test_real_esc50_metadata_with_missing_files(shared_data, tmp_path):
     assert m["clips"] == 2000 and m["ok"] == 20 and m["classes"] == 50
     check = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not check["every_row_has_its_file"].passed and check["published_counts"].passed
+
+
+def test_official_archive_fetched_once_from_a_url(tmp_path):
+    import zipfile
+
+    esc = tmp_path / "ESC-50-master"
+    generate_esc50(esc, per_fold_class=1)
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "esc50.zip", "w") as zf:
+        for p in esc.rglob("*"):
+            zf.write(p, p.relative_to(tmp_path))
+    with MediaServer(served) as server:
+        sources = DatasetSources(esc50_archive_url=server.url("esc50.zip"))
+        root = sources.esc50(tmp_path / "data")
+        assert (root / "meta" / "esc50.csv").is_file() and str(root).startswith(str(tmp_path / "data"))
+    # the server is gone: a second call uses what was unpacked
+    assert DatasetSources(esc50_archive_url="http://127.0.0.1:9/esc50.zip").esc50(tmp_path / "data") == root
