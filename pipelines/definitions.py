@@ -6,10 +6,10 @@ serialises training. See docs/deployment.md for the Kubernetes executor configur
 """
 import dagster as dg
 
-from assets import audioset, clipsets
-from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
+from assets import audioset, clipsets, training
+from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
 
-data_assets = dg.load_assets_from_modules([audioset, clipsets])
+all_assets = dg.load_assets_from_modules([audioset, clipsets, training])
 
 audioset_data_job = dg.define_asset_job(
     "audioset_data", selection=dg.AssetSelection.groups(audioset.GROUP),
@@ -17,12 +17,13 @@ audioset_data_job = dg.define_asset_job(
     description="segments -> downloads -> clips -> manifest for one AudioSet partition")
 
 defs = dg.Definitions(
-    assets=data_assets,
+    assets=all_assets,
     asset_checks=[],
     jobs=[audioset_data_job],
     resources={
         "data_root": DataRoot(),
         "sources": DatasetSources(),
         "youtube": YoutubeDownloader(),
+        "tracking": MlflowTracking(),
     },
 )

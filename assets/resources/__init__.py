@@ -1,5 +1,6 @@
 from .sources import DatasetSources
 from .storage import DataRoot
+from .tracking import MlflowTracking
 from .youtube import YoutubeDownloader
 
-__all__ = ["DataRoot", "DatasetSources", "YoutubeDownloader"]
+__all__ = ["DataRoot", "DatasetSources", "MlflowTracking", "YoutubeDownloader"]

@@ -35,6 +35,12 @@ class DatasetSources(dg.ConfigurableResource):
         generate_all(demo)
         return demo / demo_sub
 
+    def uses_demo_audioset(self, data_root: Path) -> bool:
+        """True when the AudioSet folder is the built-in demo dataset (by its CSV header)."""
+        from audioclip_core.data.demo_dataset import is_demo_folder
+
+        return is_demo_folder(self.audioset(data_root))
+
     def audioset(self, data_root: Path) -> Path:
         return self._resolve(self.audioset_dir, "AUDIOCLIP_AUDIOSET_DIR", "audioset", data_root)
 

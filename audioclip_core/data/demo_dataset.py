@@ -116,9 +116,22 @@ def _ytid(rng: np.random.Generator) -> str:
     return "".join(rng.choice(alphabet, 11))
 
 
+GENERATOR_HEADER = "# Segments csv created by the audioclip demo generator"
+
+
+def is_demo_folder(folder: Path) -> bool:
+    """Whether an AudioSet folder holds this generator's lists (read from their header line)."""
+    for name in ("balanced_train_segments.csv", "eval_segments.csv", "demo_segments.csv"):
+        path = Path(folder) / name
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                return f.readline().strip() == GENERATOR_HEADER
+    return False
+
+
 def _segment_csv(path: Path, rows: list[tuple[str, float, float, list[str]]]) -> None:
     labels = {m for *_, ms in rows for m in ms}
-    lines = [f"# Segments csv created by the audioclip demo generator",
+    lines = [GENERATOR_HEADER,
              f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(labels)}, "
              f"num_positive_labels={sum(len(ms) for *_, ms in rows)}",
              "# YTID, start_seconds, end_seconds, positive_labels"]

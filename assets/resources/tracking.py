@@ -1,0 +1,53 @@
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import dagster as dg
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow with a sqlite backend in the data root (`tracking_uri` overrides it)."""
+
+    tracking_uri: str = ""
+    experiment: str = "audioclip"
+
+    def uri(self, data_root: Path) -> str:
+        if self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+            return self.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
+        folder = data_root / "mlflow"
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    @contextlib.contextmanager
+    def start_run(self, data_root: Path, run_name: str, tags: dict) -> Iterator["object"]:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri(data_root))
+        exp = mlflow.get_experiment_by_name(self.experiment)
+        if exp is None:
+            artifacts = (data_root / "mlflow" / "artifacts").resolve()
+            artifacts.mkdir(parents=True, exist_ok=True)
+            exp_id = mlflow.create_experiment(self.experiment, artifact_location=artifacts.as_uri())
+        else:
+            exp_id = exp.experiment_id
+        with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
+            yield run
+
+    @staticmethod
+    def log_manifest(path: Path, name: str, sha256: str, context: str = "training") -> None:
+        import mlflow
+        import pandas as pd
+
+        df = pd.read_parquet(path)
+        for col in df.columns:  # mlflow's dataset schema wants flat columns
+            if df[col].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "tolist")).any():
+                df[col] = df[col].map(lambda v: ", ".join(map(str, list(v))) if v is not None else None)
+        ds = mlflow.data.from_pandas(df, source=str(path), name=f"{name}@{sha256[:12]}")
+        mlflow.log_input(ds, context=context, tags={"sha256": sha256})
+
+    @staticmethod
+    def run_link(run, host: Optional[str] = None) -> str:
+        host = host or os.environ.get("AUDIOCLIP_MLFLOW_UI", "http://127.0.0.1:5000")
+        return f"{host}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

@@ -1,0 +1,1 @@
+"""Training: datasets over the manifests, the resumable loop, the paper's four stages."""

@@ -1,0 +1,51 @@
+"""Typed training configuration. Defaults are the paper's; the demo uses a tiny one."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+STAGES = ("esresnext_audioset", "audioclip_partial", "audioclip_full", "esresnext_finetune",
+          "audioclip_finetune")
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    preset: str = "audioclip-rn50"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-4
+    gamma: float = 0.95               # ExponentialLR, stepped once per epoch
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4        # not applied to the fbsp parameters and logit scales
+    seed: int = 0
+    clip_seconds: float = 5.0         # crop / pad length of the audio
+    channels: int = 1                 # audio channels fed (mono mix-down, or duplicated mono)
+    input_scale: str = "int16"        # how [-1, 1] audio is fed (see audioclip_core.audio)
+    inversion: str = "time"           # "time" (paper) or "channels" (the original code)
+    noise_p: float = 0.25
+    augment: bool = True
+    num_workers: int = 0
+    max_steps_per_epoch: Optional[int] = None
+    loss_variant: str = "reference"
+    device: str = "auto"              # "auto": cuda when available
+    amp: bool = True                  # bf16 autocast on CUDA only; CPU stays fp32
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; one of {STAGES}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def paper(cls, stage: str, **overrides) -> "TrainConfig":
+        """The paper's values: AudioSet stages 1e-4 / 0.95 / 30 epochs; fine-tuning 5e-5 / 0.98 / 50."""
+        base = dict(stage=stage)
+        if stage.endswith("finetune"):
+            base.update(lr=5e-5, gamma=0.98, epochs=50)
+        return cls(**{**base, **overrides})

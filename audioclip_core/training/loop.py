@@ -1,0 +1,178 @@
+"""The training loop: seeded, resumable at any point, AMP on CUDA, one checkpoint per epoch.
+
+A run killed at any moment resumes from the last completed epoch and reaches the same
+weights as a run never interrupted (on CPU): the batch order of an epoch and every
+augmentation are functions of (seed, epoch, index), and the epoch checkpoint holds the
+model, optimiser, scheduler and RNG state. Checkpoints are written to a temporary folder
+and renamed into place.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..checkpoints import save_checkpoint
+from .config import TrainConfig
+from .data import collate
+
+StepFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
+EpochCallback = Callable[[int, dict], None]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. a non-finite loss), with where it happened."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    resumed_from: Optional[int] = None
+    skipped_items: list[str] = field(default_factory=list)
+    epochs_dir: Optional[Path] = None
+
+
+def no_decay(name: str) -> bool:
+    """fbsp filter parameters and logit scales take no weight decay."""
+    return ".fbsp." in f".{name}" or name.startswith("fbsp.") or "logit_scale" in name
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or p.numel() == 0:
+            continue
+        (plain if no_decay(name) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:  # a contrastive batch needs two items
+        batches = batches[:-1]
+    return batches
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _latest_epoch(epochs_dir: Path) -> Optional[int]:
+    done = sorted(int(p.name.split("_")[1]) for p in epochs_dir.glob("epoch_*") if (p / "state.pt").is_file())
+    return done[-1] if done else None
+
+
+def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, history, skipped) -> None:
+    final = epochs_dir / f"epoch_{epoch:03d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch:03d}.", dir=epochs_dir))
+    try:
+        save_checkpoint(model, tmp / "model.safetensors", metadata={"epoch": epoch})
+        torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "history": history, "skipped": skipped},
+                   tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in epochs_dir.glob("epoch_*"):  # keep the last two complete epochs
+        if old.is_dir() and int(old.name.split("_")[1]) < epoch - 1:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler):
+    from safetensors.torch import load_file
+
+    folder = epochs_dir / f"epoch_{epoch:03d}"
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["skipped"]
+
+
+def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, workdir: Path, *,
+          on_epoch: Optional[EpochCallback] = None, prepare: Optional[Callable[[nn.Module], None]] = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+    epochs_dir = Path(workdir) / "epochs"
+    epochs_dir.mkdir(parents=True, exist_ok=True)
+    for stale in epochs_dir.glob(".epoch_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    result = TrainResult(epochs_dir=epochs_dir)
+    start = 0
+    latest = _latest_epoch(epochs_dir)
+    if latest is not None:
+        result.history, result.skipped_items = _load_epoch(epochs_dir, latest, model, optimizer, scheduler)
+        result.resumed_from = latest
+        start = latest + 1
+        log(f"resuming after epoch {latest}")
+    amp = cfg.amp and device.type == "cuda"
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        if prepare is not None:
+            prepare(model)  # e.g. keep frozen towers in eval mode
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
+        if cfg.max_steps_per_epoch:
+            batches = batches[:cfg.max_steps_per_epoch]
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
+        sums: dict[str, float] = {}
+        n_samples, t0 = 0, time.perf_counter()
+        for i, batch in enumerate(loader):
+            for err in batch["errors"]:
+                log(f"skipped a sample that failed to load: {err}")
+                result.skipped_items.append(err)
+            if len(batch["index"]) < 2:
+                continue
+            batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                     for k, v in batch.items()}
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                loss, terms = step(model, batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{cfg.stage}: the loss became {float(loss)} at epoch {epoch}, step {i}; "
+                                    f"the last good weights are those of epoch {epoch - 1} in {epochs_dir}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bs = len(batch["index"])
+            n_samples += bs
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * bs
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * bs
+        seconds = time.perf_counter() - t0
+        metrics = {k: v / max(n_samples, 1) for k, v in sums.items()}
+        metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], samples=n_samples,
+                       samples_per_s=n_samples / seconds if seconds > 0 else math.nan,
+                       skipped_items=len(result.skipped_items))
+        scheduler.step()
+        result.history.append(metrics)
+        _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
+        log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return result

@@ -1,0 +1,67 @@
+"""One stage run end to end: train (resumable), write the final checkpoint and its lineage."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from torch import nn
+
+from ..checkpoints import export_official, save_checkpoint
+from ..data.io import sha256_file
+from ..lineage import lineage_record, write_lineage
+from ..models.esresnext import ESResNeXt
+from .config import TrainConfig
+from .loop import StepFn, TrainResult, train
+
+
+@dataclass
+class StageRun:
+    name: str                                   # asset / stage name, e.g. "audioclip_esc50"
+    config: TrainConfig
+    model: nn.Module
+    dataset: object
+    step: StepFn
+    workdir: Path
+    manifests: dict[str, dict]                  # name -> {"path", "sha256", "rows"}
+    parent: Optional[dict] = None               # {"path", "sha256", "stage"}
+    prepare: Optional[Callable[[nn.Module], None]] = None
+    dagster: dict = field(default_factory=dict)
+    extra_lineage: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageOutput:
+    checkpoint: Path
+    official: Optional[Path]
+    lineage: dict
+    lineage_path: Path
+    result: TrainResult
+
+
+def run_stage(run: StageRun, *, on_epoch=None, mlflow_run_id: Optional[str] = None,
+              log: Callable[[str], None] = print) -> StageOutput:
+    result = train(run.model, run.dataset, run.step, run.config, run.workdir, on_epoch=on_epoch,
+                   prepare=run.prepare, log=log)
+    run.model.cpu().eval()
+    checkpoint = Path(run.workdir) / f"{run.name}.safetensors"
+    meta = {"stage": run.name, "input_scale": run.config.input_scale, "config": run.config.to_dict(),
+            "manifests": {k: v["sha256"] for k, v in run.manifests.items()},
+            "parent_sha256": (run.parent or {}).get("sha256")}
+    save_checkpoint(run.model, checkpoint, metadata=meta)
+    official = None
+    if isinstance(run.model, ESResNeXt):  # also in the ESRNXFBSP layout the original code reads
+        official = export_official(run.model, Path(run.workdir) / f"{run.name}.esrnxfbsp.pt")
+    record = lineage_record(stage=run.name, checkpoint=checkpoint, config=run.config.to_dict(),
+                            manifests=run.manifests, parent=run.parent, dagster=run.dagster,
+                            mlflow_run_id=mlflow_run_id,
+                            extra={"history": result.history, "skipped_items": result.skipped_items,
+                                   "resumed_from_epoch": result.resumed_from,
+                                   "official_export": str(official) if official else None,
+                                   **run.extra_lineage})
+    path = write_lineage(record, checkpoint)
+    return StageOutput(checkpoint, official, record, path, result)
+
+
+def manifest_entry(path: Path, rows: int) -> dict:
+    return {"path": str(path), "sha256": sha256_file(path), "rows": int(rows)}
