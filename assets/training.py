@@ -35,6 +35,8 @@ class StageConfig(dg.Config):
     clip_weights: str = Field(default="", description="CLIP.pt or OpenAI RN50.pt for the image/text towers")
     imagenet_weights: str = Field(default="", description="torchvision resnext50_32x4d state dict for stage 1")
     audioset_partitions: list[str] = Field(default_factory=lambda: ["balanced_train"])
+    nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
+    freeze_bn: bool = False
 
 
 def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSources, data_root: DataRoot):
@@ -48,7 +50,7 @@ def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSourc
         if getattr(cfg, key) is not None:
             values[key] = getattr(cfg, key)
     return TrainConfig(stage=stage, seed=cfg.seed, max_steps_per_epoch=cfg.max_steps_per_epoch,
-                       input_scale=cfg.input_scale, device=cfg.device, **values), profile
+                       input_scale=cfg.input_scale, device=cfg.device, freeze_bn=cfg.freeze_bn, **values), profile
 
 
 def _ckpt_dir(data_root: DataRoot, name: str, partition: Optional[str] = None) -> Path:
@@ -69,53 +71,79 @@ def _parent(path: Path, stage: str) -> dict:
     return {"path": str(path), "sha256": sha256_file(path), "stage": stage}
 
 
-def _run(context, run, data_root: DataRoot, tracking: MlflowTracking, profile: str) -> dg.MaterializeResult:
+def _execute(context, spec, data_root: DataRoot, tracking: MlflowTracking, profile: str,
+             nproc: int) -> dg.MaterializeResult:
+    """Run a stage in-process, or with torchrun (nproc > 1) through Dagster Pipes; track it in MLflow."""
+    import json
+    import sys
+
     from audioclip_core.evaluation.plots import plot_history
+    from audioclip_core.lineage import code_version
+    from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.factory import build_stage
     from audioclip_core.training.run import run_stage
 
     partition = context.partition_key if context.has_partition_key else None
-    tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
-            "dagster.partition": partition or "", "stage": run.name, "profile": profile}
-    from audioclip_core.lineage import code_version
-
     code = code_version()
-    tags.update({"git_commit": code["git_commit"], "git_dirty": str(code["git_dirty"])})
-    run.dagster = {"run_id": context.run_id, "asset_key": context.asset_key.to_user_string(), "partition": partition}
-    with tracking.start_run(data_root.path, f"{run.name}" + (f"-fold{partition}" if partition else ""), tags) as mrun:
+    tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
+            "dagster.partition": partition or "", "stage": spec.name, "profile": profile,
+            "git_commit": code["git_commit"], "git_dirty": str(code["git_dirty"]), "nproc_per_node": str(nproc)}
+    spec.dagster = {"run_id": context.run_id, "asset_key": context.asset_key.to_user_string(), "partition": partition}
+    cfg = TrainConfig(**spec.config)
+    workdir = Path(spec.workdir)
+    with tracking.start_run(data_root.path, spec.name + (f"-fold{partition}" if partition else ""), tags) as mrun:
         import mlflow
 
-        mlflow.log_params({k: v for k, v in run.config.to_dict().items() if k != "extra"})
-        for name, m in run.manifests.items():
+        spec.mlflow_run_id = mrun.info.run_id
+        mlflow.log_params({k: v for k, v in cfg.to_dict().items() if k != "extra"} | {"nproc_per_node": nproc})
+        for name, m in spec.manifests.items():
             tracking.log_manifest(Path(m["path"]), name, m["sha256"])
-        if run.parent:
-            mlflow.log_param("parent_sha256", run.parent["sha256"])
+        if spec.parent:
+            mlflow.log_param("parent_sha256", spec.parent["sha256"])
 
         def on_epoch(epoch, metrics):
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
         try:
-            out = run_stage(run, on_epoch=on_epoch, mlflow_run_id=mrun.info.run_id, log=context.log.info)
+            if nproc <= 1:
+                out = run_stage(build_stage(spec), on_epoch=on_epoch, mlflow_run_id=spec.mlflow_run_id,
+                                log=context.log.info)
+                history, checkpoint, lineage_path = out.result.history, out.checkpoint, out.lineage_path
+                official, resumed, skipped = out.official, out.result.resumed_from, out.result.skipped_items
+                lineage = out.lineage
+                logged = out.result.resumed_from + 1 if out.result.resumed_from is not None else 0
+            else:
+                spec_path = spec.to_json(workdir / "spec.json")
+                result_path = workdir / "result.json"
+                result_path.unlink(missing_ok=True)
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                       "-m", "pipelines.torchrun_entry", str(spec_path), str(result_path)]
+                dg.PipesSubprocessClient(cwd=str(Path(__file__).resolve().parents[1])).run(
+                    command=cmd, context=context, env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))})
+                res = json.loads(result_path.read_text())
+                history, checkpoint, lineage_path = res["history"], Path(res["checkpoint"]), Path(res["lineage_path"])
+                official = Path(res["official"]) if res["official"] else None
+                resumed, skipped = res["resumed_from"], res["skipped_items"]
+                lineage = json.loads(lineage_path.read_text())
+                logged = 0
         except Exception as exc:
             mlflow.set_tag("failure", str(exc)[:5000])
             raise
-        if out.result.resumed_from is not None:
-            for h in out.result.history[: out.result.resumed_from + 1]:
-                on_epoch(h["epoch"], h)
-        curve = plot_history(out.result.history, run.workdir / f"{run.name}.curves.png", title=run.name)
-        for art in (out.checkpoint, out.lineage_path, curve) + ((out.official,) if out.official else ()):
+        for h in history[:logged] if nproc <= 1 else history:  # epochs trained before a resume, or in workers
+            on_epoch(h["epoch"], h)
+        curve = plot_history(history, workdir / f"{spec.name}.curves.png", title=spec.name)
+        for art in (checkpoint, lineage_path, curve) + ((official,) if official else ()):
             mlflow.log_artifact(str(art))
-        mlflow.log_dict(run.config.to_dict(), "config.json")
+        mlflow.log_dict(cfg.to_dict(), "config.json")
         link = tracking.run_link(mrun)
-    history = out.result.history
-    first, last = history[0]["loss"], history[-1]["loss"]
-    sha = out.lineage["checkpoint"]["sha256"]
+    sha = lineage["checkpoint"]["sha256"]
     return dg.MaterializeResult(
-        metadata={"checkpoint": dg.MetadataValue.path(str(out.checkpoint)), "sha256": sha,
-                  "lineage": dg.MetadataValue.json(out.lineage), "mlflow_run_id": mrun.info.run_id,
-                  "mlflow_run": dg.MetadataValue.url(link), "epochs": len(history), "loss_first_epoch": first,
-                  "loss_last_epoch": last, "skipped_items": len(out.result.skipped_items),
-                  "resumed_from_epoch": out.result.resumed_from if out.result.resumed_from is not None else -1,
-                  "manifests": {k: v["sha256"] for k, v in run.manifests.items()},
+        metadata={"checkpoint": dg.MetadataValue.path(str(checkpoint)), "sha256": sha,
+                  "lineage": dg.MetadataValue.json(lineage), "mlflow_run_id": spec.mlflow_run_id,
+                  "mlflow_run": dg.MetadataValue.url(link), "epochs": len(history),
+                  "loss_first_epoch": history[0]["loss"], "loss_last_epoch": history[-1]["loss"],
+                  "skipped_items": len(skipped), "resumed_from_epoch": resumed if resumed is not None else -1,
+                  "nproc_per_node": nproc, "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
                   "curves": dg.MetadataValue.md(f"![curves]({curve.as_uri()})")},
         data_version=dg.DataVersion(sha[:16]))
 
@@ -123,111 +151,86 @@ def _run(context, run, data_root: DataRoot, tracking: MlflowTracking, profile: s
 def _audioset_manifests(data_root: DataRoot, partitions: list[str]):
     from audioclip_core.training.run import manifest_entry
 
-    dfs, entries = [], {}
+    paths, entries = [], {}
     for p in partitions:
         path = data_root.path / "audioset" / "manifests" / f"{p}.parquet"
         if not path.is_file():
             raise FileNotFoundError(f"AudioSet manifest {path} missing: materialise audioset_manifest[{p}] first")
-        df = pd.read_parquet(path)
-        dfs.append(df)
+        df = pd.read_parquet(path, columns=["status"])
+        paths.append(str(path))
         entries[f"audioset_{p}"] = manifest_entry(path, (df["status"] == "ok").sum())
-    return dfs, entries
+    return paths, entries
+
+
+def _audioset_spec(context, name, kind, config, data_root, sources, upstream):
+    from audioclip_core.data.audioset_steps import label_index_for
+    from audioclip_core.training.factory import StageSpec
+
+    cfg, profile = _train_config(config, kind, "audioset", sources, data_root)
+    labels = label_index_for(sources.audioset(data_root.path))
+    tables, manifests = _audioset_manifests(data_root, config.audioset_partitions)
+    if config.init_checkpoint:
+        init, parent = config.init_checkpoint, _parent(Path(config.init_checkpoint), "released")
+    elif upstream:
+        path = _upstream(data_root, upstream)
+        init, parent = str(path), _parent(path, upstream)
+    else:
+        init, parent = None, None
+    spec = StageSpec(name=name, kind=kind, config=cfg.to_dict(), workdir=str(_ckpt_dir(data_root, name)),
+                     tables=tables, manifests=manifests, class_ids=list(labels.mids), init=init, parent=parent,
+                     clip_weights=config.clip_weights or None, imagenet_weights=config.imagenet_weights or None)
+    return spec, profile
 
 
 @dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
           description="Stage 1: stand-alone ESResNeXt, multi-label BCE over the 527 AudioSet classes.")
 def esresnext_audioset(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                        sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    from audioclip_core.data.audioset_steps import label_index_for
-    from audioclip_core.training import stages
-    from audioclip_core.training.run import StageRun
-
-    cfg, profile = _train_config(config, "esresnext_audioset", "audioset", sources, data_root)
-    labels = label_index_for(sources.audioset(data_root.path))
-    dfs, manifests = _audioset_manifests(data_root, config.audioset_partitions)
-    model = stages.build_classifier(cfg, len(labels.mids), init=config.init_checkpoint or None,
-                                    imagenet=config.imagenet_weights or None)
-    ds = stages.audioset_dataset(dfs, list(labels.mids), cfg, with_image=False)
-    run = StageRun("esresnext_audioset", cfg, model, ds, stages.classifier_step,
-                   _ckpt_dir(data_root, "esresnext_audioset"), manifests,
-                   parent=_parent(Path(config.init_checkpoint), "released") if config.init_checkpoint else None)
-    return _run(context, run, data_root, tracking, profile)
-
-
-def _audioclip_stage(context, name, config, data_root, sources, tracking, *, upstream, partial: bool):
-    from audioclip_core.data.audioset_steps import label_index_for
-    from audioclip_core.training import stages
-    from audioclip_core.training.run import StageRun
-
-    cfg, profile = _train_config(config, "audioclip_partial" if partial else "audioclip_full", "audioset", sources,
-                                 data_root)
-    labels = label_index_for(sources.audioset(data_root.path))
-    dfs, manifests = _audioset_manifests(data_root, config.audioset_partitions)
-    if config.init_checkpoint:
-        parent_path = Path(config.init_checkpoint)
-        model = (stages.build_audioclip(cfg, audio_head=str(parent_path), clip_weights=config.clip_weights or None)
-                 if partial else stages.build_audioclip(cfg, init=str(parent_path)))
-    else:
-        parent_path = _upstream(data_root, upstream)
-        model = (stages.build_audioclip(cfg, audio_head=str(parent_path), clip_weights=config.clip_weights or None)
-                 if partial else stages.build_audioclip(cfg, init=str(parent_path)))
-    if partial:
-        stages.freeze_teachers(model)
-    ds = stages.audioset_dataset(dfs, list(labels.mids), cfg, with_image=True, image_size=model.visual.image_size)
-    run = StageRun(name, cfg, model, ds, stages.audioclip_step(use_image=True), _ckpt_dir(data_root, name),
-                   manifests, parent=_parent(parent_path, upstream if not config.init_checkpoint else "released"),
-                   prepare=stages.keep_frozen_in_eval,
-                   extra_lineage={"clip_weights": config.clip_weights or None})
-    return _run(context, run, data_root, tracking, profile)
+    spec, profile = _audioset_spec(context, "esresnext_audioset", "esresnext_audioset", config, data_root, sources, None)
+    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
 
 
 @dg.asset(group_name=GROUP, deps=[esresnext_audioset, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
           description="Stage 2: the audio head (from stage 1, fresh projection) trained under frozen CLIP teachers.")
 def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                       sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    return _audioclip_stage(context, "audioclip_partial", config, data_root, sources, tracking,
-                            upstream="esresnext_audioset", partial=True)
+    spec, profile = _audioset_spec(context, "audioclip_partial", "audioclip_partial", config, data_root, sources,
+                                   "esresnext_audioset")
+    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
 
 
 @dg.asset(group_name=GROUP, deps=[audioclip_partial, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
           description="Stage 3: all three heads trained jointly on AudioSet from the partial checkpoint.")
 def audioclip_full(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                    sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    return _audioclip_stage(context, "audioclip_full", config, data_root, sources, tracking,
-                            upstream="audioclip_partial", partial=False)
+    spec, profile = _audioset_spec(context, "audioclip_full", "audioclip_full", config, data_root, sources,
+                                   "audioclip_partial")
+    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
 
 
 def _finetune(context, name, dataset, config, data_root, sources, tracking, *, upstream, cooperative):
-    from audioclip_core.training import stages
-    from audioclip_core.training.run import StageRun, manifest_entry
+    from audioclip_core.training.factory import StageSpec
+    from audioclip_core.training.run import manifest_entry
 
     fold = context.partition_key
-    cfg, profile = _train_config(config, "audioclip_finetune" if cooperative else "esresnext_finetune",
-                                 "finetune", sources, data_root)
+    kind = "audioclip_finetune" if cooperative else "esresnext_finetune"
+    cfg, profile = _train_config(config, kind, "finetune", sources, data_root)
+    cfg.channels = 2 if dataset == "us8k" else 1  # the original protocols: US8K stereo, ESC-50 mono
     train_path = data_root.path / dataset / "folds" / fold / "train.parquet"
     if not train_path.is_file():
         raise FileNotFoundError(f"{train_path} missing: materialise {dataset}_folds[{fold}] first")
-    train_df = pd.read_parquet(train_path)
-    manifest = pd.read_parquet(data_root.path / dataset / "manifest.parquet")
+    rows = len(pd.read_parquet(train_path, columns=["path"]))
+    manifest = pd.read_parquet(data_root.path / dataset / "manifest.parquet", columns=["class_id", "class_name"])
     classes = [n for _, n in sorted(set(zip(manifest["class_id"], manifest["class_name"])))]
-    parent_path = Path(config.init_checkpoint) if config.init_checkpoint else _upstream(data_root, upstream)
-    if cooperative:
-        model = stages.build_audioclip(cfg, init=str(parent_path))
-        stages.freeze_teachers(model)
-        model.logit_scale.requires_grad_(False)
-        step = stages.audioclip_step(use_image=False)
+    if config.init_checkpoint:
+        init, parent = config.init_checkpoint, _parent(Path(config.init_checkpoint), "released")
     else:
-        model = stages.build_classifier(cfg, len(classes), init=str(parent_path))
-        step = stages.classifier_step
-    cfg.channels = 2 if dataset == "us8k" else 1  # the original protocols: US8K stereo, ESC-50 mono
-    ds = stages.clipset_dataset(train_df, cfg, classes)
-    run = StageRun(name, cfg, model, ds, step, _ckpt_dir(data_root, name, fold),
-                   {f"{dataset}_fold{fold}_train": manifest_entry(train_path, len(train_df))},
-                   parent=_parent(parent_path, upstream if not config.init_checkpoint else "released"),
-                   prepare=stages.keep_frozen_in_eval, extra_lineage={"fold": int(fold), "classes": classes})
-    return _run(context, run, data_root, tracking, profile)
-
-
+        path = _upstream(data_root, upstream)
+        init, parent = str(path), _parent(path, upstream)
+    spec = StageSpec(name=name, kind=kind, config=cfg.to_dict(), workdir=str(_ckpt_dir(data_root, name, fold)),
+                     tables=[str(train_path)], manifests={f"{dataset}_fold{fold}_train": manifest_entry(train_path, rows)},
+                     classes=classes, init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes})
+    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
 def _finetune_asset(name, dataset, folds_asset, partitions, upstream_asset, cooperative, description):
     @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[upstream_asset, folds_asset],
               pool="gpu", kinds={"pytorch", "mlflow"}, description=description)

@@ -97,8 +97,12 @@ class AudioCLIP(CLIP):
 
     def forward(self, audio: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None,
                 text: Optional[TextInput] = None, *, sample_weights: Optional[torch.Tensor] = None,
-                loss_variant: str = "reference",
-                class_ids: Optional[torch.Tensor] = None) -> AudioCLIPOutput:
+                loss_variant: str = "reference", class_ids: Optional[torch.Tensor] = None,
+                gather=None, scale_grad: float = 1.0) -> AudioCLIPOutput:
+        """`gather`: a function applied to each normalised feature matrix before the logits
+        (data-parallel training passes one that concatenates all ranks' features).
+        `scale_grad` multiplies the gradient reaching the logit scales, not their value
+        (data-parallel training uses 1 / world size, see training/distributed.py)."""
         a = i = t = None
         if audio is not None:
             a = F.normalize(self.encode_audio(audio), dim=-1, eps=0.0)
@@ -106,7 +110,11 @@ class AudioCLIP(CLIP):
             i = F.normalize(self.encode_image(image), dim=-1, eps=0.0)
         if text is not None:
             t = F.normalize(self.encode_text(text), dim=-1, eps=0.0)
+        if gather is not None:
+            a, i, t = (gather(f) if f is not None else None for f in (a, i, t))
         s_it, s_ai, s_at = self.logit_scales()
+        if scale_grad != 1.0:
+            s_it, s_ai, s_at = (s * scale_grad + s.detach() * (1.0 - scale_grad) for s in (s_it, s_ai, s_at))
         l_ai = s_ai * a @ i.T if a is not None and i is not None else None
         l_at = s_at * a @ t.T if a is not None and t is not None else None
         l_it = s_it * i @ t.T if i is not None and t is not None else None

@@ -51,6 +51,17 @@ def _normalise_gradient(grad: torch.Tensor) -> torch.Tensor:
     return grad / (grad.abs().max() + EPS)
 
 
+class _GradientHook:
+    """Tensor hook that normalises the gradient unless its layer defers it (data parallel:
+    the normalisation must see the gradient after it is averaged across processes)."""
+
+    def __init__(self, layer: "LinearFBSP"):
+        self.layer = layer
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return _normalise_gradient(grad) if self.layer.normalize_in_hook else grad
+
+
 class LinearFBSP(nn.Module):
     """Complex frequency-B-spline filter bank with `out_features` filters (n_fft/2 + 1)."""
 
@@ -64,8 +75,17 @@ class LinearFBSP(nn.Module):
         # The official layout carries an empty `fbsp.bias` (the reference builds the layer
         # with bias=False but still registers the parameter); kept for strict loading.
         self.bias = nn.Parameter(torch.empty(0))
+        self.normalize_in_hook = True
+        hook = _GradientHook(self)
         for p in (self.m, self.fb, self.fc):
-            p.register_hook(_normalise_gradient)
+            p.register_hook(hook)
+
+    @torch.no_grad()
+    def normalize_gradients(self) -> None:
+        """What the hooks do, applied explicitly (after a data-parallel all-reduce)."""
+        for p in (self.m, self.fb, self.fc):
+            if p.grad is not None:
+                p.grad.copy_(_normalise_gradient(p.grad))
 
     def kernel(self, in_features: int) -> torch.Tensor:
         """The filter bank materialised for frames of `in_features` samples: `[K, N, 2]`."""

@@ -31,6 +31,7 @@ class TrainConfig:
     loss_variant: str = "reference"
     device: str = "auto"              # "auto": cuda when available
     amp: bool = True                  # bf16 autocast on CUDA only; CPU stays fp32
+    freeze_bn: bool = False           # BatchNorm uses and keeps its running statistics
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

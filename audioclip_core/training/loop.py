@@ -22,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import save_checkpoint
+from ..models.fbsp import LinearFBSP
+from . import distributed as D
 from .config import TrainConfig
 from .data import collate
 
@@ -39,6 +41,7 @@ class TrainResult:
     resumed_from: Optional[int] = None
     skipped_items: list[str] = field(default_factory=list)
     epochs_dir: Optional[Path] = None
+    model: Optional[nn.Module] = None          # the trained module (after any BatchNorm conversion)
 
 
 def no_decay(name: str) -> bool:
@@ -68,8 +71,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     return torch.device(name)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def _latest_epoch(epochs_dir: Path) -> Optional[int]:
@@ -116,6 +127,10 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    distributed = D.is_distributed()
+    world = D.world_size()
+    if distributed and cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
     epochs_dir = Path(workdir) / "epochs"
@@ -131,8 +146,21 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
         start = latest + 1
         log(f"resuming after epoch {latest}")
     amp = cfg.amp and device.type == "cuda"
+    net: nn.Module = model
+    fbsp_layers = [m for m in model.modules() if isinstance(m, LinearFBSP)]
+    for layer in fbsp_layers:  # normalise after DDP's all-reduce, not per process before it
+        layer.normalize_in_hook = not distributed
+    if distributed:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif not cfg.freeze_bn:
+            log("note: on CPU BatchNorm statistics are computed per process (no SyncBatchNorm)")
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     for epoch in range(start, cfg.epochs):
-        model.train()
+        net.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(model)
         if prepare is not None:
             prepare(model)  # e.g. keep frozen towers in eval mode
         if hasattr(dataset, "set_epoch"):
@@ -140,6 +168,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
         batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
         if cfg.max_steps_per_epoch:
             batches = batches[:cfg.max_steps_per_epoch]
+        if distributed:  # the same global batches on every rank; each takes its share
+            batches = [D.shard(b) for b in batches if len(b) >= world and len(b) % world == 0]
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
         sums: dict[str, float] = {}
         n_samples, t0 = 0, time.perf_counter()
@@ -147,21 +177,24 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
             for err in batch["errors"]:
                 log(f"skipped a sample that failed to load: {err}")
                 result.skipped_items.append(err)
-            if len(batch["index"]) < 2:
+            if len(batch["index"]) < 2 and not distributed:
                 continue
             batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                      for k, v in batch.items()}
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-                loss, terms = step(model, batch)
+                loss, terms = step(net, batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{cfg.stage}: the loss became {float(loss)} at epoch {epoch}, step {i}; "
                                     f"the last good weights are those of epoch {epoch - 1} in {epochs_dir}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if distributed:
+                for layer in fbsp_layers:
+                    layer.normalize_gradients()
             optimizer.step()
-            bs = len(batch["index"])
+            bs = len(batch["index"]) * world
             n_samples += bs
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * bs
+            terms.setdefault("loss", float(loss.detach()))
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * bs
         seconds = time.perf_counter() - t0
@@ -171,8 +204,13 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                        skipped_items=len(result.skipped_items))
         scheduler.step()
         result.history.append(metrics)
-        _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
+        if D.rank() == 0:
+            _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
+        D.barrier()
         log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+    for layer in fbsp_layers:
+        layer.normalize_in_hook = True
+    result.model = model
     return result

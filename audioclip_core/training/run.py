@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 from ..checkpoints import export_official, save_checkpoint
@@ -40,9 +41,18 @@ class StageOutput:
 
 
 def run_stage(run: StageRun, *, on_epoch=None, mlflow_run_id: Optional[str] = None,
-              log: Callable[[str], None] = print) -> StageOutput:
+              log: Callable[[str], None] = print) -> Optional[StageOutput]:
+    """Train, then (on rank 0 only) write the final checkpoint, its exports and lineage."""
+    from . import distributed as D
+
     result = train(run.model, run.dataset, run.step, run.config, run.workdir, on_epoch=on_epoch,
                    prepare=run.prepare, log=log)
+    if D.rank() != 0:
+        D.barrier()
+        return None
+    run.model = result.model if result.model is not None else run.model
+    if isinstance(run.model, torch.nn.Module):
+        run.model = _plain_batchnorm(run.model)
     run.model.cpu().eval()
     checkpoint = Path(run.workdir) / f"{run.name}.safetensors"
     meta = {"stage": run.name, "input_scale": run.config.input_scale, "config": run.config.to_dict(),
@@ -60,7 +70,21 @@ def run_stage(run: StageRun, *, on_epoch=None, mlflow_run_id: Optional[str] = No
                                    "official_export": str(official) if official else None,
                                    **run.extra_lineage})
     path = write_lineage(record, checkpoint)
+    D.barrier()
     return StageOutput(checkpoint, official, record, path, result)
+
+
+def _plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """SyncBatchNorm (used across GPUs) back to BatchNorm2d, so checkpoints keep the official layout."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.SyncBatchNorm):
+            bn = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                      child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            _plain_batchnorm(child)
+    return module
 
 
 def manifest_entry(path: Path, rows: int) -> dict:

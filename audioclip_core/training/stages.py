@@ -85,24 +85,35 @@ def build_audioclip(cfg: TrainConfig, *, init: Optional[str] = None, audio_head:
 
 
 # -- steps -----------------------------------------------------------------------------------
+def _head(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model  # unwrap DistributedDataParallel
+
+
 def classifier_step(model: ESResNeXt, batch: dict):
     logits = model(batch["audio"])
-    target = batch["target"]
-    loss = model.classification_loss(logits, target)
-    return loss, {"loss_ttf": float(model.loss_ttf().detach())}
+    # per-sample losses averaged over the local batch: DDP's gradient averaging over equal
+    # shards gives the global batch's mean, as one process would
+    loss = _head(model).classification_loss(logits, batch["target"])
+    return loss, {"loss": float(loss.detach()), "loss_ttf": float(_head(model).loss_ttf().detach())}
 
 
 def audioclip_step(use_image: bool, loss_variant: str = "reference"):
     def step(model: AudioCLIP, batch: dict):
+        from .distributed import gather_features, world_size
+
+        w = world_size()
         out = model(audio=batch["audio"], image=batch.get("image") if use_image else None, text=batch["text"],
-                    loss_variant=loss_variant)
-        target = torch.arange(batch["audio"].shape[0], device=batch["audio"].device)
-        terms = {}
+                    loss_variant=loss_variant, gather=gather_features if w > 1 else None, scale_grad=1.0 / w)
+        ttf = _head(model).loss_ttf()
+        n = out.logits.audio_text.shape[0] if out.logits.audio_text is not None else out.logits.audio_image.shape[0]
+        target = torch.arange(n, device=batch["audio"].device)
+        terms = {"loss": float(out.loss.detach()), "loss_ttf": float(ttf.detach())}
         for name, lg in zip(("loss_audio_image", "loss_audio_text", "loss_image_text"), out.logits):
             if lg is not None:
                 terms[name] = float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())
-        terms["loss_ttf"] = float(model.loss_ttf().detach())
-        return out.loss, terms
+        # every rank holds the global loss but back-propagates only through its own slice;
+        # scaled by W, DDP's averaging gives the single-process gradient
+        return (out.loss - ttf) * w + ttf, terms
 
     return step
 
@@ -113,6 +124,7 @@ def freeze_teachers(model: AudioCLIP) -> None:
 
 
 def keep_frozen_in_eval(model: nn.Module) -> None:
+    model = _head(model)
     if isinstance(model, AudioCLIP) and not any(p.requires_grad for p in model.visual.parameters()):
         model.visual.eval()
 
