@@ -10,13 +10,14 @@ export DAGSTER_HOME ?= $(abspath dagster_home)
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: env demo test test-fast bench ui clean-env help
+.PHONY: env demo test test-fast bench ui mlflow-ui clean-env help
 
 help:
 	@echo "make demo       run the main job on the built-in demo data"
 	@echo "make test       run the whole test suite"
 	@echo "make test-fast  skip tests marked slow"
 	@echo "make ui         Dagster UI on 127.0.0.1:3000"
+	@echo "make mlflow-ui  MLflow UI on 127.0.0.1:5000"
 
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -27,7 +28,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 env: $(VENV)/.synced
 
 demo: env
-	$(PY) -m audioclip_core.demo
+	$(PY) -m pipelines.demo
 
 test: env
 	$(PY) -m pytest -q
@@ -41,6 +42,10 @@ bench: env
 ui: env
 	$(PY) -m pipelines.instance
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p $${DAGSTER_PORT:-3000} -w workspace.yaml
+
+mlflow-ui: env
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --workers 1 --host 127.0.0.1 \
+	    --port $${MLFLOW_PORT:-5000} --backend-store-uri sqlite:///$${AUDIOCLIP_DATA_ROOT:-$(CURDIR)/data}/mlflow/mlflow.db
 
 clean-env:
 	rm -rf $(VENV)

@@ -36,7 +36,7 @@ class StageConfig(dg.Config):
     imagenet_weights: str = Field(default="", description="torchvision resnext50_32x4d state dict for stage 1")
     audioset_partitions: list[str] = Field(default_factory=lambda: ["balanced_train"])
     nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
-    freeze_bn: bool = False
+    freeze_bn: Optional[bool] = None
 
 
 def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSources, data_root: DataRoot):
@@ -45,12 +45,12 @@ def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSourc
 
     profile = cfg.profile or os.environ.get("AUDIOCLIP_TRAIN_PROFILE") or (
         "demo" if sources.uses_demo_audioset(data_root.path) else "paper")
-    values = profile_values(profile, kind)
-    for key in ("preset", "epochs", "batch_size", "lr", "gamma", "clip_seconds"):
+    values = profile_values(profile, stage)
+    for key in ("preset", "epochs", "batch_size", "lr", "gamma", "clip_seconds", "freeze_bn"):
         if getattr(cfg, key) is not None:
             values[key] = getattr(cfg, key)
     return TrainConfig(stage=stage, seed=cfg.seed, max_steps_per_epoch=cfg.max_steps_per_epoch,
-                       input_scale=cfg.input_scale, device=cfg.device, freeze_bn=cfg.freeze_bn, **values), profile
+                       input_scale=cfg.input_scale, device=cfg.device, **values), profile
 
 
 def _ckpt_dir(data_root: DataRoot, name: str, partition: Optional[str] = None) -> Path:

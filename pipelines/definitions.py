@@ -6,10 +6,10 @@ serialises training. See docs/deployment.md for the Kubernetes executor configur
 """
 import dagster as dg
 
-from assets import audioset, clipsets, training
+from assets import audioset, clipsets, evaluation, training
 from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
 
-all_assets = dg.load_assets_from_modules([audioset, clipsets, training])
+all_assets = dg.load_assets_from_modules([audioset, clipsets, training, evaluation])
 
 audioset_data_job = dg.define_asset_job(
     "audioset_data", selection=dg.AssetSelection.groups(audioset.GROUP),
