@@ -31,8 +31,7 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".
                     ".mkv", ".aiff", ".aif"}
 
 
-class AudioDecodeError(ValueError):
-    """A file that cannot be decoded into audio, with the reason."""
+from .errors import AudioDecodeError  # noqa: E402  (re-exported)
 
 
 def ffmpeg_exe() -> str:

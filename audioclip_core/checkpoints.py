@@ -50,8 +50,7 @@ RELEASES = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with what to do about it."""
+from .errors import CheckpointError  # noqa: E402  (re-exported)
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -146,6 +146,33 @@ def cmd_convert(args) -> None:
     print(f"wrote {path} ({layout})")
 
 
+def cmd_lineage(args) -> None:
+    import time
+
+    from .audit import chain, checkpoints_for_clip, format_chain
+
+    if args.clip:
+        root = Path(args.data_root or os.environ.get("AUDIOCLIP_DATA_ROOT") or "data")
+        start = time.perf_counter()
+        hits = checkpoints_for_clip(args.clip, root)
+        rows = [{"checkpoint": h.checkpoint, "stage": h.stage, "sha256": h.sha256, "via": h.via} for h in hits]
+        if args.out:
+            _write_rows(rows, args.out)
+        else:
+            print(f"{len(hits)} checkpoints trained on {args.clip} (searched {root} in "
+                  f"{time.perf_counter() - start:.2f} s):")
+            for h in hits:
+                print(f"  {h.stage:<22s} {h.checkpoint}  ({h.via})")
+        return
+    if not args.checkpoint:
+        raise SystemExit("audioclip lineage: give a CHECKPOINT, or --clip YTID")
+    records = chain(Path(args.checkpoint))
+    if args.out:
+        _write_rows(records, args.out)
+    else:
+        print(format_chain(records))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="audioclip", description="AudioCLIP: embed, classify, query, convert")
     sub = p.add_subparsers(dest="command", required=True)
@@ -183,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=5)
     sp.set_defaults(func=cmd_query)
 
+    sp = sub.add_parser("lineage", help="trace a checkpoint to its data and code, or a clip to its checkpoints")
+    sp.add_argument("checkpoint", nargs="?", help="a checkpoint written by a training stage")
+    sp.add_argument("--clip", help="an AudioSet YouTube id (or segment id, or ESC-50/US8K file name)")
+    sp.add_argument("--data-root", help="where to look for checkpoints (default AUDIOCLIP_DATA_ROOT or ./data)")
+    sp.add_argument("--out", "-o", help="write JSON/CSV/parquet instead of text")
+    sp.set_defaults(func=cmd_lineage)
+
     sp = sub.add_parser("convert", help="convert a checkpoint between layouts")
     sp.add_argument("src")
     sp.add_argument("dst", help=".safetensors (our format, with metadata) or .pt (official layout)")
@@ -194,12 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .audio import AudioDecodeError
-    from .checkpoints import CheckpointError
+    from .errors import AudioDecodeError, CheckpointError, LineageError
 
     try:
         args.func(args)
-    except (CheckpointError, AudioDecodeError, FileNotFoundError) as exc:
+    except (CheckpointError, AudioDecodeError, FileNotFoundError, LineageError) as exc:
         print(f"audioclip: error: {exc}", file=sys.stderr)
         return 1
     return 0

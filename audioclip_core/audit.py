@@ -1,0 +1,144 @@
+"""The audit trail: from a checkpoint to the data and code that made it, and from a clip to
+every checkpoint that saw it.
+
+Backed by the lineage records written beside each checkpoint (`*.lineage.json`) and DuckDB
+queries over the manifests they name (parquet), so a question about one clip among millions
+takes about a second.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+from .errors import LineageError  # noqa: E402  (re-exported)
+
+
+def _record_path(checkpoint: Path) -> Path:
+    return Path(checkpoint).with_suffix(".lineage.json")
+
+
+def read_record(checkpoint: Path) -> dict:
+    path = _record_path(checkpoint)
+    if not path.is_file():
+        raise LineageError(f"{checkpoint}: no lineage record ({path.name}); only checkpoints written by this "
+                           "project's training stages carry one")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def chain(checkpoint: Path) -> list[dict]:
+    """The record of `checkpoint`, then its parent's, and so on up to the first stage."""
+    out, seen = [], set()
+    current: Optional[Path] = Path(checkpoint)
+    while current is not None:
+        rec = read_record(current)
+        key = rec["checkpoint"]["sha256"]
+        if key in seen:
+            break
+        seen.add(key)
+        out.append(rec)
+        parent = rec.get("parent")
+        current = Path(parent["path"]) if parent and _record_path(Path(parent["path"])).is_file() else None
+        if parent and current is None:
+            out.append({"stage": parent.get("stage", "external"), "checkpoint": {"path": parent["path"],
+                        "sha256": parent["sha256"]}, "external": True})
+    return out
+
+
+def _manifest_status(entry: dict) -> str:
+    from .data.io import sha256_file
+
+    path = Path(entry["path"])
+    if not path.is_file():
+        return "missing now"
+    return "unchanged" if sha256_file(path) == entry["sha256"] else "CHANGED since training"
+
+
+def format_chain(records: list[dict]) -> str:
+    lines = []
+    for depth, rec in enumerate(records):
+        pad = "  " * depth
+        ck = rec["checkpoint"]
+        if rec.get("external"):
+            lines.append(f"{pad}<- {rec['stage']}: {ck['path']}  sha256 {ck['sha256'][:16]}  (no lineage record)")
+            continue
+        arrow = "" if depth == 0 else "<- "
+        lines.append(f"{pad}{arrow}{rec['stage']}: {ck['path']}")
+        lines.append(f"{pad}   sha256 {ck['sha256']}")
+        dag = rec.get("dagster") or {}
+        lines.append(f"{pad}   dagster run {dag.get('run_id')}  asset {dag.get('asset_key')}"
+                     + (f" [{dag['partition']}]" if dag.get("partition") else "")
+                     + f"  mlflow run {rec.get('mlflow_run_id')}")
+        code = rec.get("code") or {}
+        cfg = rec.get("config") or {}
+        lines.append(f"{pad}   code {code.get('git_commit')}{' (dirty)' if code.get('git_dirty') else ''}  "
+                     f"preset {cfg.get('preset')}  seed {rec.get('seed')}  epochs {cfg.get('epochs')}")
+        for name, m in (rec.get("manifests") or {}).items():
+            lines.append(f"{pad}   data {name}: {m['rows']} clips  sha256 {m['sha256'][:16]}  {m['path']}  "
+                         f"[{_manifest_status(m)}]")
+    return "\n".join(lines)
+
+
+@dataclass
+class ClipHit:
+    checkpoint: str
+    stage: str
+    sha256: str
+    via: str          # "trained on it" or "descends from <checkpoint>"
+
+
+def find_records(root: Path) -> list[tuple[Path, dict]]:
+    return [(p, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(Path(root).rglob("*.lineage.json"))]
+
+
+def checkpoints_for_clip(clip: str, root: Path) -> list[ClipHit]:
+    """Every checkpoint under `root` whose training data held `clip` (an AudioSet ytid or
+    segment id, or an ESC-50/US8K file name) with status ok, directly or through its parents."""
+    import duckdb
+
+    records = find_records(root)
+    manifests = sorted({m["path"] for _, r in records for m in (r.get("manifests") or {}).values()
+                        if Path(m["path"]).is_file()})
+    hit_paths: set[str] = set()
+    if manifests:
+        con = duckdb.connect()
+        try:
+            for path in manifests:
+                cols = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()}
+                conds = []
+                if "ytid" in cols:
+                    conds.append("ytid = $clip")
+                if "segment_id" in cols:
+                    conds.append("segment_id = $clip")
+                if "path" in cols:
+                    conds.append("(path = $clip OR regexp_extract(path, '[^/]+$') = $clip)")
+                if not conds:
+                    continue
+                status = " AND status = 'ok'" if "status" in cols else ""
+                q = f"SELECT count(*) FROM read_parquet($p) WHERE ({' OR '.join(conds)}){status}"
+                if con.execute(q, {"p": path, "clip": clip}).fetchall()[0][0]:
+                    hit_paths.add(path)
+        finally:
+            con.close()
+    by_sha = {r["checkpoint"]["sha256"]: (p, r) for p, r in records}
+    direct = {sha for sha, (_, r) in by_sha.items()
+              if any(m["path"] in hit_paths for m in (r.get("manifests") or {}).values())}
+    hits = [ClipHit(r["checkpoint"]["path"], r["stage"], sha, "trained on it") for sha, (_, r) in by_sha.items()
+            if sha in direct]
+    for sha, (_, r) in by_sha.items():
+        if sha in direct:
+            continue
+        parent = (r.get("parent") or {}).get("sha256")
+        trail = []
+        while parent and parent in by_sha:
+            trail.append(parent)
+            if parent in direct:
+                hits.append(ClipHit(r["checkpoint"]["path"], r["stage"], sha,
+                                    f"descends from {by_sha[parent][1]['stage']} ({parent[:12]})"))
+                break
+            parent = (by_sha[parent][1].get("parent") or {}).get("sha256")
+            if parent in trail:
+                break
+    return sorted(hits, key=lambda h: h.checkpoint)

@@ -1,0 +1,86 @@
+"""The audit trail over lineage records and manifests, at AudioSet scale."""
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from audioclip_core.audit import chain, checkpoints_for_clip, format_chain
+from audioclip_core.cli import main
+from audioclip_core.data.io import sha256_file
+from audioclip_core.errors import LineageError
+
+ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
+
+
+@pytest.fixture(scope="module")
+def big_lineage(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    rng = np.random.default_rng(0)
+    n = 2_000_000
+    codes = rng.integers(0, len(ALPHABET), size=(n, 11), dtype=np.int8)
+    ytids = ["".join(row) for row in ALPHABET[codes].tolist()]
+    ytids[123_456] = "NeedleClip1"
+    ytids[7] = "BadClip0001"
+    status = np.where(np.arange(n) == 7, "unavailable", "ok")
+    table = pa.table({"segment_id": [f"{y}_0" for y in ytids], "ytid": ytids, "status": status})
+    manifest = root / "audioset" / "manifests" / "unbalanced_00.parquet"
+    manifest.parent.mkdir(parents=True)
+    pq.write_table(table, manifest)
+    other = root / "esc50" / "folds" / "1" / "train.parquet"
+    other.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"path": ["audio/1-100032-A-0.wav"], "status": ["ok"]}), other)
+
+    def record(stage, manifests, parent=None):
+        ck = root / "checkpoints" / stage / f"{stage}.safetensors"
+        ck.parent.mkdir(parents=True, exist_ok=True)
+        ck.write_bytes(stage.encode())
+        rec = {"stage": stage, "checkpoint": {"path": str(ck), "sha256": sha256_file(ck)},
+               "manifests": {name: {"path": str(p), "sha256": sha256_file(p), "rows": rows}
+                             for name, (p, rows) in manifests.items()},
+               "parent": parent, "config": {"preset": "audioclip-tiny", "epochs": 1}, "seed": 0,
+               "code": {"git_commit": "abc123", "git_dirty": False}, "dagster": {"run_id": f"run-{stage}"},
+               "mlflow_run_id": f"ml-{stage}"}
+        ck.with_suffix(".lineage.json").write_text(json.dumps(rec))
+        return {"path": str(ck), "sha256": rec["checkpoint"]["sha256"], "stage": stage}
+
+    s1 = record("esresnext_audioset", {"audioset_unbalanced_00": (manifest, n - 1)})
+    s2 = record("audioclip_partial", {"audioset_unbalanced_00": (manifest, n - 1)}, s1)
+    s4 = record("audioclip_esc50", {"esc50_fold1_train": (other, 1)}, s2)
+    return root, s1, s2, s4
+
+
+def test_clip_to_checkpoints_over_two_million_rows(big_lineage, capsys):
+    root, s1, s2, s4 = big_lineage
+    start = time.perf_counter()
+    hits = checkpoints_for_clip("NeedleClip1", root)
+    elapsed = time.perf_counter() - start
+    print(f"2,000,000-row manifest: {elapsed:.2f} s")
+    by_stage = {h.stage: h for h in hits}
+    assert set(by_stage) == {"esresnext_audioset", "audioclip_partial", "audioclip_esc50"}
+    assert by_stage["audioclip_partial"].via == "trained on it"
+    assert by_stage["audioclip_esc50"].via.startswith("descends from audioclip_partial")
+    assert checkpoints_for_clip("BadClip0001", root) == []  # listed but never downloaded: not trained on
+    assert checkpoints_for_clip("NotThere123", root) == []
+    assert [h.stage for h in checkpoints_for_clip("1-100032-A-0.wav", root)] == ["audioclip_esc50"]
+    assert main(["lineage", "--clip", "NeedleClip1", "--data-root", str(root)]) == 0
+    assert "3 checkpoints trained on NeedleClip1" in capsys.readouterr().out
+
+
+def test_checkpoint_to_data_and_code(big_lineage, capsys):
+    root, s1, s2, s4 = big_lineage
+    records = chain(s4["path"])
+    assert [r["stage"] for r in records] == ["audioclip_esc50", "audioclip_partial", "esresnext_audioset"]
+    text = format_chain(records)
+    assert "1999999 clips" in text and "[unchanged]" in text and "run-audioclip_partial" in text
+    assert main(["lineage", s4["path"]]) == 0
+    assert "esresnext_audioset" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_record_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(LineageError, match="no lineage record"):
+        chain(tmp_path / "x.pt")
+    assert main(["lineage", str(tmp_path / "x.pt")]) == 1
+    assert "no lineage record" in capsys.readouterr().err
