@@ -2,12 +2,15 @@
 
 Local runs use the multiprocess executor (one run per partition; backfills fan out across
 partitions); the `youtube` pool bounds concurrent downloads across runs and the `gpu` pool
-serialises training. See docs/deployment.md for the Kubernetes executor configuration.
+serialises training. See docs/deployment.md for the Kubernetes executor configuration;
+pipelines/automation.py for scheduled re-training (off by default).
 """
 import dagster as dg
 
 from assets import audioset, clipsets, evaluation, training
 from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
+
+from .automation import retrain_audioset_chain, retrain_on_new_data
 
 all_assets = dg.load_assets_from_modules([audioset, clipsets, training, evaluation])
 
@@ -19,7 +22,8 @@ audioset_data_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=[],
-    jobs=[audioset_data_job],
+    jobs=[audioset_data_job, retrain_audioset_chain],
+    sensors=[retrain_on_new_data],
     resources={
         "data_root": DataRoot(),
         "sources": DatasetSources(),

@@ -254,3 +254,30 @@ def test_two_processes_match_one_on_the_same_global_batch(lineage, stage_outputs
     rest = {k: v for k, v in worst.items() if ".fbsp." not in k}
     assert max(rest.values()) < 1e-4, sorted(rest.items(), key=lambda kv: -kv[1])[:5]
     assert max(fbsp.values()) < 5e-3, fbsp
+
+
+def test_retraining_sensor_fires_once_when_a_manifest_changes(lineage, tmp_path):
+    import shutil
+
+    from pipelines.automation import retrain_on_new_data
+
+    root = tmp_path / "data"
+    shutil.copytree(lineage["data"], root, ignore=shutil.ignore_patterns("checkpoints", "mlflow"))
+    res = dict(lineage["res"], data_root=DataRoot(root=str(root)))
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([training.esresnext_audioset], resources=res, instance=instance,
+                          run_config=_run_config("esresnext_audioset", epochs=1)).success
+
+    def evaluate(cursor=None):
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"data_root": res["data_root"]})
+        return retrain_on_new_data(ctx), ctx.cursor
+
+    result, cursor = evaluate()
+    assert isinstance(result, dg.SkipReason) and "unchanged" in result.skip_message
+    manifest = root / "audioset" / "manifests" / "balanced_train.parquet"
+    df = pd.read_parquet(manifest)
+    df.iloc[:-1].to_parquet(manifest, index=False)  # a clip dropped: the data changed
+    result, cursor = evaluate()
+    assert isinstance(result, dg.RunRequest) and "esresnext_audioset" in result.tags["audioclip/reason"]
+    again, _ = evaluate(cursor)
+    assert isinstance(again, dg.SkipReason) and "already requested" in again.skip_message
