@@ -111,3 +111,41 @@ def test_other_open_clip_tower_sets_audio_projection(tmp_path):
 def test_unknown_preset_lists_available():
     with pytest.raises(ValueError, match="audioclip-rn50, audioclip-tiny"):
         ac.get_preset("nope")
+
+
+def test_kernel_cache_follows_parameter_changes(tiny_model):
+    model = ac.build_model("audioclip-tiny").eval()
+    fbsp = model.audio.fbsp
+    with torch.no_grad():
+        first = fbsp.cached_kernel(512)
+        assert fbsp.cached_kernel(512) is first  # reused while the weights are unchanged
+        fbsp.m.add_(0.5)                          # an optimiser step or a load changes _version
+        second = fbsp.cached_kernel(512)
+    assert not torch.equal(first, second) and torch.allclose(second, fbsp.kernel(512))
+
+
+def test_fast_inference_matches_the_plain_path():
+    model = ac.build_model("audioclip-tiny").eval()
+    x = torch.randn(3, 2, 30000) * 3000
+    with torch.no_grad():
+        ref = model.encode_audio(x)
+        model.audio.enable_fast_inference(compile=False, channels_last=True)
+        fast = model.encode_audio(x)
+        model.audio.enable_fast_inference(compile=False, channels_last=True, bf16=True)
+        bf16 = model.encode_audio(x)
+        model.audio.disable_fast_inference()
+        again = model.encode_audio(x)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(fast, ref).min() > 0.99999 and cos(bf16, ref).min() > 0.999
+    assert torch.equal(again, ref)
+
+
+@pytest.mark.slow
+def test_compiled_backbone_matches_the_plain_path():
+    model = ac.build_model("audioclip-tiny").eval()
+    x = torch.randn(2, 1, 20000) * 3000
+    with torch.no_grad():
+        ref = model.encode_audio(x)
+        model.audio.enable_fast_inference(compile=True)
+        out = model.encode_audio(x)
+    assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.99999

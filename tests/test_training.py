@@ -146,7 +146,7 @@ def _cli_env(lineage):
     return env
 
 
-def _cli(lineage, data_root, epochs=3, **popen):
+def _cli(lineage, data_root, epochs=8, **popen):
     env = _cli_env(lineage)
     env["AUDIOCLIP_DATA_ROOT"] = str(data_root)
     cfg = json.dumps({"ops": {"esresnext_audioset": {"config": {"epochs": epochs, "batch_size": 8}}}})
@@ -171,7 +171,7 @@ def test_sigkill_mid_epoch_resumes_to_identical_weights(lineage, tmp_path):
     while not (epochs / "epoch_000" / "state.pt").exists():
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.2)
-    time.sleep(1.0)  # well inside epoch 1
+    time.sleep(0.3)  # inside epoch 1
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     final = roots["killed"] / "checkpoints" / "esresnext_audioset" / "esresnext_audioset.safetensors"

@@ -150,6 +150,7 @@ class ESResNeXt(nn.Module):
             for i, ((k, pad), cin, cout) in enumerate(zip(_GATES, ins, outs)):
                 setattr(self, f"att{i + 1}", Attention2d(cin, cout, k, pad))
         self.fc = nn.Linear(inplanes, c.num_classes)
+        self._fast = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -219,9 +220,38 @@ class ESResNeXt(nn.Module):
             pooled = pooled * self.att5(x, pooled.shape[-2:])
         return torch.flatten(pooled, 1)
 
+    def enable_fast_inference(self, *, compile: bool = True, channels_last: bool = True,
+                              bf16: bool = False) -> "ESResNeXt":
+        """Faster inference (eval mode, no grad): channels-last layout, the backbone compiled
+        with torch.compile (the first call compiles, ~1 min on a CPU), optionally bfloat16
+        autocast for the backbone (the fbsp front end and dB stay float32). Training and
+        gradient-enabled calls keep the plain path. `disable_fast_inference()` undoes it."""
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        fn = torch.compile(self._features, dynamic=False) if compile else self._features
+        self._fast = {"fn": fn, "channels_last": channels_last, "bf16": bf16}
+        return self
+
+    def disable_fast_inference(self) -> "ESResNeXt":
+        self._fast = None
+        self.to(memory_format=torch.contiguous_format)
+        return self
+
+    def _fast_features(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self._fast
+        if fast["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if fast["bf16"]:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                return fast["fn"](x).float()
+        return fast["fn"](x)
+
     def embed(self, x_db: torch.Tensor) -> torch.Tensor:
         """dB input `[B, C, 3, H, W]` -> pooled features summed over channels `[B, F]`."""
         b, ch = x_db.shape[:2]
+        if self._fast is not None and not self.training and not torch.is_grad_enabled():
+            pooled = self._fast_features(x_db.reshape(b * ch, *x_db.shape[2:]))
+            return pooled.view(b, ch, -1).sum(1)
         if self.training and ch > 1:
             # Train-mode BatchNorm statistics must be taken per audio channel, as the
             # reference does; in eval mode the channels can share one batched pass.

@@ -76,6 +76,7 @@ class LinearFBSP(nn.Module):
         # with bias=False but still registers the parameter); kept for strict loading.
         self.bias = nn.Parameter(torch.empty(0))
         self.normalize_in_hook = True
+        self._kernel_cache: tuple | None = None
         hook = _GradientHook(self)
         for p in (self.m, self.fb, self.fc):
             p.register_hook(hook)
@@ -113,9 +114,21 @@ class LinearFBSP(nn.Module):
             kernel = kernel / (in_features ** 0.5)
         return kernel
 
+    def cached_kernel(self, in_features: int) -> torch.Tensor:
+        """The kernel, recomputed only when a parameter changed (no autograd graph: inference)."""
+        key = (in_features, self.m._version, self.fb._version, self.fc._version, self.fc.device, self.fc.dtype,
+               id(self.m), id(self.fb), id(self.fc))
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            with torch.no_grad():
+                self._kernel_cache = (key, self.kernel(in_features))
+        return self._kernel_cache[1]
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Real frames `[..., N]` -> `[..., K, 2]` (re, im)."""
-        kernel = self.kernel(frames.shape[-1])
+        if torch.is_grad_enabled() and self.m.requires_grad:
+            kernel = self.kernel(frames.shape[-1])
+        else:
+            kernel = self.cached_kernel(frames.shape[-1])
         # One matmul over the stacked (re; im) rows instead of two.
         weight = torch.cat((kernel[..., 0], kernel[..., 1]), dim=0)
         out = F.linear(frames, weight)

@@ -125,8 +125,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels-last convolutions: ~1.36x faster training steps on this CPU (bench/bench_train.py)
+    model.to(memory_format=torch.channels_last)
     distributed = D.is_distributed()
     world = D.world_size()
     if distributed and cfg.batch_size % world:

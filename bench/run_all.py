@@ -1,0 +1,9 @@
+"""`make bench`: every benchmark, one after the other (each prints a table and a JSON line)."""
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+for script in ("bench_encoders.py", "bench_train.py", "bench_data.py"):
+    print(f"\n### {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)
