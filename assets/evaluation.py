@@ -25,6 +25,8 @@ class EvalConfig(dg.Config):
 
     partial_checkpoint: str = Field(default="", description="e.g. AudioCLIP-Partial-Training.pt")
     full_checkpoint: str = Field(default="", description="e.g. AudioCLIP-Full-Training.pt")
+    preset: str = Field(default="", description="architecture of checkpoint files without metadata "
+                                               "(default audioclip-rn50, the released weights')")
     template: str = Field(default="{}", description="prompt template for class names ('{}' = bare, as the original)")
     input_scale: str = Field(default="int16", description="audio scale of the evaluation loaders (the published "
                                                           "ESC-50/US8K protocols feed x32768)")
@@ -71,7 +73,7 @@ def _audioclip_models(config: EvalConfig, data_root: DataRoot):
     for label, path, asset in (("partial", config.partial_checkpoint, "audioclip_partial"),
                                ("full", config.full_checkpoint, "audioclip_full")):
         p = Path(path) if path else _checkpoint(data_root, asset)
-        out[label] = (ac.load_model(p), p) if p is not None else (None, None)
+        out[label] = (ac.load_model(p, preset=config.preset or None), p) if p is not None else (None, None)
     return out
 
 

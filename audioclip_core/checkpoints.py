@@ -31,7 +31,7 @@ from torch import nn
 
 from .models.audioclip import AudioCLIP
 from .models.esresnext import AudioConfig, ESResNeXt
-from .models.presets import build_from_preset, get_preset
+from .models.presets import available_presets, build_from_preset, get_preset
 
 Source = Union[str, os.PathLike, Mapping[str, Any]]
 
@@ -40,6 +40,7 @@ CLIP_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 AUDIO_PREFIX = "audio."
 AUDIO_SCALES = ("logit_scale_ai", "logit_scale_at")
 LAYOUTS = ("audioclip", "clip", "esrnxfbsp")
+MAX_LISTED = 40
 
 RELEASES = (
     "AudioCLIP-Full-Training.pt and AudioCLIP-Partial-Training.pt "
@@ -169,7 +170,12 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
         for label, items in (("missing", missing), ("unexpected", unexpected),
                              ("wrong shape", mismatched)):
             if items:
-                parts.append(f"{len(items)} {label}: " + ", ".join(items))
+                shown = ", ".join(items[:MAX_LISTED])
+                more = f", ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+                parts.append(f"{len(items)} {label}: {shown}{more}")
+        if len(mismatched) > MAX_LISTED // 2:
+            parts.append("Many shapes differ: is the preset right? (--preset / preset=; presets: "
+                         + ", ".join(available_presets()) + ")")
         raise CheckpointError("\n".join(parts))
     for k, v in given.items():
         if v.is_floating_point() != expected[k].is_floating_point():

@@ -19,10 +19,15 @@ audioset_data_job = dg.define_asset_job(
     partitions_def=audioset.audioset_partitions,
     description="segments -> downloads -> clips -> manifest for one AudioSet partition")
 
+evaluate_released = dg.define_asset_job(
+    "evaluate_released", selection=dg.AssetSelection.assets(evaluation.table3_zero_shot, evaluation.table4_querying),
+    description="Zero-shot and querying tables from checkpoint files (e.g. the released AudioCLIP-Full-Training.pt "
+                "and AudioCLIP-Partial-Training.pt): set partial_checkpoint / full_checkpoint in the run config")
+
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=[],
-    jobs=[audioset_data_job, retrain_audioset_chain],
+    jobs=[audioset_data_job, retrain_audioset_chain, evaluate_released],
     sensors=[retrain_on_new_data],
     resources={
         "data_root": DataRoot(),

@@ -281,3 +281,37 @@ def test_retraining_sensor_fires_once_when_a_manifest_changes(lineage, tmp_path)
     assert isinstance(result, dg.RunRequest) and "esresnext_audioset" in result.tags["audioclip/reason"]
     again, _ = evaluate(cursor)
     assert isinstance(again, dg.SkipReason) and "already requested" in again.skip_message
+
+
+def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_outputs, tmp_path):
+    import duckdb
+
+    import audioclip_core as ac
+    from assets import evaluation
+
+    res = dict(lineage["res"])
+    for table in (evaluation.table1_esresnext, evaluation.table2_audioclip, evaluation.table3_zero_shot):
+        name = table.key.to_user_string()
+        result = dg.materialize([table], resources=res, instance=dg.DagsterInstance.ephemeral(),
+                                run_config=dg.RunConfig(ops={name: evaluation.EvalConfig(audioset_partition="balanced_train")}))
+        assert result.success
+        md = result.asset_materializations_for_node(name)[-1].metadata["table"].value
+        assert md.startswith("| model | task |")
+    con = duckdb.connect(str(lineage["data"] / "catalog.duckdb"), read_only=True)
+    rows = con.execute("SELECT model, dataset, fold, value FROM table1_esresnext WHERE metric = 'accuracy' "
+                       "AND fold = '2'").fetchall()
+    assert rows and 0.0 <= rows[0][3] <= 1.0  # the one fold the fixture trained
+    zs = con.execute("SELECT value FROM table3_zero_shot WHERE model = 'AudioCLIP (full)' AND fold = 'mean' "
+                     "AND dataset = 'ESC50'").fetchall()
+    assert zs and zs[0][0] is not None
+    con.close()
+    # the released-weights path: checkpoint files in the official layout, no trained assets
+    full = ac.export_official(ac.load_model(stage_outputs["audioclip_full"]["checkpoint"]), tmp_path / "Full.pt")
+    cfg = evaluation.EvalConfig(full_checkpoint=str(full), partial_checkpoint=str(full), template="the sound of {}",
+                                preset="audioclip-tiny")
+    result = dg.materialize([evaluation.table3_zero_shot], resources=res, instance=dg.DagsterInstance.ephemeral(),
+                            run_config=dg.RunConfig(ops={"table3_zero_shot": cfg}))
+    assert result.success
+    df = pd.read_parquet(lineage["data"] / "tables" / "table3_zero_shot.parquet")
+    esc = df[(df["dataset"] == "ESC50") & (df["fold"] == "mean")]
+    assert len(esc) == 2 and esc["value"].notna().all()
