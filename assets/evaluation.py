@@ -128,6 +128,33 @@ def _publish(context, name: str, rows: list[dict], data_root: DataRoot, tracking
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(digest[:16]))
 
 
+def _finetuned_rows(table: str, model_name: str, prefix: str, data_root: DataRoot, config: EvalConfig,
+                    evaluate) -> tuple[list[dict], list[Path]]:
+    """Accuracy of every trained fold of `<prefix>_esc50` / `<prefix>_us8k` on its test split, and the mean.
+    `evaluate(path, test, classes, ds_name)` returns a ClassificationResult."""
+    import numpy as np
+
+    from audioclip_core.evaluation.plots import plot_confusion
+
+    rows, images = [], []
+    for ds_name in ("esc50", "us8k"):
+        asset = f"{prefix}_{ds_name}"
+        _, classes = _clipset(data_root, ds_name)
+        accs = []
+        for fold, test in _fold_tables(data_root, ds_name).items():
+            path = _checkpoint(data_root, asset, fold)
+            if path is None:
+                continue
+            res = evaluate(path, test, classes, ds_name)
+            accs.append(res.accuracy)
+            rows.append(_row(table, model_name, "fine-tuned", ds_name.upper(), "accuracy", res.accuracy, fold, res.n))
+            images.append(plot_confusion(res.confusion, classes, data_root.sub("tables", "plots") /
+                                         f"confusion_{asset}_fold{fold}.png", f"{model_name} {ds_name} fold {fold}"))
+        rows.append(_row(table, model_name, "fine-tuned", ds_name.upper(), "accuracy",
+                         float(np.mean(accs)) if accs else None, n=len(accs), note="" if accs else "not trained"))
+    return rows, images
+
+
 def _audioset_eval_manifest(data_root: DataRoot, config: EvalConfig) -> Optional[pd.DataFrame]:
     path = data_root.path / "audioset" / "manifests" / f"{config.audioset_partition}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
@@ -138,12 +165,9 @@ def _audioset_eval_manifest(data_root: DataRoot, config: EvalConfig) -> Optional
           description="Table 1: ESResNeXt alone - AudioSet mAP; fine-tuned ESC-50 and US8K accuracy per fold and mean.")
 def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    import numpy as np
-
     import audioclip_core as ac
     from audioclip_core.data.audioset_steps import label_index_for
     from audioclip_core.evaluation import core
-    from audioclip_core.evaluation.plots import plot_confusion
 
     rows, images = [], []
     ckpt = _checkpoint(data_root, "esresnext_audioset")
@@ -157,23 +181,13 @@ def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data
         rows.append(_row("table1", "ESResNeXt", "classification", "AudioSet", "mAP", m, n=(manifest["status"] == "ok").sum()))
     else:
         rows.append(_row("table1", "ESResNeXt", "classification", "AudioSet", "mAP", None, note="not trained"))
-    for ds_name, asset in (("esc50", "esresnext_esc50"), ("us8k", "esresnext_us8k")):
-        _, classes = _clipset(data_root, ds_name)
-        accs = []
-        for fold, test in _fold_tables(data_root, ds_name).items():
-            path = _checkpoint(data_root, asset, fold)
-            if path is None:
-                continue
-            model = ac.load_audio_classifier(path)
-            res = core.classifier_classification(model, test, classes, clip_seconds=CLIP_SECONDS[ds_name],
-                                                 channels=CHANNELS[ds_name], input_scale=config.input_scale)
-            accs.append(res.accuracy)
-            rows.append(_row("table1", "ESResNeXt", "fine-tuned", ds_name.upper(), "accuracy", res.accuracy, fold, res.n))
-            images.append(plot_confusion(res.confusion, classes, data_root.sub("tables", "plots") /
-                                         f"confusion_esresnext_{ds_name}_fold{fold}.png", f"ESResNeXt {ds_name} fold {fold}"))
-        rows.append(_row("table1", "ESResNeXt", "fine-tuned", ds_name.upper(), "accuracy",
-                         float(np.mean(accs)) if accs else None, note="" if accs else "not trained",
-                         n=len(accs)))
+    def evaluate(path, test, classes, ds_name):
+        return core.classifier_classification(ac.load_audio_classifier(path), test, classes,
+                                              clip_seconds=CLIP_SECONDS[ds_name], channels=CHANNELS[ds_name],
+                                              input_scale=config.input_scale)
+
+    more, images = _finetuned_rows("table1", "ESResNeXt", "esresnext", data_root, config, evaluate)
+    rows += more
     return _publish(context, "table1_esresnext", rows, data_root, tracking, images, {})
 
 
@@ -183,12 +197,9 @@ def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data
                       "fine-tuned ESC-50 / US8K accuracy.")
 def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    import numpy as np
-
     import audioclip_core as ac
     from audioclip_core.data.audioset_steps import label_index_for
     from audioclip_core.evaluation import core
-    from audioclip_core.evaluation.plots import plot_confusion
 
     rows, images = [], []
     manifest = _audioset_eval_manifest(data_root, config)
@@ -203,23 +214,13 @@ def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data
                                       input_scale=config.input_scale, template=config.template)
         for key, metric in (("map_audio", "mAP audio"), ("map_image", "mAP image"), ("map_both", "mAP both")):
             rows.append(_row("table2", name, "classification", "AudioSet", metric, res[key], n=res["clips"]))
-    for ds_name, asset in (("esc50", "audioclip_esc50"), ("us8k", "audioclip_us8k")):
-        _, classes = _clipset(data_root, ds_name)
-        accs = []
-        for fold, test in _fold_tables(data_root, ds_name).items():
-            path = _checkpoint(data_root, asset, fold)
-            if path is None:
-                continue
-            model = ac.load_model(path)
-            res = core.audioclip_classification(model, test, classes, template=config.template,
-                                                clip_seconds=CLIP_SECONDS[ds_name], channels=CHANNELS[ds_name],
-                                                input_scale=config.input_scale)
-            accs.append(res.accuracy)
-            rows.append(_row("table2", "AudioCLIP (full)", "fine-tuned", ds_name.upper(), "accuracy", res.accuracy, fold, res.n))
-            images.append(plot_confusion(res.confusion, classes, data_root.sub("tables", "plots") /
-                                         f"confusion_audioclip_{ds_name}_fold{fold}.png", f"AudioCLIP {ds_name} fold {fold}"))
-        rows.append(_row("table2", "AudioCLIP (full)", "fine-tuned", ds_name.upper(), "accuracy",
-                         float(np.mean(accs)) if accs else None, n=len(accs), note="" if accs else "not trained"))
+    def evaluate(path, test, classes, ds_name):
+        return core.audioclip_classification(ac.load_model(path, preset=config.preset or None), test, classes,
+                                             template=config.template, clip_seconds=CLIP_SECONDS[ds_name],
+                                             channels=CHANNELS[ds_name], input_scale=config.input_scale)
+
+    more, images = _finetuned_rows("table2", "AudioCLIP (full)", "audioclip", data_root, config, evaluate)
+    rows += more
     return _publish(context, "table2_audioclip", rows, data_root, tracking, images, {})
 
 

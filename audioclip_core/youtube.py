@@ -8,7 +8,6 @@ exponential backoff and jitter, the others are final.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -97,11 +96,9 @@ def _ffmpeg_on_path(workdir: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    from .data.io import sha256_file
+
+    return sha256_file(path)
 
 
 def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import report, setup, timeit  # noqa: E402

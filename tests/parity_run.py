@@ -6,7 +6,6 @@ Used by tests/test_parity.py; also runnable by hand:
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 

@@ -1,15 +1,12 @@
 import os
 import pickle
-import zipfile
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import audioclip_core as ac
-from audioclip_core.checkpoints import (CheckpointError, detect_layout, load_audio_head, official_state_dict,
-                                        read_checkpoint)
+from audioclip_core.checkpoints import CheckpointError, detect_layout, official_state_dict, read_checkpoint
 
 
 def _official(model, layout=None):

@@ -9,7 +9,6 @@ the file. The SHA-256 of a file's bytes is its data version.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -73,12 +72,10 @@ class SegmentFile:
     issues: list[ParseIssue] = field(default_factory=list)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: Path) -> str:
+    from .io import sha256_file
+
+    return sha256_file(path)
 
 
 def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = None,

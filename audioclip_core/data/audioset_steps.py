@@ -18,8 +18,7 @@ import soundfile as sf
 
 from ..media import NUM_FRAMES, ExtractionError, extract_clip
 from ..youtube import FINAL_FAILURES, DownloadOptions, DownloadResult, download_segment, existing_download
-from .audioset import (LabelIndex, file_sha256, partition_source, read_class_labels, read_segment_file,
-                       SEGMENT_FILES)
+from .audioset import SEGMENT_FILES, LabelIndex, partition_source, read_class_labels, read_segment_file
 from .io import sha256_file
 
 Progress = Optional[Callable[[int, int], None]]

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import build_model, load_audio_classifier, load_model, read_checkpoint, CheckpointError
+from ..checkpoints import CheckpointError, build_model, load_model, read_checkpoint
 from ..models.audioclip import AudioCLIP
 from ..models.esresnext import AudioConfig, ESResNeXt
 from ..models.presets import get_preset
