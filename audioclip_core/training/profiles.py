@@ -13,15 +13,18 @@ PROFILES = {
     },
     # the demo data (six synthetic classes, 4 s clips, towers trained from scratch): minutes on
     # 2 cores. BatchNorm statistics stay frozen where the stage starts from trained weights and
-    # batches are tiny, otherwise a few noisy batches undo the audio-text alignment.
+    # batches are tiny, otherwise a few noisy batches undo the audio-text alignment; and with
+    # six classes most batches hold several clips of one class, so the AudioCLIP stages use
+    # the corrected loss (identical captions are positives, not negatives).
     "demo": {
         "esresnext_audioset": dict(preset="audioclip-tiny", epochs=8, batch_size=16, lr=0.02, gamma=0.9, clip_seconds=4.0),
-        "audioclip_partial": dict(preset="audioclip-tiny", epochs=20, batch_size=16, lr=0.02, gamma=0.95, clip_seconds=4.0),
-        "audioclip_full": dict(preset="audioclip-tiny", epochs=8, batch_size=16, lr=0.002, gamma=0.95, clip_seconds=4.0,
-                               freeze_bn=True),
+        "audioclip_partial": dict(preset="audioclip-tiny", epochs=20, batch_size=16, lr=0.02, gamma=0.95, clip_seconds=4.0,
+                                  loss_variant="corrected"),
+        "audioclip_full": dict(preset="audioclip-tiny", epochs=10, batch_size=16, lr=0.01, gamma=0.95, clip_seconds=4.0,
+                               freeze_bn=True, loss_variant="corrected"),
         "esresnext_finetune": dict(preset="audioclip-tiny", epochs=3, batch_size=12, lr=0.01, gamma=0.9, clip_seconds=4.0),
         "audioclip_finetune": dict(preset="audioclip-tiny", epochs=3, batch_size=12, lr=0.001, gamma=0.9,
-                                   clip_seconds=4.0, freeze_bn=True),
+                                   clip_seconds=4.0, freeze_bn=True, loss_variant="corrected"),
     },
 }
 

@@ -101,8 +101,15 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
         from .distributed import gather_features, world_size
 
         w = world_size()
+        class_ids = None
+        if loss_variant == "corrected" and w == 1:
+            # identical captions are the same class: positives of each other, not negatives
+            keys = [", ".join(t) if not isinstance(t, str) else t for t in batch["text"]]
+            ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+            class_ids = torch.tensor([ids[k] for k in keys], device=batch["audio"].device)
         out = model(audio=batch["audio"], image=batch.get("image") if use_image else None, text=batch["text"],
-                    loss_variant=loss_variant, gather=gather_features if w > 1 else None, scale_grad=1.0 / w)
+                    loss_variant=loss_variant, class_ids=class_ids, gather=gather_features if w > 1 else None,
+                    scale_grad=1.0 / w)
         ttf = _head(model).loss_ttf()
         n = out.logits.audio_text.shape[0] if out.logits.audio_text is not None else out.logits.audio_image.shape[0]
         target = torch.arange(n, device=batch["audio"].device)
