@@ -37,6 +37,7 @@ class StageConfig(dg.Config):
     audioset_partitions: list[str] = Field(default_factory=lambda: ["balanced_train"])
     nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
     freeze_bn: Optional[bool] = None
+    cpu_bf16: bool = Field(default=False, description="bfloat16 autocast on CPU (faster; not bit-reproducible)")
 
 
 def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSources, data_root: DataRoot):
@@ -50,7 +51,7 @@ def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSourc
         if getattr(cfg, key) is not None:
             values[key] = getattr(cfg, key)
     return TrainConfig(stage=stage, seed=cfg.seed, max_steps_per_epoch=cfg.max_steps_per_epoch,
-                       input_scale=cfg.input_scale, device=cfg.device, **values), profile
+                       input_scale=cfg.input_scale, device=cfg.device, cpu_bf16=cfg.cpu_bf16, **values), profile
 
 
 def _ckpt_dir(data_root: DataRoot, name: str, partition: Optional[str] = None) -> Path:

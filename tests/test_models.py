@@ -149,3 +149,14 @@ def test_compiled_backbone_matches_the_plain_path():
         model.audio.enable_fast_inference(compile=True)
         out = model.encode_audio(x)
     assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.99999
+
+
+def test_front_end_stays_float32_under_bf16_autocast():
+    model = ac.build_model("audioclip-tiny").train()
+    x = torch.randn(2, 1, 20000) * 3000
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_db = model.audio.preprocess(x)
+        out = model(audio=x, text=["sine wave", "siren"])
+    assert x_db.dtype == torch.float32
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.audio.fc.weight.grad is not None

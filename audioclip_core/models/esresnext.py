@@ -183,7 +183,10 @@ class ESResNeXt(nn.Module):
             if c.n_fft > c.win_length:
                 pad = c.n_fft - c.win_length
                 frames = F.pad(frames, (pad // 2, pad - pad // 2))
-        return self.fbsp(frames).transpose(-2, -3)
+        # the filter bank and the dB conversion stay float32 under autocast (bf16 would cost
+        # the spectrum ~3 significant digits before a log)
+        with torch.autocast(device_type=frames.device.type, enabled=False):
+            return self.fbsp(frames.float()).transpose(-2, -3)
 
     def to_db(self, spec: torch.Tensor, batch_size: int) -> torch.Tensor:
         """fbsp output -> dB bands `[B, C, 3, K // 3, frames]` (the top K mod 3 bins dropped)."""
@@ -200,7 +203,8 @@ class ESResNeXt(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"audio must be [batch, channels, samples], got shape {tuple(x.shape)}")
         x = rescale_int16(x)
-        return self.to_db(self.spectrogram(x), x.shape[0])
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.to_db(self.spectrogram(x), x.shape[0])
 
     # -- backbone --------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,9 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
     loss_variant: str = "reference"
     device: str = "auto"              # "auto": cuda when available
-    amp: bool = True                  # bf16 autocast on CUDA only; CPU stays fp32
+    amp: bool = True                  # bf16 autocast on CUDA
+    cpu_bf16: bool = False            # bf16 autocast on CPU too (~2.6x faster steps with avx512_bf16;
+                                      # off by default: fp32 keeps runs bit-reproducible)
     freeze_bn: bool = False           # BatchNorm uses and keeps its running statistics
     extra: dict = field(default_factory=dict)
 

@@ -145,7 +145,7 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
         result.resumed_from = latest
         start = latest + 1
         log(f"resuming after epoch {latest}")
-    amp = cfg.amp and device.type == "cuda"
+    amp = (cfg.amp and device.type == "cuda") or (cfg.cpu_bf16 and device.type == "cpu")
     net: nn.Module = model
     fbsp_layers = [m for m in model.modules() if isinstance(m, LinearFBSP)]
     for layer in fbsp_layers:  # normalise after DDP's all-reduce, not per process before it
@@ -181,7 +181,7 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                 continue
             batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                      for k, v in batch.items()}
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, terms = step(net, batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{cfg.stage}: the loss became {float(loss)} at epoch {epoch}, step {i}; "
