@@ -48,10 +48,11 @@ def run_parity(parity_dir: Path, model_cache: dict | None = None) -> tuple[dict,
             raw = model.encode_audio(torch.from_numpy(np.asarray(inputs[key], dtype=np.float32)))
             out[f"{key}_emb_raw"] = raw.numpy()
             out[f"{key}_emb"] = (raw / raw.norm(dim=-1, keepdim=True)).numpy()
-        short = ac.models.esresnext.rescale_int16(torch.from_numpy(inputs["audio_short"]))
-        spec = model.audio.spectrogram(short)
-        out["audio_short_spec"] = spec.numpy()
-        out["audio_short_xdb"] = model.audio.to_db(spec, short.shape[0]).numpy()
+        if "audio_short" in inputs:
+            short = ac.models.esresnext.rescale_int16(torch.from_numpy(np.asarray(inputs["audio_short"], np.float32)))
+            spec = model.audio.spectrogram(short)
+            out["audio_short_spec"] = spec.numpy()
+            out["audio_short_xdb"] = model.audio.to_db(spec, short.shape[0]).numpy()
         n = model.audio.config.n_fft
         kernel = model.audio.fbsp.kernel(n)
         idx = ref["fbsp_kernel_rows_idx"]
