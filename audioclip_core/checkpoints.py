@@ -147,7 +147,7 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
         return "audioclip"
     if has_clip:
         return "clip"
-    if "fbsp.m" in keys or "conv1.weight" in keys and "fc.weight" in keys:
+    if "fbsp.m" in keys or ("conv1.weight" in keys and "fc.weight" in keys):
         return "esrnxfbsp"
     if has_audio:
         return "audioclip"
@@ -155,11 +155,10 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 # -- strict loading ------------------------------------------------------------------------
-def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
-                ignore: tuple[str, ...] = ()) -> None:
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str) -> None:
     """`module.load_state_dict(sd, strict=True)` with ONE error that lists every problem."""
-    expected = {k: v for k, v in module.state_dict().items() if k not in ignore}
-    given = {k: v for k, v in sd.items() if k not in ignore}
+    expected = module.state_dict()
+    given = dict(sd)
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     mismatched = [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(v.shape)}"
@@ -180,16 +179,12 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
     for k, v in given.items():
         if v.is_floating_point() != expected[k].is_floating_point():
             raise CheckpointError(f"{what}: {k} has dtype {v.dtype}, model expects {expected[k].dtype}")
-    module.load_state_dict(given, strict=not ignore)
+    module.load_state_dict(given, strict=True)
 
 
-def _clip_part(sd: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
-    """CLIP keys of a CLIP.pt / RN50.pt, its metadata scalars checked and removed."""
-    out = dict(sd)
-    for k in CLIP_METADATA_KEYS:
-        if k in out:
-            out.pop(k)
-    return out
+def _clip_part(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIP keys of a CLIP.pt / RN50.pt without OpenAI's metadata scalars."""
+    return {k: v for k, v in sd.items() if k not in CLIP_METADATA_KEYS}
 
 
 def _clip_module_keys(model: AudioCLIP) -> list[str]:
@@ -254,7 +249,7 @@ def load_clip_weights(model: AudioCLIP, source: Source) -> None:
     if detect_layout(sd) == "audioclip":  # take the towers of a whole AudioCLIP checkpoint
         sd = {k: v for k, v in sd.items() if not k.startswith(AUDIO_PREFIX) and k not in AUDIO_SCALES}
     _check_layout(sd, "clip", what)
-    sd = _clip_part(sd, what)
+    sd = _clip_part(sd)
     clip_keys = set(_clip_module_keys(model))
     audio_and_scales = tuple(k for k in model.state_dict() if k not in clip_keys)
     full = {**{k: v for k, v in model.state_dict().items() if k in audio_and_scales}, **sd}

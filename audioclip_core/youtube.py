@@ -169,13 +169,17 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
 FINAL_FAILURES = ("unavailable", "private", "age_restricted", "geo_blocked")
 
 
-def existing_download(dest_dir: Path, ytid: str, start: float) -> Optional[Path]:
-    """A finished download of this segment, if one is already in place (renamed = complete)."""
-    name = segment_id(ytid, start)
-    for p in sorted(Path(dest_dir).glob(f"{name}.*")):
-        if p.is_file() and not p.name.endswith((".part", ".ytdl", ".tmp")):
-            return p
-    return None
+def finished_downloads(dest_dir: Path) -> dict[str, Path]:
+    """segment id -> its finished download in `dest_dir` (a file renamed into place is complete;
+    hidden temporaries and partial files are not), from one listing of the folder."""
+    out: dict[str, Path] = {}
+    if not Path(dest_dir).is_dir():
+        return out
+    for p in sorted(Path(dest_dir).iterdir()):
+        if p.name.startswith(".") or p.name.endswith((".part", ".ytdl", ".tmp")) or not p.is_file():
+            continue
+        out.setdefault(p.name.split(".", 1)[0], p)
+    return out
 
 
 class _QuietLogger:

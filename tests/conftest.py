@@ -15,8 +15,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    assert SHARED_DATA.is_dir(), (f"shared data not found at {SHARED_DATA}: the tests read real files from "
+                                   "../shared/data (set AUDIOCLIP_SHARED_DIR to its parent)")
     return SHARED_DATA
 
 

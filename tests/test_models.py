@@ -21,10 +21,17 @@ def test_frame_counts(length, frames):
 
 
 def test_float32_rescale_quantises_unit_input_like_the_reference():
-    x = torch.tensor([0.001, -0.001, 0.5], dtype=torch.float32)
-    y = rescale_int16(x)
-    # x + 32768 in float32 rounds to steps of 2**-8 above 0 -> 0.001 becomes 0 (+ DC offset)
-    assert y[0] == y[1] or abs(float(y[0]) - float(y[1])) < 1e-6
+    import numpy as np
+
+    x = np.array([0.001, -0.001, 0.5, 0.0], dtype=np.float32)
+    f = np.float32
+    expected = ((x + f(32768.0)) * f(2.0)) / f(65535.0) - f(1.0)  # the reference's float32 order
+    y = rescale_int16(torch.from_numpy(x))
+    assert np.array_equal(y.numpy(), expected)
+    # x + 32768 in float32 has steps of 2**-8 above 32768: 0.001 is rounded away to 0 ...
+    assert y[0] == y[3]
+    # ... which a float64 rescale would not do
+    assert ((0.001 + 32768.0) * 2.0) / 65535.0 - 1.0 != ((0.0 + 32768.0) * 2.0) / 65535.0 - 1.0
     assert rescale_int16(torch.tensor([-32768.0, 32767.0])).tolist() == [-1.0, 1.0]
 
 

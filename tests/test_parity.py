@@ -16,8 +16,7 @@ DIRS = [Path(p) for p in os.environ.get("AUDIOCLIP_PARITY_DIR", str(SHARED / "pa
 
 @pytest.mark.parametrize("parity_dir", DIRS, ids=[d.name for d in DIRS])
 def test_parity_fixtures(parity_dir):
-    if not (parity_dir / "reference_outputs.npz").is_file():
-        pytest.skip(f"no parity fixtures in {parity_dir}")
+    assert (parity_dir / "reference_outputs.npz").is_file(), f"no parity fixtures in {parity_dir}"
     outputs, compare = run_parity(parity_dir)
     ref = compare.load_reference(str(parity_dir / "reference_outputs.npz"))
     results = compare.compare(outputs, ref=ref)

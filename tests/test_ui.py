@@ -31,8 +31,7 @@ def _chromium() -> str:
     if exe is None:
         proc = subprocess.run(["bash", str(REPO / "scripts" / "install-chromium.sh")], capture_output=True, text=True)
         exe = shutil.which("chromium")
-        if exe is None:
-            pytest.skip(f"Chromium could not be installed: {proc.stderr[-300:]}")
+        assert exe is not None, f"scripts/install-chromium.sh could not install Chromium: {proc.stderr[-300:]}"
     return exe
 
 

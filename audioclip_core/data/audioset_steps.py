@@ -17,7 +17,7 @@ import pandas as pd
 import soundfile as sf
 
 from ..media import NUM_FRAMES, ExtractionError, extract_clip
-from ..youtube import FINAL_FAILURES, DownloadOptions, DownloadResult, download_segment, existing_download
+from ..youtube import FINAL_FAILURES, DownloadOptions, DownloadResult, download_segment, finished_downloads
 from .audioset import SEGMENT_FILES, LabelIndex, partition_source, read_class_labels, read_segment_file
 from .io import sha256_file
 
@@ -103,9 +103,10 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
     remove_stale_temporaries(dest_dir)
     prev = {} if previous is None else {r["segment_id"]: r for r in previous.to_dict("records")}
     rows, todo = [], []
+    finished = finished_downloads(dest_dir)
     for seg in segments.itertuples(index=False):
         old = prev.get(seg.segment_id)
-        found = existing_download(dest_dir, seg.ytid, seg.start)
+        found = finished.get(seg.segment_id)
         if found is not None:
             if old is not None and old["status"] == "ok" and old.get("path") == str(found):
                 rows.append({**old, "skipped": True})

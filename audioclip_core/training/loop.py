@@ -46,7 +46,7 @@ class TrainResult:
 
 def no_decay(name: str) -> bool:
     """fbsp filter parameters and logit scales take no weight decay."""
-    return ".fbsp." in f".{name}" or name.startswith("fbsp.") or "logit_scale" in name
+    return ".fbsp." in f".{name}" or "logit_scale" in name
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

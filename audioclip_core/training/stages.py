@@ -34,9 +34,6 @@ def audio_options(cfg: TrainConfig) -> AudioOptions:
 
 
 # -- initialisation ----------------------------------------------------------------------------
-TORCHVISION_TO_ESRESNEXT = {"conv1.": "conv1.", "bn1.": "bn1.", "layer": "layer", "fc.": None}
-
-
 def load_imagenet_resnext(head: ESResNeXt, path: str) -> list[str]:
     """Copy a torchvision `resnext50_32x4d` state dict into the backbone (what matches by name
     and shape; the classifier is not copied), then reset the attention gates. Returns the keys
