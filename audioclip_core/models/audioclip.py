@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
+from open_clip.model import CLIP, text_global_pool
 from torch import nn
 
 from ..losses import contrastive_loss
@@ -84,7 +84,40 @@ class AudioCLIP(CLIP):
                     template: str = "{}") -> torch.Tensor:
         """`list[str]`, `list[list[str]]` (entities joined with ", ") or tokens -> `[N, embed_dim]`."""
         tokens = self.tokenize(text, template).to(self.device)
-        return super().encode_text(tokens, normalize=normalize)
+        return self._encode_tokens(tokens, normalize=normalize)
+
+    def _causal_text(self) -> bool:
+        """True when every text position attends only to itself and earlier positions."""
+        cached = getattr(self, "_causal_text_cache", None)
+        if cached is None:
+            mask = self.attn_mask
+            cached = (mask is not None and mask.dim() == 2
+                      and bool(torch.isneginf(mask).equal(torch.ones_like(mask, dtype=torch.bool).triu(1))))
+            self._causal_text_cache = cached
+        return cached
+
+    def _encode_tokens(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """open_clip's text tower, run only over the positions up to the last pooled token.
+
+        Under the causal mask a pooled (end-of-text) position never sees the positions after
+        it, so cutting the padding off the batch leaves every embedding unchanged while the
+        tower does a fraction of the work (CLIP pads to 77 tokens; prompts are ~5-15)."""
+        pool = self.text_pool_type
+        if pool not in ("argmax", "eos") or not self._causal_text():
+            return super().encode_text(tokens, normalize=normalize)
+        if pool == "argmax":
+            idx = tokens.argmax(dim=-1)
+        else:
+            idx = (tokens == self.text_eos_id).int().argmax(dim=-1)
+        n = int(idx.max()) + 1 if tokens.shape[0] else tokens.shape[1]
+        tokens = tokens[:, :n]
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(tokens).to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:n, :n]))
+        x = text_global_pool(x, tokens, pool, eos_token_id=getattr(self, "text_eos_id", None))
+        if self.text_projection is not None:
+            x = self.text_projection(x) if isinstance(self.text_projection, nn.Linear) else x @ self.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
 
     # -- scales, logits, loss -----------------------------------------------------------
     def logit_scales(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
