@@ -18,6 +18,7 @@ help:
 	@echo "make test-fast  skip tests marked slow"
 	@echo "make ui         Dagster UI on 127.0.0.1:3000"
 	@echo "make mlflow-ui  MLflow UI on 127.0.0.1:5000"
+	@echo "make bench      benchmarks (ORIGINAL=DIR: side by side with a checkout of the original code)"
 
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -37,7 +38,7 @@ test-fast: env
 	$(PY) -m pytest -q -m "not slow"
 
 bench: env
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(if $(ORIGINAL),--original $(ORIGINAL))
 
 ui: env
 	$(PY) -m pipelines.instance

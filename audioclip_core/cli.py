@@ -62,7 +62,10 @@ def _load(args):
     if not ckpt:
         sys.stderr.write(NO_CHECKPOINT)
         raise SystemExit(2)
-    return load_model(ckpt, preset=args.preset)
+    model = load_model(ckpt, preset=args.preset)
+    if args.fast or args.bf16:
+        model.audio.enable_fast_inference(bf16=args.bf16)
+    return model
 
 
 def _labels(args) -> list[str]:
@@ -187,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch-size", type=int, default=8)
         sp.add_argument("--template", default="{}", help="prompt template for texts, e.g. 'the sound of {}'")
         sp.add_argument("--out", "-o", help="output file (.json, .csv, .parquet); default: JSON on stdout")
+        sp.add_argument("--fast", action="store_true",
+                        help="compile the audio backbone (about 2x the clips/s on a CPU after a one-off "
+                             "30-40 s compilation: worth it from a few hundred clips)")
+        sp.add_argument("--bf16", action="store_true",
+                        help="like --fast, with the backbone in bfloat16 (about 5x; embeddings within "
+                             "cosine 0.9999 of float32; the fbsp front end stays float32)")
 
     sp = sub.add_parser("embed", help="embed audio/image files and texts")
     model_args(sp)

@@ -28,9 +28,9 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float
     return statistics.median(times)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a large fp32 matmul on this machine and thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a large matmul (fp32 unless told) on this machine and thread count."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     t = timeit(lambda: a @ b, repeats=repeats)
     return 2 * n ** 3 / t / 1e9
 

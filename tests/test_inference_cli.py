@@ -60,6 +60,21 @@ def test_embed_and_query_mixed_files(shared_data, tiny_checkpoint, tmp_path):
     assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
 
 
+@pytest.mark.slow
+def test_embed_fast_and_bf16_agree_with_the_plain_path(shared_data, tiny_checkpoint, tmp_path):
+    files = sorted(map(str, (shared_data / "audioclip_demo" / "audio").glob("*.wav")))
+    embeddings = {}
+    for flag in (None, "--fast", "--bf16"):
+        out = tmp_path / f"{flag or 'plain'}.json"
+        args = ["embed", "-c", str(tiny_checkpoint), *files, "-o", str(out)]
+        assert main(args + ([flag] if flag else [])) == 0
+        embeddings[flag] = np.array([r["embedding"] for r in json.loads(out.read_text())])
+    plain = embeddings[None]
+    for flag, limit in (("--fast", 0.99999), ("--bf16", 0.999)):
+        cos = (embeddings[flag] * plain).sum(1)  # rows are unit vectors
+        assert embeddings[flag].shape == plain.shape and cos.min() > limit, (flag, cos)
+
+
 def test_any_rate_and_channels_and_long_audio(tmp_path, tiny_model):
     sr = 22050
     t = np.arange(int(sr * 23.5)) / sr

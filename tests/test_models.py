@@ -148,14 +148,42 @@ def test_fast_inference_matches_the_plain_path():
 
 
 @pytest.mark.slow
-def test_compiled_backbone_matches_the_plain_path():
+def test_compiled_backbone_matches_the_plain_path_and_follows_weight_changes():
     model = ac.build_model("audioclip-tiny").eval()
-    x = torch.randn(2, 1, 20000) * 3000
+    x = torch.randn(3, 1, 20000) * 3000
     with torch.no_grad():
         ref = model.encode_audio(x)
-        model.audio.enable_fast_inference(compile=True)
+        model.audio.enable_fast_inference(compile=True)  # weights frozen into the compiled code
         out = model.encode_audio(x)
-    assert torch.nn.functional.cosine_similarity(out, ref).min() > 0.99999
+        short = model.encode_audio(x[:2])                # padded to the compiled batch of 3
+        model.audio.layer1[0].conv1.weight.mul_(1.5)     # an in-place change, as load_state_dict makes
+        model.audio.fc.bias.add_(0.25)
+        changed = model.encode_audio(x)
+        model.audio.disable_fast_inference()
+        plain_changed = model.encode_audio(x)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(out, ref).min() > 0.99999
+    assert short.shape == (2, ref.shape[1]) and cos(short, ref[:2]).min() > 0.99999
+    assert (changed - out).abs().max() > 0.1            # not the stale frozen weights
+    assert cos(changed, plain_changed).min() > 0.99999
+
+
+def test_text_tower_cut_at_the_last_end_of_text_matches_the_full_context():
+    from open_clip.model import CLIP
+
+    model = ac.build_model("audioclip-tiny").eval()
+    texts = ["a dog", "rain falling on a tin roof in the night", "x"]
+    tokens = model.tokenize(texts)
+    eot = tokens.argmax(-1)
+    assert int(eot.max()) + 1 < tokens.shape[1]  # the cut is real: shorter than the context
+    long_prompt = "word " * (tokens.shape[1] - 2)  # fills the whole context
+    with torch.no_grad():
+        for batch in (texts, texts[:1], [long_prompt, "a dog"]):
+            toks = model.tokenize(batch)
+            full = CLIP.encode_text(model, toks)
+            cut = model.encode_text(batch)
+            assert cut.shape == full.shape
+            torch.testing.assert_close(cut, full, rtol=0, atol=1e-5)
 
 
 def test_front_end_stays_float32_under_bf16_autocast():
@@ -167,3 +195,14 @@ def test_front_end_stays_float32_under_bf16_autocast():
     assert x_db.dtype == torch.float32
     out.loss.backward()
     assert torch.isfinite(out.loss) and model.audio.fc.weight.grad is not None
+
+
+def test_attention_gate_of_equal_size_is_an_exact_identity_pool():
+    from audioclip_core.models.esresnext import Attention2d
+
+    gate = Attention2d(4, 8, (3, 1), (1, 0)).eval()
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    y = gate(x, x.shape[-2:])
+    pooled = torch.nn.functional.adaptive_max_pool2d(x, x.shape[-2:])
+    assert torch.equal(pooled, x)
+    assert torch.equal(y, torch.sigmoid(gate.bn(gate.conv_point(gate.conv_depth(pooled)))))

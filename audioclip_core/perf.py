@@ -1,0 +1,44 @@
+"""Process-level settings for large-tensor work on CPUs.
+
+The audio backbone's activations are tens of MB each (a [8, 256, 86, 98] float32 tensor is
+69 MB). glibc's malloc serves every block above 32 MB with a fresh `mmap` and returns it
+with `munmap` when freed, so each training step or batch page-faults and zeroes gigabytes
+that it had a moment ago. `tune_malloc()` makes malloc keep freed memory for reuse instead.
+Measured with `make bench` on the paper preset, 2 threads: the full-stage training step
+1.12x, the compiled audio encoder 1.2-1.3x, at the same outputs. The cost is resident
+memory that stays near its peak (8.1 GB instead of 6.5 GB for a batch-8 training step).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+TRIM_THRESHOLD = 1 << 30  # free memory above this at the top of the heap still goes back
+
+_state: dict[str, bool] = {}
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in the process for reuse (glibc only). Idempotent.
+
+    Returns True when the setting is in effect. `AUDIOCLIP_MALLOC_TUNING=0` turns it off;
+    on a C library other than glibc it does nothing and returns False."""
+    if "applied" in _state:
+        return _state["applied"]
+    applied = False
+    if os.environ.get("AUDIOCLIP_MALLOC_TUNING", "1") != "0" and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):  # musl and friends have no mallopt
+            mallopt = None
+        if mallopt is not None:
+            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _state["applied"] = applied
+    return applied
