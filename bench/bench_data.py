@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import report, setup, timeit  # noqa: E402
@@ -15,6 +16,7 @@ from common import report, setup, timeit  # noqa: E402
 from audioclip_core.audio import ffmpeg_exe  # noqa: E402
 from audioclip_core.data.demo_dataset import CLASSES, write_video  # noqa: E402
 from audioclip_core.media import extract_clip  # noqa: E402
+from audioclip_core.perf import tune_malloc  # noqa: E402
 
 
 def main() -> None:
@@ -55,6 +57,8 @@ def main() -> None:
     batch_idx = list(range(12))
     t_load = timeit(lambda: collate([ds[i] for i in batch_idx]), repeats=5)
     model = stages.build_classifier(cfg, len(classes))
+    model.to(memory_format=torch.channels_last)  # the step as training.loop.train runs it
+    tune_malloc()
     opt = make_optimizer(model, cfg)
     batch = collate([ds[i] for i in batch_idx])
 
