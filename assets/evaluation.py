@@ -227,7 +227,8 @@ def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data
         for key, metric in (("map_audio", "mAP audio"), ("map_image", "mAP image"), ("map_both", "mAP both")):
             rows.append(_row("table2", name, "classification", "AudioSet", metric, res[key], n=res["clips"]))
     def evaluate(path, test, classes, ds_name):
-        return core.audioclip_classification(_prepared(ac.load_model(path, preset=config.preset or None), config), test, classes,
+        model = _prepared(ac.load_model(path, preset=config.preset or None), config)
+        return core.audioclip_classification(model, test, classes,
                                              template=config.template, clip_seconds=CLIP_SECONDS[ds_name],
                                              channels=CHANNELS[ds_name], input_scale=config.input_scale)
 
