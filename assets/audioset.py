@@ -97,8 +97,9 @@ def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg
     digest = write_parquet(clips, out)
     problems = clip_problems(clips)
     checks = [
-        dg.AssetCheckResult(check_name="no_empty_or_silent_clips", passed=not problems["empty"] and not problems["silent"],
-                            metadata={"empty": problems["empty"][:20], "silent": problems["silent"][:20]}),
+        dg.AssetCheckResult(check_name="no_empty_or_silent_clips",
+                            passed=not (problems["empty"] or problems["silent"] or problems["missing"]),
+                            metadata={k: problems[k][:20] for k in ("empty", "silent", "missing")}),
         dg.AssetCheckResult(check_name="ten_frames_per_clip", passed=not problems["frames"],
                             metadata={"wrong_frame_count": problems["frames"][:20]}),
     ]

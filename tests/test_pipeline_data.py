@@ -177,3 +177,33 @@ def test_official_archive_fetched_once_from_a_url(tmp_path):
         assert (root / "meta" / "esc50.csv").is_file() and str(root).startswith(str(tmp_path / "data"))
     # the server is gone: a second call uses what was unpacked
     assert DatasetSources(esc50_archive_url="http://127.0.0.1:9/esc50.zip").esc50(tmp_path / "data") == root
+
+
+def test_clip_problems_reads_new_clips_in_full_and_kept_clips_by_header(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from audioclip_core.data.audioset_steps import clip_problems
+
+    frames = []
+    for i in range(10):
+        f = tmp_path / f"f{i}.jpg"
+        f.write_bytes(b"\xff\xd8")
+        frames.append(str(f))
+
+    def clip(name, samples, skipped):
+        path = tmp_path / f"{name}.wav"
+        if samples is not None:
+            sf.write(path, samples, 44100, subtype="PCM_16")
+        return {"segment_id": name, "status": "ok", "audio_path": str(path), "frame_paths": frames,
+                "skipped": skipped}
+
+    loud = (np.sin(np.arange(4410) / 5) * 0.5).astype(np.float32)
+    quiet = np.zeros(4410, dtype=np.float32)
+    clips = pd.DataFrame([clip("new_ok", loud, False), clip("new_silent", quiet, False),
+                          clip("kept_silent", quiet, True), clip("kept_empty", np.zeros(0, np.float32), True),
+                          clip("kept_gone", None, True)])
+    problems = clip_problems(clips)
+    assert problems == {"empty": ["kept_empty"], "silent": ["new_silent"], "missing": ["kept_gone"], "frames": []}
+    # a kept clip was read in full when it was extracted; a full re-read is on request
+    assert clip_problems(clips, reread_all=True)["silent"] == ["new_silent", "kept_silent"]
