@@ -265,6 +265,7 @@ class ESResNeXt(nn.Module):
             fast["stamp"] = stamp
             fast["batch"] = x.shape[0]
         n = x.shape[0]
+        fast["batch"] = max(fast["batch"], n)  # a larger batch is compiled for once
         if fast["compile"] and n < fast["batch"]:
             # a short last batch is padded to the compiled size instead of compiling again
             # (eval-mode BatchNorm: items do not interact, the padding is sliced off)
