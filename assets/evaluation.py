@@ -73,7 +73,11 @@ def _clip_seconds(model, default: float) -> float:
 def _prepared(model, config: EvalConfig):
     """`model` with its audio head compiled when `config.fast_inference` (for the models that
     embed a whole AudioSet partition; one compilation per fine-tuned fold would cost more
-    than it saves on a fold's few hundred clips)."""
+    than it saves on a fold's few hundred clips). The step's process keeps freed
+    activations for reuse either way (audioclip_core.perf)."""
+    from audioclip_core.perf import tune_malloc
+
+    tune_malloc()
     if config.fast_inference:
         head = getattr(model, "audio", model)
         head.enable_fast_inference()

@@ -57,12 +57,14 @@ def _write_rows(rows: list[dict], out: Optional[str]) -> None:
 
 def _load(args):
     from . import load_model
+    from .perf import tune_malloc
 
     ckpt = args.checkpoint or os.environ.get("AUDIOCLIP_CHECKPOINT")
     if not ckpt:
         sys.stderr.write(NO_CHECKPOINT)
         raise SystemExit(2)
     model = load_model(ckpt, preset=args.preset)
+    tune_malloc()  # this process embeds large batches: reuse freed activations (perf.py)
     if args.fast or args.bf16:
         model.audio.enable_fast_inference(bf16=args.bf16)
     return model

@@ -7,6 +7,8 @@ that it had a moment ago. `tune_malloc()` makes malloc keep freed memory for reu
 Measured with `make bench` on the paper preset, 2 threads: the full-stage training step
 1.12x, the compiled audio encoder 1.2-1.3x, at the same outputs. The cost is resident
 memory that stays near its peak (8.1 GB instead of 6.5 GB for a batch-8 training step).
+Applied by `training.loop.train`, the evaluation assets, the `audioclip` CLI and
+`ESResNeXt.enable_fast_inference`; a library user calls it where the process is theirs.
 """
 from __future__ import annotations
 
