@@ -38,14 +38,38 @@ def init_from_env() -> bool:
     return True
 
 
+def _sizes(n: int, device: torch.device) -> list[int]:
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, mine)
+    return [int(s) for s in sizes]
+
+
 def gather_features(x: torch.Tensor) -> torch.Tensor:
-    """All ranks' features `[W * B, D]` in rank order; this rank's slice keeps its gradient."""
+    """All ranks' features `[sum of B_r, D]` in rank order; this rank's slice keeps its gradient.
+
+    Ranks may hold different numbers of rows (a sample that failed to load is dropped on its
+    rank only): rows are padded to the largest count for the collective and cut back after."""
     if not is_distributed():
         return x
-    parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
+    sizes = _sizes(x.shape[0], x.device)
+    flat = x.detach()
+    if flat.shape[0] < max(sizes):
+        flat = torch.cat([flat, flat.new_zeros(max(sizes) - flat.shape[0], *flat.shape[1:])])
+    parts = [torch.zeros_like(flat) for _ in sizes]
+    dist.all_gather(parts, flat.contiguous())
+    parts = [p[:n] for p, n in zip(parts, sizes)]
     parts[dist.get_rank()] = x
     return torch.cat(parts, dim=0)
+
+
+def gather_objects(items: list) -> list:
+    """All ranks' lists concatenated in rank order (pickled: for small metadata such as captions)."""
+    if not is_distributed():
+        return list(items)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
 
 
 def shard(batch: list[int]) -> list[int]:

@@ -182,6 +182,10 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                 result.skipped_items.append(err)
             if len(batch["index"]) < 2 and not distributed:
                 continue
+            if distributed and not batch["index"]:
+                # the other ranks wait in the feature gather; torchrun stops them on this error
+                raise TrainingError(f"{cfg.stage}: every sample of rank {D.rank()}'s share of step {i} "
+                                    f"(epoch {epoch}) failed to load: {batch['errors']}")
             batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                      for k, v in batch.items()}
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):

@@ -95,13 +95,15 @@ def classifier_step(model: ESResNeXt, batch: dict):
 
 def audioclip_step(use_image: bool, loss_variant: str = "reference"):
     def step(model: AudioCLIP, batch: dict):
-        from .distributed import gather_features, world_size
+        from .distributed import gather_features, gather_objects, world_size
 
         w = world_size()
         class_ids = None
-        if loss_variant == "corrected" and w == 1:
-            # identical captions are the same class: positives of each other, not negatives
+        if loss_variant == "corrected":
+            # identical captions are the same class: positives of each other, not negatives;
+            # over the global batch (all ranks' captions, in the order features are gathered)
             keys = [", ".join(t) if not isinstance(t, str) else t for t in batch["text"]]
+            keys = gather_objects(keys) if w > 1 else keys
             ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
             class_ids = torch.tensor([ids[k] for k in keys], device=batch["audio"].device)
         out = model(audio=batch["audio"], image=batch.get("image") if use_image else None, text=batch["text"],
