@@ -61,7 +61,17 @@ def test_embed_and_query_mixed_files(shared_data, tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_embed_fast_and_bf16_agree_with_the_plain_path(shared_data, tiny_checkpoint, tmp_path):
+def test_embed_fast_and_bf16_agree_with_the_plain_path(shared_data, tiny_checkpoint, tmp_path, monkeypatch):
+    from audioclip_core.models.esresnext import ESResNeXt
+
+    enabled = []
+    real = ESResNeXt.enable_fast_inference
+
+    def spy(self, **kwargs):
+        enabled.append(kwargs.get("bf16", False))
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(ESResNeXt, "enable_fast_inference", spy)
     files = sorted(map(str, (shared_data / "audioclip_demo" / "audio").glob("*.wav")))
     embeddings = {}
     for flag in (None, "--fast", "--bf16"):
@@ -69,7 +79,9 @@ def test_embed_fast_and_bf16_agree_with_the_plain_path(shared_data, tiny_checkpo
         args = ["embed", "-c", str(tiny_checkpoint), *files, "-o", str(out)]
         assert main(args + ([flag] if flag else [])) == 0
         embeddings[flag] = np.array([r["embedding"] for r in json.loads(out.read_text())])
+    assert enabled == [False, True]  # plain: not compiled; --fast: fp32; --bf16: bf16
     plain = embeddings[None]
+    assert not np.array_equal(embeddings["--bf16"], plain)  # the bf16 backbone really ran
     for flag, limit in (("--fast", 0.99999), ("--bf16", 0.999)):
         cos = (embeddings[flag] * plain).sum(1)  # rows are unit vectors
         assert embeddings[flag].shape == plain.shape and cos.min() > limit, (flag, cos)

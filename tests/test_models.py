@@ -177,13 +177,20 @@ def test_text_tower_cut_at_the_last_end_of_text_matches_the_full_context():
     eot = tokens.argmax(-1)
     assert int(eot.max()) + 1 < tokens.shape[1]  # the cut is real: shorter than the context
     long_prompt = "word " * (tokens.shape[1] - 2)  # fills the whole context
+    lengths = []
+    hook = model.transformer.register_forward_hook(lambda mod, args, out: lengths.append(args[0].shape[1]))
     with torch.no_grad():
         for batch in (texts, texts[:1], [long_prompt, "a dog"]):
             toks = model.tokenize(batch)
-            full = CLIP.encode_text(model, toks)
+            lengths.clear()
             cut = model.encode_text(batch)
+            assert lengths == [int(toks.argmax(-1).max()) + 1]  # the tower saw only that many positions
+            lengths.clear()
+            full = CLIP.encode_text(model, toks)
+            assert lengths == [tokens.shape[1]]  # open_clip's own path: the whole context
             assert cut.shape == full.shape
             torch.testing.assert_close(cut, full, rtol=0, atol=1e-5)
+    hook.remove()
 
 
 def test_front_end_stays_float32_under_bf16_autocast():
@@ -197,12 +204,19 @@ def test_front_end_stays_float32_under_bf16_autocast():
     assert torch.isfinite(out.loss) and model.audio.fc.weight.grad is not None
 
 
-def test_attention_gate_of_equal_size_is_an_exact_identity_pool():
+def test_attention_gate_pools_only_when_the_size_changes(monkeypatch):
+    import torch.nn.functional as F
+
     from audioclip_core.models.esresnext import Attention2d
 
     gate = Attention2d(4, 8, (3, 1), (1, 0)).eval()
-    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    x = torch.randn(2, 4, 6, 5)
+    pooled = F.adaptive_max_pool2d(x, x.shape[-2:])
+    assert torch.equal(pooled, x)  # a same-size pool is an identity, so skipping it is exact
+    calls = []
+    real = F.adaptive_max_pool2d
+    monkeypatch.setattr(F, "adaptive_max_pool2d", lambda t, size: calls.append(tuple(size)) or real(t, size))
     y = gate(x, x.shape[-2:])
-    pooled = torch.nn.functional.adaptive_max_pool2d(x, x.shape[-2:])
-    assert torch.equal(pooled, x)
+    assert calls == []
     assert torch.equal(y, torch.sigmoid(gate.bn(gate.conv_point(gate.conv_depth(pooled)))))
+    assert gate(x, (3, 5)).shape == (2, 8, 3, 5) and calls == [(3, 5)]

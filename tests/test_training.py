@@ -283,7 +283,8 @@ def test_retraining_sensor_fires_once_when_a_manifest_changes(lineage, tmp_path)
     assert isinstance(again, dg.SkipReason) and "already requested" in again.skip_message
 
 
-def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_outputs, tmp_path):
+def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_outputs, tmp_path,
+                                                                  monkeypatch):
     import duckdb
 
     import audioclip_core as ac
@@ -316,9 +317,16 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     esc = df[(df["dataset"] == "ESC50") & (df["fold"] == "mean")]
     assert len(esc) == 2 and esc["value"].notna().all()
     # the same table with compiled audio backbones (frozen weights) gives the same figures
+    from audioclip_core.models.esresnext import ESResNeXt
+
+    compiled = []
+    real = ESResNeXt.enable_fast_inference
+    monkeypatch.setattr(ESResNeXt, "enable_fast_inference",
+                        lambda self, **kw: compiled.append(self) or real(self, **kw))
     fast = cfg.model_copy(update={"fast_inference": True})
     result = dg.materialize([evaluation.table3_zero_shot], resources=res, instance=dg.DagsterInstance.ephemeral(),
                             run_config=dg.RunConfig(ops={"table3_zero_shot": fast}))
     assert result.success
+    assert len(compiled) == 2  # the partial and the full model
     df_fast = pd.read_parquet(lineage["data"] / "tables" / "table3_zero_shot.parquet")
     pd.testing.assert_series_equal(df_fast["value"], df["value"], atol=1e-6, rtol=0)

@@ -69,6 +69,17 @@ def _eval_audio(clip_seconds: float, channels: int, input_scale: str) -> AudioOp
     return AudioOptions(clip_seconds=clip_seconds, channels=channels, input_scale=input_scale, augment=False)
 
 
+def _clipset_embeddings(model: AudioCLIP, table: pd.DataFrame, classes: list[str], *, template: str,
+                        clip_seconds: float, channels: int,
+                        input_scale: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised audio embeddings of the loadable clips of an ESC-50 / US8K table, the class
+    names' text embeddings, and each embedded clip's class id."""
+    ds = ClipSetDataset(table, train=False, audio=_eval_audio(clip_seconds, channels, input_scale), classes=classes)
+    emb = embed_dataset(model, ds)
+    ids = torch.tensor([ds.class_of[ds.df.iloc[i]["class_name"]] for i in emb["index"]], dtype=torch.long)
+    return emb["audio"], text_embeddings(model, classes, template), ids
+
+
 @dataclass
 class ClassificationResult:
     accuracy: float
@@ -89,14 +100,12 @@ def _confusion(pred: Sequence[int], target: Sequence[int], n: int) -> np.ndarray
 def audioclip_classification(model: AudioCLIP, table: pd.DataFrame, classes: list[str], *, template: str = "{}",
                              clip_seconds: float = 5.0, channels: int = 1, input_scale: str = "int16") -> ClassificationResult:
     """Zero-shot (or cooperatively fine-tuned) classification of an ESC-50 / US8K table."""
-    ds = ClipSetDataset(table, train=False, audio=_eval_audio(clip_seconds, channels, input_scale), classes=classes)
-    emb = embed_dataset(model, ds)
-    text = text_embeddings(model, classes, template)
-    scores = emb["audio"] @ text.T
-    targets = [ds.class_of[ds.df.iloc[i]["class_name"]] for i in emb["index"]]
+    audio, text, ids = _clipset_embeddings(model, table, classes, template=template, clip_seconds=clip_seconds,
+                                           channels=channels, input_scale=input_scale)
+    scores = audio @ text.T
+    targets = ids.tolist()
     pred = scores.argmax(-1).tolist()
-    t = torch.tensor(targets)
-    return ClassificationResult(accuracy(scores, t), len(targets), _confusion(pred, targets, len(classes)),
+    return ClassificationResult(accuracy(scores, ids), len(targets), _confusion(pred, targets, len(classes)),
                                 list(classes), pred, targets)
 
 
@@ -172,13 +181,11 @@ def audioclip_audioset(model: AudioCLIP, manifest: pd.DataFrame, class_ids: list
 
 def audio_by_text_clipset(model: AudioCLIP, table: pd.DataFrame, classes: list[str], *, template: str = "{}",
                           clip_seconds: float = 5.0, channels: int = 1, input_scale: str = "int16") -> dict:
-    ds = ClipSetDataset(table, train=False, audio=_eval_audio(clip_seconds, channels, input_scale), classes=classes)
-    emb = embed_dataset(model, ds)
-    text = text_embeddings(model, classes, template)
-    ids = torch.tensor([ds.class_of[ds.df.iloc[i]["class_name"]] for i in emb["index"]])
+    audio, text, ids = _clipset_embeddings(model, table, classes, template=template, clip_seconds=clip_seconds,
+                                           channels=channels, input_scale=input_scale)
     present = sorted(set(ids.tolist()))
     rel = torch.stack([ids == c for c in present])
-    return retrieval_metrics(text[present] @ emb["audio"].T, rel)
+    return retrieval_metrics(text[present] @ audio.T, rel)
 
 
 def pr_curve(scores: torch.Tensor, relevant: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
