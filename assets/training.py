@@ -38,6 +38,8 @@ class StageConfig(dg.Config):
     nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
     freeze_bn: Optional[bool] = None
     cpu_bf16: bool = Field(default=False, description="bfloat16 autocast on CPU (faster; not bit-reproducible)")
+    dtype: str = Field(default="float32", description="float64: train in double precision (slow; for "
+                       "exactness checks such as 1 process against torchrun)")
 
 
 def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSources, data_root: DataRoot):
@@ -51,7 +53,8 @@ def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSourc
         if getattr(cfg, key) is not None:
             values[key] = getattr(cfg, key)
     return TrainConfig(stage=stage, seed=cfg.seed, max_steps_per_epoch=cfg.max_steps_per_epoch,
-                       input_scale=cfg.input_scale, device=cfg.device, cpu_bf16=cfg.cpu_bf16, **values), profile
+                       input_scale=cfg.input_scale, device=cfg.device, cpu_bf16=cfg.cpu_bf16, dtype=cfg.dtype,
+                       **values), profile
 
 
 def _ckpt_dir(data_root: DataRoot, name: str, partition: Optional[str] = None) -> Path:

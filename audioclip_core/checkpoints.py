@@ -10,7 +10,8 @@ Official layouts (all plain `torch.save` of a state dict unless noted):
 * ``esrnxfbsp``  - ESRNXFBSP.pt: a stand-alone ESResNeXt-fbsp classifier (370 keys, no
   prefix, ``fc`` 527 x 2048).
 
-Every pickle is read with ``weights_only=True``: a file that would run code is refused. A
+Every pickle is read with ``weights_only=True``: a file that would run code is refused; a
+TorchScript archive's tensors are read the same way, without compiling or running it. A
 leading ``module.`` (DataParallel) is stripped. A missing, unexpected or mis-shaped key is
 reported in one error listing all of them. Our own checkpoints are safetensors files with
 a JSON metadata record (preset, architecture, and lineage when a training stage wrote them).
@@ -108,13 +109,14 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
         return _clean_keys(sd), meta
     if _is_torchscript(path):
-        # OpenAI's RN50.pt: a TorchScript archive. Its code is TorchScript, executed by
-        # torch's own interpreter, not arbitrary Python; only the parameters are kept.
+        # OpenAI's RN50.pt: a TorchScript archive. torch.jit.load would compile its code and
+        # call its objects' __setstate__; only the tensors are read, nothing of it runs.
+        from .torchscript import read_torchscript_state
+
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"{path}: TorchScript archive could not be read: {exc}") from exc
-        sd = {k: v.detach().clone() for k, v in scripted.state_dict().items()}
+            sd = read_torchscript_state(path)
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
+            raise CheckpointError(f"{path}: TorchScript archive could not be read (truncated?): {exc}") from exc
         return _clean_keys(sd), {"source_format": "torchscript"}
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -1,5 +1,6 @@
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +190,59 @@ def test_openai_torchscript_rn50_layout(tmp_path, tiny_model):
     w = model.state_dict()["visual.conv1.weight"]
     assert w.dtype == torch.float32
     assert torch.equal(w, clip_sd["visual.conv1.weight"].half().float())
+
+
+@torch.library.custom_op("audioclip_test::leave_marker", mutates_args=())
+def _leave_marker(path: str, x: torch.Tensor) -> torch.Tensor:
+    Path(path).write_text("code from the archive ran")
+    return x.clone()
+
+
+class _SetstateRunsCode(nn.Module):
+    """A module whose TorchScript __setstate__ calls an op that writes a file."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3))
+        self.marker = marker
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str]:
+        return (self.weight, self.marker)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str]) -> None:
+        self.marker = state[1]
+        self.training = False
+        self.weight = torch.ops.audioclip_test.leave_marker(state[1], state[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_torchscript_archive_is_read_without_running_its_code(tmp_path, tiny_model):
+    marker = tmp_path / "marker"
+    path = tmp_path / "RN50.pt"
+    torch.jit.save(torch.jit.script(_SetstateRunsCode(str(marker))), str(path))
+    torch.jit.load(str(path))  # torch's own loader runs the archive's code: the file is a real threat
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(CheckpointError, match="custom __getstate__"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refused"):
+        ac.build_model("audioclip-tiny", clip_weights=path)
+    assert not marker.exists()
+    # the plain RN50 layout (parameters and buffers only) still loads, tensors bit for bit
+    plain = tmp_path / "plain.pt"
+    scripted = _scripted_from_state(_official(tiny_model, "clip"))
+    torch.jit.save(scripted, str(plain))
+    sd, _ = read_checkpoint(plain)
+    ref = scripted.state_dict()
+    assert list(sd) == list(ref) and all(torch.equal(sd[k], ref[k]) and sd[k].dtype == ref[k].dtype for k in ref)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        read_checkpoint(truncated)
 
 
 def test_convert_cli_roundtrip(tmp_path, tiny_model):

@@ -224,9 +224,19 @@ def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
 
 def test_two_processes_match_one_on_the_same_global_batch(lineage, stage_outputs, tmp_path):
     """torchrun with 2 CPU processes (gloo, DDP, features gathered across ranks) through Dagster
-    Pipes reaches the weights one process reaches on the same global batches."""
+    Pipes reaches the weights one process reaches on the same global batches.
+
+    Both runs train in float64. In float32 the gloo all-reduce sums in another order than one
+    process does (~1e-7 relative), which can flip a max pool's argmax and move a whole gradient;
+    how far depends on the CPU family, so no float32 tolerance holds on every machine. In float64
+    the same reordering is ~1e-16 relative: even magnified by the fbsp gradients' unit max-norm
+    rescaling (it divides near-zero entries by a small maximum; ~5e4x was seen in float32) and by
+    two SGD steps, the difference stays far below TOL, while a real mismatch (a gradient not
+    averaged, a loss not scaled by the world size, a shard of other samples) moves weights by
+    the size of an SGD step, which the test checks is more than 1e4 x TOL."""
     import shutil
 
+    TOL = 1e-9
     results = {}
     for nproc in (1, 2):
         root = tmp_path / f"n{nproc}"
@@ -234,26 +244,21 @@ def test_two_processes_match_one_on_the_same_global_batch(lineage, stage_outputs
         res = dict(lineage["res"], data_root=DataRoot(root=str(root)))
         result = dg.materialize([training.audioclip_esc50], resources=res, partition_key="2",
                                 run_config=_run_config("audioclip_esc50", epochs=1, batch_size=8, max_steps_per_epoch=2,
-                                                       freeze_bn=True, nproc_per_node=nproc),
+                                                       freeze_bn=True, nproc_per_node=nproc, dtype="float64"),
                                 instance=dg.DagsterInstance.ephemeral())
         assert result.success
         meta = result.asset_materializations_for_node("audioclip_esc50")[-1].metadata
         assert meta["nproc_per_node"].value == nproc
         results[nproc] = (_weights(meta["checkpoint"].value), meta["loss_first_epoch"].value)
     (w1, loss1), (w2, loss2) = results[1], results[2]
-    assert abs(loss1 - loss2) < 1e-4 * max(1.0, abs(loss1))
+    assert abs(loss1 - loss2) < TOL * max(1.0, abs(loss1)), (loss1, loss2)
     parent = _weights(stage_outputs["audioclip_full"]["checkpoint"])
-    moved = [k for k in w1 if not torch.equal(w1[k], parent[k])]
-    assert moved  # training changed something, and both runs changed it the same way
-    # float32 sums in another order (gloo all-reduce) differ at ~1e-7; after two SGD steps the
-    # weights agree to 1e-4. The fbsp m/fb gradients are rescaled to unit max-norm (the
-    # reference's rule), which magnifies that noise in their near-zero entries: 5e-3 there.
-    worst = {k: float((w1[k].float() - w2[k].float()).abs().max()) for k in w1
-             if w1[k].is_floating_point() and w1[k].numel()}
-    fbsp = {k: v for k, v in worst.items() if ".fbsp." in k}
-    rest = {k: v for k, v in worst.items() if ".fbsp." not in k}
-    assert max(rest.values()) < 1e-4, sorted(rest.items(), key=lambda kv: -kv[1])[:5]
-    assert max(fbsp.values()) < 5e-3, fbsp
+    floats = [k for k in w1 if w1[k].is_floating_point() and w1[k].numel()]
+    assert all(w1[k].dtype == torch.float64 and w2[k].dtype == torch.float64 for k in floats)
+    moved = {k: float((w1[k] - parent[k].double()).abs().max()) for k in floats}
+    assert max(moved.values()) > 1e4 * TOL, moved  # training moved the weights well above TOL
+    worst = {k: float((w1[k] - w2[k]).abs().max()) for k in floats}
+    assert max(worst.values()) < TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
 
 
 def test_retraining_sensor_fires_once_when_a_manifest_changes(lineage, tmp_path):

@@ -59,9 +59,10 @@ def rescale_int16(x: torch.Tensor) -> torch.Tensor:
 
     The released weights depend on this exact arithmetic: for input already in [-1, 1]
     (the demo-notebook convention) `x + 32768` rounds the signal to steps of 2**-8, and a
-    higher-precision rescale changes such an embedding by cosine 0.92.
+    higher-precision rescale changes such an embedding by cosine 0.92. float64 input stays
+    float64 (a float64 model, for exactness checks: `TrainConfig(dtype="float64")`).
     """
-    x = x.to(torch.float32)
+    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     return (((x + 32768.0) * 2.0) / 65535.0) - 1.0
 
 
@@ -187,7 +188,8 @@ class ESResNeXt(nn.Module):
         # the filter bank and the dB conversion stay float32 under autocast (bf16 would cost
         # the spectrum ~3 significant digits before a log)
         with torch.autocast(device_type=frames.device.type, enabled=False):
-            return self.fbsp(frames.float()).transpose(-2, -3)
+            frames = frames if frames.dtype == torch.float64 else frames.float()
+            return self.fbsp(frames).transpose(-2, -3)
 
     def to_db(self, spec: torch.Tensor, batch_size: int) -> torch.Tensor:
         """fbsp output -> dB bands `[B, C, 3, K // 3, frames]` (the top K mod 3 bins dropped)."""

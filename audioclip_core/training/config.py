@@ -34,6 +34,9 @@ class TrainConfig:
     cpu_bf16: bool = False            # bf16 autocast on CPU too (~2.6x faster steps with avx512_bf16;
                                       # off by default: fp32 keeps runs bit-reproducible)
     freeze_bn: bool = False           # BatchNorm uses and keeps its running statistics
+    dtype: str = "float32"            # "float64": model and batches in double precision, for
+                                      # exactness checks (float32 sums in another order differ at
+                                      # ~1e-7, enough to flip a max pool's argmax; float64 at ~1e-16)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -41,6 +44,10 @@ class TrainConfig:
             raise ValueError(f"unknown stage {self.stage!r}; one of {STAGES}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', not {self.dtype!r}")
+        if self.dtype == "float64" and self.cpu_bf16:
+            raise ValueError("cpu_bf16 autocast and dtype='float64' exclude each other")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -125,7 +125,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
     """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    model.to(device)
+    dtype = getattr(torch, cfg.dtype)
+    model.to(device=device, dtype=dtype)
     # channels-last convolutions and malloc keeping freed activations for reuse: together
     # 1.56-1.79x the contiguous fp32 step on a CPU, paper preset (bench/bench_train.py)
     model.to(memory_format=torch.channels_last)
@@ -148,7 +149,7 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
         result.resumed_from = latest
         start = latest + 1
         log(f"resuming after epoch {latest}")
-    amp = (cfg.amp and device.type == "cuda") or (cfg.cpu_bf16 and device.type == "cpu")
+    amp = dtype == torch.float32 and ((cfg.amp and device.type == "cuda") or (cfg.cpu_bf16 and device.type == "cpu"))
     net: nn.Module = model
     fbsp_layers = [m for m in model.modules() if isinstance(m, LinearFBSP)]
     for layer in fbsp_layers:  # normalise after DDP's all-reduce, not per process before it
@@ -186,8 +187,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                 # the other ranks wait in the feature gather; torchrun stops them on this error
                 raise TrainingError(f"{cfg.stage}: every sample of rank {D.rank()}'s share of step {i} "
                                     f"(epoch {epoch}) failed to load: {batch['errors']}")
-            batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                     for k, v in batch.items()}
+            batch = {k: (v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+                         if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, terms = step(net, batch)
             if not torch.isfinite(loss):
