@@ -17,7 +17,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoints", "build_model": "checkpoints", "convert": "checkpoints",
     "export_official": "checkpoints", "load_audio_classifier": "checkpoints", "load_model": "checkpoints",
     "read_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
-    "contrastive_loss": "losses",
+    "contrastive_loss": "losses", "InputError": "errors",
     "AudioCLIP": "models", "AudioCLIPOutput": "models", "AudioConfig": "models", "ESResNeXt": "models",
     "LinearFBSP": "models", "available_presets": "models", "get_preset": "models",
     "tokenize": "text",

@@ -16,7 +16,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +31,7 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".
                     ".mkv", ".aiff", ".aif"}
 
 
-from .errors import AudioDecodeError  # noqa: E402  (re-exported)
+from .errors import AudioDecodeError, check_input_file  # noqa: E402  (AudioDecodeError re-exported)
 
 
 def ffmpeg_exe() -> str:
@@ -56,8 +56,7 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
 def load_audio(path: Union[str, os.PathLike]) -> tuple[torch.Tensor, int]:
     """Decode a file into float32 `[channels, samples]` in [-1, 1] at its own sample rate."""
     path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"{path}: no such file")
+    check_input_file(path, "audio file", AudioDecodeError)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -112,3 +111,151 @@ def windows(wave: torch.Tensor, window: int, hop: int) -> torch.Tensor:
     if starts[-1] + window < length:
         starts.append(length - window)
     return torch.stack([wave[:, s:s + window] for s in starts])
+
+
+# -- streaming: long files in bounded memory ------------------------------------------------
+# soundfile formats whose frame count and seeking are exact; anything else goes through ffmpeg
+_SEEKABLE_FORMATS = {"WAV", "WAVEX", "W64", "RF64", "FLAC", "AIFF", "AU", "CAF"}
+
+
+class AudioStream:
+    """An audio file (or an in-memory waveform) read a span at a time, as the 44.1 kHz signal
+    `resample(load_audio(path))` would give, without holding the whole file.
+
+    `read(start, stop)` returns `[C, stop - start]` float32 samples of the 44.1 kHz signal
+    (zeros outside it). At another rate, each span is resampled from just the input it
+    depends on, with torchaudio's own sinc kernel: every output sample is the same dot
+    product over the same input samples as in a resampling of the whole file. Formats that
+    libsndfile cannot seek exactly (MP3, Ogg, video containers...) are decoded once by
+    ffmpeg to a temporary WAV file, so memory does not grow with the length of the file.
+    Use it as a context manager (it closes the file and removes the temporary one).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike, None] = None, *, wave=None, sample_rate: Optional[int] = None):
+        import torch
+
+        self._tmp = None
+        self._file = None
+        self.name = str(path) if path is not None else "waveform"
+        if path is None:
+            w = torch.as_tensor(wave)
+            if w.dim() == 1:
+                w = w.unsqueeze(0)
+            if w.dim() != 2:
+                raise ValueError(f"waveform must be [samples] or [channels, samples], got {tuple(w.shape)}")
+            self._wave = w if w.dtype == torch.float64 else w.to(torch.float32)  # float64 stays exact
+            self.input_rate, self.channels, self.input_frames = int(sample_rate), w.shape[0], w.shape[1]
+        else:
+            self._wave = None
+            self._open(Path(path))
+        if self.input_frames == 0:
+            raise AudioDecodeError(f"{self.name}: contains no samples")
+        self._setup_resampling()
+
+    # the input at its own rate --------------------------------------------------------
+    def _open(self, path: Path) -> None:
+        check_input_file(path, "audio file", AudioDecodeError)
+        try:
+            info = sf.info(str(path))
+            seekable = info.format in _SEEKABLE_FORMATS
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            seekable = False
+        if not seekable:
+            self._tmp = tempfile.TemporaryDirectory(prefix="audioclip-decode-")
+            out = Path(self._tmp.name) / "decoded.wav"
+            proc = subprocess.run(
+                [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-acodec", "pcm_f32le",
+                 "-rf64", "auto", str(out)], capture_output=True, text=True)
+            if proc.returncode != 0 or not out.exists():
+                self.close()
+                msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
+                raise AudioDecodeError(f"{path}: ffmpeg could not decode audio: {msg}")
+            path = out
+        try:
+            self._file = sf.SoundFile(str(path))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            self.close()
+            raise AudioDecodeError(f"{self.name}: cannot decode audio: {exc}") from exc
+        self.input_rate, self.channels, self.input_frames = self._file.samplerate, self._file.channels, self._file.frames
+
+    def _read_input(self, start: int, stop: int):
+        """`[C, stop - start]` input-rate samples, zeros outside the file; non-finite ones refused."""
+        import torch
+
+        lo, hi = max(start, 0), min(stop, self.input_frames)
+        if self._wave is not None:
+            data = self._wave[:, lo:hi]
+        else:
+            self._file.seek(lo)
+            data = torch.from_numpy(np.ascontiguousarray(
+                self._file.read(max(hi - lo, 0), dtype="float32", always_2d=True).T))
+            if data.shape[1] != max(hi - lo, 0):
+                raise AudioDecodeError(f"{self.name}: ended after {lo + data.shape[1]} of "
+                                       f"{self.input_frames} samples (truncated?)")
+        if data.numel() and not torch.isfinite(data).all():
+            bad = int((~torch.isfinite(data)).sum())
+            raise AudioDecodeError(f"{self.name}: {bad} non-finite (NaN/Inf) samples from "
+                                   f"{lo / self.input_rate:.2f} s on: not audio")
+        if lo - start or stop - hi:
+            data = torch.nn.functional.pad(data, (lo - start, stop - hi))
+        return data
+
+    # the 44.1 kHz signal --------------------------------------------------------------
+    def _setup_resampling(self) -> None:
+        import math
+
+        import torch
+
+        self.frames = self.input_frames
+        self._kernel = None
+        if self.input_rate != SAMPLE_RATE:
+            from torchaudio.functional.functional import _get_sinc_resample_kernel
+
+            g = math.gcd(self.input_rate, SAMPLE_RATE)
+            self._orig, self._new = self.input_rate // g, SAMPLE_RATE // g
+            # as torchaudio's resample builds it, in the waveform's dtype (made on first use)
+            self._kernel = {}
+            self._make_kernel = lambda dt: _get_sinc_resample_kernel(self.input_rate, SAMPLE_RATE, g, dtype=dt)
+            self._kernel[torch.float32], self._width = self._make_kernel(torch.float32)
+            self.frames = math.ceil(self._new * self.input_frames / self._orig)
+
+    def read(self, start: int, stop: int):
+        """44.1 kHz samples `[start, stop)` as float32 `[C, stop - start]`."""
+        import torch
+
+        stop_in = min(stop, self.frames)
+        if self._kernel is None or stop_in <= start:
+            return self._read_input(start, stop) if self._kernel is None else torch.zeros(self.channels, stop - start)
+        o, n, w = self._orig, self._new, self._width
+        f0, f1 = start // n, -(-stop_in // n)  # the conv frames whose outputs cover [start, stop_in)
+        x = self._read_input(f0 * o - w, f1 * o + w)
+        if x.dtype not in self._kernel:
+            self._kernel[x.dtype] = self._make_kernel(x.dtype)[0]
+        kernel = self._kernel[x.dtype]
+        y = torch.nn.functional.conv1d(x[:, None], kernel, stride=o).transpose(1, 2).reshape(self.channels, -1)
+        y = y[:, start - f0 * n: stop_in - f0 * n]
+        return torch.nn.functional.pad(y, (0, stop - stop_in)) if stop > stop_in else y
+
+    def window_starts(self, window: int, hop: int) -> list[tuple[int, int]]:
+        """The `(start, stop)` spans `windows()` cuts: the whole clip if it fits, else windows of
+        `window` samples every `hop`, the last one aligned to the end."""
+        if self.frames <= window:
+            return [(0, self.frames)]
+        starts = list(range(0, self.frames - window + 1, hop))
+        if starts[-1] + window < self.frames:
+            starts.append(self.frames - window)
+        return [(s, s + window) for s in starts]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "AudioStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -21,11 +21,22 @@ def _record_path(checkpoint: Path) -> Path:
 
 
 def read_record(checkpoint: Path) -> dict:
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        raise LineageError(f"{checkpoint}: is a directory; give a checkpoint file")
     path = _record_path(checkpoint)
     if not path.is_file():
+        if not checkpoint.exists():
+            raise LineageError(f"{checkpoint}: no such checkpoint, and no lineage record ({path.name}) beside it")
         raise LineageError(f"{checkpoint}: no lineage record ({path.name}); only checkpoints written by this "
                            "project's training stages carry one")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LineageError(f"{path}: the lineage record cannot be read ({exc}); it is damaged") from exc
+    if not isinstance(rec, dict) or not isinstance(rec.get("checkpoint"), dict) or "sha256" not in rec["checkpoint"]:
+        raise LineageError(f"{path}: not a lineage record (no checkpoint digest); it is damaged")
+    return rec
 
 
 def chain(checkpoint: Path) -> list[dict]:
@@ -89,16 +100,30 @@ class ClipHit:
     via: str          # "trained on it" or "descends from <checkpoint>"
 
 
-def find_records(root: Path) -> list[tuple[Path, dict]]:
-    return [(p, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(Path(root).rglob("*.lineage.json"))]
+def find_records(root: Path, skipped: Optional[list[str]] = None) -> list[tuple[Path, dict]]:
+    """The lineage records under `root`; damaged ones are left out, with the reason appended
+    to `skipped` when given."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LineageError(f"{root}: no such data root directory (give --data-root or set AUDIOCLIP_DATA_ROOT)")
+    out = []
+    for p in sorted(root.rglob("*.lineage.json")):
+        try:
+            out.append((p, read_record(p.with_name(p.name[:-len(".lineage.json")] + ".safetensors"))))
+        except LineageError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+    return out
 
 
-def checkpoints_for_clip(clip: str, root: Path) -> list[ClipHit]:
+def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = None) -> list[ClipHit]:
     """Every checkpoint under `root` whose training data held `clip` (an AudioSet ytid or
-    segment id, or an ESC-50/US8K file name) with status ok, directly or through its parents."""
+    segment id, or an ESC-50/US8K file name) with status ok, directly or through its parents.
+    Damaged records or manifests are left out, their reasons appended to `skipped` (else raised)."""
     import duckdb
 
-    records = find_records(root)
+    records = find_records(root, skipped)
     manifests = sorted({m["path"] for _, r in records for m in (r.get("manifests") or {}).values()
                         if Path(m["path"]).is_file()})
     hit_paths: set[str] = set()
@@ -106,7 +131,14 @@ def checkpoints_for_clip(clip: str, root: Path) -> list[ClipHit]:
         con = duckdb.connect()
         try:
             for path in manifests:
-                cols = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()}
+                try:
+                    cols = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)",
+                                                          [path]).fetchall()}
+                except duckdb.Error as exc:
+                    if skipped is None:
+                        raise LineageError(f"{path}: manifest cannot be read: {exc}") from exc
+                    skipped.append(f"{path}: manifest cannot be read: {str(exc).splitlines()[0]}")
+                    continue
                 conds = []
                 if "ytid" in cols:
                     conds.append("ytid = $clip")

@@ -92,11 +92,19 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(source, Mapping):
         return _clean_keys({str(k): _to_tensor(str(k), v) for k, v in source.items()}), {}
     path = Path(source)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; pass the checkpoint file inside it "
+                              "(.pt or .safetensors)")
+    if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist. Weights are not shipped: "
                               f"download {RELEASES} and pass the file's path.")
-    with open(path, "rb") as f:
-        head = f.read(8)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror or exc}") from exc
     if len(head) < 8:
         raise CheckpointError(f"{path}: file is empty or truncated ({path.stat().st_size} bytes)")
     if path.suffix == ".safetensors":
@@ -118,6 +126,9 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
         except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
             raise CheckpointError(f"{path}: TorchScript archive could not be read (truncated?): {exc}") from exc
         return _clean_keys(sd), {"source_format": "torchscript"}
+    if not zipfile.is_zipfile(path) and head[0] != 0x80:  # torch.save: a zip, or (legacy) a pickle
+        raise CheckpointError(f"{path}: could not be read - not a PyTorch checkpoint or safetensors file "
+                              "(neither a zip archive nor a pickle: another format, or damaged)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -157,8 +168,21 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 # -- strict loading ------------------------------------------------------------------------
-def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str) -> None:
-    """`module.load_state_dict(sd, strict=True)` with ONE error that lists every problem."""
+def non_finite_tensors(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Name -> count of NaN/Inf entries, for the floating tensors of `sd` that have any."""
+    bad = {}
+    for k, v in sd.items():
+        if v.is_floating_point() and v.numel():
+            n = int(v.numel() - torch.isfinite(v).sum())
+            if n:
+                bad[k] = n
+    return bad
+
+
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
+                allow_non_finite: bool = False) -> None:
+    """`module.load_state_dict(sd, strict=True)` with ONE error that lists every problem.
+    Tensors holding NaN or Inf are refused, named, unless `allow_non_finite` (for debugging)."""
     expected = module.state_dict()
     given = dict(sd)
     missing = [k for k in expected if k not in given]
@@ -181,6 +205,13 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str)
     for k, v in given.items():
         if v.is_floating_point() != expected[k].is_floating_point():
             raise CheckpointError(f"{what}: {k} has dtype {v.dtype}, model expects {expected[k].dtype}")
+    bad = {} if allow_non_finite else non_finite_tensors(given)
+    if bad:
+        shown = ", ".join(f"{k} ({n} of {given[k].numel()})" for k, n in list(bad.items())[:MAX_LISTED])
+        more = f", ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise CheckpointError(f"{what}: {len(bad)} tensors hold NaN/Inf values: {shown}{more}. The file is "
+                              "damaged or comes from a diverged run (allow_non_finite=True / "
+                              "--allow-non-finite-weights loads it anyway, for debugging)")
     module.load_state_dict(given, strict=True)
 
 
@@ -209,9 +240,10 @@ def _check_layout(sd: Mapping[str, torch.Tensor], wanted: str, what: str) -> Non
 
 
 # -- public API ------------------------------------------------------------------------------
-def load_model(source: Source, *, preset: Optional[str] = None) -> AudioCLIP:
+def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite: bool = False) -> AudioCLIP:
     """An AudioCLIP from a checkpoint in the official 861-key layout, our safetensors format, or a
-    mapping of tensors/arrays in the official layout; strict; returned in eval mode.
+    mapping of tensors/arrays in the official layout; strict; returned in eval mode. Weights
+    holding NaN/Inf are refused (naming the tensors) unless `allow_non_finite`.
 
     `preset` defaults to the one recorded in our own checkpoints, else "audioclip-rn50".
     """
@@ -223,13 +255,15 @@ def load_model(source: Source, *, preset: Optional[str] = None) -> AudioCLIP:
     _check_layout(sd, "audioclip", what)
     preset = preset or meta.get("preset") or "audioclip-rn50"
     model = build_from_preset(preset)
-    load_strict(model, sd, what=f"{what} (preset {preset})")
+    load_strict(model, sd, what=f"{what} (preset {preset})", allow_non_finite=allow_non_finite)
     model.checkpoint_metadata = meta
     return model.eval()
 
 
-def load_audio_classifier(source: Source, *, preset: Optional[str] = None) -> ESResNeXt:
-    """A stand-alone ESResNeXt-fbsp from the ESRNXFBSP layout (or ours); classes from `fc`."""
+def load_audio_classifier(source: Source, *, preset: Optional[str] = None,
+                          allow_non_finite: bool = False) -> ESResNeXt:
+    """A stand-alone ESResNeXt-fbsp from the ESRNXFBSP layout (or ours); classes from `fc`.
+    Weights holding NaN/Inf are refused unless `allow_non_finite`."""
     what = str(source) if not isinstance(source, Mapping) else "state dict"
     sd, meta = read_checkpoint(source)
     _check_layout(sd, "esrnxfbsp", what)
@@ -239,7 +273,7 @@ def load_audio_classifier(source: Source, *, preset: Optional[str] = None) -> ES
     config = AudioConfig.from_dict({**get_preset(preset)["audio_cfg"],
                                     "num_classes": int(sd["fc.weight"].shape[0])})
     model = ESResNeXt(config)
-    load_strict(model, sd, what=f"{what} (audio classifier, preset {preset})")
+    load_strict(model, sd, what=f"{what} (audio classifier, preset {preset})", allow_non_finite=allow_non_finite)
     model.checkpoint_metadata = {**meta, "preset": preset}
     return model.eval()
 
@@ -358,14 +392,14 @@ def save_checkpoint(module: nn.Module, path: Union[str, os.PathLike], *,
 
 
 def convert(src: Source, dst: Union[str, os.PathLike], *, layout: Optional[str] = None,
-            preset: Optional[str] = None) -> tuple[Path, str]:
+            preset: Optional[str] = None, allow_non_finite: bool = False) -> tuple[Path, str]:
     """Convert between layouts: `.safetensors` destination = our format, `.pt` = official."""
     sd, meta = read_checkpoint(src)
     kind = detect_layout(sd)
     if kind == "audioclip":
-        module: nn.Module = load_model(sd, preset=preset or meta.get("preset"))
+        module: nn.Module = load_model(sd, preset=preset or meta.get("preset"), allow_non_finite=allow_non_finite)
     elif kind == "esrnxfbsp":
-        module = load_audio_classifier(sd, preset=preset or meta.get("preset"))
+        module = load_audio_classifier(sd, preset=preset or meta.get("preset"), allow_non_finite=allow_non_finite)
     elif kind == "clip":
         module = build_model(preset or "audioclip-rn50", clip_weights=sd)
         layout = layout or "clip"

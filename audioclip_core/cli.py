@@ -6,11 +6,14 @@
     audioclip convert AudioCLIP-Full-Training.pt full.safetensors
 
 The checkpoint can also be given by the AUDIOCLIP_CHECKPOINT environment variable.
+Exit status: 0 every input answered, 1 an error (nothing answered), 2 wrong arguments or no
+checkpoint, 3 some inputs failed (each has a row saying why; the others are answered).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,26 +35,51 @@ Checkpoints written by this project's training stages (.safetensors) work too.
 """
 
 
+OUTPUT_FORMATS = (".json", ".csv", ".parquet")
+
+# exit statuses (also in the README)
+EXIT_OK = 0          # every input answered
+EXIT_ERROR = 1       # nothing answered: a bad checkpoint, labels, output path, ...
+EXIT_USAGE = 2       # wrong arguments (argparse's own status), or no checkpoint given
+EXIT_PARTIAL = 3     # some inputs failed: their rows say why; every other input is answered
+
+
+def _finite(obj):
+    """JSON has no NaN/Inf: such floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _write_rows(rows: list[dict], out: Optional[str]) -> None:
+    rows = _finite(rows)
     if not out or out == "-":
-        json.dump(rows, sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(rows, sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
         sys.stdout.write("\n")
         return
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
-    elif suffix in (".csv", ".parquet"):
-        import pandas as pd
+    from .data.io import atomic_path
 
-        df = pd.DataFrame(rows)
-        if suffix == ".csv":
-            df.to_csv(path, index=False)
+    path = Path(out)
+    suffix = path.suffix.lower()
+    tmp = atomic_path(path)  # a complete file or none: never half an output
+    try:
+        if suffix == ".json":
+            tmp.write_text(json.dumps(rows, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
         else:
-            df.to_parquet(path, index=False)
-    else:
-        raise SystemExit(f"audioclip: unknown output format {suffix!r}; use .json, .csv or .parquet")
+            import pandas as pd
+
+            df = pd.DataFrame(rows)
+            if suffix == ".csv":
+                df.to_csv(tmp, index=False)
+            else:
+                df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
 
 
@@ -62,8 +90,8 @@ def _load(args):
     ckpt = args.checkpoint or os.environ.get("AUDIOCLIP_CHECKPOINT")
     if not ckpt:
         sys.stderr.write(NO_CHECKPOINT)
-        raise SystemExit(2)
-    model = load_model(ckpt, preset=args.preset)
+        raise SystemExit(EXIT_USAGE)
+    model = load_model(ckpt, preset=args.preset, allow_non_finite=args.allow_non_finite_weights)
     tune_malloc()  # this process embeds large batches: reuse freed activations (perf.py)
     if args.fast or args.bf16:
         model.audio.enable_fast_inference(bf16=args.bf16)
@@ -71,13 +99,21 @@ def _load(args):
 
 
 def _labels(args) -> list[str]:
+    from .errors import InputError, check_input_file
+
     labels: list[str] = []
     if args.labels:
         labels += [s.strip() for s in args.labels.split(",") if s.strip()]
     if args.labels_file:
-        labels += [s.strip() for s in Path(args.labels_file).read_text(encoding="utf-8").splitlines() if s.strip()]
+        check_input_file(args.labels_file, "labels file")
+        try:
+            text = Path(args.labels_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{args.labels_file}: labels file is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start})") from exc
+        labels += [s.strip() for s in text.splitlines() if s.strip()]
     if not labels:
-        raise SystemExit("audioclip: give class names with --labels a,b,c or --labels-file FILE")
+        raise UserError("give class names with --labels a,b,c or --labels-file FILE")
     return labels
 
 
@@ -86,68 +122,105 @@ def _audio_options(args) -> dict:
             "batch_size": args.batch_size}
 
 
-def cmd_embed(args) -> None:
-    from .inference import embed_files, embed_texts
+def _report(res, args) -> None:
+    """Name the failed inputs on stderr; the exit status then says some failed."""
+    if res.failed:
+        print(f"audioclip: {len(res.failed)} of {len(res.paths)} inputs failed (their rows say why; "
+              f"exit status {EXIT_PARTIAL}):", file=sys.stderr)
+        for i in res.failed:
+            print(f"  {res.errors[i]}", file=sys.stderr)
+        args.partial = True
 
+
+def _status(error: Optional[str]) -> dict:
+    return {"status": "ok" if error is None else "error", "error": error}
+
+
+def cmd_embed(args) -> None:
+    from .inference import embed_texts, try_embed_files
+
+    if not args.files and not args.text:
+        raise UserError("embed: give files and/or --text")
     model = _load(args)
     rows = []
     if args.files:
-        emb, kinds = embed_files(model, args.files, **_audio_options(args))
-        rows += [{"item": f, "modality": k, "embedding": e.tolist()} for f, k, e in zip(args.files, kinds, emb)]
+        res = try_embed_files(model, args.files, **_audio_options(args))
+        rows += [{"item": f, "modality": k, **_status(err), "embedding": None if err else e.tolist()}
+                 for f, k, e, err in zip(res.paths, res.kinds, res.embeddings, res.errors)]
+        _report(res, args)
     if args.text:
-        emb = embed_texts(model, args.text, template=args.template)
-        rows += [{"item": t, "modality": "text", "embedding": e.tolist()} for t, e in zip(args.text, emb)]
-    if not rows:
-        raise SystemExit("audioclip embed: give files and/or --text")
+        emb = embed_texts(model, args.text, template=args.template, truncate=args.truncate)
+        rows += [{"item": t, "modality": "text", **_status(None), "embedding": e.tolist()}
+                 for t, e in zip(args.text, emb)]
     _write_rows(rows, args.out)
 
 
 def cmd_classify(args) -> None:
-    from .inference import embed_files, embed_texts, zero_shot_probabilities
+    from .inference import embed_texts, try_embed_files, zero_shot_probabilities
 
-    model = _load(args)
     labels = _labels(args)
-    label_emb = embed_texts(model, labels, template=args.template)
-    emb, kinds = embed_files(model, args.files, **_audio_options(args))
+    model = _load(args)
+    label_emb = embed_texts(model, labels, template=args.template, truncate=args.truncate)
+    res = try_embed_files(model, args.files, **_audio_options(args))
     rows = []
-    for f, kind, e in zip(args.files, kinds, emb):
+    for f, kind, e, err in zip(res.paths, res.kinds, res.embeddings, res.errors):
+        if err is not None:
+            rows.append({"file": f, "modality": kind, **_status(err), "label": None, "probability": None,
+                         "top": None})
+            continue
         probs = zero_shot_probabilities(model, e[None], label_emb, modality=kind)[0]
         top = probs.topk(min(args.top_k, len(labels)))
-        rows.append({"file": f, "modality": kind, "label": labels[int(top.indices[0])],
+        rows.append({"file": f, "modality": kind, **_status(None), "label": labels[int(top.indices[0])],
                      "probability": round(float(top.values[0]), 6),
                      "top": [{"label": labels[int(i)], "probability": round(float(p), 6)}
                              for p, i in zip(top.values, top.indices)]})
     if args.out and Path(args.out).suffix.lower() in (".csv", ".parquet"):
         for r in rows:
-            r["top"] = json.dumps(r["top"], ensure_ascii=False)
+            r["top"] = None if r["top"] is None else json.dumps(_finite(r["top"]), ensure_ascii=False)
+    _report(res, args)
     _write_rows(rows, args.out)
 
 
 def cmd_query(args) -> None:
-    from .inference import embed_files, embed_texts, rank
+    from .inference import embed_texts, rank, try_embed_files
 
+    if not args.text and not args.query_file:
+        raise UserError("query: give --text or --query-file")
     model = _load(args)
-    cand, kinds = embed_files(model, args.files, **_audio_options(args))
+    cand = try_embed_files(model, args.files, **_audio_options(args))
+    rows = [{"query": None, "rank": None, "item": cand.paths[i], "modality": cand.kinds[i], "score": None,
+             **_status(cand.errors[i])} for i in cand.failed]
+    _report(cand, args)
     if args.text:
-        queries, names = embed_texts(model, args.text, template=args.template), list(args.text)
-    elif args.query_file:
-        queries, _ = embed_files(model, args.query_file, **_audio_options(args))
-        names = list(args.query_file)
+        queries, names = embed_texts(model, args.text, template=args.template, truncate=args.truncate), list(args.text)
     else:
-        raise SystemExit("audioclip query: give --text or --query-file")
-    scores, idx = rank(queries, cand, args.top_k)
-    rows = []
-    for q, name in enumerate(names):
-        for r, (s, i) in enumerate(zip(scores[q], idx[q]), start=1):
-            rows.append({"query": name, "rank": r, "item": args.files[int(i)],
-                         "modality": kinds[int(i)], "score": round(float(s), 6)})
+        q = try_embed_files(model, args.query_file, **_audio_options(args))
+        rows += [{"query": q.paths[i], "rank": None, "item": None, "modality": q.kinds[i], "score": None,
+                  **_status(q.errors[i])} for i in q.failed]
+        _report(q, args)
+        queries, names = q.embeddings[q.ok], [q.paths[i] for i in q.ok]
+    ok = cand.ok
+    if ok and len(names):
+        scores, idx = rank(queries, cand.embeddings[ok], args.top_k)
+        for qi, name in enumerate(names):
+            for r, (s, i) in enumerate(zip(scores[qi], idx[qi]), start=1):
+                j = ok[int(i)]
+                rows.append({"query": name, "rank": r, "item": cand.paths[j], "modality": cand.kinds[j],
+                             "score": round(float(s), 6), **_status(None)})
     _write_rows(rows, args.out)
 
 
 def cmd_convert(args) -> None:
     from .checkpoints import convert
 
-    path, layout = convert(args.src, args.dst, layout=args.layout, preset=args.preset)
+    dst = Path(args.dst)
+    if dst.is_dir():
+        raise UserError(f"convert: {dst} is a directory; give the output file's name (.safetensors or .pt)")
+    if dst.suffix.lower() not in (".safetensors", ".pt", ".pth"):
+        raise UserError(f"convert: unknown output format {dst.suffix or '(none)'!r} for {dst}; "
+                        "use .safetensors (this project's format) or .pt (the official layout)")
+    path, layout = convert(args.src, args.dst, layout=args.layout, preset=args.preset,
+                           allow_non_finite=args.allow_non_finite_weights)
     print(f"wrote {path} ({layout})")
 
 
@@ -159,7 +232,12 @@ def cmd_lineage(args) -> None:
     if args.clip:
         root = Path(args.data_root or os.environ.get("AUDIOCLIP_DATA_ROOT") or "data")
         start = time.perf_counter()
-        hits = checkpoints_for_clip(args.clip, root)
+        skipped: list[str] = []
+        hits = checkpoints_for_clip(args.clip, root, skipped)
+        for reason in skipped:
+            print(f"audioclip: skipped (damaged): {reason}", file=sys.stderr)
+        if skipped:
+            args.partial = True
         rows = [{"checkpoint": h.checkpoint, "stage": h.stage, "sha256": h.sha256, "via": h.via} for h in hits]
         if args.out:
             _write_rows(rows, args.out)
@@ -170,7 +248,7 @@ def cmd_lineage(args) -> None:
                 print(f"  {h.stage:<22s} {h.checkpoint}  ({h.via})")
         return
     if not args.checkpoint:
-        raise SystemExit("audioclip lineage: give a CHECKPOINT, or --clip YTID")
+        raise UserError("lineage: give a CHECKPOINT, or --clip YTID")
     records = chain(Path(args.checkpoint))
     if args.out:
         _write_rows(records, args.out)
@@ -178,8 +256,52 @@ def cmd_lineage(args) -> None:
         print(format_chain(records))
 
 
+class UserError(Exception):
+    """A mistake in how the command was called: one line, no traceback, exit status 1."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _output_file(text: str) -> str:
+    if text == "-":
+        return text
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name ending in "
+                                         + ", ".join(OUTPUT_FORMATS))
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise argparse.ArgumentTypeError(f"unknown output format {path.suffix or '(none)'!r}; use "
+                                         + ", ".join(OUTPUT_FORMATS))
+    return text
+
+
+EPILOG = f"""exit status: {EXIT_OK} every input answered; {EXIT_ERROR} an error, nothing answered (a bad
+checkpoint, labels or output path); {EXIT_USAGE} wrong arguments or no checkpoint; {EXIT_PARTIAL} some
+inputs failed - each has a row with status "error" and the reason, every other input is answered.
+AUDIOCLIP_DEBUG=1 shows tracebacks."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="audioclip", description="AudioCLIP: embed, classify, query, convert")
+    p = argparse.ArgumentParser(prog="audioclip", description="AudioCLIP: embed, classify, query, convert",
+                                epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp):
@@ -187,66 +309,96 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--preset", default=None, help="architecture preset (default: from the checkpoint, else audioclip-rn50)")
         sp.add_argument("--input-scale", choices=INPUT_SCALES, default=None,
                         help="how [-1,1] audio is fed: 'unit' (released weights, default) or 'int16' (x32768)")
-        sp.add_argument("--window", type=float, default=10.0, help="longer audio is embedded in windows of this many seconds")
-        sp.add_argument("--hop", type=float, default=5.0, help="hop between windows, seconds")
-        sp.add_argument("--batch-size", type=int, default=8)
+        sp.add_argument("--window", type=_positive_float, default=10.0,
+                        help="longer audio is embedded in windows of this many seconds")
+        sp.add_argument("--hop", type=_positive_float, default=5.0, help="hop between windows, seconds")
+        sp.add_argument("--batch-size", type=_positive_int, default=8,
+                        help="windows (or images) embedded at once; memory grows with it, not with the file")
         sp.add_argument("--template", default="{}", help="prompt template for texts, e.g. 'the sound of {}'")
-        sp.add_argument("--out", "-o", help="output file (.json, .csv, .parquet); default: JSON on stdout")
+        sp.add_argument("--truncate", action="store_true",
+                        help="cut texts longer than the text tower's 77 tokens (default: refuse them)")
+        sp.add_argument("--out", "-o", type=_output_file,
+                        help="output file (.json, .csv, .parquet); default: JSON on stdout")
         sp.add_argument("--fast", action="store_true",
                         help="compile the audio backbone (about 2x the clips/s on a CPU after a one-off "
                              "30-40 s compilation: worth it from a few hundred clips)")
         sp.add_argument("--bf16", action="store_true",
                         help="like --fast, with the backbone in bfloat16 (about 5x; embeddings within "
                              "cosine 0.9999 of float32; the fbsp front end stays float32)")
+        sp.add_argument("--allow-non-finite-weights", action="store_true",
+                        help="load a checkpoint even if some weights are NaN/Inf (for debugging)")
 
-    sp = sub.add_parser("embed", help="embed audio/image files and texts")
+    def sub_parser(name, help):
+        return sub.add_parser(name, help=help, epilog=EPILOG)
+
+    sp = sub_parser("embed", "embed audio/image files and texts")
     model_args(sp)
     sp.add_argument("files", nargs="*")
     sp.add_argument("--text", action="append", help="a text to embed (repeatable)")
     sp.set_defaults(func=cmd_embed)
 
-    sp = sub.add_parser("classify", help="zero-shot classification of audio/image files")
+    sp = sub_parser("classify", "zero-shot classification of audio/image files")
     model_args(sp)
     sp.add_argument("files", nargs="+")
     sp.add_argument("--labels", help="comma-separated class names")
     sp.add_argument("--labels-file", help="file with one class name per line")
-    sp.add_argument("--top-k", type=int, default=3)
+    sp.add_argument("--top-k", type=_positive_int, default=3)
     sp.set_defaults(func=cmd_classify)
 
-    sp = sub.add_parser("query", help="rank files by a text or by a query file")
+    sp = sub_parser("query", "rank files by a text or by a query file")
     model_args(sp)
     sp.add_argument("files", nargs="+", help="the collection to search")
     sp.add_argument("--text", action="append", help="query text (repeatable)")
     sp.add_argument("--query-file", action="append", help="query audio/image file (repeatable)")
-    sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--top-k", type=_positive_int, default=5)
     sp.set_defaults(func=cmd_query)
 
-    sp = sub.add_parser("lineage", help="trace a checkpoint to its data and code, or a clip to its checkpoints")
+    sp = sub_parser("lineage", "trace a checkpoint to its data and code, or a clip to its checkpoints")
     sp.add_argument("checkpoint", nargs="?", help="a checkpoint written by a training stage")
     sp.add_argument("--clip", help="an AudioSet YouTube id (or segment id, or ESC-50/US8K file name)")
     sp.add_argument("--data-root", help="where to look for checkpoints (default AUDIOCLIP_DATA_ROOT or ./data)")
-    sp.add_argument("--out", "-o", help="write JSON/CSV/parquet instead of text")
+    sp.add_argument("--out", "-o", type=_output_file, help="write JSON/CSV/parquet instead of text")
     sp.set_defaults(func=cmd_lineage)
 
-    sp = sub.add_parser("convert", help="convert a checkpoint between layouts")
+    sp = sub_parser("convert", "convert a checkpoint between layouts")
     sp.add_argument("src")
     sp.add_argument("dst", help=".safetensors (our format, with metadata) or .pt (official layout)")
     sp.add_argument("--layout", choices=("audioclip", "clip", "esrnxfbsp"), default=None)
     sp.add_argument("--preset", default=None)
+    sp.add_argument("--allow-non-finite-weights", action="store_true",
+                    help="convert even if some weights are NaN/Inf (for debugging)")
     sp.set_defaults(func=cmd_convert)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; returns the exit status (`EXIT_*`)."""
     args = build_parser().parse_args(argv)
-    from .errors import AudioDecodeError, CheckpointError, LineageError
+    from .errors import CheckpointError, InputError, LineageError, TextTooLongError
 
+    args.partial = False
     try:
         args.func(args)
-    except (CheckpointError, AudioDecodeError, FileNotFoundError, LineageError) as exc:
-        print(f"audioclip: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except TextTooLongError as exc:
+        return _fail(f"text {exc.text[:60]!r} is {exc.tokens} tokens long, more than the text tower's "
+                     f"{exc.context_length}: shorten it, or pass --truncate to cut it", exc)
+    except (CheckpointError, InputError, LineageError, UserError, OSError, ValueError) as exc:
+        # ValueError: what the library says of a bad value (an unknown preset, ...)
+        return _fail(str(exc), exc)
+    except KeyboardInterrupt:
+        print("audioclip: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_PARTIAL if args.partial else EXIT_OK
+
+
+def _fail(message: str, exc: BaseException) -> int:
+    if os.environ.get("AUDIOCLIP_DEBUG"):
+        raise exc
+    lines = message.strip().splitlines() or [type(exc).__name__]
+    print(f"audioclip: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .audio import DEFAULT_INPUT_SCALE, SAMPLE_RATE, load_audio, prepare_waveform, windows
+from .audio import DEFAULT_INPUT_SCALE, SAMPLE_RATE, AudioStream, to_model_input
+from .errors import InputError, check_input_file
 from .models.audioclip import AudioCLIP
-from .text import apply_template
+from .text import apply_template, tokenize
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -31,11 +32,13 @@ def default_input_scale(model: AudioCLIP) -> str:
 
 @dataclass
 class AudioEmbedder:
-    """Embeds waveforms of any rate, channel count and length.
+    """Embeds waveforms and audio files of any rate, channel count and length.
 
     Clips up to `window_seconds` are embedded whole; longer ones are cut into windows of
-    that length (hop `hop_seconds`) whose normalised embeddings are pooled (`mean` or `max`)
-    and normalised again.
+    that length (hop `hop_seconds`, the last one aligned to the end) whose normalised
+    embeddings are pooled (`mean` or `max`) and normalised again. Windows are read from the
+    file, embedded and pooled `batch_size` at a time, so memory does not grow with the length
+    of the file (`bench/bench_long_audio.py` prints peak RSS against length).
     """
 
     model: AudioCLIP
@@ -50,26 +53,44 @@ class AudioEmbedder:
             raise ValueError(f"pooling must be one of {POOLING}, got {self.pooling!r}")
         if self.window_seconds <= 0 or self.hop_seconds <= 0:
             raise ValueError("window_seconds and hop_seconds must be positive")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         self.input_scale = self.input_scale or default_input_scale(self.model)
 
     @torch.no_grad()
-    def embed_waveform(self, wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        x = prepare_waveform(wave, sample_rate, input_scale=self.input_scale)
-        if x.shape[-1] == 0:
-            raise ValueError("empty waveform")
-        win = windows(x, int(round(self.window_seconds * SAMPLE_RATE)),
-                      int(round(self.hop_seconds * SAMPLE_RATE)))
-        parts = [self.model.encode_audio(win[i:i + self.batch_size])
-                 for i in range(0, win.shape[0], self.batch_size)]
-        emb = F.normalize(torch.cat(parts), dim=-1)
-        pooled = emb.mean(0) if self.pooling == "mean" else emb.max(0).values
+    def embed_stream(self, stream: AudioStream, *, progress: bool = False) -> torch.Tensor:
+        spans = stream.window_starts(int(round(self.window_seconds * SAMPLE_RATE)),
+                                     int(round(self.hop_seconds * SAMPLE_RATE)))
+        pooled = None
+        with tqdm(total=len(spans), desc=Path(stream.name).name, unit="window", leave=False,
+                  disable=not progress or len(spans) <= 4 * self.batch_size) as bar:
+            for i in range(0, len(spans), self.batch_size):
+                chunk = torch.stack([to_model_input(stream.read(a, b), self.input_scale)
+                                     for a, b in spans[i:i + self.batch_size]])
+                emb = F.normalize(self.model.encode_audio(chunk), dim=-1)
+                if not torch.isfinite(emb).all():
+                    raise InputError(f"{stream.name}: the model's audio embedding is not finite "
+                                     "(non-finite weights, or input far outside the audio range)")
+                if self.pooling == "mean":  # the mean's scale goes in the final normalisation
+                    part = emb.sum(0)
+                    pooled = part if pooled is None else pooled + part
+                else:
+                    part = emb.max(0).values
+                    pooled = part if pooled is None else torch.maximum(pooled, part)
+                bar.update(chunk.shape[0])
         return F.normalize(pooled, dim=-1)
 
+    def embed_waveform(self, wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """A `[T]` or `[C, T]` waveform in [-1, 1] at `sample_rate` -> `[embed_dim]`."""
+        return self.embed_stream(AudioStream(wave=wave, sample_rate=sample_rate))
+
+    def embed_file(self, path: PathLike, *, progress: bool = False) -> torch.Tensor:
+        with AudioStream(path) as stream:
+            return self.embed_stream(stream, progress=progress)
+
     def embed_files(self, paths: Sequence[PathLike], *, progress: bool = True) -> torch.Tensor:
-        out = []
-        for p in tqdm(list(paths), desc="audio", unit="file", disable=not progress or len(paths) < 2):
-            wave, sr = load_audio(p)
-            out.append(self.embed_waveform(wave, sr))
+        out = [self.embed_file(p, progress=progress)
+               for p in tqdm(list(paths), desc="audio", unit="file", disable=not progress or len(paths) < 2)]
         return torch.stack(out) if out else torch.empty(0, self.model.embed_dim)
 
 
@@ -81,32 +102,48 @@ def image_transform(model: AudioCLIP):
     return _open_clip_transform(size, is_train=False)
 
 
+def load_image(path: PathLike, transform) -> torch.Tensor:
+    """One image file -> the model's input tensor; `InputError` naming the file and the reason."""
+    import numpy as np
+    from PIL import Image
+
+    check_input_file(path, "image file")
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("F", "I", "I;16") and not np.isfinite(np.asarray(im, dtype=np.float64)).all():
+                raise InputError(f"{path}: image has non-finite (NaN/Inf) pixel values")
+            x = transform(im.convert("RGB"))
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: cannot read image: {exc}") from exc
+    if not torch.isfinite(x).all():
+        raise InputError(f"{path}: image has non-finite pixel values")
+    return x
+
+
 @torch.no_grad()
 def embed_images(model: AudioCLIP, paths: Sequence[PathLike], *, batch_size: int = 8,
                  progress: bool = True) -> torch.Tensor:
-    from PIL import Image
-
+    """`[N, embed_dim]` for N image files; the first unreadable one raises `InputError`."""
     transform = image_transform(model)
     out = []
     paths = list(paths)
     for i in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch",
                   disable=not progress or len(paths) <= batch_size):
-        batch = []
-        for p in paths[i:i + batch_size]:
-            try:
-                with Image.open(p) as im:
-                    batch.append(transform(im.convert("RGB")))
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{p}: cannot read image: {exc}") from exc
+        batch = [load_image(p, transform) for p in paths[i:i + batch_size]]
         out.append(model.encode_image(torch.stack(batch), normalize=True))
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 
 @torch.no_grad()
 def embed_texts(model: AudioCLIP, texts: Sequence[Union[str, Sequence[str]]], *,
-                template: str = "{}", batch_size: int = 64) -> torch.Tensor:
+                template: str = "{}", batch_size: int = 64, truncate: bool = False) -> torch.Tensor:
+    """Normalised text embeddings. A text over the context length raises `TextTooLongError`
+    (naming it and its token count) unless `truncate`, which cuts it, keeping end-of-text."""
     prompts = apply_template(list(texts), template)
-    parts = [model.encode_text(prompts[i:i + batch_size], normalize=True)
+    parts = [model.encode_text(tokenize(prompts[i:i + batch_size], context_length=model.context_length,
+                                        truncate=truncate), normalize=True)
              for i in range(0, len(prompts), batch_size)]
     return torch.cat(parts) if parts else torch.empty(0, model.embed_dim)
 
@@ -136,15 +173,71 @@ def modality_of(path: PathLike) -> str:
     return "audio"
 
 
-def embed_files(model: AudioCLIP, paths: Iterable[PathLike], **audio_options) -> tuple[torch.Tensor, list[str]]:
-    """Embed a mixed list of audio and image files (by extension), in the given order."""
+@dataclass
+class FileEmbeddings:
+    """What `try_embed_files` gives: a row per input path, in order. Rows of inputs that
+    failed are zeros, with the reason in `errors` (None for the rows that worked)."""
+
+    paths: list[str]
+    kinds: list[str]
+    embeddings: torch.Tensor
+    errors: list[Optional[str]]
+
+    @property
+    def ok(self) -> list[int]:
+        return [i for i, e in enumerate(self.errors) if e is None]
+
+    @property
+    def failed(self) -> list[int]:
+        return [i for i, e in enumerate(self.errors) if e is not None]
+
+
+@torch.no_grad()
+def try_embed_files(model: AudioCLIP, paths: Iterable[PathLike], *, progress: bool = True,
+                    **audio_options) -> FileEmbeddings:
+    """Embed a mixed list of audio and image files (by extension), in the given order. A file
+    that cannot be used (missing, a directory, unreadable, corrupt, non-finite samples or
+    pixels, a non-finite embedding) gets its reason in `errors`; every other file is answered."""
     paths = [str(p) for p in paths]
     kinds = [modality_of(p) for p in paths]
-    result = torch.empty(len(paths), model.embed_dim)
+    result = torch.zeros(len(paths), model.embed_dim)
+    errors: list[Optional[str]] = [None] * len(paths)
     img_idx = [i for i, k in enumerate(kinds) if k == "image"]
-    aud_idx = [i for i, k in enumerate(kinds) if k == "audio"]
     if img_idx:
-        result[img_idx] = embed_images(model, [paths[i] for i in img_idx])
+        transform = image_transform(model)
+        batch_size = int(audio_options.get("batch_size", 8))
+        for start in tqdm(range(0, len(img_idx), batch_size), desc="images", unit="batch",
+                          disable=not progress or len(img_idx) <= batch_size):
+            good, tensors = [], []
+            for i in img_idx[start:start + batch_size]:
+                try:
+                    tensors.append(load_image(paths[i], transform))
+                    good.append(i)
+                except InputError as exc:
+                    errors[i] = str(exc)
+            if good:
+                emb = model.encode_image(torch.stack(tensors), normalize=True)
+                for i, e in zip(good, emb):
+                    if torch.isfinite(e).all():
+                        result[i] = e
+                    else:
+                        errors[i] = (f"{paths[i]}: the model's image embedding is not finite "
+                                     "(non-finite weights?)")
+    aud_idx = [i for i, k in enumerate(kinds) if k == "audio"]
     if aud_idx:
-        result[aud_idx] = AudioEmbedder(model, **audio_options).embed_files([paths[i] for i in aud_idx])
-    return result, kinds
+        embedder = AudioEmbedder(model, **audio_options)
+        for i in tqdm(aud_idx, desc="audio", unit="file", disable=not progress or len(aud_idx) < 2):
+            try:
+                result[i] = embedder.embed_file(paths[i], progress=progress)
+            except InputError as exc:
+                errors[i] = str(exc)
+    return FileEmbeddings(paths, kinds, result, errors)
+
+
+def embed_files(model: AudioCLIP, paths: Iterable[PathLike], **audio_options) -> tuple[torch.Tensor, list[str]]:
+    """Embed a mixed list of audio and image files (by extension), in the given order; raises
+    `InputError` naming every file that failed (`try_embed_files` answers the others)."""
+    res = try_embed_files(model, paths, **audio_options)
+    if res.failed:
+        raise InputError("; ".join(res.errors[i] for i in res.failed))
+    return res.embeddings, res.kinds

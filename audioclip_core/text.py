@@ -18,6 +18,8 @@ import ftfy
 import regex as re
 import torch
 
+from .errors import TextTooLongError
+
 CONTEXT_LENGTH = 77
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"
@@ -121,9 +123,7 @@ class Tokenizer:
             ids = [self.sot_id] + self.encode(text) + [self.eot_id]
             if len(ids) > context_length:
                 if not truncate:
-                    raise ValueError(
-                        f"text {row} is {len(ids)} tokens long, more than the context length "
-                        f"{context_length}: {text[:60]!r}... (pass truncate=True to cut it)")
+                    raise TextTooLongError(text, len(ids), context_length)
                 ids = ids[:context_length]
                 ids[-1] = self.eot_id
             result[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)

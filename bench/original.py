@@ -4,11 +4,13 @@ Point the benchmarks at a checkout of the published code with `--original DIR` o
 `AUDIOCLIP_ORIGINAL_DIR=DIR` (`make bench ORIGINAL=DIR`). Nothing of it is bundled here.
 
 Only the model code runs (`model/`, `utils/transforms.py`). What a forward/backward pass
-does not need is replaced when it cannot be imported: the training framework
-(`ignite_trainer`: two empty base classes), the dataset loaders (`utils.datasets`), and the
-BPE vocabulary file (open_clip's copy of the same CLIP vocabulary). The model is built with
-`pretrained=False` and given our weights in the official layout with `strict=True`, so both
-implementations compute with identical parameters.
+does not need is replaced when it cannot be imported, and `STAND_INS` lists what was (the
+benchmarks print it): `termcolor` (coloured log lines; a function that returns its text),
+the training framework (`ignite_trainer`, which needs pytorch-ignite, visdom and termcolor:
+two empty base classes), the dataset loaders (`utils.datasets`), and the BPE vocabulary file
+(a plain clone holds a Git LFS pointer; open_clip's copy of the same CLIP vocabulary is
+used). The model is built with `pretrained=False` and given our weights in the official
+layout with `strict=True`, so both implementations compute with identical parameters.
 """
 from __future__ import annotations
 
@@ -38,6 +40,16 @@ def original_dir(argv: Optional[list[str]] = None) -> Optional[Path]:
         raise SystemExit(f"{path}: no model/audioclip.py there; --original wants a checkout of the "
                          "published AudioCLIP code")
     return path
+
+
+STAND_INS: list[str] = []  # what `load_original` replaced, for the benchmarks to print
+
+
+def _stand_in_termcolor() -> types.ModuleType:
+    mod = types.ModuleType("termcolor")
+    mod.colored = lambda text, *args, **kwargs: text
+    mod.cprint = lambda text, *args, **kwargs: print(text)
+    return mod
 
 
 def _stand_in_trainer() -> types.ModuleType:
@@ -72,12 +84,21 @@ def _stand_in_tokenizer() -> types.ModuleType:
 def _import_audioclip(path: Path):
     sys.path.insert(0, str(path))
     try:
+        importlib.import_module("termcolor")
+    except ImportError:  # model/esresnet/base.py imports it for two coloured messages
+        sys.modules["termcolor"] = _stand_in_termcolor()
+        STAND_INS.append("termcolor (not installed)")
+    try:
         importlib.import_module("ignite_trainer")
-    except ImportError:
+    except ImportError as exc:
+        for name in [n for n in sys.modules if n == "ignite_trainer" or n.startswith("ignite_trainer.")]:
+            del sys.modules[name]
         sys.modules["ignite_trainer"] = _stand_in_trainer()
+        STAND_INS.append(f"ignite_trainer ({exc})")
     try:
         importlib.import_module("utils")
-    except ImportError:  # utils/__init__ imports the dataset loaders and their dependencies
+    except ImportError as exc:  # utils/__init__ imports the dataset loaders and their dependencies
+        STAND_INS.append(f"utils.datasets ({exc})")
         for name in [n for n in sys.modules if n == "utils" or n.startswith("utils.")]:
             del sys.modules[name]
         pkg = types.ModuleType("utils")
@@ -85,10 +106,11 @@ def _import_audioclip(path: Path):
         sys.modules["utils"] = pkg
     try:
         return importlib.import_module("model.audioclip").AudioCLIP
-    except (ImportError, OSError):  # no BPE vocabulary file, or no ftfy/regex
+    except (ImportError, OSError, EOFError) as exc:  # no BPE vocabulary (an LFS pointer), or no ftfy/regex
         for name in [n for n in sys.modules if n == "model" or n.startswith("model.")]:
             del sys.modules[name]
         sys.modules["utils.simple_tokenizer"] = _stand_in_tokenizer()
+        STAND_INS.append(f"the BPE vocabulary: open_clip's copy ({type(exc).__name__}: {str(exc)[:80]})")
         return importlib.import_module("model.audioclip").AudioCLIP
 
 
@@ -97,6 +119,8 @@ def load_original(path: Path, ours: torch.nn.Module) -> torch.nn.Module:
     from audioclip_core.checkpoints import official_state_dict
 
     audioclip_cls = _import_audioclip(path)
+    print(f"original code: {path}; stood in for what a forward/backward never calls: "
+          + ("; ".join(STAND_INS) if STAND_INS else "nothing"), flush=True)
     model = audioclip_cls(pretrained=False)
     model.load_state_dict({k: v.detach().clone() for k, v in official_state_dict(ours).items()}, strict=True)
     return model.train(ours.training)

@@ -126,3 +126,49 @@ def test_images_and_texts(shared_data, tiny_model):
     with torch.no_grad():
         direct = tiny_model.encode_text(["the sound of dog, bark"], normalize=True)
     assert torch.allclose(t[0], direct[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [48000, 22050, 16000, 8000, 96000, 44100])
+def test_streamed_spans_are_torchaudio_resampling_of_the_whole(rate):
+    """`AudioStream.read` resamples each span from just the input it depends on. In float64 each
+    output sample is a dot product of 2 x width + rate/gcd (< 1000) kernel taps (|k| <= 1) with
+    |x| < 6: reordering it can change it by at most 1000 x 6 x 2**-52 ~ 1.3e-12, so 1e-11 bounds
+    any summation order, while an off-by-one sample or a missing margin is O(1) on noise."""
+    import torchaudio.functional as AF
+
+    from audioclip_core.audio import AudioStream
+
+    x = torch.randn(2, rate * 3 + 17, dtype=torch.float64, generator=torch.Generator().manual_seed(rate))
+    whole = AF.resample(x, rate, 44100)
+    stream = AudioStream(wave=x, sample_rate=rate)
+    assert stream.frames == whole.shape[1]
+    spans = stream.window_starts(44100, 22050) + [(0, 10), (5, 7), (whole.shape[1] - 3, whole.shape[1] + 4)]
+    for a, b in spans:
+        part = stream.read(a, b)
+        expected = torch.nn.functional.pad(whole, (0, max(0, b - whole.shape[1])))[:, a:b]
+        assert part.shape == (2, b - a) and float((part - expected).abs().max()) < 1e-11, (a, b)
+
+
+def test_long_files_are_read_and_embedded_a_window_at_a_time(tmp_path, tiny_model, monkeypatch):
+    """A 44.1 kHz file: each span read from disk is the same samples as the whole file sliced,
+    batches hold the same windows as embedding them all at once, so the only difference is the
+    order of the pooling sum (n <= 16 unit vectors: < 16 x 2**-24 ~ 1e-6 per entry)."""
+    from audioclip_core.audio import AudioStream, to_model_input
+
+    sr = 44100
+    t = np.arange(int(sr * 62.3)) / sr
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t / 60))).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, wave, sr, subtype="FLOAT")
+    reads = []
+    real = AudioStream._read_input
+    monkeypatch.setattr(AudioStream, "_read_input", lambda self, a, b: reads.append(b - a) or real(self, a, b))
+    embedder = AudioEmbedder(tiny_model, input_scale="int16", batch_size=3)
+    streamed = embedder.embed_file(path)
+    assert max(reads) == 441000 and len(reads) == 12  # one window's samples per read, never the file
+    x = to_model_input(torch.from_numpy(wave)[None], "int16")
+    win = windows(x, 441000, 220500)
+    with torch.no_grad():
+        parts = [tiny_model.encode_audio(win[i:i + 3]) for i in range(0, len(win), 3)]
+    whole = torch.nn.functional.normalize(torch.nn.functional.normalize(torch.cat(parts), dim=-1).mean(0), dim=-1)
+    assert float((streamed - whole).abs().max()) < 1e-6

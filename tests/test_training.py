@@ -312,6 +312,12 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     assert zs and zs[0][0] is not None
     con.close()
     # the released-weights path: checkpoint files in the official layout, no trained assets
+    from audioclip_core.evaluation import core
+
+    embedded = []  # (audio embeddings, text embeddings, class ids) of every clip set, per run
+    real_embed = core._clipset_embeddings
+    monkeypatch.setattr(core, "_clipset_embeddings",
+                        lambda *a, **kw: embedded.append(real_embed(*a, **kw)) or embedded[-1])
     full = ac.export_official(ac.load_model(stage_outputs["audioclip_full"]["checkpoint"]), tmp_path / "Full.pt")
     cfg = evaluation.EvalConfig(full_checkpoint=str(full), partial_checkpoint=str(full), template="the sound of {}",
                                 preset="audioclip-tiny")
@@ -321,7 +327,7 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     df = pd.read_parquet(lineage["data"] / "tables" / "table3_zero_shot.parquet")
     esc = df[(df["dataset"] == "ESC50") & (df["fold"] == "mean")]
     assert len(esc) == 2 and esc["value"].notna().all()
-    # the same table with compiled audio backbones (frozen weights) gives the same figures
+    # the same table with compiled audio backbones (frozen weights, BatchNorm folded)
     from audioclip_core.models.esresnext import ESResNeXt
 
     compiled = []
@@ -329,9 +335,30 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     monkeypatch.setattr(ESResNeXt, "enable_fast_inference",
                         lambda self, **kw: compiled.append(self) or real(self, **kw))
     fast = cfg.model_copy(update={"fast_inference": True})
+    eager_runs = len(embedded)
     result = dg.materialize([evaluation.table3_zero_shot], resources=res, instance=dg.DagsterInstance.ephemeral(),
                             run_config=dg.RunConfig(ops={"table3_zero_shot": fast}))
     assert result.success
     assert len(compiled) == 2  # the partial and the full model
     df_fast = pd.read_parquet(lineage["data"] / "tables" / "table3_zero_shot.parquet")
-    pd.testing.assert_series_equal(df_fast["value"], df["value"], atol=1e-6, rtol=0)
+    # Compiled float32 code sums in another order than eager code (and folds BatchNorm into the
+    # convolutions), so embeddings differ by rounding: ~1e-6 on the machines seen, 1e-3 bounds
+    # it with a wide margin, while a wrong compiled graph moves unit vectors by O(0.1). The
+    # tables need not be equal to the last digit: a clip whose two best class scores are closer
+    # than twice its embedding's change (|t| = 1, so each cosine moves by at most |da|) may
+    # flip; every other prediction must agree, and each accuracy can move by at most
+    # (such clips) / n.
+    assert len(embedded) == 2 * eager_runs
+    near_ties = 0
+    for (a_eager, text, ids), (a_fast, text_fast, ids_fast) in zip(embedded[:eager_runs], embedded[eager_runs:]):
+        assert torch.equal(ids, ids_fast) and torch.equal(text, text_fast)  # text towers are not compiled
+        moved = (a_fast - a_eager).norm(dim=-1)
+        assert float(moved.max()) < 1e-3, float(moved.max())
+        scores, scores_fast = a_eager @ text.T, a_fast @ text.T
+        top2 = scores.topk(2, dim=-1).values
+        tie = (top2[:, 0] - top2[:, 1]) <= 2 * moved
+        near_ties += int(tie.sum())
+        assert torch.equal(scores.argmax(-1)[~tie], scores_fast.argmax(-1)[~tie])
+    assert list(df_fast["model"]) == list(df["model"]) and list(df_fast["fold"]) == list(df["fold"])
+    allowed = near_ties / df["n"].min() + 1e-12
+    assert float((df_fast["value"] - df["value"]).abs().max()) <= allowed, (near_ties, df, df_fast)
