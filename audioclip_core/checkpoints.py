@@ -240,10 +240,13 @@ def _check_layout(sd: Mapping[str, torch.Tensor], wanted: str, what: str) -> Non
 
 
 # -- public API ------------------------------------------------------------------------------
-def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite: bool = False) -> AudioCLIP:
+def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite: bool = False,
+               dtype: Optional[torch.dtype] = None) -> AudioCLIP:
     """An AudioCLIP from a checkpoint in the official 861-key layout, our safetensors format, or a
     mapping of tensors/arrays in the official layout; strict; returned in eval mode. Weights
-    holding NaN/Inf are refused (naming the tensors) unless `allow_non_finite`.
+    holding NaN/Inf are refused (naming the tensors) unless `allow_non_finite`. `dtype`
+    builds the model in that dtype before loading (float64 keeps a float64 checkpoint exact;
+    by default the model is float32 and the weights are cast to it).
 
     `preset` defaults to the one recorded in our own checkpoints, else "audioclip-rn50".
     """
@@ -255,6 +258,8 @@ def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite
     _check_layout(sd, "audioclip", what)
     preset = preset or meta.get("preset") or "audioclip-rn50"
     model = build_from_preset(preset)
+    if dtype is not None:
+        model.to(dtype=dtype)
     load_strict(model, sd, what=f"{what} (preset {preset})", allow_non_finite=allow_non_finite)
     model.checkpoint_metadata = meta
     return model.eval()

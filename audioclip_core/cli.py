@@ -312,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--window", type=_positive_float, default=10.0,
                         help="longer audio is embedded in windows of this many seconds")
         sp.add_argument("--hop", type=_positive_float, default=5.0, help="hop between windows, seconds")
-        sp.add_argument("--batch-size", type=_positive_int, default=8,
-                        help="windows (or images) embedded at once; memory grows with it, not with the file")
+        sp.add_argument("--batch-size", type=_positive_int, default=2,
+                        help="windows of a long file (and images) embedded at once (default 2: the "
+                             "model plus ~0.25 GB per window for the paper preset); memory grows "
+                             "with it, never with the length of the file")
         sp.add_argument("--template", default="{}", help="prompt template for texts, e.g. 'the sound of {}'")
         sp.add_argument("--truncate", action="store_true",
                         help="cut texts longer than the text tower's 77 tokens (default: refuse them)")

@@ -46,7 +46,7 @@ class AudioEmbedder:
     window_seconds: float = 10.0
     hop_seconds: float = 5.0
     pooling: str = "mean"
-    batch_size: int = 8
+    batch_size: int = 2  # windows at once: memory is the model plus this many windows' activations
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING:
@@ -205,7 +205,7 @@ def try_embed_files(model: AudioCLIP, paths: Iterable[PathLike], *, progress: bo
     img_idx = [i for i, k in enumerate(kinds) if k == "image"]
     if img_idx:
         transform = image_transform(model)
-        batch_size = int(audio_options.get("batch_size", 8))
+        batch_size = int(audio_options.get("batch_size", 8))  # images: 8 at once unless told
         for start in tqdm(range(0, len(img_idx), batch_size), desc="images", unit="batch",
                           disable=not progress or len(img_idx) <= batch_size):
             good, tensors = [], []

@@ -54,7 +54,7 @@ def build_classifier(cfg: TrainConfig, num_classes: int, *, init: Optional[str] 
     """A stand-alone ESResNeXt with `num_classes` outputs, from a checkpoint's backbone if given."""
     audio_cfg = AudioConfig.from_dict({**get_preset(cfg.preset)["audio_cfg"], "num_classes": num_classes})
     torch.manual_seed(cfg.seed)
-    head = ESResNeXt(audio_cfg)
+    head = ESResNeXt(audio_cfg).to(dtype=getattr(torch, cfg.dtype))  # before loading: float64 stays exact
     if init:
         sd, meta = read_checkpoint(init)
         if any(k.startswith("audio.") for k in sd):
@@ -73,8 +73,8 @@ def build_classifier(cfg: TrainConfig, num_classes: int, *, init: Optional[str] 
 def build_audioclip(cfg: TrainConfig, *, init: Optional[str] = None, audio_head: Optional[str] = None,
                     clip_weights: Optional[str] = None) -> AudioCLIP:
     torch.manual_seed(cfg.seed)
-    if init:
-        model = load_model(init, preset=cfg.preset)
+    if init:  # in the training dtype before loading: a float64 parent stays exact
+        model = load_model(init, preset=cfg.preset, dtype=getattr(torch, cfg.dtype))
     else:
         model = build_model(cfg.preset, clip_weights=clip_weights, audio_weights=audio_head)
     return model
