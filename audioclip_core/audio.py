@@ -40,15 +40,20 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def _ffmpeg_to_wav(path: Path, out: Path) -> None:
+    """Decode any file ffmpeg reads to a float32 WAV (RF64 past 4 GB) at its own rate."""
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-acodec", "pcm_f32le",
+         "-rf64", "auto", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
+        raise AudioDecodeError(f"{path}: ffmpeg could not decode audio: {msg}")
+
+
 def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory(prefix="audioclip-decode-") as tmp:
         out = Path(tmp) / "decoded.wav"
-        proc = subprocess.run(
-            [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-acodec", "pcm_f32le",
-             str(out)], capture_output=True, text=True)
-        if proc.returncode != 0 or not out.exists():
-            msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
-            raise AudioDecodeError(f"{path}: ffmpeg could not decode audio: {msg}")
+        _ffmpeg_to_wav(path, out)
         data, sr = sf.read(str(out), dtype="float32", always_2d=True)
     return data, sr
 
@@ -163,13 +168,11 @@ class AudioStream:
         if not seekable:
             self._tmp = tempfile.TemporaryDirectory(prefix="audioclip-decode-")
             out = Path(self._tmp.name) / "decoded.wav"
-            proc = subprocess.run(
-                [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-acodec", "pcm_f32le",
-                 "-rf64", "auto", str(out)], capture_output=True, text=True)
-            if proc.returncode != 0 or not out.exists():
+            try:
+                _ffmpeg_to_wav(path, out)
+            except AudioDecodeError:
                 self.close()
-                msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
-                raise AudioDecodeError(f"{path}: ffmpeg could not decode audio: {msg}")
+                raise
             path = out
         try:
             self._file = sf.SoundFile(str(path))

@@ -5,6 +5,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-for script in ("bench_encoders.py", "bench_train.py", "bench_data.py"):
+for script in ("bench_encoders.py", "bench_train.py", "bench_data.py", "bench_long_audio.py"):
     print(f"\n### {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *sys.argv[1:]], check=True)
