@@ -87,6 +87,54 @@ def read_safetensors_metadata(path: Union[str, os.PathLike]) -> dict:
     return meta
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a safetensors file, each tensor read from the file straight into
+    its own memory. Not memory-mapped: a mapped file's pages count in the process's resident
+    set as they are touched, which would add the file's size to the peak while a model is
+    filled from it. Offsets and sizes are checked against the header and the file's length."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= size - 8:
+            raise ValueError(f"header length {n} does not fit a {size}-byte file")
+        header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        base = 8 + n
+        raw_meta = header.pop("__metadata__", None) or {}
+        sd = {}
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{name}: unsupported dtype {info['dtype']!r}")
+            tensor = torch.empty([int(d) for d in info["shape"]], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            start, end = (int(o) for o in info["data_offsets"])
+            nbytes = tensor.numel() * tensor.element_size()
+            if end - start != nbytes or base + end > size:
+                raise ValueError(f"{name}: bytes {start}..{end} do not hold a {info['dtype']} tensor of shape "
+                                 f"{info['shape']} inside the {size - base}-byte data section")
+            f.seek(base + start)
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if nbytes else memoryview(b"")
+            got = 0
+            while got < nbytes:
+                k = f.readinto(view[got:])
+                if not k:
+                    raise ValueError(f"{name}: the file ends inside the tensor")
+                got += k
+            sd[name] = tensor
+    meta = {}
+    for k, v in raw_meta.items():
+        try:
+            meta[k] = json.loads(v)
+        except (TypeError, ValueError):
+            meta[k] = v
+    return sd, meta
+
+
 def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     """Read any supported file (or mapping) into (state dict, metadata) without running code."""
     if isinstance(source, Mapping):
@@ -108,12 +156,9 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     if len(head) < 8:
         raise CheckpointError(f"{path}: file is empty or truncated ({path.stat().st_size} bytes)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            sd = load_file(str(path))
-            meta = read_safetensors_metadata(path)
-        except Exception as exc:  # safetensors raises its own error types
+            sd, meta = _read_safetensors(path)
+        except (ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
         return _clean_keys(sd), meta
     if _is_torchscript(path):
@@ -173,16 +218,18 @@ def non_finite_tensors(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
     bad = {}
     for k, v in sd.items():
         if v.is_floating_point() and v.numel():
-            n = int(v.numel() - torch.isfinite(v).sum())
+            # a million entries at a time: the temporaries stay ~10 MB however large the tensor
+            n = sum(int(c.numel() - torch.isfinite(c).sum()) for c in v.reshape(-1).split(1 << 20))
             if n:
                 bad[k] = n
     return bad
 
 
 def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
-                allow_non_finite: bool = False) -> None:
+                allow_non_finite: bool = False, assign: bool = False) -> None:
     """`module.load_state_dict(sd, strict=True)` with ONE error that lists every problem.
-    Tensors holding NaN or Inf are refused, named, unless `allow_non_finite` (for debugging)."""
+    Tensors holding NaN or Inf are refused, named, unless `allow_non_finite` (for debugging).
+    `assign=True` makes the module's tensors those of `sd` (see `_build_loaded`)."""
     expected = module.state_dict()
     given = dict(sd)
     missing = [k for k in expected if k not in given]
@@ -212,7 +259,56 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
         raise CheckpointError(f"{what}: {len(bad)} tensors hold NaN/Inf values: {shown}{more}. The file is "
                               "damaged or comes from a diverged run (allow_non_finite=True / "
                               "--allow-non-finite-weights loads it anyway, for debugging)")
-    module.load_state_dict(given, strict=True)
+    module.load_state_dict(given, strict=True, assign=assign)
+
+
+def _build_loaded(build, sd: dict[str, torch.Tensor], *, what: str, allow_non_finite: bool,
+                  dtype: Optional[torch.dtype] = None, owned: bool = True) -> nn.Module:
+    """`build()` filled strictly from `sd`, peak memory one copy of the weights.
+
+    The module is built on the meta device (no memory, no random initialisation) and takes
+    the checkpoint's tensors as its own, cast to its dtype one tensor at a time; building it
+    for real and copying in would hold the model and the checkpoint at once (2 x 512 MB for
+    the RN50 preset). `owned=False` (tensors that belong to the caller, e.g. a mapping passed
+    in) builds the module for real and copies, so the caller's arrays are never aliased."""
+    if not owned:
+        model = build()
+        if dtype is not None:
+            model.to(dtype=dtype)
+        load_strict(model, sd, what=what, allow_non_finite=allow_non_finite)
+        return model
+    with torch.device("meta"):
+        model = build()
+        if dtype is not None:
+            model.to(dtype=dtype)
+    expected = model.state_dict()
+    storages: set[int] = set()
+    for k in list(sd):
+        ref, v = expected.get(k), sd[k]
+        if ref is None:
+            continue  # load_strict names it
+        if v.is_floating_point() and ref.is_floating_point() and v.dtype != ref.dtype:
+            v = v.to(ref.dtype)
+        ptr = v.untyped_storage().data_ptr()
+        if not v.is_contiguous() or (v.numel() and ptr in storages):  # views: each parameter owns its memory
+            v = v.contiguous().clone()
+        storages.add(v.untyped_storage().data_ptr())
+        sd[k] = v
+    del expected
+    load_strict(model, sd, what=what, allow_non_finite=allow_non_finite, assign=True)
+    _materialise_non_persistent(model)
+    return model
+
+
+def _materialise_non_persistent(model: nn.Module) -> None:
+    """Non-persistent buffers are not in a checkpoint, so a meta-built model computes them.
+    AudioCLIP has one: open_clip's causal text mask."""
+    if isinstance(model, AudioCLIP) and model.attn_mask is not None and model.attn_mask.is_meta:
+        mask = model.attn_mask
+        model.attn_mask = torch.full(mask.shape, float("-inf"), dtype=mask.dtype).triu_(1)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"no value for {left} after loading: a non-persistent buffer without a rule here")
 
 
 def _clip_part(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -257,10 +353,9 @@ def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite
                               "use load_audio_classifier for audio classifiers")
     _check_layout(sd, "audioclip", what)
     preset = preset or meta.get("preset") or "audioclip-rn50"
-    model = build_from_preset(preset)
-    if dtype is not None:
-        model.to(dtype=dtype)
-    load_strict(model, sd, what=f"{what} (preset {preset})", allow_non_finite=allow_non_finite)
+    model = _build_loaded(lambda: build_from_preset(preset), sd, what=f"{what} (preset {preset})",
+                          allow_non_finite=allow_non_finite, dtype=dtype, owned=not isinstance(source, Mapping))
+    del sd
     model.checkpoint_metadata = meta
     return model.eval()
 
@@ -277,8 +372,9 @@ def load_audio_classifier(source: Source, *, preset: Optional[str] = None,
     preset = preset or meta.get("preset") or "audioclip-rn50"
     config = AudioConfig.from_dict({**get_preset(preset)["audio_cfg"],
                                     "num_classes": int(sd["fc.weight"].shape[0])})
-    model = ESResNeXt(config)
-    load_strict(model, sd, what=f"{what} (audio classifier, preset {preset})", allow_non_finite=allow_non_finite)
+    model = _build_loaded(lambda: ESResNeXt(config), sd, what=f"{what} (audio classifier, preset {preset})",
+                          allow_non_finite=allow_non_finite, owned=not isinstance(source, Mapping))
+    del sd
     model.checkpoint_metadata = {**meta, "preset": preset}
     return model.eval()
 

@@ -98,6 +98,56 @@ def test_truncated_and_missing_files(tmp_path, tiny_model):
         ac.load_model(tmp_path / "nope.pt")
 
 
+def test_safetensors_reader_matches_the_library_and_checks_offsets(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = {"f32": torch.randn(3, 5), "f16": torch.randn(7).half(), "bf16": torch.randn(2, 2).bfloat16(),
+               "f64": torch.randn(4, dtype=torch.float64), "i64": torch.arange(5), "scalar": torch.tensor(2.5),
+               "empty": torch.zeros(0, 3), "mask": torch.tensor([True, False, True])}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path), metadata={"preset": '"audioclip-tiny"', "note": "plain text"})
+    sd, meta = read_checkpoint(path)
+    ref = load_file(str(path))
+    assert sd.keys() == ref.keys()
+    assert all(sd[k].dtype == ref[k].dtype and sd[k].shape == ref[k].shape and torch.equal(sd[k], ref[k]) for k in ref)
+    assert meta == {"preset": "audioclip-tiny", "note": "plain text"}
+    data = path.read_bytes()
+    start = 8 + int.from_bytes(data[:8], "little")  # where the tensors' bytes begin
+    for cut in (12, start + 2, len(data) - 1):  # inside the header, inside the first and the last tensor
+        (tmp_path / "cut.safetensors").write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+            read_checkpoint(tmp_path / "cut.safetensors")
+
+
+def test_loading_builds_once_and_matches_a_copy_into_a_built_model(tmp_path, tiny_model):
+    """load_model builds on the meta device and takes the file's tensors (one copy of the
+    weights in memory); the result must equal building for real and copying in, exactly,
+    including the causal text mask that no checkpoint holds."""
+    path = ac.save_checkpoint(tiny_model, tmp_path / "m.safetensors")
+    loaded = ac.load_model(path)
+    copied = ac.load_model(dict(tiny_model.state_dict()), preset="audioclip-tiny")  # a mapping: copied in
+    a, b = loaded.state_dict(), copied.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    assert torch.equal(loaded.attn_mask, tiny_model.attn_mask) and not loaded.attn_mask.is_meta
+    assert all(p.requires_grad and not p.is_meta for p in loaded.parameters())
+    ptrs = [p.untyped_storage().data_ptr() for p in loaded.parameters() if p.numel()]
+    assert len(ptrs) == len(set(ptrs))  # no two parameters share memory
+    # the mapping's own tensors are not aliased by the model built from it
+    src = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    ac.load_model(src, preset="audioclip-tiny").logit_scale.data.add_(1.0)
+    assert torch.equal(src["logit_scale"], tiny_model.state_dict()["logit_scale"])
+    # dtype= builds in that dtype; an fp16 file is cast to the model's float32
+    assert ac.load_model(path, dtype=torch.float64).visual.conv1.weight.dtype == torch.float64
+    half = tmp_path / "half.pt"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in _official(tiny_model).items()}, half)
+    w = ac.load_model(half, preset="audioclip-tiny").visual.conv1.weight
+    assert w.dtype == torch.float32 and torch.equal(w, tiny_model.visual.conv1.weight.half().float())
+    x = torch.randn(1, 1, 22050)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_audio(x), copied.encode_audio(x))
+        assert torch.equal(loaded.encode_text(["a dog"]), copied.encode_text(["a dog"]))
+
+
 def test_safetensors_carries_metadata_and_preset(tmp_path, tiny_model):
     path = ac.save_checkpoint(tiny_model, tmp_path / "m.safetensors",
                               metadata={"lineage": {"manifest": "abc"}, "input_scale": "int16"})
