@@ -23,7 +23,7 @@ help:
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
 $(VENV)/.synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	uv sync --frozen --group dev
+	uv sync --frozen --group dev --extra pipeline
 	@touch $@
 
 env: $(VENV)/.synced

@@ -5,28 +5,18 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from audioclip_core.acquisition.audioset import run_downloads, run_extraction
 from audioclip_core.data.audioset import PARTITIONS
-from audioclip_core.data.audioset_steps import (MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition,
-                                                run_downloads, run_extraction, update_catalog)
-from audioclip_core.data.io import markdown_table, write_parquet
+from audioclip_core.data.catalog import update_catalog
+from audioclip_core.data.manifests import MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition
+from audioclip_core.files import write_parquet
 
+from .metadata import markdown_table, progress_logger
 from .resources import DataRoot, DatasetSources, YoutubeDownloader
 
 audioset_partitions = dg.StaticPartitionsDefinition(list(PARTITIONS))
 GROUP = "audioset"
 SUCCESS_WARN, SUCCESS_ERROR = 0.8, 0.5
-
-
-def _progress(context, label: str):
-    state = {"last": -1}
-
-    def report(done: int, total: int) -> None:
-        step = max(1, total // 10)
-        if done == total or done // step != state["last"]:
-            state["last"] = done // step
-            context.log.info(f"{label}: {done}/{total}")
-
-    return report
 
 
 def _read(path: Path):
@@ -37,15 +27,15 @@ def _read(path: Path):
           description="The official segment list of the partition, parsed; malformed rows reported and skipped.")
 def audioset_segments(context: dg.AssetExecutionContext, data_root: DataRoot,
                       sources: DatasetSources) -> dg.MaterializeResult:
-    partition = context.partition_key
-    source = sources.audioset(data_root.path)
+    partition, layout = context.partition_key, data_root.layout
+    source = sources.audioset(layout)
     df, issues, source_sha = read_partition(source, partition)
     for issue in issues[:20]:
         context.log.warning(f"line {issue.line}: {issue.reason}: {issue.text[:120]!r}")
-    out = data_root.sub("audioset", "segments") / f"{partition}.parquet"
+    out = layout.segments(partition)
     write_parquet(df, out)
     issues_df = pd.DataFrame([vars(i) for i in issues], columns=["line", "reason", "text"])
-    write_parquet(issues_df, data_root.sub("audioset", "segments") / f"{partition}.issues.parquet")
+    write_parquet(issues_df, layout.segment_issues(partition))
     return dg.MaterializeResult(
         metadata={"segments": len(df), "malformed_rows": len(issues), "source": str(source),
                   "source_sha256": source_sha, "path": dg.MetadataValue.path(str(out)),
@@ -62,12 +52,12 @@ def audioset_segments(context: dg.AssetExecutionContext, data_root: DataRoot,
                       "Re-materialising skips `ok` and final failures and retries transient ones.")
 def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot,
                        youtube: YoutubeDownloader) -> dg.MaterializeResult:
-    partition = context.partition_key
-    segments = pd.read_parquet(data_root.path / "audioset" / "segments" / f"{partition}.parquet")
-    status_path = data_root.sub("audioset", "downloads") / f"{partition}.parquet"
-    dest = data_root.sub("audioset", "downloads", partition)
+    partition, layout = context.partition_key, data_root.layout
+    segments = pd.read_parquet(layout.segments(partition))
+    status_path = layout.downloads(partition)
+    dest = layout.download_dir(partition)
     table = run_downloads(segments, dest, _read(status_path), youtube.options(), max_workers=youtube.max_workers,
-                          progress=_progress(context, f"downloads {partition}"))
+                          progress=progress_logger(context, f"downloads {partition}"))
     digest = write_parquet(table, status_path)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     rate = counts.get("ok", 0) / len(table) if len(table) else 0.0
@@ -89,11 +79,11 @@ def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot,
           description="One ffmpeg pass per segment: 44.1 kHz WAV + 10 equally spaced JPEG frames; "
                       "bad media quarantined with the reason.")
 def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
-    partition = context.partition_key
-    downloads = pd.read_parquet(data_root.path / "audioset" / "downloads" / f"{partition}.parquet")
-    out = data_root.sub("audioset", "clips") / f"{partition}.parquet"
-    clips = run_extraction(downloads, data_root.sub("audioset", "clips", partition), _read(out),
-                           progress=_progress(context, f"clips {partition}"))
+    partition, layout = context.partition_key, data_root.layout
+    downloads = pd.read_parquet(layout.downloads(partition))
+    out = layout.clips(partition)
+    clips = run_extraction(downloads, layout.clip_dir(partition), _read(out),
+                           progress=progress_logger(context, f"clips {partition}"))
     digest = write_parquet(clips, out)
     problems = clip_problems(clips)
     checks = [
@@ -118,19 +108,17 @@ def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg
           description="The partition's manifest (parquet, one row per segment) and its view in the DuckDB "
                       "catalog of the data root. Columns: " + "; ".join(f"{k}: {v}" for k, v in MANIFEST_COLUMNS.items()))
 def audioset_manifest(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
-    partition = context.partition_key
-    base = data_root.path / "audioset"
-    manifest = build_manifest(pd.read_parquet(base / "segments" / f"{partition}.parquet"),
-                              pd.read_parquet(base / "downloads" / f"{partition}.parquet"),
-                              pd.read_parquet(base / "clips" / f"{partition}.parquet"), partition)
-    out = data_root.sub("audioset", "manifests") / f"{partition}.parquet"
+    partition, layout = context.partition_key, data_root.layout
+    manifest = build_manifest(pd.read_parquet(layout.segments(partition)), pd.read_parquet(layout.downloads(partition)),
+                              pd.read_parquet(layout.clips(partition)), partition)
+    out = layout.audioset_manifest(partition)
     digest = write_parquet(manifest, out)
-    update_catalog(data_root.catalog, {f"audioset_{partition}": out})
+    update_catalog(layout, {f"audioset_{partition}": out})
     counts = manifest["status"].value_counts().to_dict()
     return dg.MaterializeResult(
         metadata={"segments": len(manifest), "ok": int(counts.get("ok", 0)), "by_status": counts,
                   "success_rate": counts.get("ok", 0) / len(manifest) if len(manifest) else 0.0,
                   "sha256": digest, "path": dg.MetadataValue.path(str(out)),
-                  "catalog": dg.MetadataValue.path(str(data_root.catalog)), "duckdb_view": f"audioset_{partition}",
+                  "catalog": dg.MetadataValue.path(str(layout.catalog)), "duckdb_view": f"audioset_{partition}",
                   "preview": dg.MetadataValue.md(markdown_table(manifest[["segment_id", "label_names", "status", "duration"]]))},
         data_version=dg.DataVersion(digest[:16]))

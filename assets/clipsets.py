@@ -3,10 +3,11 @@
 import dagster as dg
 import pandas as pd
 
-from audioclip_core.data.audioset_steps import update_catalog
+from audioclip_core.data.catalog import update_catalog
 from audioclip_core.data.clipsets import SPECS, count_warnings, fold_split, read_metadata, validate
-from audioclip_core.data.io import markdown_table, write_parquet
+from audioclip_core.files import write_parquet
 
+from .metadata import markdown_table
 from .resources import DataRoot, DatasetSources
 
 GROUP = "downstream"
@@ -15,15 +16,15 @@ us8k_fold_partitions = dg.StaticPartitionsDefinition([str(k) for k in range(1, 1
 
 
 def _manifest(name: str, context, data_root: DataRoot, sources: DatasetSources) -> dg.MaterializeResult:
-    spec = SPECS[name]
-    root = getattr(sources, name)(data_root.path)
+    spec, layout = SPECS[name], data_root.layout
+    root = getattr(sources, name)(layout)
     rows = read_metadata(root, spec)
     manifest, report = validate(root, spec, rows)
     df = pd.DataFrame(manifest)
     df["audio_path"] = [str((root / p).resolve()) for p in df["path"]]
-    out = data_root.sub(name) / "manifest.parquet"
+    out = layout.clipset_manifest(name)
     digest = write_parquet(df, out)
-    update_catalog(data_root.catalog, {name: out})
+    update_catalog(layout, {name: out})
     for kind in ("missing", "unreadable", "extra"):
         if report[kind]:
             context.log.warning(f"{name}: {len(report[kind])} {kind} files, e.g. {report[kind][:3]}")
@@ -44,15 +45,14 @@ def _manifest(name: str, context, data_root: DataRoot, sources: DatasetSources) 
 
 
 def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
-    fold = int(context.partition_key)
-    df = pd.read_parquet(data_root.path / name / "manifest.parquet")
+    fold, layout = int(context.partition_key), data_root.layout
+    df = pd.read_parquet(layout.clipset_manifest(name))
     usable = df[df["status"] == "ok"]
     train, test = fold_split(usable.to_dict("records"), fold)
-    folder = data_root.sub(name, "folds", str(fold))
-    d_train = write_parquet(pd.DataFrame(train, columns=df.columns), folder / "train.parquet")
-    d_test = write_parquet(pd.DataFrame(test, columns=df.columns), folder / "test.parquet")
-    update_catalog(data_root.catalog, {f"{name}_fold{fold}_train": folder / "train.parquet",
-                                       f"{name}_fold{fold}_test": folder / "test.parquet"})
+    train_path, test_path = layout.fold(name, fold, "train"), layout.fold(name, fold, "test")
+    d_train = write_parquet(pd.DataFrame(train, columns=df.columns), train_path)
+    d_test = write_parquet(pd.DataFrame(test, columns=df.columns), test_path)
+    update_catalog(layout, {f"{name}_fold{fold}_train": train_path, f"{name}_fold{fold}_test": test_path})
     train_ids = {r["path"] for r in train}
     test_ids = {r["path"] for r in test}
     check = dg.AssetCheckResult(
@@ -61,8 +61,8 @@ def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={"fold": fold, "train": len(train), "test": len(test),
                   "test_classes": len({r["class_id"] for r in test}),
-                  "train_path": dg.MetadataValue.path(str(folder / "train.parquet")),
-                  "test_path": dg.MetadataValue.path(str(folder / "test.parquet"))},
+                  "train_path": dg.MetadataValue.path(str(train_path)),
+                  "test_path": dg.MetadataValue.path(str(test_path))},
         data_version=dg.DataVersion(f"{d_train[:8]}{d_test[:8]}"), check_results=[check])
 
 

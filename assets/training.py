@@ -1,4 +1,5 @@
-"""The four training stages as checkpoint assets (pool `gpu`), tracked in MLflow."""
+"""The four training stages (audioclip_core.training.stages) as checkpoint assets (pool `gpu`),
+tracked in MLflow."""
 import os
 from pathlib import Path
 from typing import Optional
@@ -7,8 +8,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from .clipsets import esc50_fold_partitions, esc50_folds, us8k_fold_partitions, us8k_folds
+from audioclip_core.layout import DataLayout
+
 from .audioset import audioset_manifest
+from .clipsets import esc50_fold_partitions, esc50_folds, us8k_fold_partitions, us8k_folds
 from .resources import DataRoot, DatasetSources, MlflowTracking
 
 GROUP = "training"
@@ -25,7 +28,8 @@ class StageConfig(dg.Config):
     batch_size: Optional[int] = None
     lr: Optional[float] = None
     gamma: Optional[float] = None
-    clip_seconds: Optional[float] = None
+    clip_seconds: Optional[float] = Field(default=None, description="AudioSet stages; fine-tuning always uses the "
+                                          "clip set's protocol (ESC-50 5 s mono, US8K 4 s stereo)")
     seed: int = 0
     max_steps_per_epoch: Optional[int] = None
     input_scale: str = "int16"
@@ -42,40 +46,40 @@ class StageConfig(dg.Config):
                        "exactness checks such as 1 process against torchrun)")
 
 
-def _train_config(cfg: StageConfig, stage: str, kind: str, sources: DatasetSources, data_root: DataRoot):
-    from audioclip_core.training.config import TrainConfig
-    from audioclip_core.training.profiles import profile_values
+def _train_config(cfg: StageConfig, stage: str, sources: DatasetSources, layout: DataLayout,
+                  clipset: Optional[str] = None):
+    from audioclip_core.training.profiles import resolve
 
     profile = cfg.profile or os.environ.get("AUDIOCLIP_TRAIN_PROFILE") or (
-        "demo" if sources.uses_demo_audioset(data_root.path) else "paper")
-    values = profile_values(profile, stage)
-    for key in ("preset", "epochs", "batch_size", "lr", "gamma", "clip_seconds", "freeze_bn"):
-        if getattr(cfg, key) is not None:
-            values[key] = getattr(cfg, key)
-    return TrainConfig(stage=stage, seed=cfg.seed, max_steps_per_epoch=cfg.max_steps_per_epoch,
-                       input_scale=cfg.input_scale, device=cfg.device, cpu_bf16=cfg.cpu_bf16, dtype=cfg.dtype,
-                       **values), profile
+        "demo" if sources.uses_demo_audioset(layout) else "paper")
+    return resolve(profile, stage, cfg.model_dump(), clipset=clipset), profile
 
 
-def _ckpt_dir(data_root: DataRoot, name: str, partition: Optional[str] = None) -> Path:
-    return data_root.sub("checkpoints", name, *( [f"fold{partition}"] if partition else []))
-
-
-def _upstream(data_root: DataRoot, name: str) -> Path:
-    path = data_root.path / "checkpoints" / name / f"{name}.safetensors"
+def _upstream(layout: DataLayout, name: str) -> Path:
+    path = layout.checkpoint(name)
     if not path.is_file():
         raise FileNotFoundError(f"upstream checkpoint {path} not found: materialise {name} first, or set "
                                 "init_checkpoint to start from a released checkpoint")
     return path
 
 
-def _parent(path: Path, stage: str) -> dict:
-    from audioclip_core.data.io import sha256_file
+def _parent(path: Path, name: str) -> dict:
+    from audioclip_core.files import sha256_file
 
-    return {"path": str(path), "sha256": sha256_file(path), "stage": stage}
+    return {"path": str(path), "sha256": sha256_file(path), "name": name}
 
 
-def _execute(context, spec, data_root: DataRoot, tracking: MlflowTracking, profile: str,
+def _start(config: StageConfig, layout: DataLayout, upstream: Optional[str]):
+    """(init checkpoint, parent record): the released checkpoint asked for, else the upstream asset's."""
+    if config.init_checkpoint:
+        return config.init_checkpoint, _parent(Path(config.init_checkpoint), "released")
+    if upstream:
+        path = _upstream(layout, upstream)
+        return str(path), _parent(path, upstream)
+    return None, None
+
+
+def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profile: str,
              nproc: int) -> dg.MaterializeResult:
     """Run a stage in-process, or with torchrun (nproc > 1) through Dagster Pipes; track it in MLflow."""
     import json
@@ -84,18 +88,18 @@ def _execute(context, spec, data_root: DataRoot, tracking: MlflowTracking, profi
     from audioclip_core.evaluation.plots import plot_history
     from audioclip_core.lineage import code_version
     from audioclip_core.training.config import TrainConfig
-    from audioclip_core.training.factory import build_stage
     from audioclip_core.training.run import run_stage
+    from audioclip_core.training.stages import build_stage
 
     partition = context.partition_key if context.has_partition_key else None
     code = code_version()
     tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
-            "dagster.partition": partition or "", "stage": spec.name, "profile": profile,
+            "dagster.partition": partition or "", "name": spec.name, "stage": spec.stage, "profile": profile,
             "git_commit": code["git_commit"], "git_dirty": str(code["git_dirty"]), "nproc_per_node": str(nproc)}
     spec.dagster = {"run_id": context.run_id, "asset_key": context.asset_key.to_user_string(), "partition": partition}
     cfg = TrainConfig(**spec.config)
     workdir = Path(spec.workdir)
-    with tracking.start_run(data_root.path, spec.name + (f"-fold{partition}" if partition else ""), tags) as mrun:
+    with tracking.start_run(layout, spec.name + (f"-fold{partition}" if partition else ""), tags) as mrun:
         import mlflow
 
         spec.mlflow_run_id = mrun.info.run_id
@@ -152,12 +156,12 @@ def _execute(context, spec, data_root: DataRoot, tracking: MlflowTracking, profi
         data_version=dg.DataVersion(sha[:16]))
 
 
-def _audioset_manifests(data_root: DataRoot, partitions: list[str]):
+def _audioset_manifests(layout: DataLayout, partitions: list[str]):
     from audioclip_core.training.run import manifest_entry
 
     paths, entries = [], {}
     for p in partitions:
-        path = data_root.path / "audioset" / "manifests" / f"{p}.parquet"
+        path = layout.audioset_manifest(p)
         if not path.is_file():
             raise FileNotFoundError(f"AudioSet manifest {path} missing: materialise audioset_manifest[{p}] first")
         df = pd.read_parquet(path, columns=["status"])
@@ -166,75 +170,63 @@ def _audioset_manifests(data_root: DataRoot, partitions: list[str]):
     return paths, entries
 
 
-def _audioset_spec(context, name, kind, config, data_root, sources, upstream):
-    from audioclip_core.data.audioset_steps import label_index_for
-    from audioclip_core.training.factory import StageSpec
+def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoot, sources: DatasetSources,
+                    tracking: MlflowTracking, upstream: Optional[str]) -> dg.MaterializeResult:
+    from audioclip_core.data.manifests import label_index_for
+    from audioclip_core.training.stages import StageSpec
 
-    cfg, profile = _train_config(config, kind, "audioset", sources, data_root)
-    labels = label_index_for(sources.audioset(data_root.path))
-    tables, manifests = _audioset_manifests(data_root, config.audioset_partitions)
-    if config.init_checkpoint:
-        init, parent = config.init_checkpoint, _parent(Path(config.init_checkpoint), "released")
-    elif upstream:
-        path = _upstream(data_root, upstream)
-        init, parent = str(path), _parent(path, upstream)
-    else:
-        init, parent = None, None
-    spec = StageSpec(name=name, kind=kind, config=cfg.to_dict(), workdir=str(_ckpt_dir(data_root, name)),
+    layout = data_root.layout
+    cfg, profile = _train_config(config, stage, sources, layout)
+    labels = label_index_for(sources.audioset(layout))
+    tables, manifests = _audioset_manifests(layout, config.audioset_partitions)
+    init, parent = _start(config, layout, upstream)
+    spec = StageSpec(name=stage, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(stage)),
                      tables=tables, manifests=manifests, class_ids=list(labels.mids), init=init, parent=parent,
                      clip_weights=config.clip_weights or None, imagenet_weights=config.imagenet_weights or None)
-    return spec, profile
+    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
 
 
 @dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
           description="Stage 1: stand-alone ESResNeXt, multi-label BCE over the 527 AudioSet classes.")
 def esresnext_audioset(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                        sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    spec, profile = _audioset_spec(context, "esresnext_audioset", "esresnext_audioset", config, data_root, sources, None)
-    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
+    return _audioset_stage(context, "esresnext_audioset", config, data_root, sources, tracking, None)
 
 
 @dg.asset(group_name=GROUP, deps=[esresnext_audioset, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
           description="Stage 2: the audio head (from stage 1, fresh projection) trained under frozen CLIP teachers.")
 def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                       sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    spec, profile = _audioset_spec(context, "audioclip_partial", "audioclip_partial", config, data_root, sources,
-                                   "esresnext_audioset")
-    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
+    return _audioset_stage(context, "audioclip_partial", config, data_root, sources, tracking, "esresnext_audioset")
 
 
 @dg.asset(group_name=GROUP, deps=[audioclip_partial, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
           description="Stage 3: all three heads trained jointly on AudioSet from the partial checkpoint.")
 def audioclip_full(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                    sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    spec, profile = _audioset_spec(context, "audioclip_full", "audioclip_full", config, data_root, sources,
-                                   "audioclip_partial")
-    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
+    return _audioset_stage(context, "audioclip_full", config, data_root, sources, tracking, "audioclip_partial")
 
 
 def _finetune(context, name, dataset, config, data_root, sources, tracking, *, upstream, cooperative):
-    from audioclip_core.training.factory import StageSpec
+    from audioclip_core.data.clipsets import class_names
     from audioclip_core.training.run import manifest_entry
+    from audioclip_core.training.stages import StageSpec
 
-    fold = context.partition_key
-    kind = "audioclip_finetune" if cooperative else "esresnext_finetune"
-    cfg, profile = _train_config(config, kind, "finetune", sources, data_root)
-    cfg.channels = 2 if dataset == "us8k" else 1  # the original protocols: US8K stereo, ESC-50 mono
-    train_path = data_root.path / dataset / "folds" / fold / "train.parquet"
+    fold, layout = context.partition_key, data_root.layout
+    stage = "audioclip_finetune" if cooperative else "esresnext_finetune"
+    cfg, profile = _train_config(config, stage, sources, layout, clipset=dataset)
+    train_path = layout.fold(dataset, fold, "train")
     if not train_path.is_file():
         raise FileNotFoundError(f"{train_path} missing: materialise {dataset}_folds[{fold}] first")
     rows = len(pd.read_parquet(train_path, columns=["path"]))
-    manifest = pd.read_parquet(data_root.path / dataset / "manifest.parquet", columns=["class_id", "class_name"])
-    classes = [n for _, n in sorted(set(zip(manifest["class_id"], manifest["class_name"])))]
-    if config.init_checkpoint:
-        init, parent = config.init_checkpoint, _parent(Path(config.init_checkpoint), "released")
-    else:
-        path = _upstream(data_root, upstream)
-        init, parent = str(path), _parent(path, upstream)
-    spec = StageSpec(name=name, kind=kind, config=cfg.to_dict(), workdir=str(_ckpt_dir(data_root, name, fold)),
+    classes = class_names(pd.read_parquet(layout.clipset_manifest(dataset), columns=["class_id", "class_name"]))
+    init, parent = _start(config, layout, upstream)
+    spec = StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name, fold)),
                      tables=[str(train_path)], manifests={f"{dataset}_fold{fold}_train": manifest_entry(train_path, rows)},
                      classes=classes, init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes})
-    return _execute(context, spec, data_root, tracking, profile, config.nproc_per_node)
+    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
+
+
 def _finetune_asset(name, dataset, folds_asset, partitions, upstream_asset, cooperative, description):
     @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[upstream_asset, folds_asset],
               pool="gpu", kinds={"pytorch", "mlflow"}, description=description)

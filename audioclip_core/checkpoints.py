@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -53,6 +52,7 @@ RELEASES = (
 
 
 from .errors import CheckpointError  # noqa: E402  (re-exported)
+from .files import atomic_write  # noqa: E402
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -354,7 +354,8 @@ def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite
     _check_layout(sd, "audioclip", what)
     preset = preset or meta.get("preset") or "audioclip-rn50"
     model = _build_loaded(lambda: build_from_preset(preset), sd, what=f"{what} (preset {preset})",
-                          allow_non_finite=allow_non_finite, dtype=dtype, owned=not isinstance(source, Mapping))
+                          allow_non_finite=allow_non_finite, dtype=dtype,
+                          owned=not isinstance(source, Mapping) and dtype is None)
     del sd
     model.checkpoint_metadata = meta
     return model.eval()
@@ -375,7 +376,7 @@ def load_audio_classifier(source: Source, *, preset: Optional[str] = None,
     model = _build_loaded(lambda: ESResNeXt(config), sd, what=f"{what} (audio classifier, preset {preset})",
                           allow_non_finite=allow_non_finite, owned=not isinstance(source, Mapping))
     del sd
-    model.checkpoint_metadata = {**meta, "preset": preset}
+    model.checkpoint_metadata, model.preset = {**meta, "preset": preset}, preset
     return model.eval()
 
 
@@ -424,13 +425,6 @@ def build_model(preset: str = "audioclip-rn50", *, clip_weights: Optional[Source
 
 
 # -- writing -------------------------------------------------------------------------------
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def official_state_dict(module: nn.Module, layout: Optional[str] = None) -> dict[str, torch.Tensor]:
     """The module's tensors under the official key names of `layout`."""
     sd = module.state_dict()
@@ -455,12 +449,8 @@ def export_official(module: nn.Module, path: Union[str, os.PathLike],
     """Write the official `.pt` layout (plain `torch.save` of the state dict), atomically."""
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(module, layout).items()}
-    tmp = _atomic_target(path)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(sd, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -475,7 +465,7 @@ def save_checkpoint(module: nn.Module, path: Union[str, os.PathLike], *,
         arch = {"embed_dim": module.embed_dim, "audio_cfg": module.audio.config.to_dict()}
     elif isinstance(module, ESResNeXt):
         kind = "esresnext"
-        preset = getattr(module, "checkpoint_metadata", {}).get("preset") or getattr(module, "preset", None)
+        preset = module.checkpoint_metadata.get("preset") or module.preset
         arch = {"audio_cfg": module.config.to_dict()}
     else:
         raise CheckpointError(f"cannot save a {type(module).__name__}")
@@ -483,12 +473,8 @@ def save_checkpoint(module: nn.Module, path: Union[str, os.PathLike], *,
               **dict(metadata or {})}
     meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in record.items()}
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = _atomic_target(path)
-    try:
+    with atomic_write(path) as tmp:
         save_file(sd, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

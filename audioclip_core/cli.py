@@ -61,12 +61,11 @@ def _write_rows(rows: list[dict], out: Optional[str]) -> None:
         json.dump(rows, sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
         sys.stdout.write("\n")
         return
-    from .data.io import atomic_path
+    from .files import atomic_write
 
     path = Path(out)
     suffix = path.suffix.lower()
-    tmp = atomic_path(path)  # a complete file or none: never half an output
-    try:
+    with atomic_write(path) as tmp:  # a complete file or none: never half an output
         if suffix == ".json":
             tmp.write_text(json.dumps(rows, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
         else:
@@ -77,9 +76,6 @@ def _write_rows(rows: list[dict], out: Optional[str]) -> None:
                 df.to_csv(tmp, index=False)
             else:
                 df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
 
 
@@ -227,10 +223,12 @@ def cmd_convert(args) -> None:
 def cmd_lineage(args) -> None:
     import time
 
-    from .audit import chain, checkpoints_for_clip, format_chain
+    from .lineage import chain, checkpoints_for_clip, format_chain
 
     if args.clip:
-        root = Path(args.data_root or os.environ.get("AUDIOCLIP_DATA_ROOT") or "data")
+        from .layout import DataLayout
+
+        root = DataLayout.at(args.data_root).root
         start = time.perf_counter()
         skipped: list[str] = []
         hits = checkpoints_for_clip(args.clip, root, skipped)
@@ -238,14 +236,14 @@ def cmd_lineage(args) -> None:
             print(f"audioclip: skipped (damaged): {reason}", file=sys.stderr)
         if skipped:
             args.partial = True
-        rows = [{"checkpoint": h.checkpoint, "stage": h.stage, "sha256": h.sha256, "via": h.via} for h in hits]
+        rows = [{"checkpoint": h.checkpoint, "name": h.name, "sha256": h.sha256, "via": h.via} for h in hits]
         if args.out:
             _write_rows(rows, args.out)
         else:
             print(f"{len(hits)} checkpoints trained on {args.clip} (searched {root} in "
                   f"{time.perf_counter() - start:.2f} s):")
             for h in hits:
-                print(f"  {h.stage:<22s} {h.checkpoint}  ({h.via})")
+                print(f"  {h.name:<22s} {h.checkpoint}  ({h.via})")
         return
     if not args.checkpoint:
         raise UserError("lineage: give a CHECKPOINT, or --clip YTID")
@@ -358,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub_parser("lineage", "trace a checkpoint to its data and code, or a clip to its checkpoints")
     sp.add_argument("checkpoint", nargs="?", help="a checkpoint written by a training stage")
     sp.add_argument("--clip", help="an AudioSet YouTube id (or segment id, or ESC-50/US8K file name)")
-    sp.add_argument("--data-root", help="where to look for checkpoints (default AUDIOCLIP_DATA_ROOT or ./data)")
+    sp.add_argument("--data-root", help="where to look for checkpoints (default AUDIOCLIP_DATA_ROOT, else data/ of the "
+                    "checkout, as the pipeline)")
     sp.add_argument("--out", "-o", type=_output_file, help="write JSON/CSV/parquet instead of text")
     sp.set_defaults(func=cmd_lineage)
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .audio import DEFAULT_INPUT_SCALE, SAMPLE_RATE, AudioStream, to_model_input
 from .errors import InputError, check_input_file
+from .images import clip_preprocess
 from .models.audioclip import AudioCLIP
 from .text import apply_template, tokenize
 
@@ -94,15 +95,7 @@ class AudioEmbedder:
         return torch.stack(out) if out else torch.empty(0, self.model.embed_dim)
 
 
-def image_transform(model: AudioCLIP):
-    """CLIP's evaluation transform: bicubic resize of the short side, centre crop, normalise."""
-    from open_clip.transform import image_transform as _open_clip_transform
-
-    size = model.visual.image_size
-    return _open_clip_transform(size, is_train=False)
-
-
-def load_image(path: PathLike, transform) -> torch.Tensor:
+def load_image(path: PathLike, size: int) -> torch.Tensor:
     """One image file -> the model's input tensor; `InputError` naming the file and the reason."""
     import numpy as np
     from PIL import Image
@@ -112,7 +105,7 @@ def load_image(path: PathLike, transform) -> torch.Tensor:
         with Image.open(path) as im:
             if im.mode in ("F", "I", "I;16") and not np.isfinite(np.asarray(im, dtype=np.float64)).all():
                 raise InputError(f"{path}: image has non-finite (NaN/Inf) pixel values")
-            x = transform(im.convert("RGB"))
+            x = clip_preprocess(im, size)
     except InputError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -126,12 +119,11 @@ def load_image(path: PathLike, transform) -> torch.Tensor:
 def embed_images(model: AudioCLIP, paths: Sequence[PathLike], *, batch_size: int = 8,
                  progress: bool = True) -> torch.Tensor:
     """`[N, embed_dim]` for N image files; the first unreadable one raises `InputError`."""
-    transform = image_transform(model)
     out = []
     paths = list(paths)
     for i in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch",
                   disable=not progress or len(paths) <= batch_size):
-        batch = [load_image(p, transform) for p in paths[i:i + batch_size]]
+        batch = [load_image(p, model.visual.image_size) for p in paths[i:i + batch_size]]
         out.append(model.encode_image(torch.stack(batch), normalize=True))
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
@@ -204,14 +196,13 @@ def try_embed_files(model: AudioCLIP, paths: Iterable[PathLike], *, progress: bo
     errors: list[Optional[str]] = [None] * len(paths)
     img_idx = [i for i, k in enumerate(kinds) if k == "image"]
     if img_idx:
-        transform = image_transform(model)
         batch_size = int(audio_options.get("batch_size", 8))  # images: 8 at once unless told
         for start in tqdm(range(0, len(img_idx), batch_size), desc="images", unit="batch",
                           disable=not progress or len(img_idx) <= batch_size):
             good, tensors = [], []
             for i in img_idx[start:start + batch_size]:
                 try:
-                    tensors.append(load_image(paths[i], transform))
+                    tensors.append(load_image(paths[i], model.visual.image_size))
                     good.append(i)
                 except InputError as exc:
                     errors[i] = str(exc)

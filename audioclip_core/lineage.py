@@ -1,12 +1,22 @@
-"""Provenance: digests, code version, and the lineage record written beside each checkpoint."""
+"""Provenance, written and read: the lineage record beside each checkpoint, and the audit
+trail over those records - from a checkpoint to the data and code that made it, and from a
+clip to every checkpoint that saw it.
+
+A record (`<checkpoint>.lineage.json`) names the checkpoint's digest, its parent, the
+manifests it trained on (path, digest, rows), its config and seed, the code version, and
+the Dagster and MLflow runs. Clip queries run DuckDB over the manifests the records name
+(parquet), so a question about one clip among millions takes about a second.
+"""
 from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .data.io import sha256_file, write_json
+from .errors import LineageError
+from .files import sha256_file, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,11 +38,13 @@ def code_version(repo: Path = REPO_ROOT) -> dict:
             "package_version": __version__}
 
 
-def lineage_record(*, stage: str, checkpoint: Path, config: dict, manifests: dict[str, dict],
+def lineage_record(*, name: str, stage: str, checkpoint: Path, config: dict, manifests: dict[str, dict],
                    parent: Optional[dict] = None, dagster: Optional[dict] = None,
                    mlflow_run_id: Optional[str] = None, extra: Optional[dict] = None) -> dict:
-    """`manifests`: name -> {"path", "sha256", "rows"}; `parent`: {"path", "sha256", "stage"}."""
+    """`name`: the asset that wrote `checkpoint`; `stage`: the paper's step it ran;
+    `manifests`: name -> {"path", "sha256", "rows"}; `parent`: {"path", "sha256", "name"}."""
     return {
+        "name": name,
         "stage": stage,
         "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
         "parent": parent,
@@ -46,12 +58,171 @@ def lineage_record(*, stage: str, checkpoint: Path, config: dict, manifests: dic
     }
 
 
+def record_name(rec: dict) -> str:
+    """The asset a record (or parent entry) names; records before `name` existed kept it in `stage`."""
+    return rec.get("name") or rec.get("stage") or "external"
+
+
+def record_path(checkpoint: Path) -> Path:
+    """Where the lineage record of `checkpoint` lives."""
+    return Path(checkpoint).with_suffix(".lineage.json")
+
+
 def write_lineage(record: dict, checkpoint: Path) -> Path:
-    path = Path(checkpoint).with_suffix(".lineage.json")
+    path = record_path(checkpoint)
     write_json(record, path)
     return path
 
 
-def read_lineage(checkpoint: Path) -> dict[str, Any]:
-    path = Path(checkpoint).with_suffix(".lineage.json")
-    return json.loads(path.read_text(encoding="utf-8"))
+def read_record(checkpoint: Path) -> dict:
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        raise LineageError(f"{checkpoint}: is a directory; give a checkpoint file")
+    path = record_path(checkpoint)
+    if not path.is_file():
+        if not checkpoint.exists():
+            raise LineageError(f"{checkpoint}: no such checkpoint, and no lineage record ({path.name}) beside it")
+        raise LineageError(f"{checkpoint}: no lineage record ({path.name}); only checkpoints written by this "
+                           "project's training stages carry one")
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LineageError(f"{path}: the lineage record cannot be read ({exc}); it is damaged") from exc
+    if not isinstance(rec, dict) or not isinstance(rec.get("checkpoint"), dict) or "sha256" not in rec["checkpoint"]:
+        raise LineageError(f"{path}: not a lineage record (no checkpoint digest); it is damaged")
+    return rec
+
+
+def chain(checkpoint: Path) -> list[dict]:
+    """The record of `checkpoint`, then its parent's, and so on up to the first stage."""
+    out, seen = [], set()
+    current: Optional[Path] = Path(checkpoint)
+    while current is not None:
+        rec = read_record(current)
+        key = rec["checkpoint"]["sha256"]
+        if key in seen:
+            break
+        seen.add(key)
+        out.append(rec)
+        parent = rec.get("parent")
+        current = Path(parent["path"]) if parent and record_path(Path(parent["path"])).is_file() else None
+        if parent and current is None:
+            out.append({"name": record_name(parent), "checkpoint": {"path": parent["path"],
+                        "sha256": parent["sha256"]}, "external": True})
+    return out
+
+
+def _manifest_status(entry: dict) -> str:
+    path = Path(entry["path"])
+    if not path.is_file():
+        return "missing now"
+    return "unchanged" if sha256_file(path) == entry["sha256"] else "CHANGED since training"
+
+
+def format_chain(records: list[dict]) -> str:
+    lines = []
+    for depth, rec in enumerate(records):
+        pad = "  " * depth
+        ck = rec["checkpoint"]
+        if rec.get("external"):
+            lines.append(f"{pad}<- {record_name(rec)}: {ck['path']}  sha256 {ck['sha256'][:16]}  (no lineage record)")
+            continue
+        arrow = "" if depth == 0 else "<- "
+        lines.append(f"{pad}{arrow}{record_name(rec)}: {ck['path']}")
+        lines.append(f"{pad}   sha256 {ck['sha256']}")
+        dag = rec.get("dagster") or {}
+        lines.append(f"{pad}   dagster run {dag.get('run_id')}  asset {dag.get('asset_key')}"
+                     + (f" [{dag['partition']}]" if dag.get("partition") else "")
+                     + f"  mlflow run {rec.get('mlflow_run_id')}")
+        code = rec.get("code") or {}
+        cfg = rec.get("config") or {}
+        lines.append(f"{pad}   code {code.get('git_commit')}{' (dirty)' if code.get('git_dirty') else ''}  "
+                     f"preset {cfg.get('preset')}  seed {rec.get('seed')}  epochs {cfg.get('epochs')}")
+        for name, m in (rec.get("manifests") or {}).items():
+            lines.append(f"{pad}   data {name}: {m['rows']} clips  sha256 {m['sha256'][:16]}  {m['path']}  "
+                         f"[{_manifest_status(m)}]")
+    return "\n".join(lines)
+
+
+@dataclass
+class ClipHit:
+    checkpoint: str
+    name: str         # the asset that wrote the checkpoint
+    sha256: str
+    via: str          # "trained on it" or "descends from <checkpoint>"
+
+
+def find_records(root: Path, skipped: Optional[list[str]] = None) -> list[tuple[Path, dict]]:
+    """The lineage records under `root`; damaged ones are left out, with the reason appended
+    to `skipped` when given."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LineageError(f"{root}: no such data root directory (give --data-root or set AUDIOCLIP_DATA_ROOT)")
+    out = []
+    for p in sorted(root.rglob("*.lineage.json")):
+        try:
+            out.append((p, read_record(p.with_name(p.name[:-len(".lineage.json")] + ".safetensors"))))
+        except LineageError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+    return out
+
+
+def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = None) -> list[ClipHit]:
+    """Every checkpoint under `root` whose training data held `clip` (an AudioSet ytid or
+    segment id, or an ESC-50/US8K file name) with status ok, directly or through its parents.
+    Damaged records or manifests are left out, their reasons appended to `skipped` (else raised)."""
+    import duckdb
+
+    records = find_records(root, skipped)
+    manifests = sorted({m["path"] for _, r in records for m in (r.get("manifests") or {}).values()
+                        if Path(m["path"]).is_file()})
+    hit_paths: set[str] = set()
+    if manifests:
+        con = duckdb.connect()
+        try:
+            for path in manifests:
+                try:
+                    cols = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)",
+                                                          [path]).fetchall()}
+                except duckdb.Error as exc:
+                    if skipped is None:
+                        raise LineageError(f"{path}: manifest cannot be read: {exc}") from exc
+                    skipped.append(f"{path}: manifest cannot be read: {str(exc).splitlines()[0]}")
+                    continue
+                conds = []
+                if "ytid" in cols:
+                    conds.append("ytid = $clip")
+                if "segment_id" in cols:
+                    conds.append("segment_id = $clip")
+                if "path" in cols:
+                    conds.append("(path = $clip OR regexp_extract(path, '[^/]+$') = $clip)")
+                if not conds:
+                    continue
+                status = " AND status = 'ok'" if "status" in cols else ""
+                q = f"SELECT count(*) FROM read_parquet($p) WHERE ({' OR '.join(conds)}){status}"
+                if con.execute(q, {"p": path, "clip": clip}).fetchall()[0][0]:
+                    hit_paths.add(path)
+        finally:
+            con.close()
+    by_sha = {r["checkpoint"]["sha256"]: (p, r) for p, r in records}
+    direct = {sha for sha, (_, r) in by_sha.items()
+              if any(m["path"] in hit_paths for m in (r.get("manifests") or {}).values())}
+    hits = [ClipHit(r["checkpoint"]["path"], record_name(r), sha, "trained on it") for sha, (_, r) in by_sha.items()
+            if sha in direct]
+    for sha, (_, r) in by_sha.items():
+        if sha in direct:
+            continue
+        parent = (r.get("parent") or {}).get("sha256")
+        trail = []
+        while parent and parent in by_sha:
+            trail.append(parent)
+            if parent in direct:
+                hits.append(ClipHit(r["checkpoint"]["path"], record_name(r), sha,
+                                    f"descends from {record_name(by_sha[parent][1])} ({parent[:12]})"))
+                break
+            parent = (by_sha[parent][1].get("parent") or {}).get("sha256")
+            if parent in trail:
+                break
+    return sorted(hits, key=lambda h: h.checkpoint)

@@ -22,16 +22,14 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30  # free memory above this at the top of the heap still goes back
 
-_state: dict[str, bool] = {}
 
 
 def tune_malloc() -> bool:
-    """Keep freed memory in the process for reuse (glibc only). Idempotent.
+    """Keep freed memory in the process for reuse (glibc only). Idempotent: the two mallopt
+    calls set process-wide values, so calling again changes nothing.
 
     Returns True when the setting is in effect. `AUDIOCLIP_MALLOC_TUNING=0` turns it off;
     on a C library other than glibc it does nothing and returns False."""
-    if "applied" in _state:
-        return _state["applied"]
     applied = False
     if os.environ.get("AUDIOCLIP_MALLOC_TUNING", "1") != "0" and sys.platform.startswith("linux"):
         try:
@@ -42,5 +40,4 @@ def tune_malloc() -> bool:
         if mallopt is not None:
             mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    _state["applied"] = applied
     return applied

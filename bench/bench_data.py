@@ -15,7 +15,7 @@ from common import report, setup, timeit  # noqa: E402
 
 from audioclip_core.audio import ffmpeg_exe  # noqa: E402
 from audioclip_core.data.demo_dataset import CLASSES, write_video  # noqa: E402
-from audioclip_core.media import extract_clip  # noqa: E402
+from audioclip_core.acquisition.media import extract_clip  # noqa: E402
 from audioclip_core.perf import tune_malloc  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     from audioclip_core.data.demo_dataset import generate_esc50
     from audioclip_core.training import stages
     from audioclip_core.training.config import TrainConfig
-    from audioclip_core.training.data import collate
+    from audioclip_core.data.datasets import collate
     from audioclip_core.training.loop import make_optimizer
 
     generate_esc50(work / "esc50", per_fold_class=1)

@@ -29,7 +29,7 @@ WATCHED = ("esresnext_audioset", "audioclip_partial", "audioclip_full")
 
 def changed_manifests(instance: dg.DagsterInstance) -> dict[str, dict]:
     """stage -> {manifest path: (recorded sha, current sha)} for manifests that changed."""
-    from audioclip_core.data.io import sha256_file
+    from audioclip_core.files import sha256_file
 
     out = {}
     for stage in WATCHED:

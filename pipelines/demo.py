@@ -22,19 +22,20 @@ def main() -> int:
 
     from assets import audioset, clipsets, evaluation, training
     from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
-    from audioclip_core.media_server import MediaServer
+    from audioclip_core.acquisition.media_server import MediaServer
 
     from .instance import configure
 
     start = time.time()
     configure()
     data_root = DataRoot()
+    layout = data_root.layout
     sources = DatasetSources()
     for var in ("AUDIOCLIP_AUDIOSET_DIR", "AUDIOCLIP_ESC50_DIR", "AUDIOCLIP_US8K_DIR"):
         if os.environ.get(var):
             print(f"note: {var} is set; the demo uses it instead of the built-in data")
-    print(f"data root: {data_root.path}\n[1/5] demo dataset ...", flush=True)
-    audioset_dir = sources.audioset(data_root.path)
+    print(f"data root: {layout.root}\n[1/5] demo dataset ...", flush=True)
+    audioset_dir = sources.audioset(layout)
     videos = audioset_dir / "videos"
     instance = dg.DagsterInstance.get()
 
@@ -85,13 +86,12 @@ def main() -> int:
     for asset in tables:
         name = asset.key.to_user_string()
         print(f"\n## {name}\n")
-        print((data_root.path / "tables" / f"{name}.md").read_text(encoding="utf-8").split("\n", 2)[2])
+        print(layout.table(name, ".md").read_text(encoding="utf-8").split("\n", 2)[2])
     print(f"Done in {(time.time() - start) / 60:.1f} min.\n"
           f"  Dagster UI (every asset, its metadata and checks):  make ui      -> http://127.0.0.1:3000\n"
           f"  MLflow runs (training and evaluation):              make mlflow-ui -> http://127.0.0.1:5000\n"
-          f"  Tables in DuckDB: {data_root.catalog} (table1_esresnext ... table4_querying)\n"
-          f"  Trace a checkpoint: .venv/bin/audioclip lineage "
-          f"{data_root.path / 'checkpoints' / 'audioclip_full' / 'audioclip_full.safetensors'}")
+          f"  Tables in DuckDB: {layout.catalog} (table1_esresnext ... table4_querying)\n"
+          f"  Trace a checkpoint: .venv/bin/audioclip lineage {layout.checkpoint('audioclip_full')}")
     return 0
 
 

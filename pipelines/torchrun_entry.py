@@ -14,7 +14,7 @@ from pathlib import Path
 
 def main(spec_path: str, result_path: str) -> None:
     from audioclip_core.training import distributed as D
-    from audioclip_core.training.factory import StageSpec, build_stage
+    from audioclip_core.training.stages import StageSpec, build_stage
     from audioclip_core.training.run import run_stage
 
     D.init_from_env()

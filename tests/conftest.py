@@ -35,3 +35,81 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     ac.save_checkpoint(tiny_model, path, metadata={"input_scale": "int16"})
     return path
+
+
+# -- the demo lineage, materialised through Dagster once per session --------------------------
+SMALL = {"epochs": 3, "batch_size": 8, "max_steps_per_epoch": 3}
+
+
+@pytest.fixture(scope="session")
+def lineage(tmp_path_factory):
+    """Demo AudioSet + ESC-50 sources and their data lineage, materialised once per session."""
+    import dagster as dg
+
+    from assets import audioset, clipsets
+    from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
+    from audioclip_core.acquisition.media_server import MediaServer
+    from audioclip_core.data.demo_dataset import generate_audioset, generate_esc50
+
+    base = tmp_path_factory.mktemp("train")
+    src = base / "sources"
+    generate_audioset(src / "audioset", train_per_class=3, eval_per_class=1, missing_per_split=1)
+    generate_esc50(src / "esc50", per_fold_class=1)
+    data = base / "data"
+    with MediaServer(src / "audioset" / "videos") as server:
+        res = {"data_root": DataRoot(root=str(data)),
+               "sources": DatasetSources(audioset_dir=str(src / "audioset"), esc50_dir=str(src / "esc50"),
+                                         us8k_dir=str(src / "esc50")),
+               "youtube": YoutubeDownloader(url_template=server.url("{ytid}.mp4")),
+               "tracking": MlflowTracking()}
+        inst = dg.DagsterInstance.ephemeral()
+        assert dg.materialize([audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
+                               audioset.audioset_manifest], resources=res, partition_key="balanced_train",
+                              instance=inst).success
+    assert dg.materialize([clipsets.esc50_manifest], resources=res, instance=inst).success
+    assert dg.materialize([clipsets.esc50_folds], resources=res, partition_key="2", instance=inst).success
+    return {"base": base, "src": src, "data": data, "res": res}
+
+
+def run_config(asset_name, **values):
+    import dagster as dg
+
+    from assets import training
+
+    return dg.RunConfig(ops={asset_name: training.StageConfig(**{**SMALL, **values})})
+
+
+def materialize_stage(lineage, asset, partition=None, **values):
+    import dagster as dg
+
+    result = dg.materialize([asset], resources=lineage["res"], partition_key=partition,
+                            run_config=run_config(asset.key.to_user_string(), **values),
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    meta = result.asset_materializations_for_node(asset.key.to_user_string())[-1].metadata
+    return {k: v.value for k, v in meta.items()}
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="session")
+def stage_outputs(lineage):
+    """The five stages, each from the one before, trained in float64 (tests/assets/
+    test_training_assets.py says why)."""
+    from assets import training
+
+    out = {}
+    f64 = {"dtype": "float64"}
+    out["esresnext_audioset"] = materialize_stage(lineage, training.esresnext_audioset, epochs=4, max_steps_per_epoch=None,
+                                             **f64)
+    out["audioclip_partial"] = materialize_stage(lineage, training.audioclip_partial, epochs=4, max_steps_per_epoch=None,
+                                            **f64)
+    out["audioclip_full"] = materialize_stage(lineage, training.audioclip_full, **f64)
+    out["esresnext_esc50"] = materialize_stage(lineage, training.esresnext_esc50, "2", **f64)
+    out["audioclip_esc50"] = materialize_stage(lineage, training.audioclip_esc50, "2", epochs=5, max_steps_per_epoch=None,
+                                          **f64)
+    return out

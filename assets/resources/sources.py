@@ -3,6 +3,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from audioclip_core.layout import DataLayout
+
 
 class DatasetSources(dg.ConfigurableResource):
     """Input folders: the official AudioSet lists and ESC-50 / UrbanSound8K in their layouts.
@@ -19,35 +21,34 @@ class DatasetSources(dg.ConfigurableResource):
     esc50_archive_url: str = ""
     us8k_archive_url: str = ""
 
-    def _resolve(self, value: str, env: str, demo_sub: str, data_root: Path, archive_url: str = "",
+    def _resolve(self, value: str, env: str, demo_sub: str, layout: DataLayout, archive_url: str = "",
                  archive_env: str = "") -> Path:
         chosen = value or os.environ.get(env, "")
         if chosen:
             return Path(chosen).resolve()
         url = archive_url or (os.environ.get(archive_env, "") if archive_env else "")
         if url:
-            from audioclip_core.data.archives import fetch_archive
+            from audioclip_core.acquisition.archives import fetch_archive
 
-            return fetch_archive(url, data_root / "sources" / demo_sub)
+            return fetch_archive(url, layout.fetched_source(demo_sub))
         from audioclip_core.data.demo_dataset import generate_all
 
-        demo = data_root / "demo_source"
-        generate_all(demo)
-        return demo / demo_sub
+        generate_all(layout.demo_source)
+        return layout.demo_source / demo_sub
 
-    def uses_demo_audioset(self, data_root: Path) -> bool:
+    def uses_demo_audioset(self, layout: DataLayout) -> bool:
         """True when the AudioSet folder is the built-in demo dataset (by its CSV header)."""
         from audioclip_core.data.demo_dataset import is_demo_folder
 
-        return is_demo_folder(self.audioset(data_root))
+        return is_demo_folder(self.audioset(layout))
 
-    def audioset(self, data_root: Path) -> Path:
-        return self._resolve(self.audioset_dir, "AUDIOCLIP_AUDIOSET_DIR", "audioset", data_root)
+    def audioset(self, layout: DataLayout) -> Path:
+        return self._resolve(self.audioset_dir, "AUDIOCLIP_AUDIOSET_DIR", "audioset", layout)
 
-    def esc50(self, data_root: Path) -> Path:
-        return self._resolve(self.esc50_dir, "AUDIOCLIP_ESC50_DIR", "esc50", data_root, self.esc50_archive_url,
+    def esc50(self, layout: DataLayout) -> Path:
+        return self._resolve(self.esc50_dir, "AUDIOCLIP_ESC50_DIR", "esc50", layout, self.esc50_archive_url,
                              "AUDIOCLIP_ESC50_URL")
 
-    def us8k(self, data_root: Path) -> Path:
-        return self._resolve(self.us8k_dir, "AUDIOCLIP_US8K_DIR", "us8k", data_root, self.us8k_archive_url,
+    def us8k(self, layout: DataLayout) -> Path:
+        return self._resolve(self.us8k_dir, "AUDIOCLIP_US8K_DIR", "us8k", layout, self.us8k_archive_url,
                              "AUDIOCLIP_US8K_URL")

@@ -1,31 +1,16 @@
-import os
-from pathlib import Path
-
 import dagster as dg
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "data"
-
-
-def default_data_root() -> str:
-    return os.environ.get("AUDIOCLIP_DATA_ROOT") or str(DEFAULT_DATA_ROOT)
+from audioclip_core.layout import DataLayout
 
 
 class DataRoot(dg.ConfigurableResource):
-    """Where everything the pipeline writes lives (AUDIOCLIP_DATA_ROOT; default ./data)."""
+    """Where everything the pipeline writes lives: `root`, else AUDIOCLIP_DATA_ROOT, else `data/`
+    of the checkout (audioclip_core.layout, shared with the `audioclip` CLI)."""
 
     root: str = ""
 
     @property
-    def path(self) -> Path:
-        p = Path(self.root or default_data_root()).resolve()
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def sub(self, *parts: str) -> Path:
-        p = self.path.joinpath(*parts)
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    @property
-    def catalog(self) -> Path:
-        return self.path / "catalog.duckdb"
+    def layout(self) -> DataLayout:
+        layout = DataLayout.at(self.root or None)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        return layout

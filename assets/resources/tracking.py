@@ -5,6 +5,8 @@ from typing import Iterator, Optional
 
 import dagster as dg
 
+from audioclip_core.layout import DataLayout
+
 
 class MlflowTracking(dg.ConfigurableResource):
     """MLflow with a sqlite backend in the data root (`tracking_uri` overrides it)."""
@@ -12,23 +14,21 @@ class MlflowTracking(dg.ConfigurableResource):
     tracking_uri: str = ""
     experiment: str = "audioclip"
 
-    def uri(self, data_root: Path) -> str:
+    def uri(self, layout: DataLayout) -> str:
         if self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
             return self.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
-        folder = data_root / "mlflow"
-        folder.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{folder / 'mlflow.db'}"
+        layout.ensure(layout.mlflow_dir)
+        return f"sqlite:///{layout.mlflow_db}"
 
     @contextlib.contextmanager
-    def start_run(self, data_root: Path, run_name: str, tags: dict) -> Iterator["object"]:
+    def start_run(self, layout: DataLayout, run_name: str, tags: dict) -> Iterator["object"]:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
-        mlflow.set_tracking_uri(self.uri(data_root))
+        mlflow.set_tracking_uri(self.uri(layout))
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
-            artifacts = (data_root / "mlflow" / "artifacts").resolve()
-            artifacts.mkdir(parents=True, exist_ok=True)
+            artifacts = layout.ensure(layout.mlflow_artifacts)
             exp_id = mlflow.create_experiment(self.experiment, artifact_location=artifacts.as_uri())
         else:
             exp_id = exp.experiment_id

@@ -4,7 +4,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-from audioclip_core.youtube import DEFAULT_FORMAT, YOUTUBE_URL_TEMPLATE, DownloadOptions
+from audioclip_core.acquisition.youtube import DEFAULT_FORMAT, YOUTUBE_URL_TEMPLATE, DownloadOptions
 
 
 class YoutubeDownloader(dg.ConfigurableResource):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from ..files import sha256_file
+
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SEGMENT_FILES = {
     "eval": "eval_segments.csv",
@@ -23,6 +25,7 @@ SEGMENT_FILES = {
 }
 UNBALANCED_SHARD_ROWS = 50_000
 UNBALANCED_SHARDS = 41  # unbalanced_00 .. unbalanced_40 (~2.04M segments)
+NUM_FRAMES = 10  # JPEG frames per clip, equally spaced over the segment
 PARTITIONS = (["eval", "balanced_train"] + [f"unbalanced_{i:02d}" for i in range(UNBALANCED_SHARDS)]
               + ["demo"])
 
@@ -70,12 +73,6 @@ class SegmentFile:
     header: list[str]
     segments: list[Segment] = field(default_factory=list)
     issues: list[ParseIssue] = field(default_factory=list)
-
-
-def file_sha256(path: Path) -> str:
-    from .io import sha256_file
-
-    return sha256_file(path)
 
 
 def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = None,
@@ -136,7 +133,7 @@ def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
         first = body_start + start + 1
     else:
         first = body_start + 1
-    out = SegmentFile(path=path, sha256=file_sha256(path), header=header)
+    out = SegmentFile(path=path, sha256=sha256_file(path), header=header)
     for item in parse_segment_rows(body, known_labels, first_line=first):
         (out.segments if isinstance(item, Segment) else out.issues).append(item)
     return out

@@ -8,6 +8,11 @@
 Folds are always the datasets' own and never reshuffled: clips cut from one recording share
 a fold, so a random split would leak recordings between train and test. Class names are the
 text labels with underscores replaced by spaces.
+
+The protocol of each set (`protocol(name)`) is what training, evaluation and the profiles
+read: ESC-50 clips are fed as 5.0 s of mono, UrbanSound8K clips as 4.0 s of stereo, padded
+or cropped (the longest track of each set; the reference code uses 220,500 and 176,400
+samples at 44.1 kHz); k-fold cross-validation over the official folds, the mean reported.
 """
 from __future__ import annotations
 
@@ -18,24 +23,34 @@ from typing import Callable
 
 import soundfile as sf
 
-from .audioset import file_sha256
+from ..files import sha256_file
 
 
 @dataclass(frozen=True)
 class ClipSetSpec:
+    """A dataset's layout and its evaluation protocol."""
+
     name: str
     metadata: str                     # path of the metadata CSV inside the root
     num_folds: int
     row: Callable[[dict], tuple[str, int, int, str]]   # -> (relative audio path, fold, class id, label)
     expected_clips: int
     expected_fold_counts: dict[int, int]
+    clip_seconds: float               # every clip padded / cropped to this length
+    channels: int                     # channels fed to the model
+    num_classes: int                  # in the published set
     expected_per_class: int | None = None
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        return tuple(range(1, self.num_folds + 1))
 
 
 ESC50 = ClipSetSpec(
     name="esc50", metadata="meta/esc50.csv", num_folds=5,
     row=lambda r: (f"audio/{r['filename']}", int(r["fold"]), int(r["target"]), r["category"]),
     expected_clips=2000, expected_fold_counts={k: 400 for k in range(1, 6)}, expected_per_class=40,
+    clip_seconds=5.0, channels=1, num_classes=50,
 )
 US8K = ClipSetSpec(
     name="us8k", metadata="metadata/UrbanSound8K.csv", num_folds=10,
@@ -43,8 +58,21 @@ US8K = ClipSetSpec(
                    r["class"]),
     expected_clips=8732,
     expected_fold_counts={1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837},
+    clip_seconds=4.0, channels=2, num_classes=10,
 )
 SPECS = {"esc50": ESC50, "us8k": US8K}
+
+
+def protocol(name: str) -> ClipSetSpec:
+    """The protocol of `esc50` or `us8k`: clip length, channels, classes, folds."""
+    if name not in SPECS:
+        raise ValueError(f"unknown clip set {name!r}; one of {sorted(SPECS)}")
+    return SPECS[name]
+
+
+def class_names(manifest) -> list[str]:
+    """The class names of a manifest (DataFrame with class_id, class_name), in class-id order."""
+    return [n for _, n in sorted(set(zip(manifest["class_id"], manifest["class_name"])))]
 
 
 def class_name(label: str) -> str:
@@ -95,7 +123,7 @@ def validate(root: Path, spec: ClipSetSpec, rows: list[dict], *, hash_files: boo
                 if info.frames == 0:
                     raise RuntimeError("no samples")
                 if hash_files:
-                    rec["sha256"] = file_sha256(path)
+                    rec["sha256"] = sha256_file(path)
             except (RuntimeError, sf.LibsndfileError) as exc:
                 rec.update(status="unreadable", reason=str(exc))
                 unreadable.append(r["path"])

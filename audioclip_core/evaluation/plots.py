@@ -94,3 +94,23 @@ def plot_embedding_map(points: dict[str, np.ndarray], labels: dict[str, Sequence
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def render_figures(figures, folder: Path) -> list[Path]:
+    """PNG files of a table's figures (`tables.Confusion`, `PRCurves`, `EmbeddingMap`), named by
+    each figure's name, under `folder`."""
+    from .tables import Confusion, EmbeddingMap, PRCurves
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fig in figures:
+        path = folder / f"{fig.name}.png"
+        if isinstance(fig, Confusion):
+            out.append(plot_confusion(fig.matrix, fig.classes, path, fig.title))
+        elif isinstance(fig, PRCurves):
+            out.append(plot_pr_curves(fig.curves, path, fig.title))
+        elif isinstance(fig, EmbeddingMap):
+            out.append(plot_embedding_map(fig.points, fig.labels, path, fig.title))
+        else:
+            raise TypeError(f"not a table figure: {type(fig).__name__}")
+    return out

@@ -58,6 +58,7 @@ class AudioCLIP(CLIP):
         audio_cfg = AudioConfig.from_dict({**audio_cfg.to_dict(), "num_classes": embed_dim})
         self.embed_dim = embed_dim
         self.preset = preset
+        self.checkpoint_metadata: dict = {}      # the metadata record of the checkpoint it was loaded from
         self.audio = ESResNeXt(audio_cfg)
         self.logit_scale_ai = nn.Parameter(torch.tensor(math.log(100.0)))
         self.logit_scale_at = nn.Parameter(torch.tensor(math.log(100.0)))
@@ -88,13 +89,9 @@ class AudioCLIP(CLIP):
 
     def _causal_text(self) -> bool:
         """True when every text position attends only to itself and earlier positions."""
-        cached = getattr(self, "_causal_text_cache", None)
-        if cached is None:
-            mask = self.attn_mask
-            cached = (mask is not None and mask.dim() == 2
-                      and bool(torch.isneginf(mask).equal(torch.ones_like(mask, dtype=torch.bool).triu(1))))
-            self._causal_text_cache = cached
-        return cached
+        mask = self.attn_mask  # 77 x 77: checked on each call, microseconds next to the tower
+        return (mask is not None and mask.dim() == 2
+                and bool(torch.isneginf(mask).equal(torch.ones_like(mask, dtype=torch.bool).triu(1))))
 
     def _encode_tokens(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """open_clip's text tower, run only over the positions up to the last pooled token.

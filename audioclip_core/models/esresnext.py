@@ -125,6 +125,8 @@ class ESResNeXt(nn.Module):
         if overrides:
             config = AudioConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
+        self.preset: str | None = None           # the preset it was built from, when known
+        self.checkpoint_metadata: dict = {}      # the metadata record of the checkpoint it was loaded from
         c = config
         if c.win_length > c.n_fft:
             raise ValueError(f"win_length {c.win_length} > n_fft {c.n_fft}")

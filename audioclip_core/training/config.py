@@ -1,16 +1,13 @@
-"""Typed training configuration. Defaults are the paper's; the demo uses a tiny one."""
+"""Typed training configuration of one stage run. Defaults are the paper's; the values of a
+run come from a profile (`profiles.resolve`)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-STAGES = ("esresnext_audioset", "audioclip_partial", "audioclip_full", "esresnext_finetune",
-          "audioclip_finetune")
-
-
 @dataclass
 class TrainConfig:
-    stage: str
+    stage: str                        # the paper's step (training.stages.STAGES)
     preset: str = "audioclip-rn50"
     epochs: int = 30
     batch_size: int = 64
@@ -40,8 +37,10 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from .stages import STAGES
+
         if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; one of {STAGES}")
+            raise ValueError(f"unknown stage {self.stage!r}; one of {tuple(STAGES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
         if self.dtype not in ("float32", "float64"):
@@ -51,11 +50,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def paper(cls, stage: str, **overrides) -> "TrainConfig":
-        """The paper's values: AudioSet stages 1e-4 / 0.95 / 30 epochs; fine-tuning 5e-5 / 0.98 / 50."""
-        base = dict(stage=stage)
-        if stage.endswith("finetune"):
-            base.update(lr=5e-5, gamma=0.98, epochs=50)
-        return cls(**{**base, **overrides})

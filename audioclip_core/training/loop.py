@@ -26,7 +26,7 @@ from ..models.fbsp import LinearFBSP
 from ..perf import tune_malloc
 from . import distributed as D
 from .config import TrainConfig
-from .data import collate
+from ..data.datasets import collate
 
 StepFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 EpochCallback = Callable[[int, dict], None]

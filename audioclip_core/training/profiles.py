@@ -1,8 +1,20 @@
-"""Named training profiles: the paper's values, and a tiny one for the demo data on a CPU."""
+"""Named training profiles - the paper's values, and a tiny one for the demo data on a CPU -
+and `resolve`, which turns a profile, a stage and a run's overrides into its `TrainConfig`.
+
+Fine-tuning always follows the clip set's protocol (`data.clipsets.protocol`: ESC-50 5.0 s
+mono, UrbanSound8K 4.0 s stereo), in every profile, so a model is fine-tuned on the clips it
+is evaluated on.
+"""
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any, Mapping, Optional
+
+from ..data.clipsets import protocol
+from .config import TrainConfig
+
 _PAPER_AUDIOSET = dict(preset="audioclip-rn50", epochs=30, batch_size=64, lr=1e-4, gamma=0.95, clip_seconds=10.0)
-_PAPER_FINETUNE = dict(preset="audioclip-rn50", epochs=50, batch_size=64, lr=5e-5, gamma=0.98, clip_seconds=5.0)
+_PAPER_FINETUNE = dict(preset="audioclip-rn50", epochs=50, batch_size=64, lr=5e-5, gamma=0.98)
 
 PROFILES = {
     # the paper: SGD + Nesterov 0.9, wd 5e-4, batch 64; AudioSet stages 1e-4 / 0.95 / 30 epochs,
@@ -22,14 +34,32 @@ PROFILES = {
                                   loss_variant="corrected"),
         "audioclip_full": dict(preset="audioclip-tiny", epochs=10, batch_size=16, lr=0.01, gamma=0.95, clip_seconds=4.0,
                                freeze_bn=True, loss_variant="corrected"),
-        "esresnext_finetune": dict(preset="audioclip-tiny", epochs=3, batch_size=12, lr=0.01, gamma=0.9, clip_seconds=4.0),
+        "esresnext_finetune": dict(preset="audioclip-tiny", epochs=3, batch_size=12, lr=0.01, gamma=0.9),
         "audioclip_finetune": dict(preset="audioclip-tiny", epochs=3, batch_size=12, lr=0.001, gamma=0.9,
-                                   clip_seconds=4.0, freeze_bn=True, loss_variant="corrected"),
+                                   freeze_bn=True, loss_variant="corrected"),
     },
 }
+FINETUNE_STAGES = ("esresnext_finetune", "audioclip_finetune")
 
 
 def profile_values(profile: str, stage: str) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"unknown training profile {profile!r}; one of {sorted(PROFILES)}")
     return dict(PROFILES[profile][stage])
+
+
+def resolve(profile: str, stage: str, overrides: Mapping[str, Any] = (), *,
+            clipset: Optional[str] = None) -> TrainConfig:
+    """The `TrainConfig` of one run: the profile's values for `stage`, then every override
+    that names a `TrainConfig` field and is not None (others are ignored: they configure the
+    run, not the training), then - for fine-tuning on `clipset` - that set's clip length and
+    channels."""
+    values = profile_values(profile, stage)
+    names = {f.name for f in fields(TrainConfig)} - {"stage"}
+    values.update({k: v for k, v in dict(overrides).items() if k in names and v is not None})
+    if stage in FINETUNE_STAGES:
+        if clipset is None:
+            raise ValueError(f"{stage} fine-tunes on a clip set: give clipset='esc50' or 'us8k'")
+        spec = protocol(clipset)
+        values.update(clip_seconds=spec.clip_seconds, channels=spec.channels)
+    return TrainConfig(stage=stage, **values)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import export_official, save_checkpoint
-from ..data.io import sha256_file
+from ..files import sha256_file
 from ..lineage import lineage_record, write_lineage
 from ..models.esresnext import ESResNeXt
 from .config import TrainConfig
@@ -18,14 +18,14 @@ from .loop import StepFn, TrainResult, train
 
 @dataclass
 class StageRun:
-    name: str                                   # asset / stage name, e.g. "audioclip_esc50"
+    name: str                                   # the asset, e.g. "audioclip_esc50" (config.stage: the step)
     config: TrainConfig
     model: nn.Module
     dataset: object
     step: StepFn
     workdir: Path
     manifests: dict[str, dict]                  # name -> {"path", "sha256", "rows"}
-    parent: Optional[dict] = None               # {"path", "sha256", "stage"}
+    parent: Optional[dict] = None               # {"path", "sha256", "name"}
     prepare: Optional[Callable[[nn.Module], None]] = None
     dagster: dict = field(default_factory=dict)
     extra_lineage: dict = field(default_factory=dict)
@@ -55,14 +55,14 @@ def run_stage(run: StageRun, *, on_epoch=None, mlflow_run_id: Optional[str] = No
         run.model = _plain_batchnorm(run.model)
     run.model.cpu().eval()
     checkpoint = Path(run.workdir) / f"{run.name}.safetensors"
-    meta = {"stage": run.name, "input_scale": run.config.input_scale, "config": run.config.to_dict(),
+    meta = {"name": run.name, "stage": run.config.stage, "input_scale": run.config.input_scale, "config": run.config.to_dict(),
             "manifests": {k: v["sha256"] for k, v in run.manifests.items()},
             "parent_sha256": (run.parent or {}).get("sha256")}
     save_checkpoint(run.model, checkpoint, metadata=meta)
     official = None
     if isinstance(run.model, ESResNeXt):  # also in the ESRNXFBSP layout the original code reads
         official = export_official(run.model, Path(run.workdir) / f"{run.name}.esrnxfbsp.pt")
-    record = lineage_record(stage=run.name, checkpoint=checkpoint, config=run.config.to_dict(),
+    record = lineage_record(name=run.name, stage=run.config.stage, checkpoint=checkpoint, config=run.config.to_dict(),
                             manifests=run.manifests, parent=run.parent, dagster=run.dagster,
                             mlflow_run_id=mlflow_run_id,
                             extra={"history": result.history, "skipped_items": result.skipped_items,

@@ -1,31 +1,40 @@
-"""The paper's training stages: what each one builds, trains and freezes.
+"""The paper's training stages, one definition each: what a stage starts from, what it
+freezes, what it reads and how it steps. `STAGES` is the one list of them.
 
-1. ``esresnext_audioset`` - the stand-alone ESResNeXt, multi-label BCE over AudioSet classes,
-   from an ImageNet ResNeXt-50 32x4d state dict when given (attention gates reset as the
-   original does), else random.
+1. ``esresnext_audioset`` - the stand-alone ESResNeXt, multi-label BCE over the AudioSet
+   classes, from an ImageNet ResNeXt-50 32x4d state dict when given (attention gates reset
+   as the original does), else random.
 2. ``audioclip_partial`` - AudioCLIP whose audio head comes from stage 1 with a fresh
    projection; image and text towers from CLIP weights when given, frozen as teachers;
    trains the audio head and the two audio logit scales.
 3. ``audioclip_full`` - all three heads on AudioSet, from the partial checkpoint.
-4. fine-tuning per fold: ``esresnext_finetune`` (stand-alone, new classifier sized to the
-   classes, CE) and ``audioclip_finetune`` (cooperative: only the audio head and the audio
-   scales update; one class name per clip as text).
+4. fine-tuning per fold of ESC-50 / UrbanSound8K: ``esresnext_finetune`` (stand-alone, a new
+   classifier sized to the classes, CE) and ``audioclip_finetune`` (cooperative: only the
+   audio head and the audio scales update; the class name of each clip is its text).
+
+`stage` always names one of these steps; `name` names the asset (and checkpoint) that runs
+it, e.g. stage ``audioclip_finetune`` for the assets ``audioclip_esc50`` / ``audioclip_us8k``.
+A `StageSpec` (JSON) describes one run of a stage, so the same definition runs in-process or
+in every worker that torchrun starts.
 """
 from __future__ import annotations
 
-from typing import Optional
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import CheckpointError, build_model, load_model, read_checkpoint
+from ..checkpoints import CheckpointError, build_model, load_model, load_strict, read_checkpoint
+from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset
 from ..models.audioclip import AudioCLIP
 from ..models.esresnext import AudioConfig, ESResNeXt
 from ..models.presets import get_preset
 from .config import TrainConfig
-from .data import AudioOptions, AudioSetDataset, ClipSetDataset
 
 
 def audio_options(cfg: TrainConfig) -> AudioOptions:
@@ -61,8 +70,6 @@ def build_classifier(cfg: TrainConfig, num_classes: int, *, init: Optional[str] 
             sd = {k[len("audio."):]: v for k, v in sd.items() if k.startswith("audio.")}
         own = head.state_dict()
         sd = {**sd, "fc.weight": own["fc.weight"], "fc.bias": own["fc.bias"]}  # a new classifier
-        from ..checkpoints import load_strict
-
         load_strict(head, sd, what=f"{init} (backbone for {cfg.stage})")
     elif imagenet:
         load_imagenet_resnext(head, imagenet)
@@ -123,24 +130,135 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
     return step
 
 
-def freeze_teachers(model: AudioCLIP) -> None:
-    """Image and text towers frozen as teachers; the image tower's BatchNorm kept in eval mode."""
-    model.freeze(image=True, text=True)
-
-
 def keep_frozen_in_eval(model: nn.Module) -> None:
     model = _head(model)
     if isinstance(model, AudioCLIP) and not any(p.requires_grad for p in model.visual.parameters()):
         model.visual.eval()
 
 
-# -- datasets --------------------------------------------------------------------------------
-def audioset_dataset(manifests: list[pd.DataFrame], class_ids: list[str], cfg: TrainConfig, *,
-                     with_image: bool, image_size: int = 224) -> AudioSetDataset:
-    df = pd.concat(manifests, ignore_index=True) if manifests else pd.DataFrame()
-    return AudioSetDataset(df, class_ids, train=True, seed=cfg.seed, audio=audio_options(cfg),
+def keep_frozen_in_eval(model: nn.Module) -> None:
+    """A frozen image tower keeps its BatchNorm statistics: in eval mode during training."""
+    model = _head(model)
+    if isinstance(model, AudioCLIP) and not any(p.requires_grad for p in model.visual.parameters()):
+        model.visual.eval()
+
+
+# -- one run of a stage, as data --------------------------------------------------------------
+@dataclass
+class StageSpec:
+    name: str                                  # the asset, e.g. "audioclip_esc50"
+    stage: str                                 # the paper's step, one of STAGES
+    config: dict                               # TrainConfig fields
+    workdir: str
+    tables: list[str]                          # parquet files to train on
+    manifests: dict                            # name -> {"path", "sha256", "rows"}
+    class_ids: list[str] = field(default_factory=list)   # AudioSet mids (AudioSet stages)
+    classes: list[str] = field(default_factory=list)     # class names (fine-tuning)
+    init: Optional[str] = None                 # checkpoint to start from (upstream or released)
+    parent: Optional[dict] = None
+    clip_weights: Optional[str] = None
+    imagenet_weights: Optional[str] = None
+    dagster: dict = field(default_factory=dict)
+    mlflow_run_id: Optional[str] = None
+    extra_lineage: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; one of {tuple(STAGES)}")
+
+    def to_json(self, path: Path) -> Path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        return Path(path)
+
+    @classmethod
+    def from_json(cls, path: Path) -> "StageSpec":
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+Built = tuple[nn.Module, object, Callable]     # model, dataset, step
+
+
+# -- the stages ------------------------------------------------------------------------------
+def _audioset_data(spec: StageSpec, cfg: TrainConfig, *, with_image: bool, image_size: int = 224) -> AudioSetDataset:
+    tables = [pd.read_parquet(p) for p in spec.tables]
+    df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return AudioSetDataset(df, spec.class_ids, train=True, seed=cfg.seed, audio=audio_options(cfg),
                            image_size=image_size, with_image=with_image)
 
 
 def clipset_dataset(train_df: pd.DataFrame, cfg: TrainConfig, classes: list[str]) -> ClipSetDataset:
+    """An ESC-50 / US8K train split, augmented as `cfg` says."""
     return ClipSetDataset(train_df, train=True, seed=cfg.seed, audio=audio_options(cfg), classes=classes)
+
+
+def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> ClipSetDataset:
+    return clipset_dataset(pd.concat([pd.read_parquet(p) for p in spec.tables], ignore_index=True), cfg, spec.classes)
+
+
+def _esresnext_audioset(spec: StageSpec, cfg: TrainConfig) -> Built:
+    model = build_classifier(cfg, len(spec.class_ids), init=spec.init, imagenet=spec.imagenet_weights)
+    return model, _audioset_data(spec, cfg, with_image=False), classifier_step
+
+
+def _audioclip_partial(spec: StageSpec, cfg: TrainConfig) -> Built:
+    model = build_audioclip(cfg, audio_head=spec.init, clip_weights=spec.clip_weights)
+    model.freeze(image=True, text=True)        # CLIP's towers are the teachers
+    data = _audioset_data(spec, cfg, with_image=True, image_size=model.visual.image_size)
+    return model, data, audioclip_step(use_image=True, loss_variant=cfg.loss_variant)
+
+
+def _audioclip_full(spec: StageSpec, cfg: TrainConfig) -> Built:
+    model = build_audioclip(cfg, init=spec.init)
+    data = _audioset_data(spec, cfg, with_image=True, image_size=model.visual.image_size)
+    return model, data, audioclip_step(use_image=True, loss_variant=cfg.loss_variant)
+
+
+def _esresnext_finetune(spec: StageSpec, cfg: TrainConfig) -> Built:
+    model = build_classifier(cfg, len(spec.classes), init=spec.init)
+    return model, _clipset_data(spec, cfg), classifier_step
+
+
+def _audioclip_finetune(spec: StageSpec, cfg: TrainConfig) -> Built:
+    model = build_audioclip(cfg, init=spec.init)
+    model.freeze(image=True, text=True)        # cooperative: only the audio head ...
+    model.logit_scale.requires_grad_(False)    # ... and the two audio scales update
+    return model, _clipset_data(spec, cfg), audioclip_step(use_image=False, loss_variant=cfg.loss_variant)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the paper's training. `data` is what it reads ("audioset" manifests or an
+    ESC-50 / US8K fold's "clipset" train split); `build` makes its model (loaded and frozen
+    as the step requires), dataset and step function from a `StageSpec`."""
+
+    name: str
+    data: str
+    summary: str
+    build: Callable[[StageSpec, TrainConfig], Built]
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("esresnext_audioset", "audioset", "stand-alone ESResNeXt, multi-label BCE over the AudioSet classes",
+          _esresnext_audioset),
+    Stage("audioclip_partial", "audioset", "the audio head trained under frozen CLIP teachers", _audioclip_partial),
+    Stage("audioclip_full", "audioset", "all three heads trained jointly on AudioSet", _audioclip_full),
+    Stage("esresnext_finetune", "clipset", "stand-alone ESResNeXt fine-tuned on a fold, new classifier",
+          _esresnext_finetune),
+    Stage("audioclip_finetune", "clipset", "cooperative fine-tuning on a fold: the audio head only",
+          _audioclip_finetune),
+)}
+
+
+def build_stage(spec: StageSpec):
+    """The `StageRun` of `spec`: its stage's model, dataset and step, ready for `run_stage`."""
+    from .run import StageRun
+
+    cfg = TrainConfig(**spec.config)
+    if cfg.stage != spec.stage:
+        raise ValueError(f"{spec.name}: the spec is for stage {spec.stage!r}, its config for {cfg.stage!r}")
+    model, dataset, step = STAGES[spec.stage].build(spec, cfg)
+    return StageRun(spec.name, cfg, model, dataset, step, Path(spec.workdir), spec.manifests, parent=spec.parent,
+                    prepare=keep_frozen_in_eval, dagster=spec.dagster,
+                    extra_lineage={**spec.extra_lineage, "clip_weights": spec.clip_weights,
+                                   "imagenet_weights": spec.imagenet_weights})

@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 
 from audioclip_core.audio import ffmpeg_exe
-from audioclip_core.media import ExtractionError, extract_clip
-from audioclip_core.media_server import MediaServer
-from audioclip_core.youtube import DownloadOptions, classify_error, download_segment
+from audioclip_core.acquisition.media import ExtractionError, extract_clip
+from audioclip_core.acquisition.media_server import MediaServer
+from audioclip_core.acquisition.youtube import DownloadOptions, classify_error, download_segment
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Datasets over the manifests.
+"""Datasets over the manifests, for training and evaluation alike.
 
 * AudioSet: audio + ONE of the 10 frames (drawn at random in training, the middle one in
   evaluation) + the clip's label names joined with ", " as its text + a multi-hot target.
@@ -21,11 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..audio import SAMPLE_RATE, resample, to_model_input
-from ..data.transforms import eval_transforms, sample_generator, train_transforms
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
+from ..images import load_clip_image
+from .transforms import eval_transforms, sample_generator, train_transforms
 
 def load_clip_audio(path: str, channels: int) -> torch.Tensor:
     data, sr = sf.read(path, dtype="float32", always_2d=True)
@@ -39,28 +36,6 @@ def load_clip_audio(path: str, channels: int) -> torch.Tensor:
     if wave.shape[0] < channels:
         wave = wave.repeat(channels // wave.shape[0] + 1, 1)[:channels]
     return wave
-
-
-def load_image(path: str, size: int, rng: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Short side resized to `size` (bicubic), a random (train) or centre crop, CLIP-normalised."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    if rng is not None:
-        left = int(torch.randint(0, w - size + 1, (), generator=rng))
-        top = int(torch.randint(0, h - size + 1, (), generator=rng))
-    else:
-        left, top = (w - size) // 2, (h - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (x - mean) / std
 
 
 @dataclass
@@ -112,7 +87,7 @@ class AudioSetDataset(_Base):
             if self.with_image:
                 frames = list(row["frame_paths"])
                 pick = int(torch.randint(0, len(frames), (), generator=rng)) if self.train else len(frames) // 2
-                item["image"] = load_image(frames[pick], self.image_size, rng if self.train else None)
+                item["image"] = load_clip_image(frames[pick], self.image_size, rng if self.train else None)
         except Exception as exc:  # a clip that fails to decode costs one sample, not the run
             return {"index": index, "error": f"{row['segment_id']}: {exc}"}
         target = torch.zeros(len(self.class_index))

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from audioclip_core.audit import chain, checkpoints_for_clip, format_chain
+from audioclip_core.lineage import chain, checkpoints_for_clip, format_chain, record_name
 from audioclip_core.cli import main
-from audioclip_core.data.io import sha256_file
+from audioclip_core.files import sha256_file
 from audioclip_core.errors import LineageError
 
 ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
@@ -33,22 +33,25 @@ def big_lineage(tmp_path_factory):
     other.parent.mkdir(parents=True)
     pq.write_table(pa.table({"path": ["audio/1-100032-A-0.wav"], "status": ["ok"]}), other)
 
-    def record(stage, manifests, parent=None):
+    def record(stage, manifests, parent=None, step=None):
         ck = root / "checkpoints" / stage / f"{stage}.safetensors"
         ck.parent.mkdir(parents=True, exist_ok=True)
         ck.write_bytes(stage.encode())
-        rec = {"stage": stage, "checkpoint": {"path": str(ck), "sha256": sha256_file(ck)},
+        # `name` is the asset, `stage` the paper's step; a record without `step` has the older
+        # shape, its asset under "stage", and must still be read
+        names = {"name": stage, "stage": step} if step else {"stage": stage}
+        rec = {**names, "checkpoint": {"path": str(ck), "sha256": sha256_file(ck)},
                "manifests": {name: {"path": str(p), "sha256": sha256_file(p), "rows": rows}
                              for name, (p, rows) in manifests.items()},
                "parent": parent, "config": {"preset": "audioclip-tiny", "epochs": 1}, "seed": 0,
                "code": {"git_commit": "abc123", "git_dirty": False}, "dagster": {"run_id": f"run-{stage}"},
                "mlflow_run_id": f"ml-{stage}"}
         ck.with_suffix(".lineage.json").write_text(json.dumps(rec))
-        return {"path": str(ck), "sha256": rec["checkpoint"]["sha256"], "stage": stage}
+        return {"path": str(ck), "sha256": rec["checkpoint"]["sha256"], "name": stage}
 
     s1 = record("esresnext_audioset", {"audioset_unbalanced_00": (manifest, n - 1)})
-    s2 = record("audioclip_partial", {"audioset_unbalanced_00": (manifest, n - 1)}, s1)
-    s4 = record("audioclip_esc50", {"esc50_fold1_train": (other, 1)}, s2)
+    s2 = record("audioclip_partial", {"audioset_unbalanced_00": (manifest, n - 1)}, s1, "audioclip_partial")
+    s4 = record("audioclip_esc50", {"esc50_fold1_train": (other, 1)}, s2, "audioclip_finetune")
     return root, s1, s2, s4
 
 
@@ -58,13 +61,13 @@ def test_clip_to_checkpoints_over_two_million_rows(big_lineage, capsys):
     hits = checkpoints_for_clip("NeedleClip1", root)
     elapsed = time.perf_counter() - start
     print(f"2,000,000-row manifest: {elapsed:.2f} s")
-    by_stage = {h.stage: h for h in hits}
+    by_stage = {h.name: h for h in hits}
     assert set(by_stage) == {"esresnext_audioset", "audioclip_partial", "audioclip_esc50"}
     assert by_stage["audioclip_partial"].via == "trained on it"
     assert by_stage["audioclip_esc50"].via.startswith("descends from audioclip_partial")
     assert checkpoints_for_clip("BadClip0001", root) == []  # listed but never downloaded: not trained on
     assert checkpoints_for_clip("NotThere123", root) == []
-    assert [h.stage for h in checkpoints_for_clip("1-100032-A-0.wav", root)] == ["audioclip_esc50"]
+    assert [h.name for h in checkpoints_for_clip("1-100032-A-0.wav", root)] == ["audioclip_esc50"]
     assert main(["lineage", "--clip", "NeedleClip1", "--data-root", str(root)]) == 0
     assert "3 checkpoints trained on NeedleClip1" in capsys.readouterr().out
 
@@ -72,7 +75,8 @@ def test_clip_to_checkpoints_over_two_million_rows(big_lineage, capsys):
 def test_checkpoint_to_data_and_code(big_lineage, capsys):
     root, s1, s2, s4 = big_lineage
     records = chain(s4["path"])
-    assert [r["stage"] for r in records] == ["audioclip_esc50", "audioclip_partial", "esresnext_audioset"]
+    assert [record_name(r) for r in records] == ["audioclip_esc50", "audioclip_partial", "esresnext_audioset"]
+    assert records[0]["stage"] == "audioclip_finetune"
     text = format_chain(records)
     assert "1999999 clips" in text and "[unchanged]" in text and "run-audioclip_partial" in text
     assert main(["lineage", s4["path"]]) == 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from audioclip_core.losses import contrastive_loss
-from audioclip_core.metrics import (accuracy, average_precision, classification_map, mean_average_precision,
+from audioclip_core.evaluation.metrics import (accuracy, average_precision, classification_map, mean_average_precision,
                                     precision_at_1, recall_at_1, retrieval_metrics)
 
 

@@ -1,4 +1,8 @@
-"""Small file helpers shared by the pipeline steps: atomic writes, parquet, digests, locks."""
+"""Files: atomic writes (a complete file or none), SHA-256 digests, a cross-process lock.
+
+Tables, records, checkpoints and CLI outputs are written through `atomic_write`: into a
+temporary file beside the target, renamed into place only once complete, so a killed process
+never leaves half a file (media steps rename their own finished files the same way)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,34 +17,33 @@ from typing import Iterator
 import pandas as pd
 
 
-def atomic_path(path: Path) -> Path:
+@contextlib.contextmanager
+def atomic_write(path: os.PathLike | str) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renamed onto `path` when the block ends without
+    an error, removed otherwise."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> str:
     """Write atomically; returns the SHA-256 of the file written."""
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         df.to_parquet(tmp, index=False)
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return digest
 
 
 def write_json(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -61,17 +64,3 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def markdown_table(df: pd.DataFrame, max_rows: int = 10) -> str:
-    """A small markdown preview (no optional dependency on tabulate)."""
-    df = df.head(max_rows)
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        cells = []
-        for v in row.tolist():
-            text = ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-            cells.append(text.replace("|", "\\|")[:60])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .data.audioset import segment_id, validate_ytid
+from ..data.audioset import segment_id, validate_ytid
+from ..files import sha256_file
 
 YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 # audio plus a small video stream (frames are resized to 224 px on the short side later)
@@ -81,7 +82,7 @@ def _ffmpeg_on_path(workdir: Path) -> None:
     # yt-dlp's section downloads look for ffmpeg on PATH (its `ffmpeg_location` option is
     # not consulted there), so a folder holding an `ffmpeg` link to the bundled binary is
     # put in front of PATH.
-    from .audio import ffmpeg_exe
+    from ..audio import ffmpeg_exe
 
     bindir = workdir / ".bin"
     link = bindir / "ffmpeg"
@@ -93,12 +94,6 @@ def _ffmpeg_on_path(workdir: Path) -> None:
             pass
     if str(bindir) not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
-def _sha256(path: Path) -> str:
-    from .data.io import sha256_file
-
-    return sha256_file(path)
 
 
 def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
@@ -150,7 +145,7 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
             final = dest_dir / f"{name}{media.suffix}"
             os.replace(media, final)
             result.status, result.message, result.path = "ok", "", str(final)
-            result.bytes, result.sha256 = final.stat().st_size, _sha256(final)
+            result.bytes, result.sha256 = final.stat().st_size, sha256_file(final)
             break
         except DownloadError as exc:
             result.status, result.message = classify_error(exc)

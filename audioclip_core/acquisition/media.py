@@ -18,9 +18,9 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE, ffmpeg_exe
+from ..audio import SAMPLE_RATE, ffmpeg_exe
+from ..data.audioset import NUM_FRAMES
 
-NUM_FRAMES = 10
 FRAME_SHORT_SIDE = 256
 
 

@@ -12,7 +12,8 @@ from assets import audioset, clipsets
 from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
 from audioclip_core.audio import ffmpeg_exe
 from audioclip_core.data.demo_dataset import generate_esc50, generate_us8k
-from audioclip_core.media_server import MediaServer
+from audioclip_core.acquisition.media_server import MediaServer
+from audioclip_core.layout import DataLayout
 
 AUDIOSET_ASSETS = [audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
                    audioset.audioset_manifest]
@@ -173,17 +174,17 @@ def test_official_archive_fetched_once_from_a_url(tmp_path):
             zf.write(p, p.relative_to(tmp_path))
     with MediaServer(served) as server:
         sources = DatasetSources(esc50_archive_url=server.url("esc50.zip"))
-        root = sources.esc50(tmp_path / "data")
+        root = sources.esc50(DataLayout.at(tmp_path / "data"))
         assert (root / "meta" / "esc50.csv").is_file() and str(root).startswith(str(tmp_path / "data"))
     # the server is gone: a second call uses what was unpacked
-    assert DatasetSources(esc50_archive_url="http://127.0.0.1:9/esc50.zip").esc50(tmp_path / "data") == root
+    assert DatasetSources(esc50_archive_url="http://127.0.0.1:9/esc50.zip").esc50(DataLayout.at(tmp_path / "data")) == root
 
 
 def test_clip_problems_reads_new_clips_in_full_and_kept_clips_by_header(tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from audioclip_core.data.audioset_steps import clip_problems
+    from audioclip_core.data.manifests import clip_problems
 
     frames = []
     for i in range(10):

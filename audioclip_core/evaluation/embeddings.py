@@ -1,0 +1,124 @@
+"""Embeddings of evaluation sets: every loadable clip of a manifest, once, with its labels.
+
+Clips are read with the evaluation pipeline of `audioclip_core.data.datasets` (no
+augmentation; the middle one of the 10 AudioSet frames; ESC-50 / US8K padded or cropped to
+their protocol's length and channels). A clip that fails to load is left out; `index`
+says which manifest rows were embedded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..data.clipsets import protocol
+from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset
+from ..models.audioclip import AudioCLIP
+from ..text import apply_template
+
+BATCH = 16
+
+
+def loadable_batches(dataset, batch_size: int = BATCH):
+    """Lists of the items of `dataset` that loaded, `batch_size` items at a time."""
+    for i in range(0, len(dataset), batch_size):
+        items = [dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]
+        yield [it for it in items if "error" not in it]
+
+
+def eval_audio(clip_seconds: float, channels: int, input_scale: str) -> AudioOptions:
+    return AudioOptions(clip_seconds=clip_seconds, channels=channels, input_scale=input_scale, augment=False)
+
+
+def clipset_dataset(table: pd.DataFrame, dataset: str, classes: list[str], input_scale: str) -> ClipSetDataset:
+    """An ESC-50 / US8K table under its dataset's protocol (clip length, channels)."""
+    spec = protocol(dataset)
+    return ClipSetDataset(table, train=False, audio=eval_audio(spec.clip_seconds, spec.channels, input_scale),
+                          classes=classes)
+
+
+@torch.no_grad()
+def embed_dataset(model: AudioCLIP, dataset, *, image: bool = False, batch_size: int = BATCH) -> dict:
+    """Normalised audio (and image) embeddings of every loadable item, with its index."""
+    model.eval()
+    audio, images, index = [], [], []
+    for items in loadable_batches(dataset, batch_size):
+        if not items:
+            continue
+        index += [it["index"] for it in items]
+        audio.append(F.normalize(model.encode_audio(torch.stack([it["audio"] for it in items])), dim=-1))
+        if image:
+            images.append(F.normalize(model.encode_image(torch.stack([it["image"] for it in items])), dim=-1))
+    out = {"index": index, "audio": torch.cat(audio) if audio else torch.empty(0, model.embed_dim)}
+    if image:
+        out["image"] = torch.cat(images) if images else torch.empty(0, model.embed_dim)
+    return out
+
+
+@torch.no_grad()
+def text_embeddings(model: AudioCLIP, names: Sequence[str], template: str = "{}") -> torch.Tensor:
+    model.eval()
+    prompts = apply_template(list(names), template)
+    return torch.cat([F.normalize(model.encode_text(prompts[i:i + 64]), dim=-1) for i in range(0, len(prompts), 64)])
+
+
+@dataclass
+class ClipSetEmbeddings:
+    """An ESC-50 / US8K table embedded: clips (rows `index` of the table), class names, class ids."""
+
+    audio: torch.Tensor          # [clips, d], normalised
+    text: torch.Tensor           # [classes, d], normalised
+    class_ids: torch.Tensor      # [clips]
+    index: list[int]             # the table rows embedded
+
+
+def embed_clipset(model: AudioCLIP, table: pd.DataFrame, dataset: str, classes: list[str], *, template: str,
+                  input_scale: str) -> ClipSetEmbeddings:
+    ds = clipset_dataset(table, dataset, classes, input_scale)
+    emb = embed_dataset(model, ds)
+    ids = torch.tensor([ds.class_of[ds.df.iloc[i]["class_name"]] for i in emb["index"]], dtype=torch.long)
+    return ClipSetEmbeddings(emb["audio"], text_embeddings(model, classes, template), ids, emb["index"])
+
+
+def audioset_dataset(manifest: pd.DataFrame, class_ids: list[str], *, clip_seconds: float, input_scale: str,
+                     image: bool, image_size: int = 224) -> AudioSetDataset:
+    return AudioSetDataset(manifest, class_ids, train=False, audio=eval_audio(clip_seconds, 1, input_scale),
+                           image_size=image_size, with_image=image)
+
+
+def multi_hot(ds: AudioSetDataset, index: list[int]) -> torch.Tensor:
+    out = torch.zeros(len(index), len(ds.class_index))
+    for row, i in enumerate(index):
+        for m in ds.df.iloc[i]["label_ids"]:
+            if m in ds.class_index:
+                out[row, ds.class_index[m]] = 1.0
+    return out
+
+
+@dataclass
+class AudioSetEmbeddings:
+    """An AudioSet manifest embedded: audio and middle-frame image per clip, class-name texts,
+    and the clips' multi-hot labels."""
+
+    audio: torch.Tensor          # [clips, d]
+    image: torch.Tensor          # [clips, d]
+    text: torch.Tensor           # [classes, d]
+    targets: torch.Tensor        # [clips, classes]
+    class_names: list[str]
+
+    @property
+    def clips(self) -> int:
+        return int(self.audio.shape[0])
+
+
+def embed_audioset(model: AudioCLIP, manifest: pd.DataFrame, class_ids: list[str], class_names: list[str], *,
+                   clip_seconds: float, input_scale: str, template: str = "{}",
+                   batch_size: Optional[int] = None) -> AudioSetEmbeddings:
+    ds = audioset_dataset(manifest, class_ids, clip_seconds=clip_seconds, input_scale=input_scale, image=True,
+                          image_size=model.visual.image_size)
+    emb = embed_dataset(model, ds, image=True, batch_size=batch_size or BATCH)
+    return AudioSetEmbeddings(emb["audio"], emb["image"], text_embeddings(model, class_names, template),
+                              multi_hot(ds, emb["index"]), list(class_names))

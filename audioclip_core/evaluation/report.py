@@ -1,0 +1,35 @@
+"""A table's rows as markdown: the fold means pivoted to one line per (model, task), one
+column per (dataset, metric), values in %, and the protocol the figures follow."""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def _protocol_line(protocol: dict) -> str:
+    parts = []
+    if "template" in protocol:
+        parts.append(f"prompt template `{protocol['template']}`")
+    if "input_scale" in protocol:
+        parts.append(f"input scale {protocol['input_scale']}")
+    secs, chans = protocol.get("clip_seconds") or {}, protocol.get("channels") or {}
+    for name in secs:
+        parts.append(f"{name.upper()} {secs[name]:g} s x {chans.get(name, '?')} ch")
+    if "audioset_partition" in protocol:
+        parts.append(f"AudioSet partition {protocol['audioset_partition']}")
+    return "Protocol: " + "; ".join(parts) + "." if parts else ""
+
+
+def render_markdown(df: pd.DataFrame, protocol: dict | None = None) -> str:
+    if df.empty:
+        return "no rows"
+    main = df[df["fold"] == "mean"].copy()
+    main["value"] = [("%.2f" % (100 * v)) if v is not None and v == v else "—" for v in main["value"]]
+    main["cell"] = main["value"] + [f" ({n})" if n else "" for n in main["note"].fillna("")]
+    pivot = main.pivot_table(index=["model", "task"], columns=["dataset", "metric"], values="cell", aggfunc="first")
+    cols = [" ".join(c) for c in pivot.columns]
+    lines = ["| model | task | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for (model, task), r in pivot.iterrows():
+        lines.append(f"| {model} | {task} | " + " | ".join(str(v) if isinstance(v, str) else "—" for v in r) + " |")
+    footer = "Values in %; per-fold figures are in the parquet / DuckDB table."
+    line = _protocol_line(protocol or {})
+    return "\n".join(lines) + "\n\n" + footer + (f"\n{line}" if line else "")

@@ -1,0 +1,334 @@
+"""The paper's four evaluation tables, as functions: models (or checkpoint paths) and
+manifests in, a `TableResult` out - the rows as a DataFrame, the protocol they follow, and
+the data of their figures (confusion matrices, PR curves, embedding maps).
+
+* Table 1 - ESResNeXt alone: AudioSet mAP; fine-tuned ESC-50 / US8K accuracy per fold + mean.
+* Table 2 - AudioCLIP after partial and full training: AudioSet mAP with audio, image and
+  both; accuracy after cooperative fine-tuning on ESC-50 / US8K, per fold + mean.
+* Table 3 - zero-shot ESC-50 / US8K accuracy (no training on them): all clips, and per fold.
+* Table 4 - querying, P@1 / R@1 / mAP: image by text (ImageNet, AudioSet), audio by text
+  (AudioSet, ESC-50, US8K), audio by image and image by audio (AudioSet).
+
+Each row: table, model, task, dataset, metric, fold ("mean" or the fold), value (a
+fraction, None when not available), n (clips, or folds for a mean), note. Every ESC-50 /
+US8K figure follows `audioclip_core.data.clipsets.protocol`. Nothing here imports Dagster:
+
+    from audioclip_core.evaluation import tables
+    from audioclip_core.layout import DataLayout
+    layout = DataLayout.at("data")
+    t3 = tables.table3_zero_shot({"full": layout.checkpoint("audioclip_full")},
+                                 {n: tables.clipset_table(layout, n) for n in ("esc50", "us8k")})
+    t3.rows
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from ..data.audioset import LabelIndex
+from ..data.clipsets import class_names, protocol
+from ..layout import DataLayout
+from .classification import (ClassificationResult, audioclip_classification, audioset_map, classifier_audioset_map,
+                             classifier_classification)
+from .embeddings import embed_audioset, embed_clipset
+from .retrieval import DIRECTIONS, audio_by_text_scores, audioset_querying, clipset_audio_by_text, pr_curve
+
+Model = Union[str, os.PathLike, nn.Module]
+COLUMNS = ["table", "model", "task", "dataset", "metric", "fold", "value", "n", "note"]
+CLIPSETS = ("esc50", "us8k")
+QUERY_METRICS = ("P@1", "R@1", "mAP")
+
+
+@dataclass
+class Settings:
+    """How the tables evaluate. `template` formats class names ('{}' = bare, as the original);
+    `input_scale` is how [-1, 1] audio is fed (the published ESC-50/US8K protocols feed
+    x32768: 'int16'); `preset` is the architecture of checkpoint files without metadata;
+    `fast_inference` compiles the audio head of the models that embed a whole AudioSet
+    partition; `imagenet_dir` (an ImageNet-layout folder) adds Table 4's ImageNet rows."""
+
+    template: str = "{}"
+    input_scale: str = "int16"
+    preset: Optional[str] = None
+    audioset_clip_seconds: Optional[float] = None
+    fast_inference: bool = False
+    imagenet_dir: Optional[str] = None
+    imagenet_per_class: Optional[int] = None
+
+
+@dataclass
+class FineTuned:
+    """One clip set's fine-tuned fold checkpoints with the fold test splits they are scored on."""
+
+    dataset: str                                   # "esc50" | "us8k"
+    classes: list[str]
+    tests: dict[str, pd.DataFrame]                 # fold -> test split
+    checkpoints: dict[str, Model]                  # fold -> checkpoint; folds without one are not trained
+
+
+@dataclass
+class Confusion:
+    name: str
+    title: str
+    matrix: np.ndarray
+    classes: list[str]
+
+
+@dataclass
+class PRCurves:
+    name: str
+    title: str
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]     # label -> (recall, precision)
+
+
+@dataclass
+class EmbeddingMap:
+    name: str
+    title: str
+    points: dict[str, np.ndarray]                        # modality -> [n, d]
+    labels: dict[str, list[str]]
+
+
+Figure = Union[Confusion, PRCurves, EmbeddingMap]
+
+
+@dataclass
+class TableResult:
+    name: str
+    rows: pd.DataFrame
+    protocol: dict
+    figures: list[Figure] = field(default_factory=list)
+
+
+# -- inputs from a data root -----------------------------------------------------------------
+def existing(path: Path) -> Optional[Path]:
+    return path if path.is_file() else None
+
+
+def clipset_table(layout: DataLayout, name: str) -> Optional[pd.DataFrame]:
+    """The usable (status ok) rows of an ESC-50 / US8K manifest, or None before it exists."""
+    path = layout.clipset_manifest(name)
+    if not path.is_file():
+        return None
+    df = pd.read_parquet(path)
+    return df[df["status"] == "ok"].reset_index(drop=True)
+
+
+def finetuned_from_layout(layout: DataLayout, asset: str, dataset: str) -> FineTuned:
+    """The fold checkpoints of fine-tuning asset `asset` (e.g. "audioclip_esc50") on `dataset`."""
+    table = clipset_table(layout, dataset)
+    tests = {k: pd.read_parquet(p) for k, p in layout.fold_tests(dataset).items()}
+    ckpts = {k: p for k in tests if (p := existing(layout.checkpoint(asset, k))) is not None}
+    return FineTuned(dataset, class_names(table) if table is not None else [], tests, ckpts)
+
+
+def audioset_table(layout: DataLayout, partition: str = "eval") -> Optional[pd.DataFrame]:
+    path = layout.audioset_manifest(partition)
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def row(table: str, model: str, task: str, dataset: str, metric: str, value, fold="mean", n=None, note="") -> dict:
+    return {"table": table, "model": model, "task": task, "dataset": dataset, "metric": metric, "fold": str(fold),
+            "value": None if value is None or value != value else float(value),
+            "n": None if n is None else int(n), "note": note}
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _protocol(settings: Settings, **more) -> dict:
+    return {"template": settings.template, "input_scale": settings.input_scale,
+            "clip_seconds": {n: protocol(n).clip_seconds for n in CLIPSETS},
+            "channels": {n: protocol(n).channels for n in CLIPSETS}, **more}
+
+
+def _audioclip(model: Model, settings: Settings, *, fast: bool = False):
+    from ..checkpoints import load_model
+
+    m = model if isinstance(model, nn.Module) else load_model(model, preset=settings.preset)
+    if fast and settings.fast_inference:
+        m.audio.enable_fast_inference()
+    return m.eval()
+
+
+def _classifier(model: Model, settings: Settings, *, fast: bool = False):
+    from ..checkpoints import load_audio_classifier
+
+    m = model if isinstance(model, nn.Module) else load_audio_classifier(model, preset=settings.preset)
+    if fast and settings.fast_inference:
+        m.enable_fast_inference()
+    return m.eval()
+
+
+def _audioset_seconds(model: nn.Module, settings: Settings) -> float:
+    if settings.audioset_clip_seconds:
+        return float(settings.audioset_clip_seconds)
+    cfg = (getattr(model, "checkpoint_metadata", None) or {}).get("config") or {}
+    return float(cfg.get("clip_seconds") or 10.0)
+
+
+def _finetuned_rows(table: str, model_name: str, prefix: str, ft: FineTuned,
+                    evaluate) -> tuple[list[dict], list[Figure]]:
+    """Accuracy of every trained fold on its test split, and the mean over folds."""
+    rows, figures, accs = [], [], []
+    dataset = ft.dataset.upper()
+    for fold, test in ft.tests.items():
+        if fold not in ft.checkpoints:
+            continue
+        res: ClassificationResult = evaluate(ft.checkpoints[fold], test)
+        accs.append(res.accuracy)
+        rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", res.accuracy, fold, res.n))
+        figures.append(Confusion(f"confusion_{prefix}_{ft.dataset}_fold{fold}", f"{model_name} {ft.dataset} fold {fold}",
+                                 res.confusion, ft.classes))
+    rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", float(np.mean(accs)) if accs else None,
+                    n=len(accs), note="" if accs else "not trained"))
+    return rows, figures
+
+
+# -- the tables --------------------------------------------------------------------------------
+def table1_esresnext(audioset_model: Optional[Model], audioset_manifest: Optional[pd.DataFrame],
+                     class_ids: Sequence[str], finetuned: Sequence[FineTuned],
+                     settings: Settings = Settings()) -> TableResult:
+    """ESResNeXt alone: AudioSet mAP of `audioset_model` (the stage-1 classifier) over
+    `audioset_manifest` (class order `class_ids`), and fine-tuned accuracy of each `FineTuned`."""
+    rows: list[dict] = []
+    if audioset_model is not None and audioset_manifest is not None:
+        model = _classifier(audioset_model, settings, fast=True)
+        m = classifier_audioset_map(model, audioset_manifest, list(class_ids),
+                                    clip_seconds=_audioset_seconds(model, settings), input_scale=settings.input_scale)
+        rows.append(row("table1", "ESResNeXt", "classification", "AudioSet", "mAP", m,
+                        n=(audioset_manifest["status"] == "ok").sum()))
+    else:
+        rows.append(row("table1", "ESResNeXt", "classification", "AudioSet", "mAP", None, note="not trained"))
+    figures: list[Figure] = []
+    for ft in finetuned:
+        more, figs = _finetuned_rows(
+            "table1", "ESResNeXt", "esresnext", ft, lambda src, test, ft=ft: classifier_classification(
+                _classifier(src, settings), test, ft.dataset, ft.classes, input_scale=settings.input_scale))
+        rows += more
+        figures += figs
+    return TableResult("table1_esresnext", _frame(rows), _protocol(settings), figures)
+
+
+def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: Optional[pd.DataFrame],
+                     labels: LabelIndex, finetuned: Sequence[FineTuned],
+                     settings: Settings = Settings()) -> TableResult:
+    """AudioCLIP: AudioSet mAP by text with audio, image and both for each of `models`
+    ({"partial": ..., "full": ...}), and accuracy after cooperative fine-tuning (`finetuned`,
+    fine-tuned from the full model)."""
+    rows: list[dict] = []
+    for label, src in models.items():
+        name = f"AudioCLIP ({label})"
+        if src is None or audioset_manifest is None:
+            rows.append(row("table2", name, "classification", "AudioSet", "mAP audio", None, note="not available"))
+            continue
+        model = _audioclip(src, settings, fast=True)
+        emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
+                             clip_seconds=_audioset_seconds(model, settings), input_scale=settings.input_scale,
+                             template=settings.template)
+        for key, value in audioset_map(emb).items():
+            rows.append(row("table2", name, "classification", "AudioSet", f"mAP {key}", value, n=emb.clips))
+    figures: list[Figure] = []
+    for ft in finetuned:
+        more, figs = _finetuned_rows(
+            "table2", "AudioCLIP (full)", "audioclip", ft, lambda src, test, ft=ft: audioclip_classification(
+                _audioclip(src, settings), test, ft.dataset, ft.classes, template=settings.template,
+                input_scale=settings.input_scale))
+        rows += more
+        figures += figs
+    return TableResult("table2_audioclip", _frame(rows), _protocol(settings), figures)
+
+
+def table3_zero_shot(models: Mapping[str, Optional[Model]], clipsets: Mapping[str, Optional[pd.DataFrame]],
+                     settings: Settings = Settings()) -> TableResult:
+    """Zero-shot accuracy of each of `models` on each clip set (`clipsets`: "esc50"/"us8k" ->
+    its usable manifest rows), over all clips and per official fold."""
+    rows: list[dict] = []
+    loaded = {label: (_audioclip(src, settings, fast=True) if src is not None else None)
+              for label, src in models.items()}
+    for ds_name, df in clipsets.items():
+        for label, model in loaded.items():
+            name = f"AudioCLIP ({label})"
+            if model is None or df is None or df.empty:
+                rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", None, note="not available"))
+                continue
+            df = df.reset_index(drop=True)
+            res = audioclip_classification(model, df, ds_name, class_names(df), template=settings.template,
+                                           input_scale=settings.input_scale)
+            rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", res.accuracy, n=res.n))
+            for fold in sorted(set(df["fold"].tolist())):
+                acc, n = res.subset(np.flatnonzero(df["fold"].to_numpy() == fold))
+                if n:
+                    rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", acc, fold, n))
+    return TableResult("table3_zero_shot", _frame(rows), _protocol(settings))
+
+
+def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Optional[pd.DataFrame],
+                    labels: LabelIndex, clipsets: Mapping[str, Optional[pd.DataFrame]],
+                    settings: Settings = Settings(), *, audioset_partition: str = "eval") -> TableResult:
+    """Querying with each of `models`: ImageNet image by text (with `settings.imagenet_dir`),
+    the four AudioSet directions, and audio by text on each clip set."""
+    rows: list[dict] = []
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    figures: list[Figure] = []
+
+    def add(name, task, dataset, metrics, n=None, note="not available"):
+        for metric in QUERY_METRICS:
+            rows.append(row("table4", name, task, dataset, metric, metrics[metric] if metrics else None, n=n,
+                            note="" if metrics else note))
+
+    for label, src in models.items():
+        name = f"AudioCLIP ({label})"
+        if src is None:
+            for task in DIRECTIONS:
+                add(name, task, "AudioSet", None)
+            for ds_name in clipsets:
+                add(name, "audio by text", ds_name.upper(), None)
+            continue
+        model = _audioclip(src, settings, fast=True)
+        if settings.imagenet_dir:
+            from .imagenet import imagenet_eval
+
+            res = imagenet_eval(model, settings.imagenet_dir, template=settings.template,
+                                per_class=settings.imagenet_per_class)
+            add(name, "image by text", "ImageNet", res["image_by_text"], res["images"])
+            rows.append(row("table4", name, "zero-shot", "ImageNet", "accuracy", res["accuracy"], n=res["images"]))
+        else:
+            add(name, "image by text", "ImageNet", None, note="not configured: set AUDIOCLIP_IMAGENET_DIR")
+        if audioset_manifest is not None:
+            emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
+                                 clip_seconds=_audioset_seconds(model, settings), input_scale=settings.input_scale,
+                                 template=settings.template)
+            for task, metrics in audioset_querying(emb).items():
+                add(name, task, "AudioSet", metrics, emb.clips)
+            curves[f"{label}: audio by text (AudioSet)"] = pr_curve(*audio_by_text_scores(emb))
+            present = emb.targets.sum(0) > 0
+            first = [labels.names[int(t.argmax())] for t in emb.targets]
+            figures.append(EmbeddingMap(
+                f"embeddings_{label}", f"AudioCLIP ({label}) on AudioSet {audioset_partition}",
+                {"audio": emb.audio.numpy(), "image": emb.image.numpy(), "text": emb.text[present].numpy()},
+                {"audio": first, "image": first,
+                 "text": [n for n, keep in zip(labels.names, present.tolist()) if keep]}))
+        else:
+            for task in DIRECTIONS:
+                add(name, task, "AudioSet", None)
+        for ds_name, df in clipsets.items():
+            if df is None or df.empty:
+                add(name, "audio by text", ds_name.upper(), None)
+                continue
+            df = df.reset_index(drop=True)
+            emb = embed_clipset(model, df, ds_name, class_names(df), template=settings.template,
+                                input_scale=settings.input_scale)
+            add(name, "audio by text", ds_name.upper(), clipset_audio_by_text(emb), len(df))
+    if curves:
+        figures.insert(0, PRCurves("pr_audio_by_text", "audio by text, AudioSet", curves))
+    return TableResult("table4_querying", _frame(rows), _protocol(settings, audioset_partition=audioset_partition),
+                       figures)

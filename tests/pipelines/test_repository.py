@@ -1,0 +1,103 @@
+"""The project's fixed layout, its layers and its entry points."""
+import ast
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+CORE = REPO / "audioclip_core"
+
+
+def test_fixed_top_level_layout():
+    for name in ("pipelines", "audioclip_core", "assets", "dagster_home", "tests", "pyproject.toml",
+                 "workspace.yaml", "README.md", "Makefile", ".ci/run"):
+        assert (REPO / name).exists(), name
+
+
+def _modules(folder):
+    for path in sorted(folder.rglob("*.py")):
+        yield ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"), path
+
+
+def test_core_imports_no_dagster_nor_mlflow():
+    """Every module of the core imports, from a notebook, without the pipeline's packages."""
+    names = [name for name, _ in _modules(CORE)]
+    code = ("import importlib, sys\n"
+            f"for n in {names!r}: importlib.import_module(n)\n"
+            "print(sorted(m for m in ('dagster', 'mlflow', 'dagster_webserver') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _imports(name, path):
+    """The absolute names of the audioclip_core modules that `path` (module `name`) imports."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out |= {mod} | {f"{mod}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return {m for m in out if m.startswith("audioclip_core")}
+
+
+def test_layers_point_one_way():
+    """data/ is the ground floor: it imports neither acquisition, training, evaluation nor the
+    CLI; acquisition, training and evaluation do not import each other (evaluation may use
+    what data/ offers, not training's code)."""
+    above = {"data": ("acquisition", "training", "evaluation", "cli", "inference"),
+             "acquisition": ("training", "evaluation", "cli"),
+             "evaluation": ("training", "acquisition", "cli"),
+             "training": ("evaluation", "acquisition", "cli")}
+    wrong = []
+    for name, path in _modules(CORE):
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in above:
+            continue
+        for imp in _imports(name, path):
+            target = imp.split(".")
+            if len(target) > 1 and target[1] in above[parts[1]]:
+                wrong.append(f"{name} imports {imp}")
+    assert not wrong, wrong
+
+
+def test_paths_under_the_data_root_come_from_the_layout():
+    """Only audioclip_core/layout.py spells the data root's folders and files."""
+    pattern = re.compile(r'/ "(checkpoints|manifests|folds|tables|plots|segments|downloads|clips|mlflow|'
+                         r'demo_source|sources)"|"catalog\.duckdb"|"mlflow\.db"|"manifest\.parquet"')
+    found = []
+    for folder in (CORE, REPO / "assets", REPO / "pipelines"):
+        for path in folder.rglob("*.py"):
+            if path == CORE / "layout.py":
+                continue
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    assert not found, found
+
+
+def test_definitions_validate_and_every_job_resolves():
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)  # a broken resource or asset graph raises here
+    jobs = {job.name for job in defs.resolve_all_job_defs()}
+    assert {"audioset_data", "evaluate_released", "retrain_audioset_chain"} <= jobs
+    for name in jobs:
+        assert defs.resolve_job_def(name).name == name
+
+
+def test_console_script_help():
+    exe = REPO / ".venv" / "bin" / "audioclip"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "audioclip_core.cli"]
+    out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True)
+    for sub in ("embed", "classify", "query", "convert"):
+        assert sub in out.stdout
