@@ -73,20 +73,6 @@ def _to_tensor(key: str, value: Any) -> torch.Tensor:
     raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor or array")
 
 
-def read_safetensors_metadata(path: Union[str, os.PathLike]) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        raw = f.metadata() or {}
-    meta = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except (TypeError, ValueError):
-            meta[k] = v
-    return meta
-
-
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                        "U8": torch.uint8, "BOOL": torch.bool}
