@@ -40,9 +40,6 @@ class EvalConfig(dg.Config):
                                                            "compilation per model. Fine-tuned fold models stay eager.")
 
     def settings(self) -> tables.Settings:
-        from audioclip_core.perf import tune_malloc
-
-        tune_malloc()  # this step's process embeds whole partitions: reuse freed activations (perf.py)
         return tables.Settings(template=self.template, input_scale=self.input_scale, preset=self.preset or None,
                                audioset_clip_seconds=self.audioset_clip_seconds, fast_inference=self.fast_inference,
                                imagenet_dir=self.imagenet_dir or os.environ.get("AUDIOCLIP_IMAGENET_DIR") or None,
@@ -57,6 +54,15 @@ def _labels(sources: DatasetSources, layout: DataLayout):
     from audioclip_core.data.manifests import label_index_for
 
     return label_index_for(sources.audioset(layout))
+
+
+def _layout(data_root: DataRoot) -> DataLayout:
+    """The data layout of a table step; the step's process embeds whole partitions, so malloc
+    keeps freed activations for reuse (audioclip_core/perf.py; AUDIOCLIP_MALLOC_TUNING=0 stops it)."""
+    from audioclip_core.perf import tune_malloc
+
+    tune_malloc()
+    return data_root.layout
 
 
 def _clipsets(layout: DataLayout) -> dict:
@@ -101,7 +107,7 @@ def _publish(context, result: tables.TableResult, layout: DataLayout, tracking: 
           description="Table 1: ESResNeXt alone - AudioSet mAP; fine-tuned ESC-50 and US8K accuracy per fold and mean.")
 def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = data_root.layout
+    layout = _layout(data_root)
     result = tables.table1_esresnext(
         tables.existing(layout.checkpoint("esresnext_audioset")), tables.audioset_table(layout, config.audioset_partition),
         _labels(sources, layout).mids, [tables.finetuned_from_layout(layout, f"esresnext_{n}", n) for n in tables.CLIPSETS],
@@ -114,7 +120,7 @@ def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data
                                    "both); fine-tuned ESC-50 / US8K accuracy.")
 def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = data_root.layout
+    layout = _layout(data_root)
     result = tables.table2_audioclip(
         config.audioclip_models(layout), tables.audioset_table(layout, config.audioset_partition),
         _labels(sources, layout), [tables.finetuned_from_layout(layout, f"audioclip_{n}", n) for n in tables.CLIPSETS],
@@ -126,7 +132,7 @@ def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data
           description="Table 3: zero-shot ESC-50 and US8K accuracy without training on them (all clips, and per fold).")
 def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = data_root.layout
+    layout = _layout(data_root)
     result = tables.table3_zero_shot(config.audioclip_models(layout), _clipsets(layout), config.settings())
     return _publish(context, result, layout, tracking)
 
@@ -136,7 +142,7 @@ def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data
                                    "by text (AudioSet, US8K, ESC-50), audio by image and image by audio (AudioSet).")
 def table4_querying(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                     sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = data_root.layout
+    layout = _layout(data_root)
     result = tables.table4_querying(config.audioclip_models(layout), tables.audioset_table(layout, config.audioset_partition),
                                     _labels(sources, layout), _clipsets(layout), config.settings(),
                                     audioset_partition=config.audioset_partition)

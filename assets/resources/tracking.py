@@ -22,7 +22,6 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def start_run(self, layout: DataLayout, run_name: str, tags: dict) -> Iterator["object"]:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
         mlflow.set_tracking_uri(self.uri(layout))

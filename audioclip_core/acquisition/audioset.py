@@ -30,8 +30,6 @@ def remove_stale_temporaries(folder: Path) -> int:
 
     n = 0
     for p in Path(folder).glob(".*"):
-        if p.name == ".bin":
-            continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         n += 1
     return n

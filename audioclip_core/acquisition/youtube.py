@@ -8,6 +8,7 @@ exponential backoff and jitter, the others are final.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ..data.audioset import segment_id, validate_ytid
 from ..files import sha256_file
@@ -78,31 +79,28 @@ def classify_error(exc: BaseException) -> tuple[str, str]:
     return "error", message
 
 
-def _ffmpeg_on_path(workdir: Path) -> None:
-    # yt-dlp's section downloads look for ffmpeg on PATH (its `ffmpeg_location` option is
-    # not consulted there), so a folder holding an `ffmpeg` link to the bundled binary is
-    # put in front of PATH.
+@contextlib.contextmanager
+def _bundled_ffmpeg() -> Iterator[str]:
+    """The bundled ffmpeg for yt-dlp, for the calling thread only: its `ffmpeg_location` option
+    covers the download itself, but whether a range download can use ffmpeg is decided without
+    the options, from a context variable that yt-dlp's own command line sets. Nothing of the
+    process (PATH, environment) is changed."""
+    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+
     from ..audio import ffmpeg_exe
 
-    bindir = workdir / ".bin"
-    link = bindir / "ffmpeg"
-    if not link.exists():
-        bindir.mkdir(parents=True, exist_ok=True)
-        try:
-            link.symlink_to(ffmpeg_exe())
-        except FileExistsError:
-            pass
-    if str(bindir) not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    exe = str(ffmpeg_exe())
+    token = FFmpegPostProcessor._ffmpeg_location.set(exe)
+    try:
+        yield exe
+    finally:
+        FFmpegPostProcessor._ffmpeg_location.reset(token)
 
 
 def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
                      options: Optional[DownloadOptions] = None,
                      sleep: Callable[[float], None] = time.sleep) -> DownloadResult:
     """Download [start, end] of a video into `dest_dir/<segment_id>.<ext>` (atomic)."""
-    import yt_dlp
-    from yt_dlp.utils import DownloadError, download_range_func
-
     options = options or DownloadOptions()
     result = DownloadResult(ytid, start, end, status="error")
     try:
@@ -112,9 +110,17 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
         return result
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    _ffmpeg_on_path(dest_dir.parent)
     name = segment_id(ytid, start)
     url = options.url_template.format(ytid=ytid)
+    with _bundled_ffmpeg() as ffmpeg:
+        return _download(start, end, dest_dir, name, url, options, sleep, result, ffmpeg)
+
+
+def _download(start: float, end: float, dest_dir: Path, name: str, url: str, options: DownloadOptions,
+              sleep: Callable[[float], None], result: DownloadResult, ffmpeg: str) -> DownloadResult:
+    import yt_dlp
+    from yt_dlp.utils import DownloadError, download_range_func
+
     for attempt in range(1, options.max_attempts + 1):
         result.attempts = attempt
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
@@ -125,7 +131,7 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
             "download_ranges": download_range_func(None, [(start, end)]),
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
             "retries": 2, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
-            "merge_output_format": "mkv", "logger": _QuietLogger(), "cachedir": False,
+            "merge_output_format": "mkv", "logger": _QuietLogger(), "cachedir": False, "ffmpeg_location": ffmpeg,
         }
         if options.sleep_requests:
             ydl_opts["sleep_interval_requests"] = options.sleep_requests

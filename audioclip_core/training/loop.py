@@ -152,73 +152,75 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
     amp = dtype == torch.float32 and ((cfg.amp and device.type == "cuda") or (cfg.cpu_bf16 and device.type == "cpu"))
     net: nn.Module = model
     fbsp_layers = [m for m in model.modules() if isinstance(m, LinearFBSP)]
-    for layer in fbsp_layers:  # normalise after DDP's all-reduce, not per process before it
-        layer.normalize_in_hook = not distributed
-    if distributed:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif not cfg.freeze_bn:
-            log("note: on CPU BatchNorm statistics are computed per process (no SyncBatchNorm)")
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
-    for epoch in range(start, cfg.epochs):
-        net.train()
-        if cfg.freeze_bn:
-            freeze_batchnorm(model)
-        if prepare is not None:
-            prepare(model)  # e.g. keep frozen towers in eval mode
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
-        if cfg.max_steps_per_epoch:
-            batches = batches[:cfg.max_steps_per_epoch]
-        if distributed:  # the same global batches on every rank; each takes its share
-            batches = [D.shard(b) for b in batches if len(b) >= world and len(b) % world == 0]
-        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
-        sums: dict[str, float] = {}
-        n_samples, t0 = 0, time.perf_counter()
-        for i, batch in enumerate(loader):
-            for err in batch["errors"]:
-                log(f"skipped a sample that failed to load: {err}")
-                result.skipped_items.append(err)
-            if len(batch["index"]) < 2 and not distributed:
-                continue
-            if distributed and not batch["index"]:
-                # the other ranks wait in the feature gather; torchrun stops them on this error
-                raise TrainingError(f"{cfg.stage}: every sample of rank {D.rank()}'s share of step {i} "
-                                    f"(epoch {epoch}) failed to load: {batch['errors']}")
-            batch = {k: (v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
-                         if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, terms = step(net, batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{cfg.stage}: the loss became {float(loss)} at epoch {epoch}, step {i}; "
-                                    f"the last good weights are those of epoch {epoch - 1} in {epochs_dir}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if distributed:
-                for layer in fbsp_layers:
-                    layer.normalize_gradients()
-            optimizer.step()
-            bs = len(batch["index"]) * world
-            n_samples += bs
-            terms.setdefault("loss", float(loss.detach()))
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * bs
-        seconds = time.perf_counter() - t0
-        metrics = {k: v / max(n_samples, 1) for k, v in sums.items()}
-        metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], samples=n_samples,
-                       samples_per_s=n_samples / seconds if seconds > 0 else math.nan,
-                       skipped_items=len(result.skipped_items))
-        scheduler.step()
-        result.history.append(metrics)
-        if D.rank() == 0:
-            _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
-        D.barrier()
-        log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    for layer in fbsp_layers:
-        layer.normalize_in_hook = True
+    try:
+        for layer in fbsp_layers:  # normalise after DDP's all-reduce, not per process before it
+            layer.normalize_in_hook = not distributed
+        if distributed:
+            if device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif not cfg.freeze_bn:
+                log("note: on CPU BatchNorm statistics are computed per process (no SyncBatchNorm)")
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        for epoch in range(start, cfg.epochs):
+            net.train()
+            if cfg.freeze_bn:
+                freeze_batchnorm(model)
+            if prepare is not None:
+                prepare(model)  # e.g. keep frozen towers in eval mode
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
+            if cfg.max_steps_per_epoch:
+                batches = batches[:cfg.max_steps_per_epoch]
+            if distributed:  # the same global batches on every rank; each takes its share
+                batches = [D.shard(b) for b in batches if len(b) >= world and len(b) % world == 0]
+            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
+            sums: dict[str, float] = {}
+            n_samples, t0 = 0, time.perf_counter()
+            for i, batch in enumerate(loader):
+                for err in batch["errors"]:
+                    log(f"skipped a sample that failed to load: {err}")
+                    result.skipped_items.append(err)
+                if len(batch["index"]) < 2 and not distributed:
+                    continue
+                if distributed and not batch["index"]:
+                    # the other ranks wait in the feature gather; torchrun stops them on this error
+                    raise TrainingError(f"{cfg.stage}: every sample of rank {D.rank()}'s share of step {i} "
+                                        f"(epoch {epoch}) failed to load: {batch['errors']}")
+                batch = {k: (v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+                             if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss, terms = step(net, batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"{cfg.stage}: the loss became {float(loss)} at epoch {epoch}, step {i}; "
+                                        f"the last good weights are those of epoch {epoch - 1} in {epochs_dir}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if distributed:
+                    for layer in fbsp_layers:
+                        layer.normalize_gradients()
+                optimizer.step()
+                bs = len(batch["index"]) * world
+                n_samples += bs
+                terms.setdefault("loss", float(loss.detach()))
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * bs
+            seconds = time.perf_counter() - t0
+            metrics = {k: v / max(n_samples, 1) for k, v in sums.items()}
+            metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], samples=n_samples,
+                           samples_per_s=n_samples / seconds if seconds > 0 else math.nan,
+                           skipped_items=len(result.skipped_items))
+            scheduler.step()
+            result.history.append(metrics)
+            if D.rank() == 0:
+                _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
+            D.barrier()
+            log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+    finally:  # the layers go back to normalising in their own hook, whatever happened
+        for layer in fbsp_layers:
+            layer.normalize_in_hook = True
     result.model = model
     return result

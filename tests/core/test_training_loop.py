@@ -53,3 +53,23 @@ def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
 
     with pytest.raises(TrainingError, match="became nan at epoch 0, step 0"):
         train(model, stages.clipset_dataset(df, cfg, classes), nan_step, cfg, tmp_path / "wd", log=lambda m: None)
+
+
+def test_fbsp_hook_flag_is_restored_when_training_fails(monkeypatch, tmp_path):
+    """Under DDP the fbsp layers normalise after the all-reduce (a flag the loop sets); a run
+    that fails - here DDP cannot start without a process group - gives them back their own hook."""
+    from audioclip_core.models.fbsp import LinearFBSP
+    from audioclip_core.training import distributed as D
+    from audioclip_core.training import stages
+    from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.loop import train
+
+    cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=1, batch_size=2, clip_seconds=1.0)
+    model = stages.build_classifier(cfg, 3)
+    layers = [m for m in model.modules() if isinstance(m, LinearFBSP)]
+    assert layers
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(D, "world_size", lambda: 1)
+    with pytest.raises(Exception):
+        train(model, [], stages.classifier_step, cfg, tmp_path / "wd", log=lambda m: None)
+    assert all(layer.normalize_in_hook for layer in layers)

@@ -83,6 +83,34 @@ def test_paths_under_the_data_root_come_from_the_layout():
     assert not found, found
 
 
+def _environ_writes(path):
+    """Lines of `path` that change the process environment (os.environ[...] = ..., its
+    setdefault / update / pop / clear, os.putenv / unsetenv)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_environ = lambda n: isinstance(n, ast.Attribute) and n.attr == "environ"  # noqa: E731
+    lines = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else node.targets if isinstance(node, ast.Delete) else []
+        if any(isinstance(t, ast.Subscript) and is_environ(t.value) for t in targets):
+            lines.append(node.lineno)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            f = node.func
+            if (is_environ(f.value) and f.attr in ("setdefault", "update", "pop", "clear", "popitem")) or \
+                    (isinstance(f.value, ast.Name) and f.value.id == "os" and f.attr in ("putenv", "unsetenv")):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_library_and_assets_leave_the_environment_alone():
+    """The core and the assets read the environment, never write it (entry points - the CLI's
+    main, pipelines/ - may set their process's defaults)."""
+    found = [f"{p.relative_to(REPO)}:{n}" for folder in (CORE, REPO / "assets") for p in sorted(folder.rglob("*.py"))
+             for n in _environ_writes(p)]
+    assert not found, found
+    assert _environ_writes(REPO / "pipelines" / "demo.py"), "the check finds a known write"
+
+
 def test_definitions_validate_and_every_job_resolves():
     import dagster as dg
 
