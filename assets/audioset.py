@@ -1,4 +1,6 @@
-"""AudioSet lineage: segments -> downloads -> clips -> manifest, one static partition each."""
+"""AudioSet lineage: segments -> downloads -> clips -> manifest, one partition per segment list
+that exists (registered by `dataset_sources`). One run works on a partition at a time (a lock
+under the data root); a second fails at once and says so."""
 
 from pathlib import Path
 
@@ -6,15 +8,14 @@ import dagster as dg
 import pandas as pd
 
 from audioclip_core.acquisition.audioset import run_downloads, run_extraction
-from audioclip_core.data.audioset import PARTITIONS
 from audioclip_core.data.catalog import update_catalog
 from audioclip_core.data.manifests import MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition
-from audioclip_core.files import write_parquet
+from audioclip_core.files import exclusive, write_parquet
 
 from .metadata import markdown_table, progress_logger
 from .resources import DataRoot, DatasetSources, YoutubeDownloader
+from .sources import audioset_partitions, dataset_sources
 
-audioset_partitions = dg.StaticPartitionsDefinition(list(PARTITIONS))
 GROUP = "audioset"
 SUCCESS_WARN, SUCCESS_ERROR = 0.8, 0.5
 
@@ -23,7 +24,11 @@ def _read(path: Path):
     return pd.read_parquet(path) if path.is_file() else None
 
 
-@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, kinds={"parquet"},
+def _lock(layout, partition: str):
+    return exclusive(layout.partition_lock(partition), f"AudioSet partition {partition!r}")
+
+
+@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, kinds={"parquet"}, deps=[dataset_sources],
           description="The official segment list of the partition, parsed; malformed rows reported and skipped.")
 def audioset_segments(context: dg.AssetExecutionContext, data_root: DataRoot,
                       sources: DatasetSources) -> dg.MaterializeResult:
@@ -46,19 +51,25 @@ def audioset_segments(context: dg.AssetExecutionContext, data_root: DataRoot,
 
 @dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_segments], pool="youtube",
           kinds={"parquet"},
-          check_specs=[dg.AssetCheckSpec("download_success_rate", asset="audioset_downloads",
-                                         description=f"warn below {SUCCESS_WARN:.0%}, fail below {SUCCESS_ERROR:.0%}")],
+          check_specs=[dg.AssetCheckSpec("download_success_rate", asset="audioset_downloads", blocking=True,
+                                         description=f"Share of segments downloaded: a warning below {SUCCESS_WARN:.0%}; "
+                                                     f"below {SUCCESS_ERROR:.0%} it fails and blocks the clips and "
+                                                     "everything downstream")],
           description="yt-dlp downloads of each segment's time range, with a status per segment. "
                       "Re-materialising skips `ok` and final failures and retries transient ones.")
-def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot,
+def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources,
                        youtube: YoutubeDownloader) -> dg.MaterializeResult:
+    from audioclip_core.acquisition.audioset import intact_clips
+
     partition, layout = context.partition_key, data_root.layout
     segments = pd.read_parquet(layout.segments(partition))
     status_path = layout.downloads(partition)
     dest = layout.download_dir(partition)
-    table = run_downloads(segments, dest, _read(status_path), youtube.options(), max_workers=youtube.max_workers,
-                          progress=progress_logger(context, f"downloads {partition}"))
-    digest = write_parquet(table, status_path)
+    with _lock(layout, partition), youtube.serving(layout, sources, context.log.info) as options:
+        table = run_downloads(segments, dest, _read(status_path), options, max_workers=youtube.max_workers,
+                              keep=intact_clips(_read(layout.clips(partition))),
+                              progress=progress_logger(context, f"downloads {partition}"))
+        digest = write_parquet(table, status_path)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     rate = counts.get("ok", 0) / len(table) if len(table) else 0.0
     severity = dg.AssetCheckSeverity.ERROR if rate < SUCCESS_ERROR else dg.AssetCheckSeverity.WARN
@@ -74,17 +85,23 @@ def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot,
 
 
 @dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_downloads], kinds={"parquet"},
-          check_specs=[dg.AssetCheckSpec("no_empty_or_silent_clips", asset="audioset_clips"),
-                       dg.AssetCheckSpec("ten_frames_per_clip", asset="audioset_clips")],
+          check_specs=[dg.AssetCheckSpec("no_empty_or_silent_clips", asset="audioset_clips", blocking=True,
+                                         description="Every clip recorded ok has its WAV, and it is neither empty "
+                                                     "nor silent (bad media is quarantined, not kept); blocks the "
+                                                     "manifest when it fails"),
+                       dg.AssetCheckSpec("ten_frames_per_clip", asset="audioset_clips", blocking=True,
+                                         description="Every clip recorded ok has its 10 JPEG frames; blocks the "
+                                                     "manifest when it fails")],
           description="One ffmpeg pass per segment: 44.1 kHz WAV + 10 equally spaced JPEG frames; "
                       "bad media quarantined with the reason.")
 def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     partition, layout = context.partition_key, data_root.layout
     downloads = pd.read_parquet(layout.downloads(partition))
     out = layout.clips(partition)
-    clips = run_extraction(downloads, layout.clip_dir(partition), _read(out),
-                           progress=progress_logger(context, f"clips {partition}"))
-    digest = write_parquet(clips, out)
+    with _lock(layout, partition):
+        clips = run_extraction(downloads, layout.clip_dir(partition), _read(out),
+                               progress=progress_logger(context, f"clips {partition}"))
+        digest = write_parquet(clips, out)
     problems = clip_problems(clips)
     checks = [
         dg.AssetCheckResult(check_name="no_empty_or_silent_clips",

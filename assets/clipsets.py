@@ -9,6 +9,7 @@ from audioclip_core.files import write_parquet
 
 from .metadata import markdown_table
 from .resources import DataRoot, DatasetSources
+from .sources import dataset_sources
 
 GROUP = "downstream"
 esc50_fold_partitions = dg.StaticPartitionsDefinition([str(k) for k in range(1, 6)])
@@ -66,32 +67,43 @@ def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
         data_version=dg.DataVersion(f"{d_train[:8]}{d_test[:8]}"), check_results=[check])
 
 
-_MANIFEST_CHECKS = lambda name: [dg.AssetCheckSpec("every_row_has_its_file", asset=name),  # noqa: E731
-                                 dg.AssetCheckSpec("published_counts", asset=name,
-                                                   description="differences from the published counts (warning)")]
+_MANIFEST_CHECKS = lambda name: [  # noqa: E731
+    dg.AssetCheckSpec("every_row_has_its_file", asset=name,
+                      description="Every metadata row has a readable audio file (rows without one are left out of "
+                                  "the folds and listed)"),
+    dg.AssetCheckSpec("published_counts", asset=name,
+                      description="Clip, fold and class counts against the published ones (a warning when they "
+                                  "differ, as for a subset)")]
+
+
+_FOLD_CHECK = "Train and test share no clip and together hold every usable clip; blocks fine-tuning when it fails"
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"}, check_specs=_MANIFEST_CHECKS("esc50_manifest"),
+          deps=[dataset_sources],
           description="ESC-50 (meta/esc50.csv + audio/) validated file by file: sample rate, channels, duration.")
 def esc50_manifest(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources):
     return _manifest("esc50", context, data_root, sources)
 
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"}, check_specs=_MANIFEST_CHECKS("us8k_manifest"),
+          deps=[dataset_sources],
           description="UrbanSound8K (metadata/UrbanSound8K.csv + audio/foldN/) validated file by file.")
 def us8k_manifest(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources):
     return _manifest("us8k", context, data_root, sources)
 
 
 @dg.asset(group_name=GROUP, partitions_def=esc50_fold_partitions, deps=[esc50_manifest], kinds={"parquet"},
-          check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="esc50_folds")],
+          check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="esc50_folds", blocking=True,
+                                       description=_FOLD_CHECK)],
           description="Official ESC-50 fold k: test = fold k, train = the other four.")
 def esc50_folds(context: dg.AssetExecutionContext, data_root: DataRoot):
     return _folds("esc50", context, data_root)
 
 
 @dg.asset(group_name=GROUP, partitions_def=us8k_fold_partitions, deps=[us8k_manifest], kinds={"parquet"},
-          check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="us8k_folds")],
+          check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="us8k_folds", blocking=True,
+                                       description=_FOLD_CHECK)],
           description="Official UrbanSound8K fold k: test = fold k, train = the other nine.")
 def us8k_folds(context: dg.AssetExecutionContext, data_root: DataRoot):
     return _folds("us8k", context, data_root)

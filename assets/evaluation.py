@@ -7,7 +7,6 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-from audioclip_core.evaluation import tables
 from audioclip_core.layout import DataLayout
 
 from .audioset import audioset_manifest
@@ -17,6 +16,14 @@ from .training import (audioclip_esc50, audioclip_full, audioclip_partial, audio
                        esresnext_esc50, esresnext_us8k)
 
 GROUP = "evaluation"
+
+
+def _tables():
+    """audioclip_core.evaluation.tables, imported when a table is built: it brings torch and
+    open_clip, which every other run of the code location does not need to load."""
+    from audioclip_core.evaluation import tables
+
+    return tables
 KINDS = {"parquet", "duckdb", "mlflow"}
 
 
@@ -39,15 +46,15 @@ class EvalConfig(dg.Config):
                                                            "weights: about 2x the clips/s on a CPU after a ~40 s "
                                                            "compilation per model. Fine-tuned fold models stay eager.")
 
-    def settings(self) -> tables.Settings:
-        return tables.Settings(template=self.template, input_scale=self.input_scale, preset=self.preset or None,
+    def settings(self):
+        return _tables().Settings(template=self.template, input_scale=self.input_scale, preset=self.preset or None,
                                audioset_clip_seconds=self.audioset_clip_seconds, fast_inference=self.fast_inference,
                                imagenet_dir=self.imagenet_dir or os.environ.get("AUDIOCLIP_IMAGENET_DIR") or None,
                                imagenet_per_class=self.imagenet_per_class)
 
     def audioclip_models(self, layout: DataLayout) -> dict:
-        return {"partial": self.partial_checkpoint or tables.existing(layout.checkpoint("audioclip_partial")),
-                "full": self.full_checkpoint or tables.existing(layout.checkpoint("audioclip_full"))}
+        return {"partial": self.partial_checkpoint or _tables().existing(layout.checkpoint("audioclip_partial")),
+                "full": self.full_checkpoint or _tables().existing(layout.checkpoint("audioclip_full"))}
 
 
 def _labels(sources: DatasetSources, layout: DataLayout):
@@ -66,10 +73,10 @@ def _layout(data_root: DataRoot) -> DataLayout:
 
 
 def _clipsets(layout: DataLayout) -> dict:
-    return {name: tables.clipset_table(layout, name) for name in tables.CLIPSETS}
+    return {name: _tables().clipset_table(layout, name) for name in _tables().CLIPSETS}
 
 
-def _publish(context, result: tables.TableResult, layout: DataLayout, tracking: MlflowTracking) -> dg.MaterializeResult:
+def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> dg.MaterializeResult:
     from audioclip_core.data.catalog import publish_table
     from audioclip_core.evaluation.plots import render_figures
     from audioclip_core.evaluation.report import render_markdown
@@ -108,9 +115,9 @@ def _publish(context, result: tables.TableResult, layout: DataLayout, tracking: 
 def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
     layout = _layout(data_root)
-    result = tables.table1_esresnext(
-        tables.existing(layout.checkpoint("esresnext_audioset")), tables.audioset_table(layout, config.audioset_partition),
-        _labels(sources, layout).mids, [tables.finetuned_from_layout(layout, f"esresnext_{n}", n) for n in tables.CLIPSETS],
+    result = _tables().table1_esresnext(
+        _tables().existing(layout.checkpoint("esresnext_audioset")), _tables().audioset_table(layout, config.audioset_partition),
+        _labels(sources, layout).mids, [_tables().finetuned_from_layout(layout, f"esresnext_{n}", n) for n in _tables().CLIPSETS],
         config.settings())
     return _publish(context, result, layout, tracking)
 
@@ -121,9 +128,9 @@ def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data
 def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
     layout = _layout(data_root)
-    result = tables.table2_audioclip(
-        config.audioclip_models(layout), tables.audioset_table(layout, config.audioset_partition),
-        _labels(sources, layout), [tables.finetuned_from_layout(layout, f"audioclip_{n}", n) for n in tables.CLIPSETS],
+    result = _tables().table2_audioclip(
+        config.audioclip_models(layout), _tables().audioset_table(layout, config.audioset_partition),
+        _labels(sources, layout), [_tables().finetuned_from_layout(layout, f"audioclip_{n}", n) for n in _tables().CLIPSETS],
         config.settings())
     return _publish(context, result, layout, tracking)
 
@@ -133,7 +140,7 @@ def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data
 def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      tracking: MlflowTracking) -> dg.MaterializeResult:
     layout = _layout(data_root)
-    result = tables.table3_zero_shot(config.audioclip_models(layout), _clipsets(layout), config.settings())
+    result = _tables().table3_zero_shot(config.audioclip_models(layout), _clipsets(layout), config.settings())
     return _publish(context, result, layout, tracking)
 
 
@@ -143,7 +150,7 @@ def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data
 def table4_querying(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                     sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
     layout = _layout(data_root)
-    result = tables.table4_querying(config.audioclip_models(layout), tables.audioset_table(layout, config.audioset_partition),
+    result = _tables().table4_querying(config.audioclip_models(layout), _tables().audioset_table(layout, config.audioset_partition),
                                     _labels(sources, layout), _clipsets(layout), config.settings(),
                                     audioset_partition=config.audioset_partition)
     return _publish(context, result, layout, tracking)

@@ -146,6 +146,7 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
         link = tracking.run_link(mrun)
     sha = lineage["checkpoint"]["sha256"]
     return dg.MaterializeResult(
+        check_results=_gates(context, history, checkpoint),
         metadata={"checkpoint": dg.MetadataValue.path(str(checkpoint)), "sha256": sha,
                   "lineage": dg.MetadataValue.json(lineage), "mlflow_run_id": spec.mlflow_run_id,
                   "mlflow_run": dg.MetadataValue.url(link), "epochs": len(history),
@@ -154,6 +155,33 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
                   "nproc_per_node": nproc, "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
                   "curves": dg.MetadataValue.md(f"![curves]({curve.as_uri()})")},
         data_version=dg.DataVersion(sha[:16]))
+
+
+COLLAPSE_CHECK = ("not_collapsed", "The audio pair terms (audio-text, audio-image) of the last epoch are not at their "
+                  "value for uniform logits (2 ln n for a batch of n, within 1 %): a model whose audio embeddings "
+                  "tell no clip of a batch from another fails and blocks what is trained or evaluated from it "
+                  "(audioclip_core/training/health.py)")
+FINITE_CHECK = ("finite_weights", "Every tensor of the checkpoint is finite (no NaN or Inf); blocks downstream")
+
+
+def _checks(name: str, contrastive: bool) -> list[dg.AssetCheckSpec]:
+    specs = [FINITE_CHECK] + ([COLLAPSE_CHECK] if contrastive else [])
+    return [dg.AssetCheckSpec(check, asset=name, blocking=True, description=desc) for check, desc in specs]
+
+
+def _gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheckResult]:
+    from audioclip_core.training.health import collapse, non_finite_tensors
+
+    bad = non_finite_tensors(checkpoint)
+    out = [dg.AssetCheckResult(check_name=FINITE_CHECK[0], passed=not bad,
+                               metadata={"non_finite_tensors": bad[:20] or ["none"]})]
+    if any(spec.name == COLLAPSE_CHECK[0] for spec in context.assets_def.check_specs):
+        report = collapse(history)
+        meta = ({"uniform_logit_value": report["uniform"], "last_epoch_terms": report["terms"],
+                 "ratio_to_uniform": report["ratios"]} if report else {"note": "no contrastive terms recorded"})
+        out.append(dg.AssetCheckResult(check_name=COLLAPSE_CHECK[0], passed=not (report and report["collapsed"]),
+                                       metadata=meta))
+    return out
 
 
 def _audioset_manifests(layout: DataLayout, partitions: list[str]):
@@ -187,6 +215,7 @@ def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoo
 
 
 @dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
+          check_specs=_checks("esresnext_audioset", False),
           description="Stage 1: stand-alone ESResNeXt, multi-label BCE over the 527 AudioSet classes.")
 def esresnext_audioset(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                        sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -194,6 +223,7 @@ def esresnext_audioset(context: dg.AssetExecutionContext, config: StageConfig, d
 
 
 @dg.asset(group_name=GROUP, deps=[esresnext_audioset, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
+          check_specs=_checks("audioclip_partial", True),
           description="Stage 2: the audio head (from stage 1, fresh projection) trained under frozen CLIP teachers.")
 def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                       sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -201,6 +231,7 @@ def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, da
 
 
 @dg.asset(group_name=GROUP, deps=[audioclip_partial, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
+          check_specs=_checks("audioclip_full", True),
           description="Stage 3: all three heads trained jointly on AudioSet from the partial checkpoint.")
 def audioclip_full(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                    sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -229,7 +260,7 @@ def _finetune(context, name, dataset, config, data_root, sources, tracking, *, u
 
 def _finetune_asset(name, dataset, folds_asset, partitions, upstream_asset, cooperative, description):
     @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[upstream_asset, folds_asset],
-              pool="gpu", kinds={"pytorch", "mlflow"}, description=description)
+              pool="gpu", kinds={"pytorch", "mlflow"}, description=description, check_specs=_checks(name, cooperative))
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
         return _finetune(context, name, dataset, config, data_root, sources, tracking,

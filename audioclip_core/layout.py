@@ -16,7 +16,8 @@ when the package is installed elsewhere); the CLI and the pipeline's resources s
       <esc50|us8k>/manifest.parquet   <esc50|us8k>/folds/<k>/{train,test}.parquet
       checkpoints/<name>/[fold<k>/]<name>.safetensors (+ .lineage.json, epoch state)
       tables/<table>.parquet|.md      tables/plots/*.png
-      catalog.duckdb                  mlflow/mlflow.db   mlflow/artifacts/
+      audioset/locks/<p>.lock         held by the run working on partition <p>
+      catalog.duckdb                  mlflow/mlflow.db   mlflow/artifacts/   logs/
 """
 from __future__ import annotations
 
@@ -84,6 +85,10 @@ class DataLayout:
     def clip_dir(self, partition: str) -> Path:
         return self.audioset / "clips" / partition
 
+    def partition_lock(self, partition: str) -> Path:
+        """Held by the run that downloads or extracts `partition` (one run per partition)."""
+        return self.audioset / "locks" / f"{partition}.lock"
+
     @property
     def manifests_dir(self) -> Path:
         return self.audioset / "manifests"
@@ -139,6 +144,11 @@ class DataLayout:
     @property
     def catalog_lock(self) -> Path:
         return self.root / "catalog.lock"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Logs of the local Dagster processes that `make demo` starts."""
+        return self.root / "logs"
 
     @property
     def mlflow_dir(self) -> Path:

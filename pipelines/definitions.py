@@ -1,22 +1,23 @@
 """Dagster Definitions: resources, partitions, jobs and the asset modules of `assets/`.
 
-Local runs use the multiprocess executor (one run per partition; backfills fan out across
-partitions); the `youtube` pool bounds concurrent downloads across runs and the `gpu` pool
-serialises training. See docs/deployment.md for the Kubernetes executor configuration;
+The whole lineage is one asset backfill of every asset and all of its partitions (the UI's
+"Materialize all", or `python -m pipelines.lineage`, which `make demo` runs): the daemon
+launches one run per partition in dependency order through the run queue. Each run executes
+its steps in its own process (in-process executor); the `youtube` pool bounds concurrent downloads across runs and
+the `gpu` pool serialises training. See docs/deployment.md for the Kubernetes executor configuration;
 pipelines/automation.py for scheduled re-training (off by default).
 """
 import dagster as dg
 
-from assets import audioset, clipsets, evaluation, training
+from assets import audioset, clipsets, evaluation, sources, training
 from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
 
 from .automation import retrain_audioset_chain, retrain_on_new_data
 
-all_assets = dg.load_assets_from_modules([audioset, clipsets, training, evaluation])
+all_assets = dg.load_assets_from_modules([sources, audioset, clipsets, training, evaluation])
 
 audioset_data_job = dg.define_asset_job(
     "audioset_data", selection=dg.AssetSelection.groups(audioset.GROUP),
-    partitions_def=audioset.audioset_partitions,
     description="segments -> downloads -> clips -> manifest for one AudioSet partition")
 
 evaluate_released = dg.define_asset_job(
@@ -26,9 +27,12 @@ evaluate_released = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=all_assets,
+    # one process per run: runs are the unit of parallelism (run queue, pools); a step
+    # subprocess per asset would import the code location again for each step
+    executor=dg.in_process_executor,
     asset_checks=[],
     jobs=[audioset_data_job, retrain_audioset_chain, evaluate_released],
-    sensors=[retrain_on_new_data],
+    sensors=[retrain_on_new_data, sources.audioset_partitions_from_sources],
     resources={
         "data_root": DataRoot(),
         "sources": DatasetSources(),

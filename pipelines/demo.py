@@ -1,9 +1,12 @@
-"""The main job (`make demo`): the whole lineage on the built-in demo data, on this machine.
+"""The main job (`make demo`): the whole lineage on the built-in demo data, run by Dagster.
 
-Generates the demo dataset into the data root, starts the local media server that stands in
-for YouTube, materialises every asset (each AudioSet partition the demo uses, every fold)
-into the Dagster instance in DAGSTER_HOME, stops the server, and prints the four tables and
-where to look. `make ui` then shows every asset materialised with its metadata and checks;
+Launches the backfill of every asset and all of its partitions through the Dagster instance
+in DAGSTER_HOME (pipelines/lineage.py): the daemon runs `dataset_sources` (which generates
+the demo dataset into the data root, once), the AudioSet partitions (downloaded with yt-dlp
+from the stand-in media server on 127.0.0.1 that the `youtube` resource starts for each
+download step), the ESC-50 / UrbanSound8K folds, the training stages and the four tables, in
+dependency order. This script waits, printing a line per finished run, then prints the tables.
+`make ui` then shows every run (re-executable) and asset, with its metadata and checks;
 `make mlflow-ui` shows the training and evaluation runs.
 """
 import os
@@ -12,84 +15,32 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TABLES = ("table1_esresnext", "table2_audioclip", "table3_zero_shot", "table4_querying")
 
 
 def main() -> int:
-    os.environ.setdefault("DAGSTER_HOME", str(REPO / "dagster_home"))
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import dagster as dg
+    from audioclip_core.layout import DataLayout
 
-    from assets import audioset, clipsets, evaluation, training
-    from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
-    from audioclip_core.acquisition.media_server import MediaServer
-
-    from .instance import configure
+    from .lineage import run_lineage
 
     start = time.time()
-    configure()
-    data_root = DataRoot()
-    layout = data_root.layout
-    sources = DatasetSources()
     for var in ("AUDIOCLIP_AUDIOSET_DIR", "AUDIOCLIP_ESC50_DIR", "AUDIOCLIP_US8K_DIR"):
         if os.environ.get(var):
             print(f"note: {var} is set; the demo uses it instead of the built-in data")
-    print(f"data root: {layout.root}\n[1/5] demo dataset ...", flush=True)
-    audioset_dir = sources.audioset(layout)
-    videos = audioset_dir / "videos"
-    instance = dg.DagsterInstance.get()
-
-    def run(assets, partition=None, label=""):
-        t = time.time()
-        result = dg.materialize(assets, instance=instance, resources=resources, partition_key=partition,
-                                raise_on_error=False)
-        keys = ", ".join(a.key.to_user_string() for a in assets)
-        status = "ok" if result.success else "FAILED"
-        print(f"      {label or keys}{f' [{partition}]' if partition else ''}: {status} ({time.time() - t:.1f} s)",
-              flush=True)
-        if not result.success:
-            for event in result.all_events:
-                if event.is_failure and event.event_specific_data is not None:
-                    print(f"      {getattr(event.event_specific_data, 'error', '')}")
-            raise SystemExit(f"demo stopped: {keys} failed")
-        return result
-
-    with MediaServer(videos) as server:
-        resources = {"data_root": data_root, "sources": sources, "tracking": MlflowTracking(),
-                     "youtube": YoutubeDownloader(url_template=server.url("{ytid}.mp4"), backoff_seconds=0.2)}
-        print(f"[2/5] AudioSet lineage (videos served from {server.url()}) ...", flush=True)
-        chain = [audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
-                 audioset.audioset_manifest]
-        for partition in ("balanced_train", "eval", "demo"):
-            run(chain, partition, "segments -> downloads -> clips -> manifest")
-    print("      media server stopped")
-    print("[3/5] ESC-50 / UrbanSound8K manifests and folds ...", flush=True)
-    run([clipsets.esc50_manifest, clipsets.us8k_manifest])
-    for fold in range(1, 6):
-        run([clipsets.esc50_folds], str(fold))
-    for fold in range(1, 11):
-        run([clipsets.us8k_folds], str(fold))
-    print("[4/5] training (demo profile: tiny preset) ...", flush=True)
-    for asset in (training.esresnext_audioset, training.audioclip_partial, training.audioclip_full):
-        run([asset])
-    for fold in range(1, 6):
-        run([training.esresnext_esc50], str(fold))
-        run([training.audioclip_esc50], str(fold))
-    for fold in range(1, 11):
-        run([training.esresnext_us8k], str(fold))
-        run([training.audioclip_us8k], str(fold))
-    print("[5/5] evaluation tables ...", flush=True)
-    tables = (evaluation.table1_esresnext, evaluation.table2_audioclip, evaluation.table3_zero_shot,
-              evaluation.table4_querying)
-    for asset in tables:
-        run([asset])
-    for asset in tables:
-        name = asset.key.to_user_string()
+    layout = DataLayout.at(None)
+    print(f"data root: {layout.root}", flush=True)
+    ok = run_lineage("demo", say=lambda line: print(line, flush=True))
+    if not ok:
+        print("\nThe demo did not complete: the failed runs are listed above; `make ui` shows their logs. "
+              "Re-running `make demo` keeps what is done.", file=sys.stderr)
+        return 1
+    for name in TABLES:
         print(f"\n## {name}\n")
         print(layout.table(name, ".md").read_text(encoding="utf-8").split("\n", 2)[2])
+    mlflow_ui = os.environ.get("AUDIOCLIP_MLFLOW_UI", "http://127.0.0.1:5000")
     print(f"Done in {(time.time() - start) / 60:.1f} min.\n"
-          f"  Dagster UI (every asset, its metadata and checks):  make ui      -> http://127.0.0.1:3000\n"
-          f"  MLflow runs (training and evaluation):              make mlflow-ui -> http://127.0.0.1:5000\n"
+          f"  Dagster UI (runs, assets, metadata, checks):  make ui        -> http://127.0.0.1:{os.environ.get('DAGSTER_PORT', '3000')}\n"
+          f"  MLflow runs (training and evaluation):        make mlflow-ui -> {mlflow_ui}\n"
           f"  Tables in DuckDB: {layout.catalog} (table1_esresnext ... table4_querying)\n"
           f"  Trace a checkpoint: .venv/bin/audioclip lineage {layout.checkpoint('audioclip_full')}")
     return 0

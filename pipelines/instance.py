@@ -1,6 +1,12 @@
-"""Prepare the local Dagster instance: concurrency pool limits that dagster.yaml cannot hold.
+"""Prepare the local Dagster instance before its processes start (`make ui`, `make demo`):
 
-    python -m pipelines.instance        # youtube: 3 concurrent downloads steps, gpu: 1 trainer
+* concurrency pool limits that dagster.yaml cannot hold (youtube: 3 download steps, gpu: 1 trainer);
+* the AudioSet partitions of the segment lists that exist (the sensor
+  `audioset_partitions_from_sources` adds later ones while the daemon runs);
+* runs left STARTED by a process that is gone (a killed `make demo`) marked failed, their
+  pool slots freed (pipelines/launcher.py).
+
+    python -m pipelines.instance
 """
 import os
 import sys
@@ -9,16 +15,23 @@ from pathlib import Path
 POOL_LIMITS = {"youtube": 3, "gpu": 1}
 
 
-def configure(limits: dict[str, int] | None = None) -> dict[str, int]:
+def configure(limits: dict[str, int] | None = None) -> dict:
     from dagster import DagsterInstance
+
+    from assets.resources import DataRoot, DatasetSources
+    from assets.sources import register_audioset_partitions
+
+    from .launcher import fail_stale_runs
 
     os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parents[1] / "dagster_home"))
     limits = limits or POOL_LIMITS
     with DagsterInstance.get() as instance:
         for pool, n in limits.items():
             instance.event_log_storage.set_concurrency_slots(pool, n)
-    return limits
+        stale = fail_stale_runs(instance)
+        added = register_audioset_partitions(instance, DatasetSources(), DataRoot())
+    return {"pools": limits, "stale_runs_failed": stale, "audioset_partitions_added": added}
 
 
 if __name__ == "__main__":
-    print("concurrency pools:", configure(), file=sys.stderr)
+    print("instance:", configure(), file=sys.stderr)

@@ -63,6 +63,7 @@ def lineage(tmp_path_factory):
                "youtube": YoutubeDownloader(url_template=server.url("{ytid}.mp4")),
                "tracking": MlflowTracking()}
         inst = dg.DagsterInstance.ephemeral()
+        inst.add_dynamic_partitions(audioset.audioset_partitions.name, ["balanced_train"])
         assert dg.materialize([audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
                                audioset.audioset_manifest], resources=res, partition_key="balanced_train",
                               instance=inst).success

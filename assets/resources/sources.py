@@ -36,6 +36,19 @@ class DatasetSources(dg.ConfigurableResource):
         generate_all(layout.demo_source)
         return layout.demo_source / demo_sub
 
+    def audioset_is_demo(self) -> bool:
+        """True when no AudioSet folder is configured: the built-in demo dataset is used."""
+        return not (self.audioset_dir or os.environ.get("AUDIOCLIP_AUDIOSET_DIR"))
+
+    def audioset_partitions(self, layout: DataLayout) -> list[str]:
+        """The AudioSet partitions whose segment list exists (the demo's, before it is generated)."""
+        from audioclip_core.data import demo_dataset
+        from audioclip_core.data.audioset import available_partitions
+
+        if self.audioset_is_demo():
+            return list(demo_dataset.PARTITIONS)
+        return available_partitions(self.audioset(layout))
+
     def uses_demo_audioset(self, layout: DataLayout) -> bool:
         """True when the AudioSet folder is the built-in demo dataset (by its CSV header)."""
         from audioclip_core.data.demo_dataset import is_demo_folder

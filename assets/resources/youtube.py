@@ -1,15 +1,24 @@
+import contextlib
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import dagster as dg
 from pydantic import Field
 
 from audioclip_core.acquisition.youtube import DEFAULT_FORMAT, YOUTUBE_URL_TEMPLATE, DownloadOptions
+from audioclip_core.layout import DataLayout
+
+from .sources import DatasetSources
 
 
 class YoutubeDownloader(dg.ConfigurableResource):
     """yt-dlp settings. `url_template` maps an id to a URL ({ytid}); AUDIOCLIP_YOUTUBE_URL_TEMPLATE
-    overrides the default (the YouTube watch URL), e.g. to a local media server."""
+    overrides the default (the YouTube watch URL), e.g. to a local media server.
+
+    The stand-in for YouTube: when neither is set and the AudioSet source is the built-in demo
+    dataset, `serving()` serves the demo's videos on 127.0.0.1 for as long as the step that
+    downloads runs, and stops the server after it, so any demo partition can be (re-)
+    materialised from the UI or the CLI (`stand_in: false` turns this off)."""
 
     url_template: str = ""
     format: str = DEFAULT_FORMAT
@@ -21,9 +30,29 @@ class YoutubeDownloader(dg.ConfigurableResource):
     js_runtime: Optional[str] = Field(default=None, description="'node' or 'deno' for full YouTube support")
     max_workers: int = Field(default=4, ge=1, description="parallel downloads within one run")
 
-    def options(self) -> DownloadOptions:
+    stand_in: bool = Field(default=True, description="serve the demo dataset's videos on 127.0.0.1 when the "
+                           "AudioSet source is the demo and no URL template is set")
+
+    def _template(self) -> str:
+        return self.url_template or os.environ.get("AUDIOCLIP_YOUTUBE_URL_TEMPLATE", "")
+
+    @contextlib.contextmanager
+    def serving(self, layout: DataLayout, sources: DatasetSources, log=None) -> Iterator[DownloadOptions]:
+        """The download options for one step; with the demo's stand-in server running during it."""
+        if self._template() or not self.stand_in or not sources.audioset_is_demo():
+            yield self.options()
+            return
+        from audioclip_core.acquisition.media_server import MediaServer
+
+        videos = sources.audioset(layout) / "videos"
+        with MediaServer(videos) as server:
+            if log is not None:
+                log(f"YouTube stand-in: the demo videos served from {server.url()}")
+            yield self.options(server.url("{ytid}.mp4"))
+
+    def options(self, url_template: str = "") -> DownloadOptions:
         return DownloadOptions(
-            url_template=self.url_template or os.environ.get("AUDIOCLIP_YOUTUBE_URL_TEMPLATE") or YOUTUBE_URL_TEMPLATE,
+            url_template=url_template or self._template() or YOUTUBE_URL_TEMPLATE,
             format=self.format, max_attempts=self.max_attempts, backoff_seconds=self.backoff_seconds,
             sleep_requests=self.sleep_requests, rate_limit=self.rate_limit, cookies_file=self.cookies_file,
             js_runtime=self.js_runtime)

@@ -42,9 +42,24 @@ def _result_row(r: DownloadResult, skipped: bool = False) -> dict:
             "skipped": skipped}
 
 
+def intact_clips(clips: Optional[pd.DataFrame]) -> set[str]:
+    """The segments whose clip was recorded `ok` and whose WAV and 10 frames are on disk."""
+    if clips is None or not len(clips):
+        return set()
+    out = set()
+    for r in clips[clips["status"] == "ok"].itertuples(index=False):
+        if r.audio_path and Path(r.audio_path).is_file() and r.frame_paths is not None \
+                and len(r.frame_paths) == NUM_FRAMES and all(Path(f).is_file() for f in r.frame_paths):
+            out.add(r.segment_id)
+    return out
+
+
 def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.DataFrame],
-                  options: DownloadOptions, *, max_workers: int = 4, progress: Progress = None) -> pd.DataFrame:
-    """Download every segment not yet `ok`; final failures are kept, transient ones retried."""
+                  options: DownloadOptions, *, max_workers: int = 4, keep: frozenset[str] | set[str] = frozenset(),
+                  progress: Progress = None) -> pd.DataFrame:
+    """Download every segment not yet `ok`; final failures are kept, transient ones retried.
+    A segment in `keep` (its clip is intact) that was downloaded `ok` stays `ok` even when its
+    download file is gone: nothing is fetched again, and no later failure can demote it."""
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(dest_dir)
@@ -62,6 +77,9 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
                 rows.append(_result_row(DownloadResult(seg.ytid, seg.start, seg.end, "ok", "", 0, str(found),
                                                        found.stat().st_size, sha256_file(found), now, now), True))
             rows[-1]["segment_id"] = seg.segment_id
+        elif old is not None and old["status"] == "ok" and seg.segment_id in keep:
+            rows.append({**old, "skipped": True,
+                         "message": "download file removed; the clip made from it is intact and kept"})
         elif old is not None and old["status"] in FINAL_FAILURES:
             rows.append({**old, "skipped": True})
         else:

@@ -54,7 +54,7 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, duration: Optional[fl
         cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(media)]
         if duration:
             cmd += ["-t", f"{duration:.3f}"]
-        probe_dur, channels = _probe(media)
+        probe_dur, channels = probe(media)
         if channels == 0:
             raise ExtractionError(f"{media.name}: no audio track")
         cmd += ["-map", "0:a:0", "-ac", str(min(channels or 2, 2)), "-ar", str(SAMPLE_RATE),
@@ -97,7 +97,7 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, duration: Optional[fl
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _probe(media: Path) -> tuple[Optional[float], Optional[int]]:
+def probe(media: Path) -> tuple[Optional[float], Optional[int]]:
     """(duration, audio channels; 0 = no audio stream) from ffmpeg's own header report
     (the bundled ffmpeg has no ffprobe)."""
     proc = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(media)],

@@ -116,11 +116,56 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
         return _download(start, end, dest_dir, name, url, options, sleep, result, ffmpeg)
 
 
+class NotMedia(Exception):
+    """The URL is a page that links to other media, not the segment's own media."""
+
+
+def _refusal(info: dict) -> str:
+    """Why an extracted URL is not downloaded ('' when it is): only a media file at the URL
+    itself or a YouTube video, never media that a web page links to or embeds."""
+    if info.get("direct") or info.get("extractor_key", "").lower().startswith("youtube"):
+        return ""
+    return (f"the URL is not media but a web page ({info.get('extractor_key') or 'unknown'}): "
+            "links inside pages are not followed")
+
+
+def _short(path: Path, expected: float) -> Optional[str]:
+    """Why a downloaded range is incomplete ('' if not): no duration, or under 90 % of the range."""
+    from .media import ExtractionError, probe
+
+    try:
+        duration, _ = probe(path)
+    except ExtractionError as exc:
+        return str(exc)
+    if duration is None:
+        return "no duration in the downloaded file"
+    if duration < 0.9 * expected - 0.2:
+        return f"truncated: {duration:.2f} s of the {expected:.2f} s asked for"
+    return None
+
+
+def _cut(full: Path, out: Path, start: float, end: float, ffmpeg: str, timeout: float) -> None:
+    """[start, end] of a whole downloaded file, cut here (stream copy)."""
+    import subprocess
+
+    proc = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{start:.3f}", "-i", str(full),
+                           "-t", f"{end - start:.3f}", "-map", "0", "-c", "copy", str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"local cut failed: {proc.stderr.strip()[-300:]}")
+
+
 def _download(start: float, end: float, dest_dir: Path, name: str, url: str, options: DownloadOptions,
               sleep: Callable[[float], None], result: DownloadResult, ffmpeg: str) -> DownloadResult:
+    """Attempts with backoff. Each reads with a timeout (yt-dlp's socket timeout, ffmpeg's
+    -rw_timeout), so a stalled server costs a bounded time and a retry. A range that comes back
+    without a duration or shorter than asked (a source without a duration header, a cut
+    transfer) is never recorded `ok`: the next attempt downloads the whole file and cuts the
+    range here; a whole file that is still short is a transient `error`."""
     import yt_dlp
     from yt_dlp.utils import DownloadError, download_range_func
 
+    whole = False
     for attempt in range(1, options.max_attempts + 1):
         result.attempts = attempt
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
@@ -128,11 +173,13 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             "format": options.format,
             # a fixed Matroska container takes any codec pair and does not depend on the URL's extension
             "outtmpl": str(tmp / f"{name}.mkv"),
-            "download_ranges": download_range_func(None, [(start, end)]),
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
             "retries": 2, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
             "merge_output_format": "mkv", "logger": _QuietLogger(), "cachedir": False, "ffmpeg_location": ffmpeg,
+            "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(options.socket_timeout * 1e6))]},
         }
+        if not whole:
+            ydl_opts["download_ranges"] = download_range_func(None, [(start, end)])
         if options.sleep_requests:
             ydl_opts["sleep_interval_requests"] = options.sleep_requests
         if options.rate_limit:
@@ -143,16 +190,32 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             ydl_opts["js_runtimes"] = {options.js_runtime: {}}
         try:
             with yt_dlp.YoutubeDL(ydl_opts) as ydl:
-                ydl.download([url])
+                info = ydl.extract_info(url, download=False, process=False)
+                refused = _refusal(info or {})
+                if refused:
+                    raise NotMedia(refused)
+                ydl.process_ie_result(info, download=True)
             files = [p for p in tmp.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl"))]
             if not files:
                 raise RuntimeError("yt-dlp finished without writing a file")
             media = max(files, key=lambda p: p.stat().st_size)
+            if whole:
+                cut = tmp / f"{name}.cut{media.suffix}"
+                _cut(media, cut, start, end, ffmpeg, timeout=max(60.0, options.socket_timeout * 4))
+                media = cut
+            problem = _short(media, end - start)
+            if problem:
+                if whole:
+                    raise RuntimeError(problem)
+                whole = True  # the next attempt: the whole file, cut here
+                raise RuntimeError(f"{problem}; retrying with the whole file")
             final = dest_dir / f"{name}{media.suffix}"
             os.replace(media, final)
             result.status, result.message, result.path = "ok", "", str(final)
             result.bytes, result.sha256 = final.stat().st_size, sha256_file(final)
             break
+        except NotMedia as exc:
+            result.status, result.message = "unavailable", str(exc)
         except DownloadError as exc:
             result.status, result.message = classify_error(exc)
         except Exception as exc:  # network stacks raise many types; all are transient errors here
@@ -161,6 +224,8 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             shutil.rmtree(tmp, ignore_errors=True)
         if result.status not in TRANSIENT or attempt == options.max_attempts:
             break
+        if whole and attempt == 1 and result.message.endswith("retrying with the whole file"):
+            continue  # not a server fault: no backoff
         delay = min(options.max_backoff_seconds, options.backoff_seconds * 2 ** (attempt - 1))
         sleep(delay * (0.5 + random.random()))
     result.finished_at = time.time()

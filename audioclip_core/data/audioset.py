@@ -77,7 +77,11 @@ class SegmentFile:
 
 def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = None,
                        first_line: int = 1) -> Iterator[Segment | ParseIssue]:
-    for lineno, raw in enumerate(lines, start=first_line):
+    return _parse_numbered(enumerate(lines, start=first_line), known_labels)
+
+
+def _parse_numbered(lines: Iterable[tuple[int, str]], known_labels: Optional[set[str]]) -> Iterator[Segment | ParseIssue]:
+    for lineno, raw in lines:
         text = raw.rstrip("\r\n")
         if not text.strip():
             continue
@@ -118,24 +122,52 @@ def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = 
         yield Segment(ytid, start, end, labels, lineno)
 
 
+def _decoded_lines(data: bytes, first_line: int) -> Iterator[tuple[int, str | None, bytes]]:
+    """(line number, text or None when it is not valid UTF-8, raw bytes) of each line."""
+    for lineno, raw in enumerate(data.splitlines(), start=first_line):
+        try:
+            yield lineno, raw.decode("utf-8"), raw
+        except UnicodeDecodeError:
+            yield lineno, None, raw
+
+
 def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
                       rows: Optional[slice] = None) -> SegmentFile:
-    """Parse a segment CSV; `rows` selects data rows (for shards of the unbalanced list)."""
+    """Parse a segment CSV; `rows` selects data rows (for shards of the unbalanced list). A
+    line that is not valid UTF-8 is reported with its number; the others are parsed."""
     path = Path(path)
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        lines = f.read().splitlines()
-    header = [ln for ln in lines[:3] if ln.startswith("#")]
-    body_start = len(header)
-    body = lines[body_start:]
+    lines = list(_decoded_lines(path.read_bytes(), 1))
+    header = [text for _, text, _ in lines[:3] if text is not None and text.startswith("#")]
+    body = lines[len(header):]
     if rows is not None:
-        start = rows.start or 0
         body = body[rows]
-        first = body_start + start + 1
-    else:
-        first = body_start + 1
     out = SegmentFile(path=path, sha256=sha256_file(path), header=header)
-    for item in parse_segment_rows(body, known_labels, first_line=first):
+    good = [(n, text) for n, text, _ in body if text is not None]
+    out.issues += [ParseIssue(n, "not valid UTF-8", raw.decode("utf-8", "replace")) for n, text, raw in body
+                   if text is None]
+    for item in _parse_numbered(good, known_labels):
         (out.segments if isinstance(item, Segment) else out.issues).append(item)
+    out.issues.sort(key=lambda i: i.line)
+    return out
+
+
+def partition_file(partition: str) -> str:
+    """The file name (in an AudioSet folder) that partition `partition` is read from."""
+    key, _ = partition_source(partition)
+    return "demo_segments.csv" if key == "demo" else SEGMENT_FILES[key]
+
+
+def available_partitions(source_dir: Path) -> list[str]:
+    """The partitions whose segment file exists in `source_dir`: `eval`, `balanced_train`,
+    `demo`, and one `unbalanced_NN` per 50,000 data rows of the unbalanced list."""
+    source_dir = Path(source_dir)
+    out = [p for p in ("eval", "balanced_train", "demo") if (source_dir / partition_file(p)).is_file()]
+    unbalanced = source_dir / SEGMENT_FILES["unbalanced_train"]
+    if unbalanced.is_file():
+        with open(unbalanced, "rb") as f:
+            rows = sum(1 for line in f if line.strip() and not line.startswith(b"#"))
+        shards = min(UNBALANCED_SHARDS, -(-rows // UNBALANCED_SHARD_ROWS))
+        out += [f"unbalanced_{i:02d}" for i in range(shards)]
     return out
 
 

@@ -16,6 +16,7 @@ Everything is seeded: the same call writes the same bytes.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -224,16 +225,32 @@ def generate_us8k(root: Path, *, per_fold_class: int = 1, seed: int = 2) -> int:
     return len(lines) - 1
 
 
+PARTITIONS = ("balanced_train", "eval", "demo")  # the AudioSet lists the demo writes
+
+
 def generate_all(root: Path, *, force: bool = False) -> dict:
-    """Write the whole demo dataset under `root` (skipped if already complete)."""
+    """Write the whole demo dataset under `root`, once: concurrent callers (runs of several
+    partitions starting together) wait on a lock and find it complete; it is built in a
+    temporary sibling folder and renamed into place, so a killed generation leaves nothing
+    that looks complete. `force` rebuilds it."""
+    import tempfile
+
+    from ..files import file_lock
+
     root = Path(root)
     marker = root / ".complete"
-    if marker.exists() and not force:
-        return {"skipped": True}
-    if root.exists():
-        shutil.rmtree(root)
-    counts = generate_audioset(root / "audioset")
-    counts["esc50"] = generate_esc50(root / "esc50")
-    counts["us8k"] = generate_us8k(root / "us8k")
-    marker.write_text("ok\n")
+    with file_lock(root.parent / f".{root.name}.lock"):
+        if marker.exists() and not force:
+            return {"skipped": True}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            counts = generate_audioset(tmp / "audioset")
+            counts["esc50"] = generate_esc50(tmp / "esc50")
+            counts["us8k"] = generate_us8k(tmp / "us8k")
+            (tmp / ".complete").write_text("ok\n")
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return counts

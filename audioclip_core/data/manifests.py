@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .audioset import NUM_FRAMES, SEGMENT_FILES, LabelIndex, partition_source, read_class_labels, read_segment_file
+from .audioset import (NUM_FRAMES, LabelIndex, partition_file, partition_source, read_class_labels,
+                       read_segment_file)
 
 MANIFEST_COLUMNS = {
     "segment_id": "id and start in ms, the stem of the clip's files",
@@ -42,9 +43,8 @@ def label_index_for(source_dir: Path) -> LabelIndex:
 
 def read_partition(source_dir: Path, partition: str) -> tuple[pd.DataFrame, list, str]:
     """(segments table, parse issues, SHA-256 of the source file) of one partition."""
-    key, rows = partition_source(partition)
-    filename = "demo_segments.csv" if key == "demo" else SEGMENT_FILES[key]
-    path = Path(source_dir) / filename
+    _, rows = partition_source(partition)
+    path = Path(source_dir) / partition_file(partition)
     if not path.is_file():
         raise FileNotFoundError(f"AudioSet partition {partition!r} needs {path}, which does not exist")
     labels = label_index_for(source_dir)

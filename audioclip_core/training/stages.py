@@ -20,6 +20,7 @@ in every worker that torchrun starts.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -119,7 +120,8 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
         ttf = _head(model).loss_ttf()
         n = out.logits.audio_text.shape[0] if out.logits.audio_text is not None else out.logits.audio_image.shape[0]
         target = torch.arange(n, device=batch["audio"].device)
-        terms = {"loss": float(out.loss.detach()), "loss_ttf": float(ttf.detach())}
+        terms = {"loss": float(out.loss.detach()), "loss_ttf": float(ttf.detach()),
+                 "loss_uniform": 2 * math.log(n)}  # what each pair term is at uniform logits (health.py)
         for name, lg in zip(("loss_audio_image", "loss_audio_text", "loss_image_text"), out.logits):
             if lg is not None:
                 terms[name] = float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())

@@ -37,6 +37,8 @@ def held_out(tmp_path_factory, shared_data):
         "# Segments csv created Sun Mar  5 10:54:25 2017\n# num_ytids=7\n# YTID, start_seconds, end_seconds, positive_labels\n"
         'Chaplin0001, 1.000, 6.000, "/m/09x0r,/m/04rlf"\n'
         'BigBuckBun0, 10.000, 15.000, "/m/0jbk"\n'
+        'Chaplin0001, 10.000, 15.000, "/m/09x0r"\n'
+        'BigBuckBun0, 1.000, 6.000, "/m/0jbk"\n'
         'Missing0001, 0.000, 10.000, "/m/09x0r"\n'
         'NoAudio0001, 0.000, 5.000, "/m/09x0r"\n'
         'Truncated01, 0.000, 5.000, "/m/09x0r"\n'
@@ -53,10 +55,13 @@ def _resources(tmp_path, src, server=None, **paths):
             "sources": DatasetSources(audioset_dir=str(src), **paths), "youtube": yt}
 
 
-def _mat(assets, resources, partition=None):
-    result = dg.materialize(assets, resources=resources, partition_key=partition,
-                            instance=dg.DagsterInstance.ephemeral())
-    assert result.success
+def _mat(assets, resources, partition=None, instance=None, success=True):
+    instance = instance or dg.DagsterInstance.ephemeral()
+    if partition is not None and any(a.partitions_def == audioset.audioset_partitions for a in assets):
+        instance.add_dynamic_partitions(audioset.audioset_partitions.name, [partition])
+    result = dg.materialize(assets, resources=resources, partition_key=partition, instance=instance,
+                            raise_on_error=False)
+    assert result.success is success
     return result
 
 
@@ -70,14 +75,15 @@ def test_audioset_lineage_statuses_frames_and_catalog(held_out, tmp_path):
     res = _resources(tmp_path, src, server)
     result = _mat(AUDIOSET_ASSETS, res, "eval")
     seg = _meta(result, "audioset_segments")
-    assert seg["segments"] == 5 and seg["malformed_rows"] == 2
+    assert seg["segments"] == 7 and seg["malformed_rows"] == 2
     data = tmp_path / "data"
     con = duckdb.connect(str(data / "catalog.duckdb"), read_only=True)
     df = con.sql("SELECT segment_id, status, reason, audio_path, frame_paths, duration, channels "
                  "FROM audioset_eval ORDER BY segment_id").df()
     status = dict(zip(df["segment_id"], df["status"]))
-    assert status == {"Chaplin0001_1000": "ok", "BigBuckBun0_10000": "ok", "Missing0001_0": "unavailable",
-                      "NoAudio0001_0": "invalid_media", "Truncated01_0": "error"}
+    assert status == {"Chaplin0001_1000": "ok", "BigBuckBun0_10000": "ok", "Chaplin0001_10000": "ok",
+                      "BigBuckBun0_1000": "ok", "Missing0001_0": "unavailable", "NoAudio0001_0": "invalid_media",
+                      "Truncated01_0": "error"}
     reasons = dict(zip(df["segment_id"], df["reason"]))
     assert "no audio track" in reasons["NoAudio0001_0"] and "404" in reasons["Missing0001_0"]
     assert "ffmpeg" in reasons["Truncated01_0"]  # a corrupt source cannot even be cut
@@ -87,7 +93,7 @@ def test_audioset_lineage_statuses_frames_and_catalog(held_out, tmp_path):
         assert Path(row.audio_path).name == f"{row.segment_id}.wav"
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["no_empty_or_silent_clips"] and checks["ten_frames_per_clip"]
-    assert checks["download_success_rate"] is False  # 2 of 5 segments
+    assert checks["download_success_rate"] is False  # 5 of 7 segments: a warning, not a block
     # everything written lies under the data root
     assert not list(tmp_path.glob("*.part")) and {p.name for p in tmp_path.iterdir()} == {"data"}
 
@@ -127,7 +133,7 @@ def test_killed_download_and_extraction_resume(held_out, tmp_path):
     assert table.loc["Chaplin0001_1000", "status"] == "ok" and table.loc["Chaplin0001_1000", "attempts"] == 1
     assert not [p for p in dl.iterdir() if p.name.startswith(".")]
     assert not [p for p in clips.iterdir() if p.name.startswith(".")]
-    assert _meta(result, "audioset_manifest")["ok"] == 2
+    assert _meta(result, "audioset_manifest")["ok"] == 4
 
 
 def test_esc50_us8k_manifests_and_folds(tmp_path):
@@ -208,3 +214,55 @@ def test_clip_problems_reads_new_clips_in_full_and_kept_clips_by_header(tmp_path
     assert problems == {"empty": ["kept_empty"], "silent": ["new_silent"], "missing": ["kept_gone"], "frames": []}
     # a kept clip was read in full when it was extracted; a full re-read is on request
     assert clip_problems(clips, reread_all=True)["silent"] == ["new_silent", "kept_silent"]
+
+
+def _step_errors(result) -> str:
+    return " ".join(str(e.event_specific_data.error.cause or e.event_specific_data.error) for e in result.all_events
+                    if e.is_step_failure)
+
+
+def test_download_gate_blocks_clips_and_downstream(held_out, tmp_path):
+    """Every download fails (the source is unreachable): the success-rate check fails with ERROR
+    severity and, being blocking, stops the clips and the manifest from being built."""
+    src, _ = held_out
+    res = _resources(tmp_path, src)  # no server: every request is refused
+    result = _mat(AUDIOSET_ASSETS, res, "eval", success=False)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["download_success_rate"].passed is False
+    assert checks["download_success_rate"].severity == dg.AssetCheckSeverity.ERROR
+    done = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events() and
+            [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
+    assert "audioset_clips" not in done and "audioset_manifest" not in done
+    assert not (tmp_path / "data" / "audioset" / "manifests" / "eval.parquet").exists()
+
+
+def test_intact_clips_are_never_demoted_by_a_failed_redownload(held_out, tmp_path):
+    """The download files go away and the source becomes unreachable: the clips made from them
+    are intact, so the segments stay `ok` and nothing is fetched again."""
+    src, server = held_out
+    instance = dg.DagsterInstance.ephemeral()
+    first = _mat(AUDIOSET_ASSETS, _resources(tmp_path, src, server), "eval", instance)
+    ok_before = _meta(first, "audioset_manifest")["ok"]
+    for f in (tmp_path / "data" / "audioset" / "downloads" / "eval").iterdir():
+        f.unlink()
+    again = _mat(AUDIOSET_ASSETS, _resources(tmp_path, src), "eval", instance)
+    table = pd.read_parquet(tmp_path / "data" / "audioset" / "manifests" / "eval.parquet").set_index("segment_id")
+    assert _meta(again, "audioset_manifest")["ok"] == ok_before == 4
+    assert table.loc["Chaplin0001_1000", "status"] == "ok" and Path(table.loc["Chaplin0001_1000", "audio_path"]).is_file()
+    downloads = pd.read_parquet(tmp_path / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
+    assert "intact and kept" in downloads.loc["Chaplin0001_1000", "message"]
+    # tried again: the transient failure and the download whose clip was quarantined (no intact clip to keep)
+    assert _meta(again, "audioset_downloads")["attempted_now"] == 2
+
+
+def test_a_partition_is_worked_on_by_one_run_at_a_time(held_out, tmp_path):
+    from audioclip_core.files import exclusive
+
+    src, server = held_out
+    res = _resources(tmp_path, src, server)
+    instance = dg.DagsterInstance.ephemeral()
+    _mat(AUDIOSET_ASSETS[:1], res, "eval", instance)
+    with exclusive(DataLayout.at(tmp_path / "data").partition_lock("eval"), "test"):
+        result = _mat(AUDIOSET_ASSETS[1:2], res, "eval", instance, success=False)
+    assert "AudioSet partition 'eval' is being processed by another process" in _step_errors(result)
+    assert not (tmp_path / "data" / "audioset" / "downloads" / "eval").exists()

@@ -1,0 +1,47 @@
+"""Whether a trained stage is usable: gates that stop a collapsed model from reaching the tables.
+
+* Collapse: a contrastive pair term (audio-text, audio-image, image-text: cross-entropy in
+  both directions) at uniform logits equals 2 ln(n) for a batch of n; the training step
+  records that value per step as ``loss_uniform``, averaged over the epoch like the terms
+  themselves. A model whose audio embeddings no longer tell one clip of a batch from
+  another gives exactly that value, whatever it is compared with. A stage whose every pair
+  term with audio (audio-text, audio-image) ends its last epoch within 1 % of the uniform
+  value has collapsed. (A term far ABOVE it is a model that tells clips apart, wrongly - a
+  poor model, not a collapsed one; the tables say how poor. The image-text term alone is
+  not judged: the partial stage keeps both of its towers frozen.)
+* Non-finite weights: any NaN or Inf in the saved checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+PAIR_TERMS = ("loss_audio_image", "loss_audio_text", "loss_image_text")
+AUDIO_TERMS = ("loss_audio_image", "loss_audio_text")
+TOLERANCE = 0.01
+
+
+def collapse(history: list[dict]) -> Optional[dict]:
+    """The pair terms of the last epoch against their uniform-logit value, or None when the
+    history has no contrastive terms (a classifier stage). `collapsed` is True when every
+    audio pair term is within TOLERANCE of the uniform value."""
+    if not history or "loss_uniform" not in history[-1]:
+        return None
+    last = history[-1]
+    uniform = float(last["loss_uniform"])
+    terms = {k: float(last[k]) for k in PAIR_TERMS if k in last}
+    if not terms:
+        return None
+    ratios = {k: v / uniform for k, v in terms.items()}
+    judged = [ratios[k] for k in AUDIO_TERMS if k in ratios]
+    return {"uniform": uniform, "terms": terms, "ratios": ratios,
+            "collapsed": bool(judged) and all(abs(r - 1.0) <= TOLERANCE for r in judged)}
+
+
+def non_finite_tensors(checkpoint: Path) -> list[str]:
+    """Names of the tensors of a safetensors checkpoint that hold NaN or Inf."""
+    import torch
+    from safetensors.torch import load_file
+
+    return [name for name, t in load_file(str(checkpoint)).items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -1,0 +1,282 @@
+"""Launch the whole lineage as ONE asset backfill through the Dagster instance, and follow it.
+
+What the UI does on "Materialize all" with "all partitions", from the command line: a local
+webserver (and, unless one is already running for this instance, the daemon - `dagster dev`)
+is started on 127.0.0.1, the backfill of every asset and all of its partitions is launched
+through its GraphQL API, and the daemon runs it - one run per partition, in dependency order,
+through the run queue, pools and quality gates. The terminal gets one line per finished run
+and a progress count; Dagster's own log goes to `<data root>/logs/dagster.log`. The runs are
+named job runs of the code location, so the UI can re-execute any of them.
+
+    python -m pipelines.lineage            # launch, wait, exit 0 when every run succeeded
+    python -m pipelines.lineage --no-wait  # launch and leave it to a running `make ui`
+
+An earlier backfill of this command that a killed process left unfinished is cancelled first;
+runs whose process is gone are marked failed at start-up (pipelines/instance.py), so their
+pool slots come back. Completed work is kept: downloads, clips and epochs already on disk are
+not redone.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+TAG = "audioclip/lineage"
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { stepKey invalidOutputName }
+    ... on RunConflict { message }
+    ... on ConflictingExecutionParamsError { message }
+    ... on NoModeProvidedError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+CANCEL = """
+mutation Cancel($id: String!) {
+  cancelPartitionBackfill(backfillId: $id) { __typename ... on PythonError { message } }
+}"""
+SUCCESS, FAILURE = "SUCCESS", ("FAILURE", "CANCELED")
+
+
+def env() -> dict:
+    """The environment of the Dagster processes: this checkout importable (the run launcher
+    lives in pipelines/), the instance in DAGSTER_HOME, no telemetry."""
+    out = dict(os.environ)
+    out.setdefault("DAGSTER_HOME", str(REPO / "dagster_home"))
+    out["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p])
+    out.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    out.setdefault("HF_HUB_OFFLINE", "1")
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # the Dagster processes stop when this process dies, even by SIGKILL
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalDagster:
+    """`dagster dev` (or only the webserver, when a daemon already serves this instance) on
+    127.0.0.1, its output in `log`; stopped with its whole process group."""
+
+    def __init__(self, log: Path, port: Optional[int] = None, daemon: bool = True):
+        self.port = port or _free_port()
+        self.log, self.daemon = log, daemon
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LocalDagster":
+        bindir = Path(sys.executable).parent
+        cmd = ([str(bindir / "dagster"), "dev"] if self.daemon else [str(bindir / "dagster-webserver")])
+        cmd += ["-h", "127.0.0.1", "-p", str(self.port), "-w", str(REPO / "workspace.yaml")]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        out.close()
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Dagster exited with status {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/server_info", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(1)
+        self.__exit__()
+        raise RuntimeError(f"Dagster did not answer on {self.url} within 180 s; see {self.log}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def graphql(self, query: str, variables: dict) -> dict:
+        req = urllib.request.Request(f"{self.url}/graphql", data=json.dumps({"query": query, "variables": variables})
+                                     .encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            body = json.loads(resp.read())
+        if body.get("errors"):
+            raise RuntimeError(f"GraphQL error: {body['errors']}")
+        return body["data"]
+
+
+def daemon_running(instance, interval: float = 20.0) -> bool:
+    """Whether a dagster-daemon serves this instance now (e.g. `make ui` is up): its heartbeat
+    (sent every 20 s) is recent and advances; a killed daemon's last one does not."""
+    def newest() -> float:
+        beats = instance.get_daemon_heartbeats()
+        return max((b.timestamp for b in beats.values()), default=0.0)
+
+    last = newest()
+    if time.time() - last > interval * 1.5:
+        return False
+    deadline = time.time() + interval * 1.5
+    while time.time() < deadline:
+        time.sleep(2)
+        if newest() > last:
+            return True
+    return False
+
+
+def asset_keys() -> list[list[str]]:
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    return [list(k.path) for k in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string())
+            if graph.get(k).is_materializable]
+
+
+def cancel_unfinished(instance, dagster: LocalDagster, say: Callable[[str], None]) -> None:
+    """Cancel the backfills of this command that a killed process left running, and their queued runs."""
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    for b in instance.get_backfills(status=BulkActionStatus.REQUESTED):
+        if b.tags.get(TAG):
+            dagster.graphql(CANCEL, {"id": b.backfill_id})
+            queued = instance.get_runs(RunsFilter(tags={"dagster/backfill": b.backfill_id},
+                                                  statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]))
+            for run in queued:
+                instance.report_run_canceled(run, "its backfill was cancelled: an earlier lineage command stopped")
+            say(f"cancelled the unfinished backfill {b.backfill_id} of an earlier run ({len(queued)} queued runs)")
+
+
+def launch(dagster: LocalDagster, label: str) -> str:
+    params = {"assetSelection": [{"path": p} for p in asset_keys()], "allPartitions": True,
+              "title": f"AudioCLIP lineage ({label})", "tags": [{"key": TAG, "value": label}]}
+    res = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
+    if res["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"the backfill was not launched: {res}")
+    return res["backfillId"]
+
+
+def _run_label(run) -> str:
+    keys = sorted(k.to_user_string() for k in (run.asset_selection or []))
+    part = run.tags.get("dagster/partition")
+    return (", ".join(keys) or run.job_name) + (f" [{part}]" if part else "")
+
+
+def _failure(instance, run_id: str) -> str:
+    from dagster import DagsterEventType
+
+    for etype in (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE):
+        recs = instance.get_records_for_run(run_id, of_type=etype, ascending=False, limit=1).records
+        if recs:
+            ev = recs[0].event_log_entry.dagster_event
+            err = getattr(ev.event_specific_data, "error", None)
+            while err is not None and err.cause is not None:  # the user code's error, not Dagster's wrapper
+                err = err.cause
+            return (err.message.strip().splitlines()[-1] if err else ev.message or "")[:400]
+    return ""
+
+
+def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float = 3.0) -> bool:
+    """Print a line per finished run until the backfill is done; True when every run succeeded."""
+    from dagster import RunsFilter
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    seen: set[str] = set()
+    failed = 0
+    start = time.time()
+    target = None
+    while True:
+        backfill = instance.get_backfill(backfill_id)
+        if target is None and backfill.asset_backfill_data is not None:
+            target = backfill.asset_backfill_data.target_subset.num_partitions_and_non_partitioned_assets
+        runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        for run in sorted(runs, key=lambda r: r.run_id):
+            if run.run_id in seen or not run.is_finished:
+                continue
+            seen.add(run.run_id)
+            ok = run.status.value == SUCCESS
+            failed += not ok
+            done = backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets \
+                if backfill.asset_backfill_data is not None else 0
+            line = (f"[{time.time() - start:6.0f} s] {'ok    ' if ok else 'FAILED'} {_run_label(run)}"
+                    f"   ({done}/{target or '?'} asset partitions)")
+            say(line + ("" if ok else f"\n          {_failure(instance, run.run_id)}"))
+        if backfill.status not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING) \
+                and all(r.is_finished for r in runs):
+            break
+        time.sleep(poll)
+    final = instance.get_backfill(backfill_id)
+    say(f"backfill {backfill_id}: {final.status.value}, {len(seen)} runs, {failed} failed, "
+        f"{(time.time() - start) / 60:.1f} min")
+    return final.status == BulkActionStatus.COMPLETED_SUCCESS and failed == 0
+
+
+def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = print) -> bool:
+    """Prepare the instance, launch the backfill of every asset through a local Dagster, and
+    (with `wait`) follow it to the end."""
+    os.environ.update({k: v for k, v in env().items() if k in ("DAGSTER_HOME", "MLFLOW_DISABLE_TELEMETRY")})
+    import dagster as dg
+
+    from audioclip_core.layout import DataLayout
+
+    from .instance import configure
+
+    prepared = configure()
+    for run_id in prepared["stale_runs_failed"]:
+        say(f"marked failed: run {run_id}, whose process is gone")
+    layout = DataLayout.at(None)
+    log = layout.logs_dir / "dagster.log"
+    with dg.DagsterInstance.get() as instance:
+        running = daemon_running(instance)
+        if not wait and not running:
+            raise SystemExit("--no-wait needs a running daemon for this instance (start `make ui` first)")
+        port = int(os.environ["DAGSTER_PORT"]) if os.environ.get("DAGSTER_PORT") and not running else None
+        with LocalDagster(log, port=port, daemon=not running) as dagster:
+            say(f"Dagster on {dagster.url} ({'the running daemon' if running else 'dagster dev'}; log: {log})")
+            cancel_unfinished(instance, dagster, say)
+            backfill_id = launch(dagster, label)
+            say(f"backfill {backfill_id}: every asset, all partitions - {dagster.url}/runs/b/{backfill_id}")
+            if not wait:
+                return True
+            return follow(instance, backfill_id, say)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--no-wait", action="store_true", help="launch the backfill and return")
+    p.add_argument("--label", default="cli")
+    a = p.parse_args(argv)
+    return 0 if run_lineage(a.label, wait=not a.no_wait) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

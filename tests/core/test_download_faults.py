@@ -1,0 +1,144 @@
+"""Downloads against a server that misbehaves: a page linking to other media, a body cut short,
+a body that stalls, a WebM without a duration header. Each ends in bounded time with the right
+status, and nothing short is recorded `ok`."""
+import shutil
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from audioclip_core.acquisition.media import probe
+from audioclip_core.acquisition.youtube import DownloadOptions, download_segment
+from audioclip_core.audio import ffmpeg_exe
+
+
+class Faults(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    cut: dict[str, int] = {}            # name -> bytes sent before the connection closes
+    stall: dict[str, int] = {}          # name -> bytes sent before the body stalls
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self._serve(body=False)
+
+    def do_GET(self):
+        self._serve(body=True)
+
+    def _serve(self, body: bool):
+        name = self.path.lstrip("/").split("?")[0]
+        if name.endswith(".html"):
+            page = b'<html><body><video src="/Chaplin0001.mp4"></video></body></html>'
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            if body:
+                self.wfile.write(page)
+            return
+        data = self.files.get(name)
+        if data is None:
+            self.send_error(404)
+            return
+        start, end = 0, len(data) - 1
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            a, _, b = rng[6:].partition("-")
+            start, end = int(a or 0), int(b) if b else len(data) - 1
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", "video/webm" if name.endswith(".webm") else "video/mp4")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        if not body:
+            return
+        chunk = data[start:end + 1]
+        if name in self.cut:
+            self.wfile.write(chunk[:max(0, self.cut[name] - start)])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if name in self.stall:
+            self.wfile.write(chunk[:max(0, self.stall[name] - start)])
+            self.wfile.flush()
+            time.sleep(60)
+            return
+        self.wfile.write(chunk)
+
+
+@pytest.fixture(scope="module")
+def server(shared_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    chaplin = (shared_data / "video" / "chaplin.mp4").read_bytes()
+    # a WebM as a browser's MediaRecorder writes it: live, without a duration in its header
+    live = tmp / "live.webm"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(shared_data / "video" / "big_buck_bunny_0_30.webm"),
+                    "-t", "8", "-c", "copy", "-live", "1", "-f", "webm", str(live)], check=True)
+    Faults.files = {"Chaplin0001.mp4": chaplin, "Truncated01.mp4": chaplin, "Stalled0001.mp4": chaplin,
+                    "LiveWebm001.webm": live.read_bytes()}
+    Faults.cut = {"Truncated01.mp4": int(len(chaplin) * 0.4)}
+    Faults.stall = {"Stalled0001.mp4": int(len(chaplin) * 0.4)}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Faults)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _get(server, ytid, ext, dest, **kw):
+    opts = DownloadOptions(url_template=f"{server}/{{ytid}}.{ext}", backoff_seconds=0.01, max_attempts=2,
+                           socket_timeout=2.0, **kw)
+    t = time.monotonic()
+    res = download_segment(ytid, 1.0, 6.0, dest, options=opts)
+    return res, time.monotonic() - t
+
+
+def test_a_page_linking_to_media_is_not_followed(server, tmp_path):
+    res, _ = _get(server, "PageLinks01", "html", tmp_path)
+    assert res.status == "unavailable" and "not media" in res.message and res.attempts == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_body_cut_short_is_never_ok(server, tmp_path):
+    res, _ = _get(server, "Truncated01", "mp4", tmp_path)
+    if res.status == "ok":  # what arrived must then be the whole range
+        duration, _ = probe(Path(res.path))
+        assert duration is not None and duration >= 0.9 * 5.0 - 0.2
+    else:
+        assert res.status == "error" and res.attempts == 2
+        assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_a_stalled_body_costs_a_bounded_time(server, tmp_path):
+    res, seconds = _get(server, "Stalled0001", "mp4", tmp_path)
+    assert res.status != "ok" or probe(Path(res.path))[0] >= 0.9 * 5.0 - 0.2
+    assert res.status in ("ok", "error")
+    # two attempts, each bounded by the read timeouts (2 s) of yt-dlp and ffmpeg plus their retries
+    assert seconds < 45, seconds
+
+
+def test_a_range_that_comes_back_without_duration_is_fetched_whole_and_cut_here(server, tmp_path, monkeypatch):
+    """What a live WebM (a browser's MediaRecorder) gives a range download - a file with no
+    duration - is not recorded: the next attempt takes the whole file and cuts the range here."""
+    import audioclip_core.acquisition.youtube as yt
+
+    real, calls = yt._short, []
+
+    def short_once(path, expected):
+        calls.append(path.name)
+        return "no duration in the downloaded file" if len(calls) == 1 else real(path, expected)
+
+    monkeypatch.setattr(yt, "_short", short_once)
+    res, _ = _get(server, "LiveWebm001", "webm", tmp_path)
+    assert res.status == "ok" and res.attempts == 2, res.message
+    assert ".cut." in calls[1]                       # the second file is the local cut of the whole download
+    duration, channels = probe(Path(res.path))
+    assert 4.5 <= duration <= 6.0 and channels >= 1  # the 5 s range, not the 8 s file
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
