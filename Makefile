@@ -23,9 +23,9 @@ help:
 	@echo "make bench      benchmarks (ORIGINAL=DIR: side by side with a checkout of the original code)"
 
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
-$(VENV)/.synced: pyproject.toml uv.lock
+$(VENV)/.synced: pyproject.toml uv.lock Makefile
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	uv sync --frozen --group dev --extra pipeline
+	uv sync --frozen --group dev --extra pipeline --compile-bytecode
 	@touch $@
 
 env: $(VENV)/.synced

@@ -102,11 +102,12 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
         for art in [out, layout.table(name, ".md"), *images]:
             mlflow.log_artifact(str(art))
         link = tracking.run_link(run)
+        plot_links = [tracking.artifact_link(run, img.name) for img in images]
     meta = {"table": dg.MetadataValue.md(md), "rows": len(df), "path": dg.MetadataValue.path(str(out)),
             "duckdb_table": name, "sha256": digest, "mlflow_run": dg.MetadataValue.url(link),
             "protocol": dg.MetadataValue.json(result.protocol)}
-    for i, img in enumerate(images[:6]):
-        meta[f"plot_{i}"] = dg.MetadataValue.md(f"![{img.stem}]({img.as_uri()})")
+    for img, url in list(zip(images, plot_links))[:6]:  # served by the MLflow UI (make mlflow-ui)
+        meta[f"plot_{img.stem}"] = dg.MetadataValue.url(url)
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(digest[:16]))
 
 

@@ -144,16 +144,22 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
             mlflow.log_artifact(str(art))
         mlflow.log_dict(cfg.to_dict(), "config.json")
         link = tracking.run_link(mrun)
+        curves_link = tracking.artifact_link(mrun, curve.name)
+    checks = _gates(context, history, checkpoint)
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        _reject([checkpoint, lineage_path] + ([official] if official else []), tracking, layout,
+                spec.mlflow_run_id, failed)
     sha = lineage["checkpoint"]["sha256"]
     return dg.MaterializeResult(
-        check_results=_gates(context, history, checkpoint),
+        check_results=checks,
         metadata={"checkpoint": dg.MetadataValue.path(str(checkpoint)), "sha256": sha,
                   "lineage": dg.MetadataValue.json(lineage), "mlflow_run_id": spec.mlflow_run_id,
                   "mlflow_run": dg.MetadataValue.url(link), "epochs": len(history),
                   "loss_first_epoch": history[0]["loss"], "loss_last_epoch": history[-1]["loss"],
                   "skipped_items": len(skipped), "resumed_from_epoch": resumed if resumed is not None else -1,
                   "nproc_per_node": nproc, "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
-                  "curves": dg.MetadataValue.md(f"![curves]({curve.as_uri()})")},
+                  "curves": dg.MetadataValue.url(curves_link), "curves_file": dg.MetadataValue.path(str(curve))},
         data_version=dg.DataVersion(sha[:16]))
 
 
@@ -184,6 +190,31 @@ def _gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheck
     return out
 
 
+def _reject(files: list[Path], tracking: MlflowTracking, layout: DataLayout, mlflow_run_id: str,
+            failed: list[dg.AssetCheckResult]):
+    """A stage that fails a gate is not materialised: nothing downstream - in this run or a
+    later one of the same backfill - may start from it. Its checkpoint and record are set aside
+    as `<name>.rejected.*` for inspection, the MLflow run is marked FAILED, and the step fails
+    with the gate's figures."""
+    import mlflow
+
+    reason = "; ".join(f"{c.check_name} failed: " + ", ".join(f"{k}={v.value if hasattr(v, 'value') else v}"
+                                                               for k, v in (c.metadata or {}).items())
+                       for c in failed)
+    checkpoint = files[0]
+    for path in files:
+        if path.is_file():
+            os.replace(path, path.with_name(path.name.replace(checkpoint.stem, checkpoint.stem + ".rejected", 1)))
+    mlflow.set_tracking_uri(tracking.uri(layout))
+    client = mlflow.MlflowClient()
+    client.set_tag(mlflow_run_id, "gate_failed", reason[:5000])
+    client.set_terminated(mlflow_run_id, status="FAILED")
+    raise dg.Failure(description=f"{checkpoint.stem} is not published: {reason}",
+                     metadata={c.check_name: dg.MetadataValue.json({k: (v.value if hasattr(v, "value") else v)
+                                                                   for k, v in (c.metadata or {}).items()})
+                               for c in failed})
+
+
 def _audioset_manifests(layout: DataLayout, partitions: list[str]):
     from audioclip_core.training.run import manifest_entry
 
@@ -193,8 +224,9 @@ def _audioset_manifests(layout: DataLayout, partitions: list[str]):
         if not path.is_file():
             raise FileNotFoundError(f"AudioSet manifest {path} missing: materialise audioset_manifest[{p}] first")
         df = pd.read_parquet(path, columns=["status"])
-        paths.append(str(path))
-        entries[f"audioset_{p}"] = manifest_entry(path, (df["status"] == "ok").sum())
+        entry = manifest_entry(path, (df["status"] == "ok").sum(), store=layout.versions_dir)
+        paths.append(entry["version"])  # train on the version the lineage names
+        entries[f"audioset_{p}"] = entry
     return paths, entries
 
 
@@ -252,8 +284,9 @@ def _finetune(context, name, dataset, config, data_root, sources, tracking, *, u
     rows = len(pd.read_parquet(train_path, columns=["path"]))
     classes = class_names(pd.read_parquet(layout.clipset_manifest(dataset), columns=["class_id", "class_name"]))
     init, parent = _start(config, layout, upstream)
+    entry = manifest_entry(train_path, rows, store=layout.versions_dir)
     spec = StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name, fold)),
-                     tables=[str(train_path)], manifests={f"{dataset}_fold{fold}_train": manifest_entry(train_path, rows)},
+                     tables=[entry["version"]], manifests={f"{dataset}_fold{fold}_train": entry},
                      classes=classes, init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes})
     return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
 

@@ -247,6 +247,19 @@ def cmd_lineage(args) -> None:
         return
     if not args.checkpoint:
         raise UserError("lineage: give a CHECKPOINT, or --clip YTID")
+    if args.clips:
+        from .lineage import clips_of
+
+        rows = clips_of(Path(args.checkpoint))
+        if args.out:
+            _write_rows(rows, args.out)
+        else:
+            for name in dict.fromkeys(r["manifest"] for r in rows):
+                mine = [r for r in rows if r["manifest"] == name]
+                print(f"{name} (sha256 {mine[0]['sha256'][:16]}): {len(mine)} clips")
+                for r in mine:
+                    print(f"  {r['clip']}")
+        return
     records = chain(Path(args.checkpoint))
     if args.out:
         _write_rows(records, args.out)
@@ -356,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub_parser("lineage", "trace a checkpoint to its data and code, or a clip to its checkpoints")
     sp.add_argument("checkpoint", nargs="?", help="a checkpoint written by a training stage")
     sp.add_argument("--clip", help="an AudioSet YouTube id (or segment id, or ESC-50/US8K file name)")
+    sp.add_argument("--clips", action="store_true", help="list the clips CHECKPOINT was trained on, from the manifest "
+                    "versions its record names (unchanged after the manifests move on)")
     sp.add_argument("--data-root", help="where to look for checkpoints (default AUDIOCLIP_DATA_ROOT, else data/ of the "
                     "checkout, as the pipeline)")
     sp.add_argument("--out", "-o", type=_output_file, help="write JSON/CSV/parquet instead of text")

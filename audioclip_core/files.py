@@ -90,3 +90,24 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def keep_version(path: Path, store: Path) -> tuple[str, Path]:
+    """(SHA-256, immutable copy) of `path` in the content-addressed `store`. The bytes are
+    copied (a hard link would follow a later in-place rewrite of `path`), and the digest is
+    taken of the copy itself, so a concurrent rewrite cannot mislabel it."""
+    import shutil
+
+    store.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=store)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        shutil.copyfile(path, tmp)
+        sha = sha256_file(tmp)
+        final = store / f"{sha}{Path(path).suffix}"
+        if not final.exists():
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sha, final

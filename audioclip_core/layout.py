@@ -17,6 +17,7 @@ when the package is installed elsewhere); the CLI and the pipeline's resources s
       checkpoints/<name>/[fold<k>/]<name>.safetensors (+ .lineage.json, epoch state)
       tables/<table>.parquet|.md      tables/plots/*.png
       audioset/locks/<p>.lock         held by the run working on partition <p>
+      versions/<sha256>.parquet       every manifest a checkpoint was trained on, as it was then
       catalog.duckdb                  mlflow/mlflow.db   mlflow/artifacts/   logs/
 """
 from __future__ import annotations
@@ -144,6 +145,14 @@ class DataLayout:
     @property
     def catalog_lock(self) -> Path:
         return self.root / "catalog.lock"
+
+    @property
+    def versions_dir(self) -> Path:
+        """Content-addressed copies of the manifests that trained a checkpoint."""
+        return self.root / "versions"
+
+    def version(self, sha256: str) -> Path:
+        return self.versions_dir / f"{sha256}.parquet"
 
     @property
     def logs_dir(self) -> Path:

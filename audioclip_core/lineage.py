@@ -112,6 +112,39 @@ def chain(checkpoint: Path) -> list[dict]:
     return out
 
 
+def manifest_file(entry: dict) -> Optional[Path]:
+    """The exact manifest a record names: its kept version, else the manifest path while its
+    digest still matches; None when neither exists any more."""
+    version = entry.get("version")
+    if version and Path(version).is_file():
+        return Path(version)
+    path = Path(entry["path"])
+    if path.is_file() and sha256_file(path) == entry["sha256"]:
+        return path
+    return None
+
+
+def clips_of(checkpoint: Path) -> list[dict]:
+    """The clips (AudioSet segment ids, ESC-50 / US8K file paths) with status ok in each
+    manifest the checkpoint was trained on, read from the version its record names - the same
+    list after the manifest has moved on. Rows: manifest, sha256, clip."""
+    import pandas as pd
+
+    rec = read_record(checkpoint)
+    out = []
+    for name, m in (rec.get("manifests") or {}).items():
+        src = manifest_file(m)
+        if src is None:
+            raise LineageError(f"{name}: the manifest version {m['sha256'][:16]} is no longer on disk "
+                               f"({m.get('version') or m['path']}); the record predates kept versions")
+        df = pd.read_parquet(src)
+        if "status" in df:
+            df = df[df["status"] == "ok"]
+        ids = df["segment_id"] if "segment_id" in df else df["path"]
+        out += [{"manifest": name, "sha256": m["sha256"], "clip": str(c)} for c in ids]
+    return out
+
+
 def _manifest_status(entry: dict) -> str:
     path = Path(entry["path"])
     if not path.is_file():
@@ -139,8 +172,9 @@ def format_chain(records: list[dict]) -> str:
         lines.append(f"{pad}   code {code.get('git_commit')}{' (dirty)' if code.get('git_dirty') else ''}  "
                      f"preset {cfg.get('preset')}  seed {rec.get('seed')}  epochs {cfg.get('epochs')}")
         for name, m in (rec.get("manifests") or {}).items():
+            kept = "  (version kept)" if m.get("version") and Path(m["version"]).is_file() else ""
             lines.append(f"{pad}   data {name}: {m['rows']} clips  sha256 {m['sha256'][:16]}  {m['path']}  "
-                         f"[{_manifest_status(m)}]")
+                         f"[{_manifest_status(m)}]{kept}")
     return "\n".join(lines)
 
 
@@ -176,8 +210,8 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
     import duckdb
 
     records = find_records(root, skipped)
-    manifests = sorted({m["path"] for _, r in records for m in (r.get("manifests") or {}).values()
-                        if Path(m["path"]).is_file()})
+    files = {id(m): manifest_file(m) for _, r in records for m in (r.get("manifests") or {}).values()}
+    manifests = sorted({str(f) for f in files.values() if f is not None})
     hit_paths: set[str] = set()
     if manifests:
         con = duckdb.connect()
@@ -208,7 +242,7 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
             con.close()
     by_sha = {r["checkpoint"]["sha256"]: (p, r) for p, r in records}
     direct = {sha for sha, (_, r) in by_sha.items()
-              if any(m["path"] in hit_paths for m in (r.get("manifests") or {}).values())}
+              if any(str(files.get(id(m))) in hit_paths for m in (r.get("manifests") or {}).values())}
     hits = [ClipHit(r["checkpoint"]["path"], record_name(r), sha, "trained on it") for sha, (_, r) in by_sha.items()
             if sha in direct]
     for sha, (_, r) in by_sha.items():

@@ -1,6 +1,8 @@
 """Prepare the local Dagster instance before its processes start (`make ui`, `make demo`):
 
-* concurrency pool limits that dagster.yaml cannot hold (youtube: 3 download steps, gpu: 1 trainer);
+* concurrency pool limits that dagster.yaml cannot hold: youtube: 3 download steps; gpu: one
+  trainer per CUDA device, or 2 on a machine without one (a run's start-up and evaluation
+  overlap with the other's training), AUDIOCLIP_GPU_SLOTS overrides;
 * the AudioSet partitions of the segment lists that exist (the sensor
   `audioset_partitions_from_sources` adds later ones while the daemon runs);
 * runs left STARTED by a process that is gone (a killed `make demo`) marked failed, their
@@ -12,7 +14,14 @@ import os
 import sys
 from pathlib import Path
 
-POOL_LIMITS = {"youtube": 3, "gpu": 1}
+def pool_limits() -> dict[str, int]:
+    if os.environ.get("AUDIOCLIP_GPU_SLOTS"):
+        gpu = int(os.environ["AUDIOCLIP_GPU_SLOTS"])
+    else:
+        import torch
+
+        gpu = torch.cuda.device_count() or 2
+    return {"youtube": 3, "gpu": max(1, gpu)}
 
 
 def configure(limits: dict[str, int] | None = None) -> dict:
@@ -24,7 +33,7 @@ def configure(limits: dict[str, int] | None = None) -> dict:
     from .launcher import fail_stale_runs
 
     os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parents[1] / "dagster_home"))
-    limits = limits or POOL_LIMITS
+    limits = limits or pool_limits()
     with DagsterInstance.get() as instance:
         for pool, n in limits.items():
             instance.event_log_storage.set_concurrency_slots(pool, n)

@@ -176,8 +176,9 @@ def cancel_unfinished(instance, dagster: LocalDagster, say: Callable[[str], None
             say(f"cancelled the unfinished backfill {b.backfill_id} of an earlier run ({len(queued)} queued runs)")
 
 
-def launch(dagster: LocalDagster, label: str) -> str:
-    params = {"assetSelection": [{"path": p} for p in asset_keys()], "allPartitions": True,
+def launch(dagster: LocalDagster, label: str, selection: Optional[list[str]] = None) -> str:
+    keys = [[k] for k in selection] if selection else asset_keys()
+    params = {"assetSelection": [{"path": p} for p in keys], "allPartitions": True,
               "title": f"AudioCLIP lineage ({label})", "tags": [{"key": TAG, "value": label}]}
     res = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
     if res["__typename"] != "LaunchBackfillSuccess":
@@ -240,9 +241,10 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
     return final.status == BulkActionStatus.COMPLETED_SUCCESS and failed == 0
 
 
-def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = print) -> bool:
-    """Prepare the instance, launch the backfill of every asset through a local Dagster, and
-    (with `wait`) follow it to the end."""
+def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = print,
+                selection: Optional[list[str]] = None) -> bool:
+    """Prepare the instance, launch the backfill of every asset (or of `selection`, asset
+    names) through a local Dagster, and (with `wait`) follow it to the end."""
     os.environ.update({k: v for k, v in env().items() if k in ("DAGSTER_HOME", "MLFLOW_DISABLE_TELEMETRY")})
     import dagster as dg
 
@@ -263,7 +265,7 @@ def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = prin
         with LocalDagster(log, port=port, daemon=not running) as dagster:
             say(f"Dagster on {dagster.url} ({'the running daemon' if running else 'dagster dev'}; log: {log})")
             cancel_unfinished(instance, dagster, say)
-            backfill_id = launch(dagster, label)
+            backfill_id = launch(dagster, label, selection)
             say(f"backfill {backfill_id}: every asset, all partitions - {dagster.url}/runs/b/{backfill_id}")
             if not wait:
                 return True
@@ -274,8 +276,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--no-wait", action="store_true", help="launch the backfill and return")
     p.add_argument("--label", default="cli")
+    p.add_argument("--select", nargs="+", metavar="ASSET", help="only these assets (all their partitions)")
     a = p.parse_args(argv)
-    return 0 if run_lineage(a.label, wait=not a.no_wait) else 1
+    return 0 if run_lineage(a.label, wait=not a.no_wait, selection=a.select) else 1
 
 
 if __name__ == "__main__":

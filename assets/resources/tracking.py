@@ -8,6 +8,16 @@ import dagster as dg
 from audioclip_core.layout import DataLayout
 
 
+# the MLflow UI opens an experiment of this kind in its training view (runs, metrics, charts),
+# not the GenAI view that hides training runs
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def ui_host() -> str:
+    """The MLflow UI that metadata links point at: AUDIOCLIP_MLFLOW_UI, else `make mlflow-ui`'s address."""
+    return os.environ.get("AUDIOCLIP_MLFLOW_UI") or f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """MLflow with a sqlite backend in the data root (`tracking_uri` overrides it)."""
 
@@ -28,9 +38,12 @@ class MlflowTracking(dg.ConfigurableResource):
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
             artifacts = layout.ensure(layout.mlflow_artifacts)
-            exp_id = mlflow.create_experiment(self.experiment, artifact_location=artifacts.as_uri())
+            exp_id = mlflow.create_experiment(self.experiment, artifact_location=artifacts.as_uri(),
+                                              tags={EXPERIMENT_KIND: TRAINING_KIND})
         else:
             exp_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:
+                mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND, TRAINING_KIND)
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
             yield run
 
@@ -48,5 +61,11 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @staticmethod
     def run_link(run, host: Optional[str] = None) -> str:
-        host = host or os.environ.get("AUDIOCLIP_MLFLOW_UI", "http://127.0.0.1:5000")
-        return f"{host}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        return f"{host or ui_host()}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+    @staticmethod
+    def artifact_link(run, name: str, host: Optional[str] = None) -> str:
+        """A URL the MLflow UI serves an artifact of `run` at (e.g. a PNG the browser shows)."""
+        from urllib.parse import urlencode
+
+        return f"{host or ui_host()}/get-artifact?" + urlencode({"path": name, "run_uuid": run.info.run_id})

@@ -70,8 +70,9 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
         old = prev.get(seg.segment_id)
         found = finished.get(seg.segment_id)
         if found is not None:
-            if old is not None and old["status"] == "ok" and old.get("path") == str(found):
-                rows.append({**old, "skipped": True})
+            if old is not None and old["status"] == "ok" and old.get("path") and Path(old["path"]).name == found.name:
+                # recorded by an earlier run; compared by name, so a data root that moved keeps its history
+                rows.append({**old, "path": str(found), "skipped": True})
             else:  # finished on disk by a run that died before recording it
                 now = time.time()
                 rows.append(_result_row(DownloadResult(seg.ytid, seg.start, seg.end, "ok", "", 0, str(found),

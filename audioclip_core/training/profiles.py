@@ -32,7 +32,9 @@ PROFILES = {
         "esresnext_audioset": dict(preset="audioclip-tiny", epochs=8, batch_size=16, lr=0.02, gamma=0.9, clip_seconds=4.0),
         "audioclip_partial": dict(preset="audioclip-tiny", epochs=20, batch_size=16, lr=0.02, gamma=0.95, clip_seconds=4.0,
                                   loss_variant="corrected"),
-        "audioclip_full": dict(preset="audioclip-tiny", epochs=10, batch_size=16, lr=0.01, gamma=0.95, clip_seconds=4.0,
+        # lr 0.01 collapsed this stage to uniform logits (seed 0, AMD EPYC): its not_collapsed
+        # gate failed; 0.002 keeps the audio terms learning there
+        "audioclip_full": dict(preset="audioclip-tiny", epochs=10, batch_size=16, lr=0.002, gamma=0.95, clip_seconds=4.0,
                                freeze_bn=True, loss_variant="corrected"),
         "esresnext_finetune": dict(preset="audioclip-tiny", epochs=3, batch_size=12, lr=0.01, gamma=0.9),
         "audioclip_finetune": dict(preset="audioclip-tiny", epochs=3, batch_size=12, lr=0.001, gamma=0.9,

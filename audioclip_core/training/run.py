@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import export_official, save_checkpoint
-from ..files import sha256_file
+from ..files import keep_version, sha256_file
 from ..lineage import lineage_record, write_lineage
 from ..models.esresnext import ESResNeXt
 from .config import TrainConfig
@@ -87,5 +87,11 @@ def _plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def manifest_entry(path: Path, rows: int) -> dict:
-    return {"path": str(path), "sha256": sha256_file(path), "rows": int(rows)}
+def manifest_entry(path: Path, rows: int, store: Optional[Path] = None) -> dict:
+    """A manifest a stage trains on: path, digest, usable rows; with `store`, the exact
+    version is kept there (content-addressed) and named, so the clips stay listable after the
+    manifest moves on (`audioclip lineage CKPT --clips`)."""
+    if store is None:
+        return {"path": str(path), "sha256": sha256_file(path), "rows": int(rows)}
+    sha, version = keep_version(Path(path), store)
+    return {"path": str(path), "sha256": sha, "rows": int(rows), "version": str(version)}

@@ -266,3 +266,19 @@ def test_a_partition_is_worked_on_by_one_run_at_a_time(held_out, tmp_path):
         result = _mat(AUDIOSET_ASSETS[1:2], res, "eval", instance, success=False)
     assert "AudioSet partition 'eval' is being processed by another process" in _step_errors(result)
     assert not (tmp_path / "data" / "audioset" / "downloads" / "eval").exists()
+
+
+def test_a_moved_data_root_keeps_its_download_history(held_out, tmp_path):
+    src, server = held_out
+    _mat(AUDIOSET_ASSETS, _resources(tmp_path / "a", src, server), "eval")
+    before = pd.read_parquet(tmp_path / "a" / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    again = _mat(AUDIOSET_ASSETS, _resources(tmp_path / "b", src, server), "eval")
+    after = pd.read_parquet(tmp_path / "b" / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
+    row_a, row_b = before.loc["Chaplin0001_1000"], after.loc["Chaplin0001_1000"]
+    assert (row_b["attempts"], row_b["started_at"], row_b["finished_at"]) == \
+        (row_a["attempts"], row_a["started_at"], row_a["finished_at"])
+    assert row_b["path"].startswith(str(tmp_path / "b"))
+    assert _meta(again, "audioset_clips")["extracted_now"] == 0
+    manifest = pd.read_parquet(tmp_path / "b" / "data" / "audioset" / "manifests" / "eval.parquet")
+    assert all(p.startswith(str(tmp_path / "b")) for p in manifest[manifest["status"] == "ok"]["audio_path"])

@@ -170,3 +170,32 @@ def test_two_processes_match_one_on_the_same_global_batch(lineage, stage_outputs
     assert max(moved.values()) > 1e4 * TOL, moved  # training moved the weights well above TOL
     worst = {k: float((w1[k] - w2[k]).abs().max()) for k in floats}
     assert max(worst.values()) < TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+
+
+def test_a_stage_that_fails_a_gate_is_set_aside_not_published(tmp_path):
+    """A failed gate: the checkpoint and its record are renamed `.rejected`, so no later run
+    (a fine-tune, a table) can start from them; the MLflow run is FAILED; the step fails."""
+    import mlflow
+
+    from assets.resources import MlflowTracking
+    from assets.training import _reject
+    from audioclip_core.layout import DataLayout
+
+    layout = DataLayout.at(tmp_path / "data")
+    folder = layout.checkpoint_dir("audioclip_full")
+    folder.mkdir(parents=True)
+    ck, rec = folder / "audioclip_full.safetensors", folder / "audioclip_full.lineage.json"
+    ck.write_bytes(b"w")
+    rec.write_text("{}")
+    tracking = MlflowTracking()
+    with tracking.start_run(layout, "audioclip_full", {}) as run:
+        run_id = run.info.run_id
+    failed = [dg.AssetCheckResult(check_name="not_collapsed", passed=False, metadata={"ratio": 1.001})]
+    with pytest.raises(dg.Failure, match="audioclip_full is not published: not_collapsed failed: ratio=1.001"):
+        _reject([ck, rec], tracking, layout, run_id, failed)
+    assert not ck.exists() and not rec.exists()
+    assert (folder / "audioclip_full.rejected.safetensors").is_file()
+    assert (folder / "audioclip_full.rejected.lineage.json").is_file()
+    mlflow.set_tracking_uri(tracking.uri(layout))
+    got = mlflow.MlflowClient().get_run(run_id)
+    assert got.info.status == "FAILED" and "not_collapsed" in got.data.tags["gate_failed"]

@@ -88,3 +88,34 @@ def test_a_checkpoint_without_record_is_a_clear_error(tmp_path, capsys):
         chain(tmp_path / "x.pt")
     assert main(["lineage", str(tmp_path / "x.pt")]) == 1
     assert "no lineage record" in capsys.readouterr().err
+
+
+def test_clips_of_a_checkpoint_survive_a_manifest_change(tmp_path, capsys):
+    """The record names the exact manifest version (kept, content-addressed): after the manifest
+    is rewritten with other clips, --clips still lists what the checkpoint was trained on."""
+    from audioclip_core.lineage import lineage_record, write_lineage
+    from audioclip_core.training.run import manifest_entry
+
+    manifest = tmp_path / "audioset" / "manifests" / "eval.parquet"
+    manifest.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"segment_id": ["OldClip0001_0", "OldClip0002_0", "Gone0000001_0"],
+                             "status": ["ok", "ok", "unavailable"]}), manifest)
+    entry = manifest_entry(manifest, 2, store=tmp_path / "versions")
+    ck = tmp_path / "checkpoints" / "audioclip_full" / "audioclip_full.safetensors"
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(b"weights")
+    write_lineage(lineage_record(name="audioclip_full", stage="audioclip_full", checkpoint=ck, config={},
+                                 manifests={"audioset_eval": entry}), ck)
+    pq.write_table(pa.table({"segment_id": ["NewClip0001_0"], "status": ["ok"]}), manifest)  # moved on
+
+    assert main(["lineage", str(ck), "--clips"]) == 0
+    out = capsys.readouterr().out
+    assert "audioset_eval" in out and "2 clips" in out
+    assert "OldClip0001_0" in out and "OldClip0002_0" in out
+    assert "NewClip0001_0" not in out and "Gone0000001_0" not in out   # only what it trained on (status ok)
+    assert sha256_file(entry["version"]) == entry["sha256"]
+    assert "[CHANGED since training]  (version kept)" in format_chain(chain(ck))
+    # without the kept version and with the manifest changed, it says so instead of guessing
+    (tmp_path / "versions" / f"{entry['sha256']}.parquet").unlink()
+    assert main(["lineage", str(ck), "--clips"]) != 0
+    assert "no longer on disk" in capsys.readouterr().err

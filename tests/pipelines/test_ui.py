@@ -49,7 +49,10 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
     home.mkdir()
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     generate_esc50(tmp_path / "esc50", per_fold_class=1)
-    env = dict(os.environ, DAGSTER_HOME=str(home), AUDIOCLIP_DATA_ROOT=str(tmp_path / "data"),
+    from pipelines.lineage import env as dagster_env
+
+    # the checkout importable (dagster.yaml's run launcher lives in pipelines/)
+    env = dict(dagster_env(), DAGSTER_HOME=str(home), AUDIOCLIP_DATA_ROOT=str(tmp_path / "data"),
                AUDIOCLIP_ESC50_DIR=str(tmp_path / "esc50"))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         res = {"data_root": DataRoot(root=env["AUDIOCLIP_DATA_ROOT"]), "sources": DatasetSources(esc50_dir=env["AUDIOCLIP_ESC50_DIR"])}
