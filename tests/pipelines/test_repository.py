@@ -108,7 +108,7 @@ def test_library_and_assets_leave_the_environment_alone():
     found = [f"{p.relative_to(REPO)}:{n}" for folder in (CORE, REPO / "assets") for p in sorted(folder.rglob("*.py"))
              for n in _environ_writes(p)]
     assert not found, found
-    assert _environ_writes(REPO / "pipelines" / "demo.py"), "the check finds a known write"
+    assert _environ_writes(REPO / "pipelines" / "instance.py"), "the check finds a known write"
 
 
 def test_definitions_validate_and_every_job_resolves():
