@@ -16,6 +16,7 @@ from .training import (audioclip_esc50, audioclip_full, audioclip_partial, audio
                        esresnext_esc50, esresnext_us8k)
 
 GROUP = "evaluation"
+KINDS = {"parquet", "duckdb", "mlflow"}
 
 
 def _tables():
@@ -24,7 +25,6 @@ def _tables():
     from audioclip_core.evaluation import tables
 
     return tables
-KINDS = {"parquet", "duckdb", "mlflow"}
 
 
 class EvalConfig(dg.Config):
@@ -115,10 +115,10 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
           description="Table 1: ESResNeXt alone - AudioSet mAP; fine-tuned ESC-50 and US8K accuracy per fold and mean.")
 def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = _layout(data_root)
-    result = _tables().table1_esresnext(
-        _tables().existing(layout.checkpoint("esresnext_audioset")), _tables().audioset_table(layout, config.audioset_partition),
-        _labels(sources, layout).mids, [_tables().finetuned_from_layout(layout, f"esresnext_{n}", n) for n in _tables().CLIPSETS],
+    layout, t = _layout(data_root), _tables()
+    result = t.table1_esresnext(
+        t.existing(layout.checkpoint("esresnext_audioset")), t.audioset_table(layout, config.audioset_partition),
+        _labels(sources, layout).mids, [t.finetuned_from_layout(layout, f"esresnext_{n}", n) for n in t.CLIPSETS],
         config.settings())
     return _publish(context, result, layout, tracking)
 
@@ -128,10 +128,10 @@ def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data
                                    "both); fine-tuned ESC-50 / US8K accuracy.")
 def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = _layout(data_root)
-    result = _tables().table2_audioclip(
-        config.audioclip_models(layout), _tables().audioset_table(layout, config.audioset_partition),
-        _labels(sources, layout), [_tables().finetuned_from_layout(layout, f"audioclip_{n}", n) for n in _tables().CLIPSETS],
+    layout, t = _layout(data_root), _tables()
+    result = t.table2_audioclip(
+        config.audioclip_models(layout), t.audioset_table(layout, config.audioset_partition),
+        _labels(sources, layout), [t.finetuned_from_layout(layout, f"audioclip_{n}", n) for n in t.CLIPSETS],
         config.settings())
     return _publish(context, result, layout, tracking)
 
@@ -140,8 +140,8 @@ def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data
           description="Table 3: zero-shot ESC-50 and US8K accuracy without training on them (all clips, and per fold).")
 def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = _layout(data_root)
-    result = _tables().table3_zero_shot(config.audioclip_models(layout), _clipsets(layout), config.settings())
+    layout, t = _layout(data_root), _tables()
+    result = t.table3_zero_shot(config.audioclip_models(layout), _clipsets(layout), config.settings())
     return _publish(context, result, layout, tracking)
 
 
@@ -150,8 +150,8 @@ def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data
                                    "by text (AudioSet, US8K, ESC-50), audio by image and image by audio (AudioSet).")
 def table4_querying(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                     sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    layout = _layout(data_root)
-    result = _tables().table4_querying(config.audioclip_models(layout), _tables().audioset_table(layout, config.audioset_partition),
+    layout, t = _layout(data_root), _tables()
+    result = t.table4_querying(config.audioclip_models(layout), t.audioset_table(layout, config.audioset_partition),
                                     _labels(sources, layout), _clipsets(layout), config.settings(),
                                     audioset_partition=config.audioset_partition)
     return _publish(context, result, layout, tracking)

@@ -213,7 +213,8 @@ def _failure(instance, run_id: str) -> str:
 
 
 def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float = 3.0) -> bool:
-    """Print a line per finished run until the backfill is done; True when every run succeeded."""
+    """Print a line per finished run until the backfill is done; True when Dagster says it
+    completed (every asset partition materialised; a run retried successfully counts as done)."""
     from dagster import RunsFilter
     from dagster._core.execution.backfill import BulkActionStatus
 

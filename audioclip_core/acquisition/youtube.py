@@ -130,7 +130,7 @@ def _refusal(info: dict) -> str:
 
 
 def _short(path: Path, expected: float) -> Optional[str]:
-    """Why a downloaded range is incomplete ('' if not): no duration, or under 90 % of the range."""
+    """Why a downloaded range is incomplete (None if it is not): no duration, or under 90 % of the range."""
     from .media import ExtractionError, probe
 
     try:
@@ -168,6 +168,7 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
     whole = False
     for attempt in range(1, options.max_attempts + 1):
         result.attempts = attempt
+        switched = False  # this attempt found the range short: the next one takes the whole file
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
         ydl_opts = {
             "format": options.format,
@@ -207,7 +208,7 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             if problem:
                 if whole:
                     raise RuntimeError(problem)
-                whole = True  # the next attempt: the whole file, cut here
+                whole = switched = True
                 raise RuntimeError(f"{problem}; retrying with the whole file")
             final = dest_dir / f"{name}{media.suffix}"
             os.replace(media, final)
@@ -224,7 +225,7 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             shutil.rmtree(tmp, ignore_errors=True)
         if result.status not in TRANSIENT or attempt == options.max_attempts:
             break
-        if whole and attempt == 1 and result.message.endswith("retrying with the whole file"):
+        if switched:
             continue  # not a server fault: no backoff
         delay = min(options.max_backoff_seconds, options.backoff_seconds * 2 ** (attempt - 1))
         sleep(delay * (0.5 + random.random()))

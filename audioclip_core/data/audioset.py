@@ -9,13 +9,12 @@ the file. The SHA-256 of a file's bytes is its data version.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
-
-from ..files import sha256_file
 
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SEGMENT_FILES = {
@@ -80,7 +79,8 @@ def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = 
     return _parse_numbered(enumerate(lines, start=first_line), known_labels)
 
 
-def _parse_numbered(lines: Iterable[tuple[int, str]], known_labels: Optional[set[str]]) -> Iterator[Segment | ParseIssue]:
+def _parse_numbered(lines: Iterable[tuple[int, str]],
+                    known_labels: Optional[set[str]]) -> Iterator[Segment | ParseIssue]:
     for lineno, raw in lines:
         text = raw.rstrip("\r\n")
         if not text.strip():
@@ -122,13 +122,12 @@ def _parse_numbered(lines: Iterable[tuple[int, str]], known_labels: Optional[set
         yield Segment(ytid, start, end, labels, lineno)
 
 
-def _decoded_lines(data: bytes, first_line: int) -> Iterator[tuple[int, str | None, bytes]]:
-    """(line number, text or None when it is not valid UTF-8, raw bytes) of each line."""
-    for lineno, raw in enumerate(data.splitlines(), start=first_line):
-        try:
-            yield lineno, raw.decode("utf-8"), raw
-        except UnicodeDecodeError:
-            yield lineno, None, raw
+def _decode(raw: bytes) -> str | None:
+    """The line as text, or None when it is not valid UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
@@ -136,15 +135,20 @@ def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
     """Parse a segment CSV; `rows` selects data rows (for shards of the unbalanced list). A
     line that is not valid UTF-8 is reported with its number; the others are parsed."""
     path = Path(path)
-    lines = list(_decoded_lines(path.read_bytes(), 1))
-    header = [text for _, text, _ in lines[:3] if text is not None and text.startswith("#")]
-    body = lines[len(header):]
+    data = path.read_bytes()
+    lines = data.splitlines()
+    header = [t for t in map(_decode, lines[:3]) if t is not None and t.startswith("#")]
+    numbered = list(enumerate(lines, start=1))[len(header):]   # (line number, bytes) of the data rows
     if rows is not None:
-        body = body[rows]
-    out = SegmentFile(path=path, sha256=sha256_file(path), header=header)
-    good = [(n, text) for n, text, _ in body if text is not None]
-    out.issues += [ParseIssue(n, "not valid UTF-8", raw.decode("utf-8", "replace")) for n, text, raw in body
-                   if text is None]
+        numbered = numbered[rows]                              # a shard decodes only its own rows
+    out = SegmentFile(path=path, sha256=hashlib.sha256(data).hexdigest(), header=header)
+    good = []
+    for n, raw in numbered:
+        text = _decode(raw)
+        if text is None:
+            out.issues.append(ParseIssue(n, "not valid UTF-8", raw.decode("utf-8", "replace")))
+        else:
+            good.append((n, text))
     for item in _parse_numbered(good, known_labels):
         (out.segments if isinstance(item, Segment) else out.issues).append(item)
     out.issues.sort(key=lambda i: i.line)

@@ -39,9 +39,10 @@ def collapse(history: list[dict]) -> Optional[dict]:
 
 
 def non_finite_tensors(checkpoint: Path) -> list[str]:
-    """Names of the tensors of a safetensors checkpoint that hold NaN or Inf."""
-    import torch
+    """Names of the tensors of a safetensors checkpoint that hold NaN or Inf (the check that
+    strict loading applies, `checkpoints.non_finite_tensors`)."""
     from safetensors.torch import load_file
 
-    return [name for name, t in load_file(str(checkpoint)).items()
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    from ..checkpoints import non_finite_tensors as counts
+
+    return sorted(counts(load_file(str(checkpoint))))
