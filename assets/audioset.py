@@ -9,8 +9,8 @@ import pandas as pd
 
 from audioclip_core.acquisition.audioset import run_downloads, run_extraction
 from audioclip_core.data.catalog import update_catalog
-from audioclip_core.data.manifests import MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition
-from audioclip_core.files import exclusive, write_parquet
+from audioclip_core.data.manifests import MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition, relative_paths
+from audioclip_core.files import exclusive, publish_version, write_parquet
 
 from .metadata import markdown_table, progress_logger
 from .resources import DataRoot, DatasetSources, YoutubeDownloader
@@ -129,13 +129,15 @@ def audioset_manifest(context: dg.AssetExecutionContext, data_root: DataRoot) ->
     manifest = build_manifest(pd.read_parquet(layout.segments(partition)), pd.read_parquet(layout.downloads(partition)),
                               pd.read_parquet(layout.clips(partition)), partition)
     out = layout.audioset_manifest(partition)
-    digest = write_parquet(manifest, out)
+    manifest = relative_paths(manifest, layout.root)
+    digest, version = publish_version(manifest, layout.versions_dir, out)
     update_catalog(layout, {f"audioset_{partition}": out})
     counts = manifest["status"].value_counts().to_dict()
     return dg.MaterializeResult(
         metadata={"segments": len(manifest), "ok": int(counts.get("ok", 0)), "by_status": counts,
                   "success_rate": counts.get("ok", 0) / len(manifest) if len(manifest) else 0.0,
                   "sha256": digest, "path": dg.MetadataValue.path(str(out)),
+                  "version": dg.MetadataValue.path(str(version)),
                   "catalog": dg.MetadataValue.path(str(layout.catalog)), "duckdb_view": f"audioset_{partition}",
                   "preview": dg.MetadataValue.md(markdown_table(manifest[["segment_id", "label_names", "status", "duration"]]))},
         data_version=dg.DataVersion(digest[:16]))

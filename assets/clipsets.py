@@ -5,7 +5,8 @@ import pandas as pd
 
 from audioclip_core.data.catalog import update_catalog
 from audioclip_core.data.clipsets import SPECS, count_warnings, fold_split, read_metadata, validate
-from audioclip_core.files import write_parquet
+from audioclip_core.data.manifests import relative_paths
+from audioclip_core.files import publish_version
 
 from .metadata import markdown_table
 from .resources import DataRoot, DatasetSources
@@ -23,8 +24,9 @@ def _manifest(name: str, context, data_root: DataRoot, sources: DatasetSources) 
     manifest, report = validate(root, spec, rows)
     df = pd.DataFrame(manifest)
     df["audio_path"] = [str((root / p).resolve()) for p in df["path"]]
+    df = relative_paths(df, layout.root)
     out = layout.clipset_manifest(name)
-    digest = write_parquet(df, out)
+    digest, version = publish_version(df, layout.versions_dir, out)
     update_catalog(layout, {name: out})
     for kind in ("missing", "unreadable", "extra"):
         if report[kind]:
@@ -41,6 +43,7 @@ def _manifest(name: str, context, data_root: DataRoot, sources: DatasetSources) 
     return dg.MaterializeResult(
         metadata={"clips": len(df), "ok": len(ok), "classes": int(df["class_id"].nunique()), "source": str(root),
                   "sha256": digest, "path": dg.MetadataValue.path(str(out)), "duckdb_view": name,
+                  "version": dg.MetadataValue.path(str(version)),
                   "preview": dg.MetadataValue.md(markdown_table(df[["path", "fold", "class_name", "status", "duration"]]))},
         data_version=dg.DataVersion(digest[:16]), check_results=checks)
 
@@ -51,8 +54,8 @@ def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
     usable = df[df["status"] == "ok"]
     train, test = fold_split(usable.to_dict("records"), fold)
     train_path, test_path = layout.fold(name, fold, "train"), layout.fold(name, fold, "test")
-    d_train = write_parquet(pd.DataFrame(train, columns=df.columns), train_path)
-    d_test = write_parquet(pd.DataFrame(test, columns=df.columns), test_path)
+    d_train, _ = publish_version(pd.DataFrame(train, columns=df.columns), layout.versions_dir, train_path)
+    d_test, _ = publish_version(pd.DataFrame(test, columns=df.columns), layout.versions_dir, test_path)
     update_catalog(layout, {f"{name}_fold{fold}_train": train_path, f"{name}_fold{fold}_test": test_path})
     train_ids = {r["path"] for r in train}
     test_ids = {r["path"] for r in test}

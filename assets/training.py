@@ -32,13 +32,20 @@ class StageConfig(dg.Config):
                                           "clip set's protocol (ESC-50 5 s mono, US8K 4 s stereo)")
     seed: int = 0
     max_steps_per_epoch: Optional[int] = None
-    input_scale: str = "int16"
+    input_scale: Optional[str] = Field(default=None, description="int16 | minmax | unit; default: the profile's "
+                                       "(int16), and for fine-tuning the clip set's published loader's (ESC-50 "
+                                       "int16, US8K minmax)")
     device: str = "auto"
     init_checkpoint: str = Field(default="", description="start from this checkpoint (e.g. a released "
                                  "AudioCLIP-Full-Training.pt) instead of the upstream asset")
     clip_weights: str = Field(default="", description="CLIP.pt or OpenAI RN50.pt for the image/text towers")
     imagenet_weights: str = Field(default="", description="torchvision resnext50_32x4d state dict for stage 1")
-    audioset_partitions: list[str] = Field(default_factory=lambda: ["balanced_train"])
+    audioset_partitions: list[str] = Field(default_factory=list, description="AudioSet partitions to train on; "
+                                           "empty: every training partition that has a segment list (all but eval; "
+                                           "the demo's balanced_train)")
+    allow_random_init: Optional[bool] = Field(default=None, description="let stage 1 start without ImageNet weights "
+                                              "and stage 2 without CLIP weights (random towers); the demo profile "
+                                              "sets it, the paper profile refuses")
     nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
     freeze_bn: Optional[bool] = None
     cpu_bf16: bool = Field(default=False, description="bfloat16 autocast on CPU (faster; not bit-reproducible)")
@@ -168,15 +175,19 @@ COLLAPSE_CHECK = ("not_collapsed", "The audio pair terms (audio-text, audio-imag
                   "tell no clip of a batch from another fails and blocks what is trained or evaluated from it "
                   "(audioclip_core/training/health.py)")
 FINITE_CHECK = ("finite_weights", "Every tensor of the checkpoint is finite (no NaN or Inf); blocks downstream")
+CHANCE_CHECK = ("above_chance", "In-batch audio-to-caption retrieval of the last epoch is above chance: more than "
+                "two standard deviations above its expectation for random scores (the share of identical captions "
+                "per clip); a model at chance blocks what is trained or evaluated from it "
+                "(audioclip_core/training/health.py)")
 
 
-def _checks(name: str, contrastive: bool) -> list[dg.AssetCheckSpec]:
-    specs = [FINITE_CHECK] + ([COLLAPSE_CHECK] if contrastive else [])
+def _checks(name: str, contrastive: bool, retrieval: bool = False) -> list[dg.AssetCheckSpec]:
+    specs = [FINITE_CHECK] + ([COLLAPSE_CHECK] if contrastive else []) + ([CHANCE_CHECK] if retrieval else [])
     return [dg.AssetCheckSpec(check, asset=name, blocking=True, description=desc) for check, desc in specs]
 
 
 def _gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheckResult]:
-    from audioclip_core.training.health import collapse, non_finite_tensors
+    from audioclip_core.training.health import at_chance, collapse, non_finite_tensors
 
     bad = non_finite_tensors(checkpoint)
     out = [dg.AssetCheckResult(check_name=FINITE_CHECK[0], passed=not bad,
@@ -186,6 +197,12 @@ def _gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheck
         meta = ({"uniform_logit_value": report["uniform"], "last_epoch_terms": report["terms"],
                  "ratio_to_uniform": report["ratios"]} if report else {"note": "no contrastive terms recorded"})
         out.append(dg.AssetCheckResult(check_name=COLLAPSE_CHECK[0], passed=not (report and report["collapsed"]),
+                                       metadata=meta))
+    if any(spec.name == CHANCE_CHECK[0] for spec in context.assets_def.check_specs):
+        report = at_chance(history)
+        meta = ({k: v for k, v in report.items() if k != "at_chance"} if report
+                else {"note": "no in-batch retrieval recorded"})
+        out.append(dg.AssetCheckResult(check_name=CHANCE_CHECK[0], passed=not (report and report["at_chance"]),
                                        metadata=meta))
     return out
 
@@ -230,19 +247,34 @@ def _audioset_manifests(layout: DataLayout, partitions: list[str]):
     return paths, entries
 
 
+def _training_partitions(config: StageConfig, sources: DatasetSources, layout: DataLayout, profile: str) -> list[str]:
+    """The partitions asked for; else every training partition with a source (all but eval)
+    for the paper profile, and balanced_train for the demo."""
+    if config.audioset_partitions:
+        return list(config.audioset_partitions)
+    if profile == "demo":
+        return ["balanced_train"]
+    found = [p for p in sources.audioset_partitions(layout) if p not in ("eval", "demo")]
+    if not found:
+        raise FileNotFoundError(f"no AudioSet training partition has a segment list in {sources.audioset(layout)}")
+    return found
+
+
 def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoot, sources: DatasetSources,
                     tracking: MlflowTracking, upstream: Optional[str]) -> dg.MaterializeResult:
     from audioclip_core.data.manifests import label_index_for
-    from audioclip_core.training.stages import StageSpec
+    from audioclip_core.training.stages import StageSpec, require_initialisation
 
     layout = data_root.layout
     cfg, profile = _train_config(config, stage, sources, layout)
     labels = label_index_for(sources.audioset(layout))
-    tables, manifests = _audioset_manifests(layout, config.audioset_partitions)
+    tables, manifests = _audioset_manifests(layout, _training_partitions(config, sources, layout, profile))
     init, parent = _start(config, layout, upstream)
     spec = StageSpec(name=stage, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(stage)),
                      tables=tables, manifests=manifests, class_ids=list(labels.mids), init=init, parent=parent,
-                     clip_weights=config.clip_weights or None, imagenet_weights=config.imagenet_weights or None)
+                     clip_weights=config.clip_weights or None, imagenet_weights=config.imagenet_weights or None,
+                     data_root=str(layout.root))
+    require_initialisation(spec, cfg)  # before anything is tracked: a paper stage never starts from random silently
     return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
 
 
@@ -255,7 +287,7 @@ def esresnext_audioset(context: dg.AssetExecutionContext, config: StageConfig, d
 
 
 @dg.asset(group_name=GROUP, deps=[esresnext_audioset, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
-          check_specs=_checks("audioclip_partial", True),
+          check_specs=_checks("audioclip_partial", True, retrieval=True),
           description="Stage 2: the audio head (from stage 1, fresh projection) trained under frozen CLIP teachers.")
 def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                       sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -263,7 +295,7 @@ def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, da
 
 
 @dg.asset(group_name=GROUP, deps=[audioclip_partial, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
-          check_specs=_checks("audioclip_full", True),
+          check_specs=_checks("audioclip_full", True, retrieval=True),
           description="Stage 3: all three heads trained jointly on AudioSet from the partial checkpoint.")
 def audioclip_full(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                    sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -287,7 +319,8 @@ def _finetune(context, name, dataset, config, data_root, sources, tracking, *, u
     entry = manifest_entry(train_path, rows, store=layout.versions_dir)
     spec = StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name, fold)),
                      tables=[entry["version"]], manifests={f"{dataset}_fold{fold}_train": entry},
-                     classes=classes, init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes})
+                     classes=classes, init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes},
+                     data_root=str(layout.root))
     return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
 
 
@@ -310,3 +343,11 @@ audioclip_esc50 = _finetune_asset("audioclip_esc50", "esc50", esc50_folds, esc50
                                   True, "Stage 4: cooperative fine-tuning on an ESC-50 fold (audio head only).")
 audioclip_us8k = _finetune_asset("audioclip_us8k", "us8k", us8k_folds, us8k_fold_partitions, audioclip_full,
                                  True, "Stage 4: cooperative fine-tuning on a US8K fold (audio head only).")
+# Table 2 reports fine-tuned accuracy after partial AND after full training: cooperative
+# fine-tuning from the partial model too
+audioclip_partial_esc50 = _finetune_asset(
+    "audioclip_partial_esc50", "esc50", esc50_folds, esc50_fold_partitions, audioclip_partial, True,
+    "Stage 4 from the partial model (Table 2's partial rows): cooperative fine-tuning on an ESC-50 fold.")
+audioclip_partial_us8k = _finetune_asset(
+    "audioclip_partial_us8k", "us8k", us8k_folds, us8k_fold_partitions, audioclip_partial, True,
+    "Stage 4 from the partial model (Table 2's partial rows): cooperative fine-tuning on a US8K fold.")

@@ -113,9 +113,11 @@ def _labels(args) -> list[str]:
     return labels
 
 
-def _audio_options(args) -> dict:
-    return {"input_scale": args.input_scale, "window_seconds": args.window, "hop_seconds": args.hop,
-            "batch_size": args.batch_size}
+def _audio_options(args, model) -> dict:
+    from .inference import resolve_input_scale
+
+    return {"input_scale": resolve_input_scale(model, args.protocol, args.input_scale), "window_seconds": args.window,
+            "hop_seconds": args.hop, "batch_size": args.batch_size}
 
 
 def _report(res, args) -> None:
@@ -140,7 +142,7 @@ def cmd_embed(args) -> None:
     model = _load(args)
     rows = []
     if args.files:
-        res = try_embed_files(model, args.files, **_audio_options(args))
+        res = try_embed_files(model, args.files, **_audio_options(args, model))
         rows += [{"item": f, "modality": k, **_status(err), "embedding": None if err else e.tolist()}
                  for f, k, e, err in zip(res.paths, res.kinds, res.embeddings, res.errors)]
         _report(res, args)
@@ -157,7 +159,7 @@ def cmd_classify(args) -> None:
     labels = _labels(args)
     model = _load(args)
     label_emb = embed_texts(model, labels, template=args.template, truncate=args.truncate)
-    res = try_embed_files(model, args.files, **_audio_options(args))
+    res = try_embed_files(model, args.files, **_audio_options(args, model))
     rows = []
     for f, kind, e, err in zip(res.paths, res.kinds, res.embeddings, res.errors):
         if err is not None:
@@ -183,14 +185,14 @@ def cmd_query(args) -> None:
     if not args.text and not args.query_file:
         raise UserError("query: give --text or --query-file")
     model = _load(args)
-    cand = try_embed_files(model, args.files, **_audio_options(args))
+    cand = try_embed_files(model, args.files, **_audio_options(args, model))
     rows = [{"query": None, "rank": None, "item": cand.paths[i], "modality": cand.kinds[i], "score": None,
              **_status(cand.errors[i])} for i in cand.failed]
     _report(cand, args)
     if args.text:
         queries, names = embed_texts(model, args.text, template=args.template, truncate=args.truncate), list(args.text)
     else:
-        q = try_embed_files(model, args.query_file, **_audio_options(args))
+        q = try_embed_files(model, args.query_file, **_audio_options(args, model))
         rows += [{"query": q.paths[i], "rank": None, "item": None, "modality": q.kinds[i], "score": None,
                   **_status(q.errors[i])} for i in q.failed]
         _report(q, args)
@@ -319,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--checkpoint", "-c", help="checkpoint file (official .pt or .safetensors)")
         sp.add_argument("--preset", default=None, help="architecture preset (default: from the checkpoint, else audioclip-rn50)")
         sp.add_argument("--input-scale", choices=INPUT_SCALES, default=None,
-                        help="how [-1,1] audio is fed: 'unit' (released weights, default) or 'int16' (x32768)")
+                        help="how [-1,1] audio is fed: 'int16' (x32768), 'minmax' (each clip min-max scaled to the "
+                             "int16 range) or 'unit' (unscaled). Default: what the checkpoint records, else the "
+                             "--protocol's, else int16 - the rule the evaluation tables apply")
+        sp.add_argument("--protocol", choices=("esc50", "us8k"), default=None,
+                        help="the files are clips of this dataset: use its published loader's input scale "
+                             "(ESC-50 int16, UrbanSound8K minmax) when the checkpoint records none, as Table 3 does")
         sp.add_argument("--window", type=_positive_float, default=10.0,
                         help="longer audio is embedded in windows of this many seconds")
         sp.add_argument("--hop", type=_positive_float, default=5.0, help="hop between windows, seconds")

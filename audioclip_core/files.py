@@ -1,4 +1,5 @@
-"""Files: atomic writes (a complete file or none), SHA-256 digests, a cross-process lock.
+"""Files: atomic writes (a complete file or none), SHA-256 digests, cross-process locks, and
+immutable content-addressed versions behind a pointer (manifests).
 
 Tables, records, checkpoints and CLI outputs are written through `atomic_write`: into a
 temporary file beside the target, renamed into place only once complete, so a killed process
@@ -12,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pandas as pd
 
@@ -92,12 +93,61 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def publish_version(df: pd.DataFrame, store: Path, pointer: Path) -> tuple[str, Path]:
+    """Write `df` as an immutable, content-addressed version `<store>/<sha256>.parquet`, then
+    point `pointer` at it: a relative symbolic link, replaced atomically (readers of `pointer`
+    see the old version or the new one, never a half-written file; a data root that moves
+    keeps its links). Returns (SHA-256, version path). A version is never rewritten: the same
+    content is the same file, and it is made read-only."""
+    store.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".incoming.", suffix=".parquet", dir=store)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        df.to_parquet(tmp, index=False)
+        sha = sha256_file(tmp)
+        final = store / f"{sha}.parquet"
+        if not final.exists():
+            tmp.chmod(0o444)
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    point_to(pointer, final)
+    return sha, final
+
+
+def point_to(pointer: Path, target: Path) -> None:
+    """Make `pointer` a relative symbolic link to `target`, atomically (a regular file there,
+    as older roots have, is replaced by the link)."""
+    pointer = Path(pointer)
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    link = pointer.parent / f".{pointer.name}.{os.getpid()}.link"
+    link.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, pointer.parent), link)
+    os.replace(link, pointer)
+
+
+def version_of(path: Path, store: Path) -> Optional[tuple[str, Path]]:
+    """(SHA-256, version) when `path` is a pointer into `store`, else None."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.parent != Path(store).resolve() or len(target.stem) != 64:
+        return None
+    return target.stem, target
+
+
 def keep_version(path: Path, store: Path) -> tuple[str, Path]:
-    """(SHA-256, immutable copy) of `path` in the content-addressed `store`. The bytes are
-    copied (a hard link would follow a later in-place rewrite of `path`), and the digest is
-    taken of the copy itself, so a concurrent rewrite cannot mislabel it."""
+    """(SHA-256, immutable copy) of `path` in the content-addressed `store`. A pointer
+    (`publish_version`) names its version as it is; any other file's bytes are copied (a hard
+    link would follow a later in-place rewrite of `path`), and the digest is taken of the copy
+    itself, so a concurrent rewrite cannot mislabel it."""
     import shutil
 
+    known = version_of(path, store)
+    if known is not None:
+        return known
     store.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=store)
     os.close(fd)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .audio import DEFAULT_INPUT_SCALE, SAMPLE_RATE, AudioStream, to_model_input
+from .audio import DEFAULT_INPUT_SCALE, INPUT_SCALES, SAMPLE_RATE, AudioStream, to_model_input
 from .errors import InputError, check_input_file
 from .images import clip_preprocess
 from .models.audioclip import AudioCLIP
@@ -25,10 +25,27 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".
 POOLING = ("mean", "max")
 
 
-def default_input_scale(model: AudioCLIP) -> str:
-    """The scale a checkpoint was trained with, if it says; else the released weights' one."""
+def resolve_input_scale(model, dataset: Optional[str] = None, requested: Optional[str] = None) -> str:
+    """The input scale of `model` on audio of `dataset` ("esc50", "us8k" or None), by the one
+    rule of `audioclip_core.audio`: `requested`; else the scale the checkpoint records; else
+    the dataset protocol's (ESC-50 int16, UrbanSound8K minmax); else DEFAULT_INPUT_SCALE."""
+    if requested:
+        if requested not in INPUT_SCALES:
+            raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {requested!r}")
+        return requested
     meta = getattr(model, "checkpoint_metadata", None) or {}
-    return meta.get("input_scale") or DEFAULT_INPUT_SCALE
+    if meta.get("input_scale"):
+        return meta["input_scale"]
+    if dataset:
+        from .data.clipsets import protocol
+
+        return protocol(dataset).input_scale
+    return DEFAULT_INPUT_SCALE
+
+
+def default_input_scale(model: AudioCLIP) -> str:
+    """The scale a checkpoint was trained with, if it says; else DEFAULT_INPUT_SCALE."""
+    return resolve_input_scale(model)
 
 
 @dataclass

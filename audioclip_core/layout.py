@@ -12,12 +12,12 @@ when the package is installed elsewhere); the CLI and the pipeline's resources s
       audioset/segments/<p>.parquet   (+ <p>.issues.parquet)
       audioset/downloads/<p>.parquet  audioset/downloads/<p>/   (media files)
       audioset/clips/<p>.parquet      audioset/clips/<p>/       (WAV + 10 JPEG frames)
-      audioset/manifests/<p>.parquet
+      audioset/manifests/<p>.parquet  -> ../../versions/<sha256>.parquet (a pointer)
       <esc50|us8k>/manifest.parquet   <esc50|us8k>/folds/<k>/{train,test}.parquet
       checkpoints/<name>/[fold<k>/]<name>.safetensors (+ .lineage.json, epoch state)
       tables/<table>.parquet|.md      tables/plots/*.png
       audioset/locks/<p>.lock         held by the run working on partition <p>
-      versions/<sha256>.parquet       every manifest a checkpoint was trained on, as it was then
+      versions/<sha256>.parquet       every manifest version (immutable; the manifests point at one)
       catalog.duckdb                  mlflow/mlflow.db   mlflow/artifacts/   logs/
 """
 from __future__ import annotations
@@ -148,7 +148,7 @@ class DataLayout:
 
     @property
     def versions_dir(self) -> Path:
-        """Content-addressed copies of the manifests that trained a checkpoint."""
+        """Immutable, content-addressed manifest versions (the manifests are pointers to them)."""
         return self.root / "versions"
 
     def version(self, sha256: str) -> Path:

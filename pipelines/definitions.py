@@ -20,10 +20,13 @@ audioset_data_job = dg.define_asset_job(
     "audioset_data", selection=dg.AssetSelection.groups(audioset.GROUP),
     description="segments -> downloads -> clips -> manifest for one AudioSet partition")
 
+EVALUATION_TABLES = (evaluation.table1_esresnext, evaluation.table2_audioclip, evaluation.table3_zero_shot,
+                     evaluation.table4_querying)
 evaluate_released = dg.define_asset_job(
-    "evaluate_released", selection=dg.AssetSelection.assets(evaluation.table3_zero_shot, evaluation.table4_querying),
-    description="Zero-shot and querying tables from checkpoint files (e.g. the released AudioCLIP-Full-Training.pt "
-                "and AudioCLIP-Partial-Training.pt): set partial_checkpoint / full_checkpoint in the run config")
+    "evaluate_released", selection=dg.AssetSelection.assets(*EVALUATION_TABLES),
+    description="The four tables from checkpoint files - the released ESRNXFBSP.pt (Table 1: "
+                "esresnext_checkpoints, include_trained false) and AudioCLIP-Partial/Full-Training.pt (Tables 2-4: "
+                "partial_checkpoint / full_checkpoint) - with their run config (README: 'The released weights').")
 
 defs = dg.Definitions(
     assets=all_assets,

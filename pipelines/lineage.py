@@ -212,6 +212,36 @@ def _failure(instance, run_id: str) -> str:
     return ""
 
 
+class _Bar:
+    """A progress bar of materialised asset partitions, with the runs in progress, on a
+    terminal (nothing when the output is a file or a pipe: the lines are enough there)."""
+
+    def __init__(self):
+        self._bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=1, unit="asset partition", dynamic_ncols=True, leave=False,
+                             bar_format="{n}/{total} {bar} {elapsed} {postfix}")
+
+    def wrap(self, say: Callable[[str], None]) -> Callable[[str], None]:
+        if self._bar is None:
+            return say
+        return lambda line: self._bar.write(line)
+
+    def show(self, done: int, total: Optional[int], running: list[str]) -> None:
+        if self._bar is None:
+            return
+        self._bar.total = total or max(done, 1)
+        self._bar.n = done
+        self._bar.set_postfix_str(("running: " + "; ".join(running))[:120] if running else "", refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float = 3.0) -> bool:
     """Print a line per finished run until the backfill is done; True when Dagster says it
     completed (every asset partition materialised; a run retried successfully counts as done)."""
@@ -222,11 +252,16 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
     failed = 0
     start = time.time()
     target = None
+    bar = _Bar()
+    say = bar.wrap(say)
     while True:
         backfill = instance.get_backfill(backfill_id)
         if target is None and backfill.asset_backfill_data is not None:
             target = backfill.asset_backfill_data.target_subset.num_partitions_and_non_partitioned_assets
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        if backfill.asset_backfill_data is not None:
+            bar.show(backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets,
+                     target, [_run_label(r) for r in runs if r.status.value == "STARTED"])
         for run in sorted(runs, key=lambda r: r.run_id):
             if run.run_id in seen or not run.is_finished:
                 continue
@@ -242,6 +277,7 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
                 and all(r.is_finished for r in runs):
             break
         time.sleep(poll)
+    bar.close()
     final = instance.get_backfill(backfill_id)
     say(f"backfill {backfill_id}: {final.status.value}, {len(seen)} runs, {failed} failed"
         f"{' (a failed run that Dagster retried successfully does not fail the backfill)' if failed else ''}, "

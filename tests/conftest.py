@@ -109,8 +109,10 @@ def stage_outputs(lineage):
                                              **f64)
     out["audioclip_partial"] = materialize_stage(lineage, training.audioclip_partial, epochs=4, max_steps_per_epoch=None,
                                             **f64)
-    out["audioclip_full"] = materialize_stage(lineage, training.audioclip_full, **f64)
+    out["audioclip_full"] = materialize_stage(lineage, training.audioclip_full, epochs=4, max_steps_per_epoch=None,
+                                         **f64)
     out["esresnext_esc50"] = materialize_stage(lineage, training.esresnext_esc50, "2", **f64)
     out["audioclip_esc50"] = materialize_stage(lineage, training.audioclip_esc50, "2", epochs=5, max_steps_per_epoch=None,
                                           **f64)
+    out["audioclip_partial_esc50"] = materialize_stage(lineage, training.audioclip_partial_esc50, "2", **f64)
     return out

@@ -40,6 +40,7 @@ class ClipSetSpec:
     channels: int                     # channels fed to the model
     num_classes: int                  # in the published set
     expected_per_class: int | None = None
+    input_scale: str = "int16"        # how the published loader scales a clip (audioclip_core.audio)
 
     @property
     def folds(self) -> tuple[int, ...]:
@@ -58,7 +59,7 @@ US8K = ClipSetSpec(
                    r["class"]),
     expected_clips=8732,
     expected_fold_counts={1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837},
-    clip_seconds=4.0, channels=2, num_classes=10,
+    clip_seconds=4.0, channels=2, num_classes=10, input_scale="minmax",
 )
 SPECS = {"esc50": ESC50, "us8k": US8K}
 

@@ -1,6 +1,12 @@
 """AudioSet partitions as tables: segments parsed from the official lists, checks of the
 extracted clips, and the manifest that joins segments, downloads and clips (one row per
-segment, MANIFEST_COLUMNS)."""
+segment, MANIFEST_COLUMNS).
+
+Manifests (these, the ESC-50 / UrbanSound8K ones and their fold splits) are written as
+immutable content-addressed versions behind a pointer (`files.publish_version`), with the
+paths of files under the data root relative to it (`relative_paths`): a root can move, and a
+checkpoint's lineage names the exact version it was trained on. Readers resolve the paths
+against their data root with `read_manifest`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,14 +27,58 @@ MANIFEST_COLUMNS = {
     "label_names": "display names of the labels, same order",
     "status": "ok | unavailable | private | age_restricted | geo_blocked | throttled | error | invalid_media",
     "reason": "why the segment is not ok (empty when ok)",
-    "audio_path": "absolute path of the 44.1 kHz 16-bit WAV",
+    "audio_path": "path of the 44.1 kHz 16-bit WAV, relative to the data root",
     "sha256": "SHA-256 of the WAV",
     "duration": "audio duration, seconds",
     "sample_rate": "44100",
     "channels": "1 or 2 (the source's, capped at 2)",
-    "frame_paths": "absolute paths of the 10 equally spaced JPEG frames",
+    "frame_paths": "paths of the 10 equally spaced JPEG frames, relative to the data root",
     "partition": "the AudioSet partition the segment belongs to",
 }
+
+
+PATH_COLUMNS = ("audio_path", "frame_paths")
+
+
+def _relative(p, root: Path):
+    if p is None or (isinstance(p, float) and p != p):
+        return None
+    path = Path(p)
+    try:
+        return path.relative_to(root).as_posix() if path.is_absolute() else str(p)
+    except ValueError:
+        return str(p)  # outside the data root (a source given by path): kept absolute
+
+
+def _absolute(p, root: Path):
+    if p is None or (isinstance(p, float) and p != p):
+        return None
+    return str(root / p)  # an absolute p stays as it is
+
+
+def _map(df: pd.DataFrame, fn, root: Path) -> pd.DataFrame:
+    out = df.copy()
+    root = Path(root)
+    for col in PATH_COLUMNS:
+        if col in out:
+            out[col] = [None if v is None else ([fn(x, root) for x in v] if not isinstance(v, str) and hasattr(v, "__len__")
+                                                  else fn(v, root)) for v in out[col]]
+    return out
+
+
+def relative_paths(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """A copy of `df` whose file paths under `root` are relative to it (others unchanged)."""
+    return _map(df, _relative, Path(root).resolve())
+
+
+def absolute_paths(df: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """A copy of `df` whose relative file paths are resolved against `root`."""
+    return _map(df, _absolute, Path(root))
+
+
+def read_manifest(path: Path, root: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A manifest (or fold split, or kept version) with its file paths resolved against `root`."""
+    return absolute_paths(pd.read_parquet(path, columns=columns), root)
 
 
 def label_index_for(source_dir: Path) -> LabelIndex:

@@ -108,10 +108,26 @@ class AudioSetEmbeddings:
     text: torch.Tensor           # [classes, d]
     targets: torch.Tensor        # [clips, classes]
     class_names: list[str]
+    label_sets: Optional[torch.Tensor] = None   # [unique label sets, classes], multi-hot
+    set_text: Optional[torch.Tensor] = None     # [unique label sets, d]: each set's names joined, as a caption
 
     @property
     def clips(self) -> int:
         return int(self.audio.shape[0])
+
+
+def unique_label_sets(targets: torch.Tensor) -> torch.Tensor:
+    """The distinct rows of a multi-hot `[clips, classes]` matrix, in order of first appearance."""
+    seen: dict[tuple, int] = {}
+    for row in targets.bool().tolist():
+        seen.setdefault(tuple(row), len(seen))
+    return torch.tensor(list(seen), dtype=targets.dtype).reshape(len(seen), targets.shape[1])
+
+
+def set_captions(label_sets: torch.Tensor, class_names: Sequence[str]) -> list[str]:
+    """Each label set as a text: its class names (in class order) joined by ", ", as the
+    AudioSet training captions join a clip's labels."""
+    return [", ".join(class_names[i] for i in row.nonzero().flatten().tolist()) for row in label_sets]
 
 
 def embed_audioset(model: AudioCLIP, manifest: pd.DataFrame, class_ids: list[str], class_names: list[str], *,
@@ -120,5 +136,8 @@ def embed_audioset(model: AudioCLIP, manifest: pd.DataFrame, class_ids: list[str
     ds = audioset_dataset(manifest, class_ids, clip_seconds=clip_seconds, input_scale=input_scale, image=True,
                           image_size=model.visual.image_size)
     emb = embed_dataset(model, ds, image=True, batch_size=batch_size or BATCH)
+    targets = multi_hot(ds, emb["index"])
+    sets = unique_label_sets(targets)
     return AudioSetEmbeddings(emb["audio"], emb["image"], text_embeddings(model, class_names, template),
-                              multi_hot(ds, emb["index"]), list(class_names))
+                              targets, list(class_names), sets,
+                              text_embeddings(model, set_captions(sets, class_names), template) if len(sets) else None)

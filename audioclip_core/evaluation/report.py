@@ -9,13 +9,21 @@ def _protocol_line(protocol: dict) -> str:
     parts = []
     if "template" in protocol:
         parts.append(f"prompt template `{protocol['template']}`")
-    if "input_scale" in protocol:
-        parts.append(f"input scale {protocol['input_scale']}")
+    scale = protocol.get("input_scale")
+    if isinstance(scale, str):
+        parts.append(f"input scale {scale}")
+    elif isinstance(scale, dict):
+        parts.append("input scale " + ", ".join(f"{k.upper() if k in ('esc50', 'us8k') else k}: {v}"
+                                                for k, v in scale.items()))
     secs, chans = protocol.get("clip_seconds") or {}, protocol.get("channels") or {}
+    folds = protocol.get("folds") or {}
     for name in secs:
-        parts.append(f"{name.upper()} {secs[name]:g} s x {chans.get(name, '?')} ch")
+        parts.append(f"{name.upper()} {secs[name]:g} s x {chans.get(name, '?')} ch"
+                     + (f", {folds[name]} official folds" if name in folds else ""))
     if "audioset_partition" in protocol:
         parts.append(f"AudioSet partition {protocol['audioset_partition']}")
+    if "query_rule" in protocol:
+        parts.append(f"AudioSet query relevance: {protocol['query_rule']} (audioclip_core/evaluation/retrieval.py)")
     return "Protocol: " + "; ".join(parts) + "." if parts else ""
 
 

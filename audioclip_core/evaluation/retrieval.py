@@ -1,9 +1,19 @@
 """Cross-modal querying: P@1, R@1 and mAP (`metrics.retrieval_metrics`).
 
-The queries are the unique items of the query modality: the class names present (text
-queries) or every clip (audio / image queries). Every candidate of the other modality is
-ranked by cosine. A candidate is relevant to a text query when the clip carries that
-label, and to a clip query when the two clips share a label.
+Every candidate of the other modality is ranked by cosine. On AudioSet, which clips count
+as relevant follows one of two rules (`QUERY_RULES`):
+
+* ``same_labels`` (the paper's, the default): the queries are the unique samples of the
+  query modality - for text, the unique label sets of the evaluated clips, each written as
+  its class names joined by ", " (as the training captions are); for audio or images, every
+  clip - and a candidate is relevant when its set of labels EQUALS the query's.
+* ``any_label``: text queries are the single class names present, and a candidate is
+  relevant when it carries that label (clip queries: when the two clips share a label).
+  Looser: R@1 of a frequent class then sits near 0, as one result can retrieve only one of
+  its many relevant clips.
+
+ESC-50 / UrbanSound8K clips have one label each, where the two rules coincide: each class
+name present queries the clips of that class.
 """
 from __future__ import annotations
 
@@ -14,24 +24,49 @@ from .embeddings import AudioSetEmbeddings, ClipSetEmbeddings
 from .metrics import retrieval_metrics
 
 DIRECTIONS = ("image by text", "audio by text", "audio by image", "image by audio")
+QUERY_RULES = ("same_labels", "any_label")
 
 
-def audioset_querying(emb: AudioSetEmbeddings) -> dict[str, dict[str, float]]:
+def _check(rule: str) -> None:
+    if rule not in QUERY_RULES:
+        raise ValueError(f"unknown query rule {rule!r}; one of {QUERY_RULES}")
+
+
+def text_queries(emb: AudioSetEmbeddings, rule: str = "same_labels") -> tuple[torch.Tensor, torch.Tensor]:
+    """(text query embeddings, relevance [queries, clips]) under `rule`."""
+    _check(rule)
+    if rule == "any_label":
+        present = emb.targets.sum(0) > 0
+        return emb.text[present], emb.targets[:, present].T.bool()
+    if emb.label_sets is None or emb.set_text is None:
+        raise ValueError("these embeddings have no label-set captions (embed_audioset makes them)")
+    same = (emb.label_sets.bool()[:, None, :] == emb.targets.bool()[None, :, :]).all(-1)
+    return emb.set_text, same
+
+
+def clip_relevance(emb: AudioSetEmbeddings, rule: str = "same_labels") -> torch.Tensor:
+    """[clips, clips]: which clip is relevant to which under `rule`."""
+    _check(rule)
+    t = emb.targets.bool()
+    if rule == "any_label":
+        return (emb.targets @ emb.targets.T) > 0
+    return (t[:, None, :] == t[None, :, :]).all(-1)
+
+
+def audioset_querying(emb: AudioSetEmbeddings, rule: str = "same_labels") -> dict[str, dict[str, float]]:
     """The four AudioSet querying directions -> {"P@1", "R@1", "mAP"}."""
-    present = emb.targets.sum(0) > 0
-    text = emb.text[present]
-    by_label = emb.targets[:, present].T.bool()                 # [classes present, clips]
-    shared = (emb.targets @ emb.targets.T) > 0                  # clips sharing a label
-    return {"image by text": retrieval_metrics(text @ emb.image.T, by_label),
-            "audio by text": retrieval_metrics(text @ emb.audio.T, by_label),
-            "audio by image": retrieval_metrics(emb.image @ emb.audio.T, shared),
-            "image by audio": retrieval_metrics(emb.audio @ emb.image.T, shared)}
+    text, by_text = text_queries(emb, rule)
+    clips = clip_relevance(emb, rule)
+    return {"image by text": retrieval_metrics(text @ emb.image.T, by_text),
+            "audio by text": retrieval_metrics(text @ emb.audio.T, by_text),
+            "audio by image": retrieval_metrics(emb.image @ emb.audio.T, clips),
+            "image by audio": retrieval_metrics(emb.audio @ emb.image.T, clips)}
 
 
-def audio_by_text_scores(emb: AudioSetEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
+def audio_by_text_scores(emb: AudioSetEmbeddings, rule: str = "same_labels") -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, relevance) of AudioSet audio-by-text querying, for a PR curve."""
-    present = emb.targets.sum(0) > 0
-    return emb.text[present] @ emb.audio.T, emb.targets[:, present].T.bool()
+    text, relevant = text_queries(emb, rule)
+    return text @ emb.audio.T, relevant
 
 
 def clipset_audio_by_text(emb: ClipSetEmbeddings) -> dict[str, float]:

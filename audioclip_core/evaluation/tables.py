@@ -2,16 +2,22 @@
 manifests in, a `TableResult` out - the rows as a DataFrame, the protocol they follow, and
 the data of their figures (confusion matrices, PR curves, embedding maps).
 
-* Table 1 - ESResNeXt alone: AudioSet mAP; fine-tuned ESC-50 / US8K accuracy per fold + mean.
+* Table 1 - ESResNeXt alone: AudioSet mAP of each ESResNeXt checkpoint given (the trained
+  stage, a shorter-trained one, the released ESRNXFBSP.pt); fine-tuned ESC-50 / US8K
+  accuracy per fold + mean.
 * Table 2 - AudioCLIP after partial and full training: AudioSet mAP with audio, image and
-  both; accuracy after cooperative fine-tuning on ESC-50 / US8K, per fold + mean.
+  both (both: the mean of the audio-text and image-text cosines, a choice of ours - the
+  paper does not define it); accuracy after cooperative fine-tuning on ESC-50 / US8K from
+  the partial and from the full model, per fold + mean.
 * Table 3 - zero-shot ESC-50 / US8K accuracy (no training on them): all clips, and per fold.
 * Table 4 - querying, P@1 / R@1 / mAP: image by text (ImageNet, AudioSet), audio by text
   (AudioSet, ESC-50, US8K), audio by image and image by audio (AudioSet).
 
 Each row: table, model, task, dataset, metric, fold ("mean" or the fold), value (a
 fraction, None when not available), n (clips, or folds for a mean), note. Every ESC-50 /
-US8K figure follows `audioclip_core.data.clipsets.protocol`. Nothing here imports Dagster:
+US8K figure follows `audioclip_core.data.clipsets.protocol` (clip length, channels, folds,
+input scale), and every table states its protocol (`TableResult.protocol`, the markdown's
+header). Nothing here imports Dagster:
 
     from audioclip_core.evaluation import tables
     from audioclip_core.layout import DataLayout
@@ -33,6 +39,8 @@ from torch import nn
 
 from ..data.audioset import LabelIndex
 from ..data.clipsets import class_names, protocol
+from ..data.manifests import read_manifest
+from ..audio import DEFAULT_INPUT_SCALE
 from ..layout import DataLayout
 from .classification import (ClassificationResult, audioclip_classification, audioset_map, classifier_audioset_map,
                              classifier_classification)
@@ -54,7 +62,8 @@ class Settings:
     partition; `imagenet_dir` (an ImageNet-layout folder) adds Table 4's ImageNet rows."""
 
     template: str = "{}"
-    input_scale: str = "int16"
+    input_scale: Optional[str] = None   # None: the rule of audioclip_core.audio (checkpoint, else dataset protocol)
+    query_rule: str = "same_labels"     # AudioSet querying relevance (evaluation/retrieval.py)
     preset: Optional[str] = None
     audioset_clip_seconds: Optional[float] = None
     fast_inference: bool = False
@@ -70,6 +79,7 @@ class FineTuned:
     classes: list[str]
     tests: dict[str, pd.DataFrame]                 # fold -> test split
     checkpoints: dict[str, Model]                  # fold -> checkpoint; folds without one are not trained
+    start: str = "full"                            # what fine-tuning started from (AudioCLIP: "partial" / "full")
 
 
 @dataclass
@@ -116,21 +126,30 @@ def clipset_table(layout: DataLayout, name: str) -> Optional[pd.DataFrame]:
     path = layout.clipset_manifest(name)
     if not path.is_file():
         return None
-    df = pd.read_parquet(path)
+    df = read_manifest(path, layout.root)
     return df[df["status"] == "ok"].reset_index(drop=True)
 
 
-def finetuned_from_layout(layout: DataLayout, asset: str, dataset: str) -> FineTuned:
-    """The fold checkpoints of fine-tuning asset `asset` (e.g. "audioclip_esc50") on `dataset`."""
+def finetuned_from_layout(layout: DataLayout, asset: str, dataset: str, start: str = "full") -> FineTuned:
+    """The fold checkpoints of fine-tuning asset `asset` (e.g. "audioclip_esc50") on `dataset`;
+    `start` names what it fine-tuned from."""
     table = clipset_table(layout, dataset)
-    tests = {k: pd.read_parquet(p) for k, p in layout.fold_tests(dataset).items()}
+    tests = {k: read_manifest(p, layout.root) for k, p in layout.fold_tests(dataset).items()}
     ckpts = {k: p for k in tests if (p := existing(layout.checkpoint(asset, k))) is not None}
-    return FineTuned(dataset, class_names(table) if table is not None else [], tests, ckpts)
+    return FineTuned(dataset, class_names(table) if table is not None else [], tests, ckpts, start)
+
+
+def finetune_asset(start: str, dataset: str) -> str:
+    """The cooperative fine-tuning asset of `dataset` that starts from AudioCLIP `start`
+    ("partial" or "full"): audioclip_partial_esc50, audioclip_esc50 (from full), ..."""
+    if start not in ("partial", "full"):
+        raise ValueError(f"cooperative fine-tuning starts from 'partial' or 'full', not {start!r}")
+    return f"audioclip_{dataset}" if start == "full" else f"audioclip_partial_{dataset}"
 
 
 def audioset_table(layout: DataLayout, partition: str = "eval") -> Optional[pd.DataFrame]:
     path = layout.audioset_manifest(partition)
-    return pd.read_parquet(path) if path.is_file() else None
+    return read_manifest(path, layout.root) if path.is_file() else None
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -145,9 +164,21 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _protocol(settings: Settings, **more) -> dict:
-    return {"template": settings.template, "input_scale": settings.input_scale,
+    scale = settings.input_scale or {**{n: protocol(n).input_scale for n in CLIPSETS},
+                                     "audioset": f"the checkpoint's, else {DEFAULT_INPUT_SCALE}",
+                                     "rule": "a checkpoint that records its scale is fed with it"}
+    return {"template": settings.template, "input_scale": scale,
             "clip_seconds": {n: protocol(n).clip_seconds for n in CLIPSETS},
-            "channels": {n: protocol(n).channels for n in CLIPSETS}, **more}
+            "channels": {n: protocol(n).channels for n in CLIPSETS},
+            "folds": {n: len(protocol(n).folds) for n in CLIPSETS}, **more}
+
+
+def _scale(model: nn.Module, settings: Settings, dataset: Optional[str] = None) -> str:
+    """The input scale of `model` on `dataset` (None: AudioSet), by the one rule of
+    `audioclip_core.audio` (`inference.resolve_input_scale`), which the CLI applies too."""
+    from ..inference import resolve_input_scale
+
+    return resolve_input_scale(model, dataset, settings.input_scale)
 
 
 def _audioclip(model: Model, settings: Settings, *, fast: bool = False):
@@ -194,25 +225,36 @@ def _finetuned_rows(table: str, model_name: str, prefix: str, ft: FineTuned,
 
 
 # -- the tables --------------------------------------------------------------------------------
-def table1_esresnext(audioset_model: Optional[Model], audioset_manifest: Optional[pd.DataFrame],
-                     class_ids: Sequence[str], finetuned: Sequence[FineTuned],
-                     settings: Settings = Settings()) -> TableResult:
-    """ESResNeXt alone: AudioSet mAP of `audioset_model` (the stage-1 classifier) over
-    `audioset_manifest` (class order `class_ids`), and fine-tuned accuracy of each `FineTuned`."""
+def table1_esresnext(audioset_models: Union[Mapping[str, Optional[Model]], Model, None],
+                     audioset_manifest: Optional[pd.DataFrame], class_ids: Sequence[str],
+                     finetuned: Sequence[FineTuned], settings: Settings = Settings()) -> TableResult:
+    """ESResNeXt alone: AudioSet mAP of each of `audioset_models` (label -> an AudioSet
+    classifier: the stage-1 checkpoint as "ESResNeXt", and any other given - a shorter-trained
+    one, the released ESRNXFBSP.pt - under its own label) over `audioset_manifest` (class order
+    `class_ids`), and fine-tuned accuracy of each `FineTuned`."""
+    if not isinstance(audioset_models, Mapping):
+        audioset_models = {"ESResNeXt": audioset_models}
     rows: list[dict] = []
-    if audioset_model is not None and audioset_manifest is not None:
-        model = _classifier(audioset_model, settings, fast=True)
-        m = classifier_audioset_map(model, audioset_manifest, list(class_ids),
-                                    clip_seconds=_audioset_seconds(model, settings), input_scale=settings.input_scale)
-        rows.append(row("table1", "ESResNeXt", "classification", "AudioSet", "mAP", m,
-                        n=(audioset_manifest["status"] == "ok").sum()))
-    else:
-        rows.append(row("table1", "ESResNeXt", "classification", "AudioSet", "mAP", None, note="not trained"))
+    for label, src in audioset_models.items():
+        if src is not None and audioset_manifest is not None:
+            model = _classifier(src, settings, fast=True)
+            m = classifier_audioset_map(model, audioset_manifest, list(class_ids),
+                                        clip_seconds=_audioset_seconds(model, settings),
+                                        input_scale=_scale(model, settings))
+            rows.append(row("table1", label, "classification", "AudioSet", "mAP", m,
+                            n=(audioset_manifest["status"] == "ok").sum()))
+        else:
+            rows.append(row("table1", label, "classification", "AudioSet", "mAP", None, note="not trained"))
     figures: list[Figure] = []
+
+    def fine_tuned(src, test, ft):
+        model = _classifier(src, settings)
+        return classifier_classification(model, test, ft.dataset, ft.classes,
+                                         input_scale=_scale(model, settings, ft.dataset))
+
     for ft in finetuned:
-        more, figs = _finetuned_rows(
-            "table1", "ESResNeXt", "esresnext", ft, lambda src, test, ft=ft: classifier_classification(
-                _classifier(src, settings), test, ft.dataset, ft.classes, input_scale=settings.input_scale))
+        more, figs = _finetuned_rows("table1", "ESResNeXt", "esresnext", ft,
+                                     lambda src, test, ft=ft: fine_tuned(src, test, ft))
         rows += more
         figures += figs
     return TableResult("table1_esresnext", _frame(rows), _protocol(settings), figures)
@@ -222,8 +264,8 @@ def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: O
                      labels: LabelIndex, finetuned: Sequence[FineTuned],
                      settings: Settings = Settings()) -> TableResult:
     """AudioCLIP: AudioSet mAP by text with audio, image and both for each of `models`
-    ({"partial": ..., "full": ...}), and accuracy after cooperative fine-tuning (`finetuned`,
-    fine-tuned from the full model)."""
+    ({"partial": ..., "full": ...}), and accuracy after cooperative fine-tuning (`finetuned`:
+    per clip set, fine-tuned from the partial and from the full model, each `FineTuned.start`)."""
     rows: list[dict] = []
     for label, src in models.items():
         name = f"AudioCLIP ({label})"
@@ -232,16 +274,19 @@ def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: O
             continue
         model = _audioclip(src, settings, fast=True)
         emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
-                             clip_seconds=_audioset_seconds(model, settings), input_scale=settings.input_scale,
+                             clip_seconds=_audioset_seconds(model, settings), input_scale=_scale(model, settings),
                              template=settings.template)
         for key, value in audioset_map(emb).items():
             rows.append(row("table2", name, "classification", "AudioSet", f"mAP {key}", value, n=emb.clips))
     figures: list[Figure] = []
+    def fine_tuned(src, test, ft):
+        model = _audioclip(src, settings)
+        return audioclip_classification(model, test, ft.dataset, ft.classes, template=settings.template,
+                                        input_scale=_scale(model, settings, ft.dataset))
+
     for ft in finetuned:
-        more, figs = _finetuned_rows(
-            "table2", "AudioCLIP (full)", "audioclip", ft, lambda src, test, ft=ft: audioclip_classification(
-                _audioclip(src, settings), test, ft.dataset, ft.classes, template=settings.template,
-                input_scale=settings.input_scale))
+        more, figs = _finetuned_rows("table2", f"AudioCLIP ({ft.start})", f"audioclip_{ft.start}", ft,
+                                     lambda src, test, ft=ft: fine_tuned(src, test, ft))
         rows += more
         figures += figs
     return TableResult("table2_audioclip", _frame(rows), _protocol(settings), figures)
@@ -262,7 +307,7 @@ def table3_zero_shot(models: Mapping[str, Optional[Model]], clipsets: Mapping[st
                 continue
             df = df.reset_index(drop=True)
             res = audioclip_classification(model, df, ds_name, class_names(df), template=settings.template,
-                                           input_scale=settings.input_scale)
+                                           input_scale=_scale(model, settings, ds_name))
             rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", res.accuracy, n=res.n))
             for fold in sorted(set(df["fold"].tolist())):
                 acc, n = res.subset(np.flatnonzero(df["fold"].to_numpy() == fold))
@@ -305,11 +350,11 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
             add(name, "image by text", "ImageNet", None, note="not configured: set AUDIOCLIP_IMAGENET_DIR")
         if audioset_manifest is not None:
             emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
-                                 clip_seconds=_audioset_seconds(model, settings), input_scale=settings.input_scale,
+                                 clip_seconds=_audioset_seconds(model, settings), input_scale=_scale(model, settings),
                                  template=settings.template)
-            for task, metrics in audioset_querying(emb).items():
+            for task, metrics in audioset_querying(emb, settings.query_rule).items():
                 add(name, task, "AudioSet", metrics, emb.clips)
-            curves[f"{label}: audio by text (AudioSet)"] = pr_curve(*audio_by_text_scores(emb))
+            curves[f"{label}: audio by text (AudioSet)"] = pr_curve(*audio_by_text_scores(emb, settings.query_rule))
             present = emb.targets.sum(0) > 0
             first = [labels.names[int(t.argmax())] for t in emb.targets]
             figures.append(EmbeddingMap(
@@ -326,9 +371,10 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
                 continue
             df = df.reset_index(drop=True)
             emb = embed_clipset(model, df, ds_name, class_names(df), template=settings.template,
-                                input_scale=settings.input_scale)
+                                input_scale=_scale(model, settings, ds_name))
             add(name, "audio by text", ds_name.upper(), clipset_audio_by_text(emb), len(df))
     if curves:
         figures.insert(0, PRCurves("pr_audio_by_text", "audio by text, AudioSet", curves))
-    return TableResult("table4_querying", _frame(rows), _protocol(settings, audioset_partition=audioset_partition),
+    return TableResult("table4_querying", _frame(rows), _protocol(settings, audioset_partition=audioset_partition,
+                                                                query_rule=settings.query_rule),
                        figures)

@@ -9,10 +9,20 @@
   value has collapsed. (A term far ABOVE it is a model that tells clips apart, wrongly - a
   poor model, not a collapsed one; the tables say how poor. The image-text term alone is
   not judged: the partial stage keeps both of its towers frozen.)
+* At chance: the training step also records in-batch audio-to-caption retrieval
+  (``acc_audio_text``: the best scoring caption of a clip is its own or an identical one)
+  and its expectation for random scores (``acc_chance``: the mean share of identical
+  captions per clip). A model that learned nothing scores chance: over the N samples of the
+  last epoch the hits are independent Bernoulli draws whose mean has a standard deviation of
+  at most sqrt(c (1 - c) / N) for a mean chance c (the variance of a sum of Bernoulli draws
+  with mean probability c is at most N c (1 - c)). Accuracy within two of those of chance
+  is at chance: a model that learned nothing passes with a probability of about 2 %, while
+  a small run (the demo's 48 clips an epoch) that did learn is not failed for its size.
 * Non-finite weights: any NaN or Inf in the saved checkpoint.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +46,18 @@ def collapse(history: list[dict]) -> Optional[dict]:
     judged = [ratios[k] for k in AUDIO_TERMS if k in ratios]
     return {"uniform": uniform, "terms": terms, "ratios": ratios,
             "collapsed": bool(judged) and all(abs(r - 1.0) <= TOLERANCE for r in judged)}
+
+
+def at_chance(history: list[dict], sigmas: float = 2.0) -> Optional[dict]:
+    """The last epoch's in-batch retrieval accuracy against chance, or None when it was not
+    recorded. `at_chance` is True when the accuracy is within `sigmas` standard deviations of
+    chance (see the module's text)."""
+    if not history or "acc_audio_text" not in history[-1]:
+        return None
+    last = history[-1]
+    acc, chance, n = float(last["acc_audio_text"]), float(last["acc_chance"]), int(last.get("samples") or 0)
+    bound = chance + sigmas * math.sqrt(chance * (1 - chance) / max(n, 1))
+    return {"accuracy": acc, "chance": chance, "samples": n, "bound": min(bound, 1.0), "at_chance": acc <= bound}
 
 
 def non_finite_tensors(checkpoint: Path) -> list[str]:

@@ -2,8 +2,13 @@
 and `resolve`, which turns a profile, a stage and a run's overrides into its `TrainConfig`.
 
 Fine-tuning always follows the clip set's protocol (`data.clipsets.protocol`: ESC-50 5.0 s
-mono, UrbanSound8K 4.0 s stereo), in every profile, so a model is fine-tuned on the clips it
-is evaluated on.
+mono, UrbanSound8K 4.0 s stereo; the input scale of its published loader - ESC-50 int16,
+UrbanSound8K minmax - unless a run sets one), in every profile, so a model is fine-tuned on
+the clips it is evaluated on.
+
+The paper profile never starts from random weights without being told: stage 1 wants
+ImageNet weights and stage 2 CLIP weights (`stages.require_initialisation`), unless
+`allow_random_init` is set. The demo profile sets it: its towers are trained from scratch.
 """
 from __future__ import annotations
 
@@ -29,9 +34,10 @@ PROFILES = {
     # six classes most batches hold several clips of one class, so the AudioCLIP stages use
     # the corrected loss (identical captions are positives, not negatives).
     "demo": {
-        "esresnext_audioset": dict(preset="audioclip-tiny", epochs=8, batch_size=16, lr=0.02, gamma=0.9, clip_seconds=4.0),
+        "esresnext_audioset": dict(preset="audioclip-tiny", epochs=8, batch_size=16, lr=0.02, gamma=0.9, clip_seconds=4.0,
+                                   allow_random_init=True),
         "audioclip_partial": dict(preset="audioclip-tiny", epochs=20, batch_size=16, lr=0.02, gamma=0.95, clip_seconds=4.0,
-                                  loss_variant="corrected"),
+                                  loss_variant="corrected", allow_random_init=True),
         # lr 0.01 collapsed this stage to uniform logits (seed 0, AMD EPYC): its not_collapsed
         # gate failed; 0.002 keeps the audio terms learning there
         "audioclip_full": dict(preset="audioclip-tiny", epochs=10, batch_size=16, lr=0.002, gamma=0.95, clip_seconds=4.0,
@@ -58,10 +64,13 @@ def resolve(profile: str, stage: str, overrides: Mapping[str, Any] = (), *,
     channels."""
     values = profile_values(profile, stage)
     names = {f.name for f in fields(TrainConfig)} - {"stage"}
-    values.update({k: v for k, v in dict(overrides).items() if k in names and v is not None})
+    given = {k: v for k, v in dict(overrides).items() if k in names and v is not None}
+    values.update(given)
     if stage in FINETUNE_STAGES:
         if clipset is None:
             raise ValueError(f"{stage} fine-tunes on a clip set: give clipset='esc50' or 'us8k'")
         spec = protocol(clipset)
         values.update(clip_seconds=spec.clip_seconds, channels=spec.channels)
+        if "input_scale" not in given:
+            values["input_scale"] = spec.input_scale
     return TrainConfig(stage=stage, **values)

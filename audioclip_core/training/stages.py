@@ -32,6 +32,7 @@ from torch import nn
 
 from ..checkpoints import CheckpointError, build_model, load_model, load_strict, read_checkpoint
 from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset
+from ..data.manifests import read_manifest
 from ..models.audioclip import AudioCLIP
 from ..models.esresnext import AudioConfig, ESResNeXt
 from ..models.presets import get_preset
@@ -125,6 +126,7 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
         for name, lg in zip(("loss_audio_image", "loss_audio_text", "loss_image_text"), out.logits):
             if lg is not None:
                 terms[name] = float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())
+        terms.update(caption_retrieval(out.logits.audio_text, batch["text"], w))
         # every rank holds the global loss but back-propagates only through its own slice;
         # scaled by W, DDP's averaging gives the single-process gradient
         return (out.loss - ttf) * w + ttf, terms
@@ -132,10 +134,21 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
     return step
 
 
-def keep_frozen_in_eval(model: nn.Module) -> None:
-    model = _head(model)
-    if isinstance(model, AudioCLIP) and not any(p.requires_grad for p in model.visual.parameters()):
-        model.visual.eval()
+def caption_retrieval(audio_text: Optional[torch.Tensor], texts: list, world: int = 1) -> dict:
+    """In-batch audio-to-caption retrieval: `acc_audio_text`, the share of clips whose best
+    scoring caption is their own (or an identical one), and `acc_chance`, its expected value
+    when scores are random (the mean share of identical captions per clip). Empty when the
+    batch has no audio-text logits, or in a process group (the captions are per rank)."""
+    if audio_text is None or world > 1:
+        return {}
+    keys = [", ".join(t) if not isinstance(t, str) else t for t in texts]
+    if audio_text.shape[0] != len(keys) or audio_text.shape[1] != len(keys):
+        return {}
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    cls = torch.tensor([ids[k] for k in keys], device=audio_text.device)
+    same = cls[:, None] == cls[None, :]
+    hit = same[torch.arange(len(keys), device=cls.device), audio_text.detach().argmax(1)]
+    return {"acc_audio_text": float(hit.float().mean()), "acc_chance": float(same.float().mean())}
 
 
 def keep_frozen_in_eval(model: nn.Module) -> None:
@@ -152,7 +165,7 @@ class StageSpec:
     stage: str                                 # the paper's step, one of STAGES
     config: dict                               # TrainConfig fields
     workdir: str
-    tables: list[str]                          # parquet files to train on
+    tables: list[str]                          # parquet files to train on (manifest versions)
     manifests: dict                            # name -> {"path", "sha256", "rows"}
     class_ids: list[str] = field(default_factory=list)   # AudioSet mids (AudioSet stages)
     classes: list[str] = field(default_factory=list)     # class names (fine-tuning)
@@ -163,6 +176,7 @@ class StageSpec:
     dagster: dict = field(default_factory=dict)
     mlflow_run_id: Optional[str] = None
     extra_lineage: dict = field(default_factory=dict)
+    data_root: Optional[str] = None            # relative file paths in `tables` are under it
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -182,8 +196,13 @@ Built = tuple[nn.Module, object, Callable]     # model, dataset, step
 
 
 # -- the stages ------------------------------------------------------------------------------
+def _tables(spec: StageSpec) -> list[pd.DataFrame]:
+    root = Path(spec.data_root) if spec.data_root else Path.cwd()
+    return [read_manifest(Path(p), root) for p in spec.tables]
+
+
 def _audioset_data(spec: StageSpec, cfg: TrainConfig, *, with_image: bool, image_size: int = 224) -> AudioSetDataset:
-    tables = [pd.read_parquet(p) for p in spec.tables]
+    tables = _tables(spec)
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return AudioSetDataset(df, spec.class_ids, train=True, seed=cfg.seed, audio=audio_options(cfg),
                            image_size=image_size, with_image=with_image)
@@ -195,7 +214,37 @@ def clipset_dataset(train_df: pd.DataFrame, cfg: TrainConfig, classes: list[str]
 
 
 def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> ClipSetDataset:
-    return clipset_dataset(pd.concat([pd.read_parquet(p) for p in spec.tables], ignore_index=True), cfg, spec.classes)
+    return clipset_dataset(pd.concat(_tables(spec), ignore_index=True), cfg, spec.classes)
+
+
+IMAGENET_SOURCE = ("imagenet_weights", "a torchvision resnext50_32x4d ImageNet state dict "
+                   "(resnext50_32x4d-7cdf4587.pth)", "torchvision: https://download.pytorch.org/models/"
+                   "resnext50_32x4d-7cdf4587.pth")
+CLIP_SOURCE = ("clip_weights", "CLIP's ResNet-50 weights (CLIP.pt of the AudioCLIP release, or OpenAI's RN50.pt)",
+               "https://github.com/AndreyGuzhov/AudioCLIP/releases (CLIP.pt) or OpenAI's CLIP repository (RN50)")
+
+
+class InitialisationError(ValueError):
+    """A paper stage would start from random weights where the paper starts from trained ones."""
+
+
+def require_initialisation(spec: StageSpec, cfg: TrainConfig) -> None:
+    """Stage 1 starts from ImageNet weights and stage 2 from CLIP's, as in the paper: without
+    them (and without a checkpoint to start from) a stage refuses to start, naming the config
+    key, the file it wants and where it is published - unless `allow_random_init` is set."""
+    if cfg.allow_random_init:
+        return
+    need = None
+    if spec.stage == "esresnext_audioset" and not (spec.init or spec.imagenet_weights):
+        need = IMAGENET_SOURCE
+    elif spec.stage == "audioclip_partial" and not spec.clip_weights:
+        need = CLIP_SOURCE
+    if need:
+        key, what, where = need
+        raise InitialisationError(
+            f"{spec.name}: the paper starts this stage from {what}, and `{key}` is not set. Set `{key}` in the "
+            f"stage's run config to that file (published at {where}), or set `allow_random_init: true` to train "
+            f"from random weights (what the demo profile does).")
 
 
 def _esresnext_audioset(spec: StageSpec, cfg: TrainConfig) -> Built:
@@ -259,6 +308,7 @@ def build_stage(spec: StageSpec):
     cfg = TrainConfig(**spec.config)
     if cfg.stage != spec.stage:
         raise ValueError(f"{spec.name}: the spec is for stage {spec.stage!r}, its config for {cfg.stage!r}")
+    require_initialisation(spec, cfg)
     model, dataset, step = STAGES[spec.stage].build(spec, cfg)
     return StageRun(spec.name, cfg, model, dataset, step, Path(spec.workdir), spec.manifests, parent=spec.parent,
                     prepare=keep_frozen_in_eval, dagster=spec.dagster,

@@ -1,4 +1,5 @@
 """The data lineage materialised through Dagster on real videos served from 127.0.0.1."""
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
 from audioclip_core.audio import ffmpeg_exe
 from audioclip_core.data.demo_dataset import generate_esc50, generate_us8k
 from audioclip_core.acquisition.media_server import MediaServer
+from audioclip_core.data.manifests import read_manifest
 from audioclip_core.layout import DataLayout
 
 AUDIOSET_ASSETS = [audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
@@ -246,7 +248,7 @@ def test_intact_clips_are_never_demoted_by_a_failed_redownload(held_out, tmp_pat
     for f in (tmp_path / "data" / "audioset" / "downloads" / "eval").iterdir():
         f.unlink()
     again = _mat(AUDIOSET_ASSETS, _resources(tmp_path, src), "eval", instance)
-    table = pd.read_parquet(tmp_path / "data" / "audioset" / "manifests" / "eval.parquet").set_index("segment_id")
+    table = read_manifest(tmp_path / "data" / "audioset" / "manifests" / "eval.parquet", tmp_path / "data").set_index("segment_id")
     assert _meta(again, "audioset_manifest")["ok"] == ok_before == 4
     assert table.loc["Chaplin0001_1000", "status"] == "ok" and Path(table.loc["Chaplin0001_1000", "audio_path"]).is_file()
     downloads = pd.read_parquet(tmp_path / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
@@ -280,5 +282,15 @@ def test_a_moved_data_root_keeps_its_download_history(held_out, tmp_path):
         (row_a["attempts"], row_a["started_at"], row_a["finished_at"])
     assert row_b["path"].startswith(str(tmp_path / "b"))
     assert _meta(again, "audioset_clips")["extracted_now"] == 0
-    manifest = pd.read_parquet(tmp_path / "b" / "data" / "audioset" / "manifests" / "eval.parquet")
-    assert all(p.startswith(str(tmp_path / "b")) for p in manifest[manifest["status"] == "ok"]["audio_path"])
+    pointer = tmp_path / "b" / "data" / "audioset" / "manifests" / "eval.parquet"
+    raw = pd.read_parquet(pointer)
+    ok = raw[raw["status"] == "ok"]
+    assert len(ok) and all(p == f"audioset/clips/eval/{s}.wav" for p, s in zip(ok["audio_path"], ok["segment_id"]))
+    resolved = read_manifest(pointer, tmp_path / "b" / "data")
+    assert all(Path(p).is_file() and p.startswith(str(tmp_path / "b"))
+               for p in resolved[resolved["status"] == "ok"]["audio_path"])
+    # the pointer is a relative link to an immutable version, so it survived the move
+    assert pointer.is_symlink() and not os.path.isabs(os.readlink(pointer))
+    version = pointer.resolve()
+    assert version.parent == (tmp_path / "b" / "data" / "versions").resolve()
+    assert version.stem == _meta(again, "audioset_manifest")["sha256"] and version.stat().st_mode & 0o222 == 0

@@ -25,13 +25,27 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     from assets import evaluation
 
     res = dict(lineage["res"])
+    extra = {"ESResNeXt (a copy)": str(stage_outputs["esresnext_audioset"]["checkpoint"])}
     for table in (evaluation.table1_esresnext, evaluation.table2_audioclip, evaluation.table3_zero_shot):
         name = table.key.to_user_string()
+        cfg = evaluation.EvalConfig(audioset_partition="balanced_train",
+                                    esresnext_checkpoints=extra if table is evaluation.table1_esresnext else {})
         result = dg.materialize([table], resources=res, instance=dg.DagsterInstance.ephemeral(),
-                                run_config=dg.RunConfig(ops={name: evaluation.EvalConfig(audioset_partition="balanced_train")}))
+                                run_config=dg.RunConfig(ops={name: cfg}))
         assert result.success
         md = result.asset_materializations_for_node(name)[-1].metadata["table"].value
-        assert md.startswith("| model | task |")
+        assert "| model | task |" in md
+        protocol = result.asset_materializations_for_node(name)[-1].metadata["protocol"].value
+        assert protocol["clip_seconds"] == {"esc50": 5.0, "us8k": 4.0} and protocol["input_scale"]["us8k"] == "minmax"
+    # Table 1: a row for an extra ESResNeXt checkpoint (here the trained one again: the same mAP)
+    t1 = pd.read_parquet(lineage["data"] / "tables" / "table1_esresnext.parquet")
+    maps = t1[(t1["dataset"] == "AudioSet") & (t1["metric"] == "mAP")].set_index("model")["value"]
+    assert set(maps.index) == {"ESResNeXt", "ESResNeXt (a copy)"} and maps.notna().all()
+    assert maps["ESResNeXt"] == maps["ESResNeXt (a copy)"]
+    # Table 2: fine-tuned rows after partial and after full training (fold 2 trained from each)
+    t2 = pd.read_parquet(lineage["data"] / "tables" / "table2_audioclip.parquet")
+    ft = t2[(t2["task"] == "fine-tuned") & (t2["dataset"] == "ESC50") & (t2["fold"] == "2")]
+    assert set(ft["model"]) == {"AudioCLIP (partial)", "AudioCLIP (full)"} and ft["value"].notna().all()
     con = duckdb.connect(str(lineage["data"] / "catalog.duckdb"), read_only=True)
     rows = con.execute("SELECT model, dataset, fold, value FROM table1_esresnext WHERE metric = 'accuracy' "
                        "AND fold = '2'").fetchall()

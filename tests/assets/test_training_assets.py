@@ -199,3 +199,18 @@ def test_a_stage_that_fails_a_gate_is_set_aside_not_published(tmp_path):
     mlflow.set_tracking_uri(tracking.uri(layout))
     got = mlflow.MlflowClient().get_run(run_id)
     assert got.info.status == "FAILED" and "not_collapsed" in got.data.tags["gate_failed"]
+
+
+def test_a_paper_stage_2_without_clip_weights_stops_with_a_clear_message(stage_outputs, lineage):
+    """The paper profile refuses to distil from random "teachers": the run fails before any
+    training or tracking, naming the config key, the file and where it is published."""
+    result = dg.materialize([training.audioclip_partial], resources=lineage["res"], raise_on_error=False,
+                            run_config=run_config("audioclip_partial", profile="paper"),
+                            instance=dg.DagsterInstance.ephemeral())
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    err = failure.step_failure_data.error
+    while err.cause is not None:
+        err = err.cause
+    assert "`clip_weights` is not set" in err.message and "CLIP.pt" in err.message
+    assert "allow_random_init" in err.message

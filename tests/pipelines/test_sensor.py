@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from audioclip_core.files import publish_version
+
 from assets import training
 from assets.resources import DataRoot
 from conftest import REPO, SMALL, materialize_stage, run_config, weights
@@ -37,7 +39,7 @@ def test_retraining_sensor_fires_once_when_a_manifest_changes(lineage, tmp_path)
     assert isinstance(result, dg.SkipReason) and "unchanged" in result.skip_message
     manifest = root / "audioset" / "manifests" / "balanced_train.parquet"
     df = pd.read_parquet(manifest)
-    df.iloc[:-1].to_parquet(manifest, index=False)  # a clip dropped: the data changed
+    publish_version(df.iloc[:-1], root / "versions", manifest)  # a clip dropped: the data changed
     result, cursor = evaluate()
     assert isinstance(result, dg.RunRequest) and "esresnext_audioset" in result.tags["audioclip/reason"]
     again, _ = evaluate(cursor)
