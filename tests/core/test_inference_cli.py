@@ -172,3 +172,26 @@ def test_long_files_are_read_and_embedded_a_window_at_a_time(tmp_path, tiny_mode
         parts = [tiny_model.encode_audio(win[i:i + 3]) for i in range(0, len(win), 3)]
     whole = torch.nn.functional.normalize(torch.nn.functional.normalize(torch.cat(parts), dim=-1).mean(0), dim=-1)
     assert float((streamed - whole).abs().max()) < 1e-6
+
+
+def test_the_cli_feeds_a_checkpoint_at_the_scale_the_tables_use(tiny_model, tmp_path, monkeypatch, capsys):
+    """One input-scale rule: a checkpoint that records none (the released layout) is fed at
+    int16, at the dataset protocol's scale with --protocol, at --input-scale when given - and
+    the tables' rule gives the same for the same checkpoint and dataset."""
+    from audioclip_core import inference
+    from audioclip_core.evaluation.tables import Settings, _scale
+
+    released = ac.export_official(tiny_model, tmp_path / "released.pt")
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, np.sin(np.linspace(0, 400, 44100)).astype(np.float32) * 0.3, 44100)
+    seen = []
+    real = inference.try_embed_files
+    monkeypatch.setattr(inference, "try_embed_files",
+                        lambda model, files, **kw: seen.append(kw["input_scale"]) or real(model, files, **kw))
+    for extra in ([], ["--protocol", "us8k"], ["--protocol", "esc50"], ["--protocol", "us8k", "--input-scale", "unit"]):
+        assert main(["classify", "-c", str(released), "--preset", "audioclip-tiny", "--labels", "a,b", str(wav),
+                     *extra]) == 0
+    capsys.readouterr()
+    assert seen == ["int16", "minmax", "int16", "unit"]
+    model = ac.load_model(released, preset="audioclip-tiny")
+    assert [_scale(model, Settings(), d) for d in (None, "us8k", "esc50")] == seen[:3]

@@ -121,6 +121,9 @@ def test_definitions_validate_and_every_job_resolves():
     assert {"audioset_data", "evaluate_released", "retrain_audioset_chain"} <= jobs
     for name in jobs:
         assert defs.resolve_job_def(name).name == name
+    released = defs.resolve_job_def("evaluate_released")
+    tables = {k.to_user_string() for k in released.asset_layer.executable_asset_keys}
+    assert tables == {"table1_esresnext", "table2_audioclip", "table3_zero_shot", "table4_querying"}
 
 
 def test_console_script_help():
