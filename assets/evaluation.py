@@ -66,7 +66,13 @@ class EvalConfig(dg.Config):
                 "full": self.full_checkpoint or _tables().existing(layout.checkpoint("audioclip_full"))}
 
     def esresnext_models(self, layout: DataLayout) -> dict:
-        out = {"ESResNeXt": _tables().existing(layout.checkpoint("esresnext_audioset"))} if self.include_trained else {}
+        """Table 1's AudioSet classifiers: the trained stage and its kept shorter-trained weights
+        (`keep_epochs`, e.g. the paper's 5 epochs against 30), then every checkpoint given."""
+        out = {}
+        if self.include_trained:
+            out["ESResNeXt"] = _tables().existing(layout.checkpoint("esresnext_audioset"))
+            for epochs, path in layout.snapshots("esresnext_audioset").items():
+                out[f"ESResNeXt ({epochs} epochs)"] = path
         return {**out, **self.esresnext_checkpoints}
 
 

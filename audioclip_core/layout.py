@@ -14,7 +14,8 @@ when the package is installed elsewhere); the CLI and the pipeline's resources s
       audioset/clips/<p>.parquet      audioset/clips/<p>/       (WAV + 10 JPEG frames)
       audioset/manifests/<p>.parquet  -> ../../versions/<sha256>.parquet (a pointer)
       <esc50|us8k>/manifest.parquet   <esc50|us8k>/folds/<k>/{train,test}.parquet
-      checkpoints/<name>/[fold<k>/]<name>.safetensors (+ .lineage.json, epoch state)
+      checkpoints/<name>/[fold<k>/]<name>.safetensors (+ .lineage.json, epoch state,
+                                      snapshots/after_<n>_epochs.safetensors)
       tables/<table>.parquet|.md      tables/plots/*.png
       audioset/locks/<p>.lock         held by the run working on partition <p>
       versions/<sha256>.parquet       every manifest version (immutable; the manifests point at one)
@@ -126,6 +127,17 @@ class DataLayout:
     def checkpoint(self, name: str, fold: int | str | None = None) -> Path:
         return self.checkpoint_dir(name, fold) / f"{name}.safetensors"
 
+    def snapshots(self, name: str) -> dict[int, Path]:
+        """epochs -> the weights of stage `name` after that many epochs (`keep_epochs`)."""
+        folder = self.checkpoint_dir(name) / "snapshots"
+        found = {}
+        for p in sorted(folder.glob("after_*_epochs.safetensors")) if folder.is_dir() else []:
+            count = p.name[len("after_"):-len("_epochs.safetensors")]
+            if count.isdigit():
+                found[int(count)] = p
+        return found
+
+
     # -- results and stores ----------------------------------------------------------------
     @property
     def tables_dir(self) -> Path:
@@ -170,3 +182,8 @@ class DataLayout:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.mlflow_dir / "artifacts"
+
+
+def snapshot_file(workdir: Path, epochs: int) -> Path:
+    """Where a training run in `workdir` keeps its weights after `epochs` epochs."""
+    return Path(workdir) / "snapshots" / f"after_{epochs:03d}_epochs.safetensors"

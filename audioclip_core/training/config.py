@@ -34,6 +34,8 @@ class TrainConfig:
     dtype: str = "float32"            # "float64": model and batches in double precision, for
                                       # exactness checks (float32 sums in another order differ at
                                       # ~1e-7, enough to flip a max pool's argmax; float64 at ~1e-16)
+    keep_epochs: list[int] = field(default_factory=list)  # also keep the weights after these many epochs
+                                      # (snapshots/after_NNN_epochs.safetensors; Table 1's 5-epoch row)
     allow_random_init: bool = False   # stage 1 without ImageNet weights / stage 2 without CLIP weights
                                       # start from random weights instead of refusing (the demo)
     extra: dict = field(default_factory=dict)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import save_checkpoint
+from ..layout import snapshot_file
 from ..models.fbsp import LinearFBSP
 from ..perf import tune_malloc
 from . import distributed as D
@@ -107,6 +108,15 @@ def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, histo
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _snapshot(weights: Path, dest: Path) -> None:
+    """Keep an epoch's weights (`keep_epochs`), written whole or not at all."""
+    from ..files import atomic_write
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(dest) as tmp:
+        shutil.copyfile(weights, tmp)
+
+
 def _load_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler):
     from safetensors.torch import load_file
 
@@ -144,6 +154,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
     result = TrainResult(epochs_dir=epochs_dir)
     start = 0
     latest = _latest_epoch(epochs_dir)
+    if latest is None:  # a fresh run: snapshots of an earlier one are not of this one
+        shutil.rmtree(Path(workdir) / "snapshots", ignore_errors=True)
     if latest is not None:
         result.history, result.skipped_items = _load_epoch(epochs_dir, latest, model, optimizer, scheduler)
         result.resumed_from = latest
@@ -215,6 +227,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
             result.history.append(metrics)
             if D.rank() == 0:
                 _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
+                if epoch + 1 in cfg.keep_epochs:
+                    _snapshot(epochs_dir / f"epoch_{epoch:03d}" / "model.safetensors", snapshot_file(workdir, epoch + 1))
             D.barrier()
             log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
             if on_epoch is not None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from assets import training
+from audioclip_core.data.manifests import read_manifest
 from assets.resources import DataRoot
 from conftest import REPO, SMALL, materialize_stage, run_config, weights
 
@@ -22,7 +23,7 @@ def test_bad_clip_mid_epoch_is_skipped_and_recorded(lineage, tmp_path):
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.loop import train
 
-    df = pd.read_parquet(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet")
+    df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     df.loc[3, "audio_path"] = str(broken)
@@ -41,7 +42,7 @@ def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.loop import TrainingError, train
 
-    df = pd.read_parquet(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet")
+    df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
     cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=2, batch_size=8, lr=0.01,
                       clip_seconds=2.0)
     classes = sorted(df["class_name"].unique())
@@ -53,6 +54,30 @@ def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
 
     with pytest.raises(TrainingError, match="became nan at epoch 0, step 0"):
         train(model, stages.clipset_dataset(df, cfg, classes), nan_step, cfg, tmp_path / "wd", log=lambda m: None)
+
+
+def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
+    """keep_epochs (Table 1's shorter-trained row) keeps the weights after that many epochs,
+    exactly the epoch's weights; a fresh run clears the snapshots of an earlier one."""
+    from safetensors.torch import load_file
+
+    from audioclip_core.training import stages
+    from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.loop import train
+
+    df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
+    cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=3, batch_size=8, lr=0.01,
+                      clip_seconds=1.0, max_steps_per_epoch=1, keep_epochs=[2])
+    classes = sorted(df["class_name"].unique())
+    wd = tmp_path / "wd"
+    (wd / "snapshots").mkdir(parents=True)
+    (wd / "snapshots" / "after_009_epochs.safetensors").write_bytes(b"an earlier run's")
+    train(stages.build_classifier(cfg, len(classes)), stages.clipset_dataset(df, cfg, classes),
+          stages.classifier_step, cfg, wd, log=lambda m: None)
+    assert sorted(p.name for p in (wd / "snapshots").iterdir()) == ["after_002_epochs.safetensors"]
+    kept = load_file(str(wd / "snapshots" / "after_002_epochs.safetensors"))
+    epoch1 = load_file(str(wd / "epochs" / "epoch_001" / "model.safetensors"))  # 0-based: the 2nd epoch
+    assert kept.keys() == epoch1.keys() and all(torch.equal(kept[k], epoch1[k]) for k in kept)
 
 
 def test_fbsp_hook_flag_is_restored_when_training_fails(monkeypatch, tmp_path):
