@@ -18,6 +18,17 @@ def ui_host() -> str:
     return os.environ.get("AUDIOCLIP_MLFLOW_UI") or f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
 
 
+def _local_source(path: Path):
+    """The dataset source of a local file, named explicitly: given a plain path, MLflow finds
+    two registered local sources (one per artifact scheme) and warns on every manifest logged."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    for source in get_registered_sources():
+        if source._get_source_type() == "local":
+            return source(str(path))
+    return str(path)
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """MLflow with a sqlite backend in the data root (`tracking_uri` overrides it)."""
 
@@ -56,7 +67,7 @@ class MlflowTracking(dg.ConfigurableResource):
         for col in df.columns:  # mlflow's dataset schema wants flat columns
             if df[col].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "tolist")).any():
                 df[col] = df[col].map(lambda v: ", ".join(map(str, list(v))) if v is not None else None)
-        ds = mlflow.data.from_pandas(df, source=str(path), name=f"{name}@{sha256[:12]}")
+        ds = mlflow.data.from_pandas(df, source=_local_source(path), name=f"{name}@{sha256[:12]}")
         mlflow.log_input(ds, context=context, tags={"sha256": sha256})
 
     @staticmethod

@@ -132,3 +132,13 @@ def test_console_script_help():
     out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True)
     for sub in ("embed", "classify", "query", "convert"):
         assert sub in out.stdout
+
+
+def test_every_asset_check_says_what_it_checks():
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    specs = [graph.get_check_spec(key) for key in graph.asset_check_keys]
+    assert len(specs) >= 10
+    missing = [f"{s.asset_key.to_user_string()}:{s.name}" for s in specs if not (s.description or "").strip()]
+    assert not missing, missing
