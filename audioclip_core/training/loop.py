@@ -108,13 +108,12 @@ def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, histo
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _snapshot(weights: Path, dest: Path) -> None:
-    """Keep an epoch's weights (`keep_epochs`), written whole or not at all."""
-    from ..files import atomic_write
-
+def _snapshot(model: nn.Module, cfg: TrainConfig, epochs: int, dest: Path) -> None:
+    """Keep the weights after `epochs` epochs (`keep_epochs`) with the metadata a finished
+    stage's checkpoint has (stage, config, input scale), so they are evaluated the same way."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(dest) as tmp:
-        shutil.copyfile(weights, tmp)
+    save_checkpoint(model, dest, metadata={"stage": cfg.stage, "epochs_trained": epochs, "config": cfg.to_dict(),
+                                           "input_scale": cfg.input_scale})
 
 
 def _load_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler):
@@ -228,7 +227,7 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
             if D.rank() == 0:
                 _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
                 if epoch + 1 in cfg.keep_epochs:
-                    _snapshot(epochs_dir / f"epoch_{epoch:03d}" / "model.safetensors", snapshot_file(workdir, epoch + 1))
+                    _snapshot(model, cfg, epoch + 1, snapshot_file(workdir, epoch + 1))
             D.barrier()
             log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
             if on_epoch is not None:
