@@ -37,7 +37,9 @@ def main() -> int:
     for name in TABLES:
         print(f"\n## {name}\n")
         print(layout.table(name, ".md").read_text(encoding="utf-8").split("\n", 2)[2])
-    mlflow_ui = os.environ.get("AUDIOCLIP_MLFLOW_UI", "http://127.0.0.1:5000")
+    from assets.resources.tracking import TRAINING_VIEW, ui_host
+
+    mlflow_ui = f"{ui_host()}/#/experiments?{TRAINING_VIEW}"
     print(f"Done in {(time.time() - start) / 60:.1f} min.\n"
           f"  Dagster UI (runs, assets, metadata, checks):  make ui        -> http://127.0.0.1:{os.environ.get('DAGSTER_PORT', '3000')}\n"
           f"  MLflow runs (training and evaluation):        make mlflow-ui -> {mlflow_ui}\n"

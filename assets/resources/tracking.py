@@ -11,6 +11,9 @@ from audioclip_core.layout import DataLayout
 # the MLflow UI opens an experiment of this kind in its training view (runs, metrics, charts),
 # not the GenAI view that hides training runs
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# the query parameter that selects the UI's "Model training" view (MLflow 3.17 keeps the last
+# view per browser and starts a fresh one in GenAI)
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def ui_host() -> str:
@@ -72,7 +75,9 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @staticmethod
     def run_link(run, host: Optional[str] = None) -> str:
-        return f"{host or ui_host()}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        """The run's page in the MLflow UI, in its model-training view (the UI opens an
+        experiment in its GenAI view otherwise, which lists no training run)."""
+        return f"{host or ui_host()}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?{TRAINING_VIEW}"
 
     @staticmethod
     def artifact_link(run, name: str, host: Optional[str] = None) -> str:

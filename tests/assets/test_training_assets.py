@@ -46,6 +46,10 @@ def test_lineage_names_manifests_code_and_runs(stage_outputs, lineage):
     run = mlflow.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["dagster.asset_key"] == "audioclip_partial"
     assert "loss_audio_text" in run.data.metrics and "samples_per_s" in run.data.metrics
+    assert {"acc_audio_text", "acc_chance"} <= set(run.data.metrics)  # what above_chance judges
+    # the asset links the run in MLflow's model-training view (a fresh browser opens GenAI)
+    assert meta["mlflow_run"].endswith(f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+                                       "?workflowType=machine_learning")
     assert float(run.data.params["lr"]) > 0 and run.inputs.dataset_inputs
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"audioclip_partial.safetensors", "audioclip_partial.lineage.json", "config.json"} <= arts
