@@ -105,14 +105,21 @@ def publish_version(df: pd.DataFrame, store: Path, pointer: Path) -> tuple[str, 
     tmp = Path(name)
     try:
         df.to_parquet(tmp, index=False)
-        sha = sha256_file(tmp)
-        final = store / f"{sha}.parquet"
-        if not final.exists():
-            tmp.chmod(0o444)
-            os.replace(tmp, final)
+        sha, final = _into_store(tmp, store, ".parquet")
     finally:
         tmp.unlink(missing_ok=True)
     point_to(pointer, final)
+    return sha, final
+
+
+def _into_store(tmp: Path, store: Path, suffix: str) -> tuple[str, Path]:
+    """Name the complete file `tmp` (in `store`) by its SHA-256: renamed to `<sha256><suffix>`,
+    read-only, unless that version is already there."""
+    sha = sha256_file(tmp)
+    final = store / f"{sha}{suffix}"
+    if not final.exists():
+        tmp.chmod(0o444)
+        os.replace(tmp, final)
     return sha, final
 
 
@@ -154,10 +161,6 @@ def keep_version(path: Path, store: Path) -> tuple[str, Path]:
     tmp = Path(name)
     try:
         shutil.copyfile(path, tmp)
-        sha = sha256_file(tmp)
-        final = store / f"{sha}{Path(path).suffix}"
-        if not final.exists():
-            os.replace(tmp, final)
+        return _into_store(tmp, store, Path(path).suffix)
     finally:
         tmp.unlink(missing_ok=True)
-    return sha, final

@@ -108,20 +108,26 @@ class AudioSetEmbeddings:
     text: torch.Tensor           # [classes, d]
     targets: torch.Tensor        # [clips, classes]
     class_names: list[str]
-    label_sets: Optional[torch.Tensor] = None   # [unique label sets, classes], multi-hot
-    set_text: Optional[torch.Tensor] = None     # [unique label sets, d]: each set's names joined, as a caption
+    set_text: Optional[torch.Tensor] = None     # [unique label sets, d]: each set of `unique_label_sets(targets)`
+                                                # as a caption (its names joined)
 
     @property
     def clips(self) -> int:
         return int(self.audio.shape[0])
 
 
-def unique_label_sets(targets: torch.Tensor) -> torch.Tensor:
-    """The distinct rows of a multi-hot `[clips, classes]` matrix, in order of first appearance."""
-    seen: dict[tuple, int] = {}
-    for row in targets.bool().tolist():
-        seen.setdefault(tuple(row), len(seen))
-    return torch.tensor(list(seen), dtype=targets.dtype).reshape(len(seen), targets.shape[1])
+def unique_label_sets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the distinct rows of a multi-hot `[clips, classes]` matrix in order of first appearance,
+    the index of each clip's row among them `[clips]`)."""
+    t = targets.bool()
+    if t.shape[0] == 0:
+        return targets[:0], torch.zeros(0, dtype=torch.long)
+    sets, inverse = torch.unique(t, dim=0, return_inverse=True)
+    first = torch.full((len(sets),), t.shape[0], dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(t.shape[0]), reduce="amin")
+    order = first.argsort()
+    rank = order.argsort()
+    return sets[order].to(targets.dtype), rank[inverse]
 
 
 def set_captions(label_sets: torch.Tensor, class_names: Sequence[str]) -> list[str]:
@@ -137,7 +143,7 @@ def embed_audioset(model: AudioCLIP, manifest: pd.DataFrame, class_ids: list[str
                           image_size=model.visual.image_size)
     emb = embed_dataset(model, ds, image=True, batch_size=batch_size or BATCH)
     targets = multi_hot(ds, emb["index"])
-    sets = unique_label_sets(targets)
+    sets, _ = unique_label_sets(targets)
     return AudioSetEmbeddings(emb["audio"], emb["image"], text_embeddings(model, class_names, template),
-                              targets, list(class_names), sets,
+                              targets, list(class_names),
                               text_embeddings(model, set_captions(sets, class_names), template) if len(sets) else None)

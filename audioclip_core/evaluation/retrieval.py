@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .embeddings import AudioSetEmbeddings, ClipSetEmbeddings
+from .embeddings import AudioSetEmbeddings, ClipSetEmbeddings, unique_label_sets
 from .metrics import retrieval_metrics
 
 DIRECTIONS = ("image by text", "audio by text", "audio by image", "image by audio")
@@ -38,19 +38,19 @@ def text_queries(emb: AudioSetEmbeddings, rule: str = "same_labels") -> tuple[to
     if rule == "any_label":
         present = emb.targets.sum(0) > 0
         return emb.text[present], emb.targets[:, present].T.bool()
-    if emb.label_sets is None or emb.set_text is None:
+    if emb.set_text is None:
         raise ValueError("these embeddings have no label-set captions (embed_audioset makes them)")
-    same = (emb.label_sets.bool()[:, None, :] == emb.targets.bool()[None, :, :]).all(-1)
-    return emb.set_text, same
+    _, set_of_clip = unique_label_sets(emb.targets)
+    return emb.set_text, set_of_clip[None, :] == torch.arange(len(emb.set_text))[:, None]
 
 
 def clip_relevance(emb: AudioSetEmbeddings, rule: str = "same_labels") -> torch.Tensor:
     """[clips, clips]: which clip is relevant to which under `rule`."""
     _check(rule)
-    t = emb.targets.bool()
     if rule == "any_label":
         return (emb.targets @ emb.targets.T) > 0
-    return (t[:, None, :] == t[None, :, :]).all(-1)
+    _, set_of_clip = unique_label_sets(emb.targets)   # equal label sets: equal ids (no clips x clips x classes)
+    return set_of_clip[:, None] == set_of_clip[None, :]
 
 
 def audioset_querying(emb: AudioSetEmbeddings, rule: str = "same_labels") -> dict[str, dict[str, float]]:

@@ -208,13 +208,14 @@ def _audioset_seconds(model: nn.Module, settings: Settings) -> float:
 
 def _finetuned_rows(table: str, model_name: str, prefix: str, ft: FineTuned,
                     evaluate) -> tuple[list[dict], list[Figure]]:
-    """Accuracy of every trained fold on its test split, and the mean over folds."""
+    """Accuracy of every trained fold on its test split, and the mean over folds;
+    `evaluate(checkpoint, test split, ft)` scores one fold."""
     rows, figures, accs = [], [], []
     dataset = ft.dataset.upper()
     for fold, test in ft.tests.items():
         if fold not in ft.checkpoints:
             continue
-        res: ClassificationResult = evaluate(ft.checkpoints[fold], test)
+        res: ClassificationResult = evaluate(ft.checkpoints[fold], test, ft)
         accs.append(res.accuracy)
         rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", res.accuracy, fold, res.n))
         figures.append(Confusion(f"confusion_{prefix}_{ft.dataset}_fold{fold}", f"{model_name} {ft.dataset} fold {fold}",
@@ -253,8 +254,7 @@ def table1_esresnext(audioset_models: Union[Mapping[str, Optional[Model]], Model
                                          input_scale=_scale(model, settings, ft.dataset))
 
     for ft in finetuned:
-        more, figs = _finetuned_rows("table1", "ESResNeXt", "esresnext", ft,
-                                     lambda src, test, ft=ft: fine_tuned(src, test, ft))
+        more, figs = _finetuned_rows("table1", "ESResNeXt", "esresnext", ft, fine_tuned)
         rows += more
         figures += figs
     return TableResult("table1_esresnext", _frame(rows), _protocol(settings), figures)
@@ -285,8 +285,7 @@ def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: O
                                         input_scale=_scale(model, settings, ft.dataset))
 
     for ft in finetuned:
-        more, figs = _finetuned_rows("table2", f"AudioCLIP ({ft.start})", f"audioclip_{ft.start}", ft,
-                                     lambda src, test, ft=ft: fine_tuned(src, test, ft))
+        more, figs = _finetuned_rows("table2", f"AudioCLIP ({ft.start})", f"audioclip_{ft.start}", ft, fine_tuned)
         rows += more
         figures += figs
     return TableResult("table2_audioclip", _frame(rows), _protocol(settings), figures)

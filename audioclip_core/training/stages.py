@@ -111,10 +111,8 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
         if loss_variant == "corrected":
             # identical captions are the same class: positives of each other, not negatives;
             # over the global batch (all ranks' captions, in the order features are gathered)
-            keys = [", ".join(t) if not isinstance(t, str) else t for t in batch["text"]]
-            keys = gather_objects(keys) if w > 1 else keys
-            ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-            class_ids = torch.tensor([ids[k] for k in keys], device=batch["audio"].device)
+            keys = [caption_key(t) for t in batch["text"]]
+            class_ids = caption_ids(gather_objects(keys) if w > 1 else keys, batch["audio"].device)
         out = model(audio=batch["audio"], image=batch.get("image") if use_image else None, text=batch["text"],
                     loss_variant=loss_variant, class_ids=class_ids, gather=gather_features if w > 1 else None,
                     scale_grad=1.0 / w)
@@ -134,6 +132,17 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
     return step
 
 
+def caption_key(text) -> str:
+    """A clip's caption as one string (an AudioSet clip's labels joined by ", ")."""
+    return text if isinstance(text, str) else ", ".join(text)
+
+
+def caption_ids(keys: list[str], device=None) -> torch.Tensor:
+    """One id per distinct caption, in order of first appearance: identical captions, one class."""
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return torch.tensor([ids[k] for k in keys], device=device)
+
+
 def caption_retrieval(audio_text: Optional[torch.Tensor], texts: list, world: int = 1) -> dict:
     """In-batch audio-to-caption retrieval: `acc_audio_text`, the share of clips whose best
     scoring caption is their own (or an identical one), and `acc_chance`, its expected value
@@ -141,13 +150,11 @@ def caption_retrieval(audio_text: Optional[torch.Tensor], texts: list, world: in
     batch has no audio-text logits, or in a process group (the captions are per rank)."""
     if audio_text is None or world > 1:
         return {}
-    keys = [", ".join(t) if not isinstance(t, str) else t for t in texts]
-    if audio_text.shape[0] != len(keys) or audio_text.shape[1] != len(keys):
+    if audio_text.shape[0] != len(texts) or audio_text.shape[1] != len(texts):
         return {}
-    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    cls = torch.tensor([ids[k] for k in keys], device=audio_text.device)
+    cls = caption_ids([caption_key(t) for t in texts], audio_text.device)
     same = cls[:, None] == cls[None, :]
-    hit = same[torch.arange(len(keys), device=cls.device), audio_text.detach().argmax(1)]
+    hit = same[torch.arange(len(texts), device=cls.device), audio_text.detach().argmax(1)]
     return {"acc_audio_text": float(hit.float().mean()), "acc_chance": float(same.float().mean())}
 
 

@@ -55,12 +55,15 @@ def _toy():
     score below is 0 or 1 and the figures can be worked out by hand."""
     e = torch.eye(4)
     targets = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1]])   # classes: dog, bark, cat
-    sets = unique_label_sets(targets)
+    sets, set_of_clip = unique_label_sets(targets)
     assert set_captions(sets, ["dog", "bark", "cat"]) == ["dog", "dog, bark", "cat"]
+    assert set_of_clip.tolist() == [0, 1, 2]
+    again, ids = unique_label_sets(targets[[2, 0, 2, 1]])       # first appearance order, repeated sets
+    assert set_captions(again, ["dog", "bark", "cat"]) == ["cat", "dog", "dog, bark"] and ids.tolist() == [0, 1, 0, 2]
     return AudioSetEmbeddings(audio=e[[0, 1, 2]], image=e[[0, 1, 2]],
                               text=e[[1, 1, 2]],                 # "dog" and "bark" both point at B
                               targets=targets, class_names=["dog", "bark", "cat"],
-                              label_sets=sets, set_text=e[[1, 1, 2]])   # "dog" at B, "dog, bark" at B, "cat" at C
+                              set_text=e[[1, 1, 2]])   # "dog" at B, "dog, bark" at B, "cat" at C
 
 
 def test_querying_by_the_papers_rule_differs_from_any_shared_label():
@@ -100,3 +103,21 @@ def test_the_paper_profile_never_starts_from_random_weights_silently():
     require_initialisation(_spec("audioclip_partial"), resolve("paper", "audioclip_partial", {"allow_random_init": True}))
     require_initialisation(_spec("audioclip_partial"), resolve("demo", "audioclip_partial", {}))
     require_initialisation(_spec("audioclip_full"), resolve("paper", "audioclip_full", {}))  # starts from stage 2
+
+
+def test_label_set_relevance_equals_its_definition_on_random_labels():
+    """Relevance by label-set ids (what scales to AudioSet: clips x clips, not x classes) is
+    exactly 'the label sets are equal', checked element by element on random multi-labels."""
+    from audioclip_core.evaluation.retrieval import clip_relevance, text_queries
+
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.rand(300, 12, generator=g) < 0.15).float()
+    sets, _ = unique_label_sets(targets)
+    emb = AudioSetEmbeddings(audio=torch.zeros(300, 4), image=torch.zeros(300, 4), text=torch.zeros(12, 4),
+                             targets=targets, class_names=[str(i) for i in range(12)],
+                             set_text=torch.zeros(len(sets), 4))
+    t = targets.bool()
+    assert torch.equal(clip_relevance(emb, "same_labels"), (t[:, None, :] == t[None, :, :]).all(-1))
+    _, rel = text_queries(emb, "same_labels")
+    assert torch.equal(rel, (sets.bool()[:, None, :] == t[None, :, :]).all(-1))
+    assert len(sets) == len({tuple(r) for r in t.tolist()}) and rel.sum(0).eq(1).all()
