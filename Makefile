@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 .PHONY: env demo test test-fast bench ui mlflow-ui clean-env help
 
 help:
-	@echo "make demo       run the main job on the built-in demo data"
+	@echo "make demo       run the main job on the built-in demo data (SEED=n: seed data and training)"
 	@echo "make test       run the whole test suite"
 	@echo "make test-fast  skip tests marked slow"
 	@echo "make ui         Dagster UI on 127.0.0.1:3000"
@@ -31,7 +31,7 @@ $(VENV)/.synced: pyproject.toml uv.lock Makefile
 env: $(VENV)/.synced
 
 demo: env
-	$(PY) -m pipelines.demo
+	$(PY) -m pipelines.demo $(if $(SEED),--seed $(SEED))
 
 test: env
 	$(PY) -m pytest -q

@@ -8,7 +8,7 @@ from audioclip_core.data.clipsets import SPECS, count_warnings, fold_split, read
 from audioclip_core.data.manifests import relative_paths
 from audioclip_core.files import publish_version
 
-from .metadata import markdown_table
+from .metadata import each_partition, markdown_table
 from .resources import DataRoot, DatasetSources
 from .sources import dataset_sources
 
@@ -49,7 +49,11 @@ def _manifest(name: str, context, data_root: DataRoot, sources: DatasetSources) 
 
 
 def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
-    fold, layout = int(context.partition_key), data_root.layout
+    return each_partition(context, lambda key: _fold(name, int(key), data_root))
+
+
+def _fold(name: str, fold: int, data_root: DataRoot) -> dg.MaterializeResult:
+    layout = data_root.layout
     df = pd.read_parquet(layout.clipset_manifest(name))
     usable = df[df["status"] == "ok"]
     train, test = fold_split(usable.to_dict("records"), fold)
@@ -79,6 +83,8 @@ _MANIFEST_CHECKS = lambda name: [  # noqa: E731
                                   "differ, as for a subset)")]
 
 
+# all folds of a backfill in one run: writing a split takes less than starting a run
+ALL_FOLDS_IN_ONE_RUN = dg.BackfillPolicy.single_run()
 _FOLD_CHECK = "Train and test share no clip and together hold every usable clip; blocks fine-tuning when it fails"
 
 
@@ -97,6 +103,7 @@ def us8k_manifest(context: dg.AssetExecutionContext, data_root: DataRoot, source
 
 
 @dg.asset(group_name=GROUP, partitions_def=esc50_fold_partitions, deps=[esc50_manifest], kinds={"parquet"},
+          backfill_policy=ALL_FOLDS_IN_ONE_RUN,
           check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="esc50_folds", blocking=True,
                                        description=_FOLD_CHECK)],
           description="Official ESC-50 fold k: test = fold k, train = the other four.")
@@ -105,6 +112,7 @@ def esc50_folds(context: dg.AssetExecutionContext, data_root: DataRoot):
 
 
 @dg.asset(group_name=GROUP, partitions_def=us8k_fold_partitions, deps=[us8k_manifest], kinds={"parquet"},
+          backfill_policy=ALL_FOLDS_IN_ONE_RUN,
           check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="us8k_folds", blocking=True,
                                        description=_FOLD_CHECK)],
           description="Official UrbanSound8K fold k: test = fold k, train = the other nine.")

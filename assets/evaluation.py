@@ -117,6 +117,8 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
             if r.value is not None and r.value == r.value:
                 key = re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{r.model}.{r.task}.{r.dataset}.{r.metric}").strip("_")
                 mlflow.log_metric(key.replace("@", "_at_")[:250], r.value)
+                if r.chance is not None and r.chance == r.chance:
+                    mlflow.log_metric(key.replace("@", "_at_")[:243] + ".chance", r.chance)
         mlflow.log_dict(result.protocol, "protocol.json")
         for art in [out, layout.table(name, ".md"), *images]:
             mlflow.log_artifact(str(art))

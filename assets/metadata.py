@@ -29,3 +29,36 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 10) -> str:
             cells.append(text.replace("|", "\\|")[:60])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def each_partition(context, materialize) -> "dg.MaterializeResult":
+    """Run `materialize(partition_key)` for every partition of the run - one, or a range when
+    the asset's backfill policy batches partitions into one run (the fold assets: one process
+    instead of one per fold) - and return one result: a single partition's as it is; for a
+    range, each partition's metadata under its key, every check passed only when it passed
+    for all, and a data version of them all."""
+    import hashlib
+
+    import dagster as dg
+
+    keys = list(context.partition_keys)
+    results = [materialize(k) for k in keys]
+    if len(results) == 1:
+        return results[0]
+
+    def plain(meta) -> dict:
+        return {k: (v.value if hasattr(v, "value") else v) for k, v in (meta or {}).items()}
+
+    checks: dict[str, list] = {}
+    for key, res in zip(keys, results):
+        for c in res.check_results or []:
+            checks.setdefault(c.check_name, []).append((key, c))
+    merged = [dg.AssetCheckResult(check_name=name, passed=all(c.passed for _, c in got),
+                                  metadata={f"partition {k}": dg.MetadataValue.json({"passed": c.passed, **plain(c.metadata)})
+                                            for k, c in got})
+              for name, got in checks.items()]
+    versions = "".join(r.data_version.value if r.data_version else "" for r in results)
+    return dg.MaterializeResult(
+        metadata={"partitions": keys, **{f"partition {k}": dg.MetadataValue.json(plain(r.metadata))
+                                         for k, r in zip(keys, results)}},
+        check_results=merged, data_version=dg.DataVersion(hashlib.sha256(versions.encode()).hexdigest()[:16]))

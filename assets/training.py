@@ -11,6 +11,7 @@ from pydantic import Field
 from audioclip_core.layout import DataLayout
 
 from .audioset import audioset_manifest
+from .metadata import each_partition
 from .clipsets import esc50_fold_partitions, esc50_folds, us8k_fold_partitions, us8k_folds
 from .resources import DataRoot, DatasetSources, MlflowTracking
 
@@ -30,7 +31,7 @@ class StageConfig(dg.Config):
     gamma: Optional[float] = None
     clip_seconds: Optional[float] = Field(default=None, description="AudioSet stages; fine-tuning always uses the "
                                           "clip set's protocol (ESC-50 5 s mono, US8K 4 s stereo)")
-    seed: int = 0
+    seed: Optional[int] = Field(default=None, description="default: $AUDIOCLIP_SEED (make demo SEED=n), else 0")
     max_steps_per_epoch: Optional[int] = None
     input_scale: Optional[str] = Field(default=None, description="int16 | minmax | unit; default: the profile's "
                                        "(int16), and for fine-tuning the clip set's published loader's (ESC-50 "
@@ -53,12 +54,16 @@ class StageConfig(dg.Config):
                        "exactness checks such as 1 process against torchrun)")
 
 
+def _profile(cfg: StageConfig, sources: DatasetSources, layout: DataLayout) -> str:
+    return cfg.profile or os.environ.get("AUDIOCLIP_TRAIN_PROFILE") or (
+        "demo" if sources.uses_demo_audioset(layout) else "paper")
+
+
 def _train_config(cfg: StageConfig, stage: str, sources: DatasetSources, layout: DataLayout,
                   clipset: Optional[str] = None):
     from audioclip_core.training.profiles import resolve
 
-    profile = cfg.profile or os.environ.get("AUDIOCLIP_TRAIN_PROFILE") or (
-        "demo" if sources.uses_demo_audioset(layout) else "paper")
+    profile = _profile(cfg, sources, layout)
     return resolve(profile, stage, cfg.model_dump(), clipset=clipset), profile
 
 
@@ -87,7 +92,7 @@ def _start(config: StageConfig, layout: DataLayout, upstream: Optional[str]):
 
 
 def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profile: str,
-             nproc: int) -> dg.MaterializeResult:
+             nproc: int, partition: Optional[str] = None) -> dg.MaterializeResult:
     """Run a stage in-process, or with torchrun (nproc > 1) through Dagster Pipes; track it in MLflow."""
     import json
     import sys
@@ -98,7 +103,6 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
     from audioclip_core.training.run import run_stage
     from audioclip_core.training.stages import build_stage
 
-    partition = context.partition_key if context.has_partition_key else None
     code = code_version()
     tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
             "dagster.partition": partition or "", "name": spec.name, "stage": spec.stage, "profile": profile,
@@ -261,7 +265,7 @@ def _training_partitions(config: StageConfig, sources: DatasetSources, layout: D
 
 
 def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoot, sources: DatasetSources,
-                    tracking: MlflowTracking, upstream: Optional[str]) -> dg.MaterializeResult:
+                    tracking: MlflowTracking, upstream: Optional[str], name: Optional[str] = None) -> dg.MaterializeResult:
     from audioclip_core.data.manifests import label_index_for
     from audioclip_core.training.stages import StageSpec, require_initialisation
 
@@ -270,12 +274,79 @@ def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoo
     labels = label_index_for(sources.audioset(layout))
     tables, manifests = _audioset_manifests(layout, _training_partitions(config, sources, layout, profile))
     init, parent = _start(config, layout, upstream)
-    spec = StageSpec(name=stage, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(stage)),
+    clip_weights, extra = config.clip_weights or None, {}
+    if stage == "audioclip_partial" and not clip_weights:  # the towers the clip_towers asset published
+        towers = _towers(layout)
+        clip_weights, extra = towers["path"], {"clip_towers": towers}
+    name = name or stage
+    spec = StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name)),
                      tables=tables, manifests=manifests, class_ids=list(labels.mids), init=init, parent=parent,
-                     clip_weights=config.clip_weights or None, imagenet_weights=config.imagenet_weights or None,
-                     data_root=str(layout.root))
+                     clip_weights=clip_weights, imagenet_weights=config.imagenet_weights or None,
+                     data_root=str(layout.root), extra_lineage=extra)
     require_initialisation(spec, cfg)  # before anything is tracked: a paper stage never starts from random silently
     return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
+
+
+def _towers(layout: DataLayout) -> dict:
+    import json
+
+    from audioclip_core.training.stages import TOWERS_RECORD
+
+    path = layout.checkpoint_dir("clip_towers") / TOWERS_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: materialise clip_towers first (or set clip_weights)")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("path") and not Path(record["path"]).is_file():
+        raise FileNotFoundError(f"clip_towers names {record['path']}, which is gone: materialise clip_towers again")
+    return record
+
+
+def _publish_towers(layout: DataLayout, record: dict) -> None:
+    from audioclip_core.files import write_json
+    from audioclip_core.training.stages import TOWERS_RECORD
+
+    write_json(record, layout.checkpoint_dir("clip_towers") / TOWERS_RECORD)
+
+
+@dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
+          check_specs=_checks("clip_towers", True, retrieval=True),
+          description="CLIP's image and text towers, which stage 2 distils the audio head into. With `clip_weights` "
+                      "(the paper: OpenAI's CLIP RN50, or CLIP.pt of the AudioCLIP release) that file, loaded strictly "
+                      "and recorded with its sha256. In the demo profile without it: the DEMO'S STAND-IN FOR CLIP'S "
+                      "PRE-TRAINING (no CLIP weights can be downloaded), image and text towers trained here "
+                      "contrastively from random weights on the demo's frame-caption pairs (training stage "
+                      "clip_standin), with its own checkpoint, lineage and MLflow run.")
+def clip_towers(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
+                sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
+    from audioclip_core.training.stages import CLIP_SOURCE, InitialisationError, towers_record, verify_clip_weights
+
+    layout = data_root.layout
+    cfg, profile = _train_config(config, "clip_standin" if _profile(config, sources, layout) == "demo"
+                                 else "audioclip_partial", sources, layout)
+    if config.clip_weights or profile != "demo":
+        if config.clip_weights:
+            verify_clip_weights(config.clip_weights, cfg.preset)
+            record = towers_record("clip_weights", config.clip_weights)
+        elif cfg.allow_random_init:
+            record = towers_record("random")
+        else:
+            key, what, where = CLIP_SOURCE
+            raise InitialisationError(
+                f"clip_towers: the paper distils the audio head into {what}, and `{key}` is not set. Set `{key}` in "
+                f"clip_towers' run config to that file (published at {where}), or set `allow_random_init: true` "
+                f"for random towers.")
+        _publish_towers(layout, record)
+        note = {"not_trained_here": "the towers come from " + (record["path"] or "random initialisation")}
+        return dg.MaterializeResult(
+            metadata={"towers": dg.MetadataValue.json(record), "sha256": record["sha256"] or "random"},
+            check_results=[dg.AssetCheckResult(check_name=c.name, passed=True, metadata=note)
+                           for c in context.assets_def.check_specs],
+            data_version=dg.DataVersion((record["sha256"] or "random")[:16]))
+    result = _audioset_stage(context, "clip_standin", config, data_root, sources, tracking, None, name="clip_towers")
+    ckpt = layout.checkpoint("clip_towers")
+    _publish_towers(layout, towers_record("standin", str(ckpt), stage="clip_standin",
+                                          note="the demo's stand-in for CLIP's pre-training"))
+    return result
 
 
 @dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
@@ -286,9 +357,10 @@ def esresnext_audioset(context: dg.AssetExecutionContext, config: StageConfig, d
     return _audioset_stage(context, "esresnext_audioset", config, data_root, sources, tracking, None)
 
 
-@dg.asset(group_name=GROUP, deps=[esresnext_audioset, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
-          check_specs=_checks("audioclip_partial", True, retrieval=True),
-          description="Stage 2: the audio head (from stage 1, fresh projection) trained under frozen CLIP teachers.")
+@dg.asset(group_name=GROUP, deps=[esresnext_audioset, clip_towers, audioset_manifest], pool="gpu",
+          kinds={"pytorch", "mlflow"}, check_specs=_checks("audioclip_partial", True, retrieval=True),
+          description="Stage 2: the audio head (from stage 1, fresh projection) trained under the frozen image and "
+                      "text towers of clip_towers (CLIP's, or the demo's stand-in), its teachers.")
 def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                       sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
     return _audioset_stage(context, "audioclip_partial", config, data_root, sources, tracking, "esresnext_audioset")
@@ -302,12 +374,12 @@ def audioclip_full(context: dg.AssetExecutionContext, config: StageConfig, data_
     return _audioset_stage(context, "audioclip_full", config, data_root, sources, tracking, "audioclip_partial")
 
 
-def _finetune(context, name, dataset, config, data_root, sources, tracking, *, upstream, cooperative):
+def _finetune(context, name, dataset, config, data_root, sources, tracking, *, upstream, cooperative, fold):
     from audioclip_core.data.clipsets import class_names
     from audioclip_core.training.run import manifest_entry
     from audioclip_core.training.stages import StageSpec
 
-    fold, layout = context.partition_key, data_root.layout
+    layout = data_root.layout
     stage = "audioclip_finetune" if cooperative else "esresnext_finetune"
     cfg, profile = _train_config(config, stage, sources, layout, clipset=dataset)
     train_path = layout.fold(dataset, fold, "train")
@@ -321,16 +393,24 @@ def _finetune(context, name, dataset, config, data_root, sources, tracking, *, u
                      tables=[entry["version"]], manifests={f"{dataset}_fold{fold}_train": entry},
                      classes=classes, init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes},
                      data_root=str(layout.root))
-    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
+    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node, partition=fold)
+
+
+# a backfill fine-tunes up to five folds per run, one after another (ESC-50: one run, US8K:
+# two): a run's start-up (a process, the code location's imports) costs as much as a fold of
+# the demo; each fold still has its own checkpoint, lineage and MLflow run
+FOLDS_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=5)
 
 
 def _finetune_asset(name, dataset, folds_asset, partitions, upstream_asset, cooperative, description):
     @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[upstream_asset, folds_asset],
-              pool="gpu", kinds={"pytorch", "mlflow"}, description=description, check_specs=_checks(name, cooperative))
+              pool="gpu", kinds={"pytorch", "mlflow"}, description=description, check_specs=_checks(name, cooperative),
+              backfill_policy=FOLDS_PER_RUN)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-        return _finetune(context, name, dataset, config, data_root, sources, tracking,
-                         upstream=upstream_asset.key.to_user_string(), cooperative=cooperative)
+        return each_partition(context, lambda fold: _finetune(
+            context, name, dataset, config, data_root, sources, tracking,
+            upstream=upstream_asset.key.to_user_string(), cooperative=cooperative, fold=fold))
 
     return _asset
 

@@ -5,7 +5,11 @@ in DAGSTER_HOME (pipelines/lineage.py): the daemon runs `dataset_sources` (which
 the demo dataset into the data root, once), the AudioSet partitions (downloaded with yt-dlp
 from the stand-in media server on 127.0.0.1 that the `youtube` resource starts for each
 download step), the ESC-50 / UrbanSound8K folds, the training stages and the four tables, in
-dependency order. This script waits, printing a line per finished run, then prints the tables.
+dependency order. This script waits, printing a line per finished run, then prints the tables
+and the verdict (audioclip_core/evaluation/verdict.py): whether they show the paper's claims,
+each figure against its chance level.
+
+    python -m pipelines.demo [--seed N]   # make demo SEED=N: the data and every stage seeded by N
 `make ui` then shows every run (re-executable) and asset, with its metadata and checks;
 `make mlflow-ui` shows the training and evaluation runs.
 """
@@ -18,18 +22,37 @@ REPO = Path(__file__).resolve().parents[1]
 TABLES = ("table1_esresnext", "table2_audioclip", "table3_zero_shot", "table4_querying")
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    import pandas as pd
+
+    from audioclip_core.data.demo_dataset import SEED_ENV, SeedMismatch, demo_seed, generated_seed
+    from audioclip_core.evaluation.verdict import judge, render
     from audioclip_core.layout import DataLayout
 
     from .lineage import run_lineage
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=None, help="seed of the demo data and of every stage "
+                        f"(default: ${SEED_ENV}, else 0)")
+    args = parser.parse_args(argv)
+    seed = demo_seed(args.seed)
+    os.environ[SEED_ENV] = str(seed)   # the Dagster processes started here inherit it
     start = time.time()
     for var in ("AUDIOCLIP_AUDIOSET_DIR", "AUDIOCLIP_ESC50_DIR", "AUDIOCLIP_US8K_DIR"):
         if os.environ.get(var):
             print(f"note: {var} is set; the demo uses it instead of the built-in data")
     layout = DataLayout.at(None)
-    print(f"data root: {layout.root}", flush=True)
-    ok = run_lineage("demo", say=lambda line: print(line, flush=True))
+    print(f"data root: {layout.root}   seed: {seed}", flush=True)
+    have = generated_seed(layout.demo_source)
+    if have is not None and have != seed:
+        print(str(SeedMismatch(f"{layout.demo_source} holds the demo dataset of seed {have}, not {seed}: give each "
+                               "seed its own data root and Dagster home, e.g. AUDIOCLIP_DATA_ROOT=data-seed"
+                               f"{seed} DAGSTER_HOME=$PWD/dagster-seed{seed} (a copy of dagster_home/dagster.yaml "
+                               "in it)")), file=sys.stderr)
+        return 2
+    ok = run_lineage("demo", say=lambda line: print(line, flush=True), tags={"audioclip/seed": str(seed)})
     if not ok:
         print("\nThe demo did not complete: the failed runs are listed above; `make ui` shows their logs. "
               "Re-running `make demo` keeps what is done.", file=sys.stderr)
@@ -37,6 +60,7 @@ def main() -> int:
     for name in TABLES:
         print(f"\n## {name}\n")
         print(layout.table(name, ".md").read_text(encoding="utf-8").split("\n", 2)[2])
+    print(render(judge({name: pd.read_parquet(layout.table(name)) for name in TABLES})) + "\n")
     from assets.resources.tracking import TRAINING_VIEW, ui_host
 
     mlflow_ui = f"{ui_host()}/#/experiments?{TRAINING_VIEW}"

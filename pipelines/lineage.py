@@ -182,10 +182,12 @@ def cancel_unfinished(instance, dagster: LocalDagster, say: Callable[[str], None
             say(f"cancelled the unfinished backfill {b.backfill_id} of an earlier run ({len(queued)} queued runs)")
 
 
-def launch(dagster: LocalDagster, label: str, selection: Optional[list[str]] = None) -> str:
+def launch(dagster: LocalDagster, label: str, selection: Optional[list[str]] = None,
+           tags: Optional[dict] = None) -> str:
     keys = [[k] for k in selection] if selection else asset_keys()
     params = {"assetSelection": [{"path": p} for p in keys], "allPartitions": True,
-              "title": f"AudioCLIP lineage ({label})", "tags": [{"key": TAG, "value": label}]}
+              "title": f"AudioCLIP lineage ({label})",
+              "tags": [{"key": TAG, "value": label}] + [{"key": k, "value": v} for k, v in (tags or {}).items()]}
     res = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
     if res["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"the backfill was not launched: {res}")
@@ -287,9 +289,10 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
 
 
 def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = print,
-                selection: Optional[list[str]] = None) -> bool:
+                selection: Optional[list[str]] = None, tags: Optional[dict] = None) -> bool:
     """Prepare the instance, launch the backfill of every asset (or of `selection`, asset
-    names) through a local Dagster, and (with `wait`) follow it to the end."""
+    names) through a local Dagster, and (with `wait`) follow it to the end. `tags` go on the
+    backfill and its runs (the demo's seed: `audioclip/seed`)."""
     os.environ.setdefault("DAGSTER_HOME", env()["DAGSTER_HOME"])  # this process opens the same instance
     import dagster as dg
 
@@ -309,8 +312,11 @@ def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = prin
         port = int(os.environ["DAGSTER_PORT"]) if os.environ.get("DAGSTER_PORT") and not running else None
         with LocalDagster(log, port=port, daemon=not running) as dagster:
             say(f"Dagster on {dagster.url} ({'the running daemon' if running else 'dagster dev'}; log: {log})")
+            if running and os.environ.get("AUDIOCLIP_SEED", "0") != "0":
+                say("note: a running daemon (make ui) launches these runs with its own environment: the seed "
+                    "it was started with applies (stop it to use this one)")
             cancel_unfinished(instance, dagster, say)
-            backfill_id = launch(dagster, label, selection)
+            backfill_id = launch(dagster, label, selection, tags)
             say(f"backfill {backfill_id}: every asset, all partitions - {dagster.url}/runs/b/{backfill_id}")
             if not wait:
                 return True

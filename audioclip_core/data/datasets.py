@@ -3,6 +3,8 @@
 * AudioSet: audio + ONE of the 10 frames (drawn at random in training, the middle one in
   evaluation) + the clip's label names joined with ", " as its text + a multi-hot target.
 * ESC-50 / UrbanSound8K: audio + the class name as text + the class id.
+* Image-caption pairs (the demo's stand-in for CLIP pre-training): every frame of every
+  AudioSet clip, with the clip's caption.
 
 Randomness (augmentations, frame choice) comes from a generator seeded by
 (seed, epoch, index), so an item is the same whichever worker or resumed run produces it.
@@ -119,14 +121,42 @@ class ClipSetDataset(_Base):
                 "target": torch.tensor(self.class_of[row["class_name"]])}
 
 
+class ImageCaptionDataset(Dataset):
+    """Every frame of the usable rows of AudioSet manifests as an image-caption pair: the
+    frame (augmented as CLIP's preprocessing does in training) and the clip's label names
+    (its caption, joined with ", " as in the audio stages). Item `i` is frame `i` of the
+    flattened (clip, frame) list; randomness comes from (seed, epoch, index)."""
+
+    def __init__(self, df: pd.DataFrame, *, train: bool, seed: int = 0, image_size: int = 224):
+        df = df[df["status"] == "ok"] if "status" in df else df
+        self.pairs = [(str(f), list(row.label_names), str(row.segment_id))
+                      for row in df.itertuples() for f in row.frame_paths]
+        self.train, self.seed, self.image_size, self.epoch = train, seed, image_size, 0
+        self.bad_items: dict[int, str] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        path, labels, segment = self.pairs[index]
+        rng = sample_generator(self.seed, self.epoch if self.train else 0, index)
+        try:
+            image = load_clip_image(path, self.image_size, rng if self.train else None)
+        except Exception as exc:
+            return {"index": index, "error": f"{segment} {path}: {exc}"}
+        return {"index": index, "image": image, "text": labels}
+
+
 def collate(items: list[dict]) -> dict:
     good = [it for it in items if "error" not in it]
     batch = {"errors": [it["error"] for it in items if "error" in it], "index": [it["index"] for it in good]}
     if not good:
         return batch
-    batch["audio"] = torch.stack([it["audio"] for it in good])
     batch["text"] = [it["text"] for it in good]
-    batch["target"] = torch.stack([it["target"] for it in good])
-    if "image" in good[0]:
-        batch["image"] = torch.stack([it["image"] for it in good])
+    for key in ("audio", "image", "target"):
+        if key in good[0]:
+            batch[key] = torch.stack([it[key] for it in good])
     return batch

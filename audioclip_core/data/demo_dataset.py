@@ -1,7 +1,7 @@
 """The built-in demo dataset, generated from nothing in a few seconds.
 
-Six real AudioSet classes whose sound can be synthesised - Sine wave, White noise, Pink
-noise, Chirp tone, Clicking, Siren - become:
+Ten real AudioSet classes whose sound can be synthesised - Sine wave, White noise, Pink
+noise, Chirp tone, Clicking, Siren, Buzz, Drum, Beep, bleep and Whistle - become:
 
 * ``audioset/``: official-format ``balanced_train_segments.csv``, ``eval_segments.csv`` and
   ``demo_segments.csv`` (three ``#`` header lines, quoted label ids), the label index and
@@ -12,7 +12,11 @@ noise, Chirp tone, Clicking, Siren - become:
 * ``esc50/`` and ``us8k/``: small datasets in the official ESC-50 and UrbanSound8K layouts
   (5 and 10 folds) whose class names are the same sounds, so zero-shot has something to find.
 
-Everything is seeded: the same call writes the same bytes.
+Frames show the colour of each class the clip holds, as vertical bands, with a per-clip
+brightness, a moving bar and pixel noise, so an image tower can learn the classes and the
+demo's stand-in for CLIP pre-training (training stage ``clip_standin``) has image-caption
+pairs to align. Everything is seeded (`generate_all(root, seed=n)`: `make demo SEED=n`): the
+same seed writes the same bytes.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
@@ -45,6 +50,10 @@ CLASSES = (
     DemoClass("/m/0hdsk", "Chirp tone", "chirp_tone", (60, 200, 80)),
     DemoClass("/m/07qc9xj", "Clicking", "clicking", (60, 90, 230)),
     DemoClass("/m/03kmc9", "Siren", "siren", (240, 200, 40)),
+    DemoClass("/m/07pjwq1", "Buzz", "buzz", (140, 70, 20)),
+    DemoClass("/m/026t6", "Drum", "drum", (20, 20, 20)),
+    DemoClass("/m/02fs_r", "Beep, bleep", "beep_bleep", (40, 220, 230)),
+    DemoClass("/m/0l156k", "Whistle", "whistle", (150, 60, 200)),
 )
 
 
@@ -76,21 +85,43 @@ def synthesize(cls: DemoClass, seconds: float, rng: np.random.Generator, sr: int
         rate = rng.uniform(0.3, 1.2)
         freq = 900 + 400 * np.sin(2 * np.pi * rate * t)
         y = np.sin(2 * np.pi * np.cumsum(freq) / sr)
+    elif cls.short == "buzz":  # a sawtooth: a dense comb of harmonics
+        f0 = rng.uniform(90, 160)
+        y = 2 * ((f0 * t) % 1.0) - 1
+    elif cls.short == "drum":  # low decaying thumps with a falling pitch
+        y = np.zeros(n)
+        step = int(sr / rng.uniform(1.5, 3.5))
+        hit = np.arange(int(0.25 * sr)) / sr
+        f = rng.uniform(60, 110)
+        thump = np.sin(2 * np.pi * f * hit * (1 + 1.5 * np.exp(-hit / 0.03))) * np.exp(-hit / 0.07)
+        for start in range(int(rng.integers(0, step)), n - len(hit), step):
+            y[start:start + len(hit)] += thump
+    elif cls.short == "beep_bleep":  # short high tones with silence between
+        f = rng.uniform(1500, 2500)
+        on, period = rng.uniform(0.08, 0.15), rng.uniform(0.3, 0.5)
+        y = np.sin(2 * np.pi * f * t) * ((t % period) < on)
+    elif cls.short == "whistle":  # a high tone with vibrato
+        f = rng.uniform(2500, 4000) + 150 * np.sin(2 * np.pi * rng.uniform(4, 7) * t)
+        y = np.sin(2 * np.pi * np.cumsum(f) / sr)
     else:  # pragma: no cover - the class list is fixed
         raise ValueError(cls.short)
     return (amp * y / (np.abs(y).max() + 1e-9)).astype(np.float32)
 
 
 def _frames(classes: list[DemoClass], n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Frames `[n, H, W, 3]` uint8: class colours as vertical bands plus a moving bar and noise."""
+    """Frames `[n, H, W, 3]` uint8: class colours as vertical bands, a per-clip brightness, a
+    moving bar and noise."""
     h, w = size
     img = np.zeros((n, h, w, 3), dtype=np.float32)
+    order = rng.permutation(len(classes))
+    classes = [classes[i] for i in order]
     band = w // len(classes)
     for i, c in enumerate(classes):
         img[:, :, i * band:(i + 1) * band if i < len(classes) - 1 else w] = c.color
     for k in range(n):
         x = int((k / max(n - 1, 1)) * (w - 10))
         img[k, :, x:x + 10] *= 0.5
+    img *= rng.uniform(0.8, 1.1)
     img += rng.normal(0, 12, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -228,29 +259,67 @@ def generate_us8k(root: Path, *, per_fold_class: int = 1, seed: int = 2) -> int:
 PARTITIONS = ("balanced_train", "eval", "demo")  # the AudioSet lists the demo writes
 
 
-def generate_all(root: Path, *, force: bool = False) -> dict:
-    """Write the whole demo dataset under `root`, once: concurrent callers (runs of several
-    partitions starting together) wait on a lock and find it complete; it is built in a
-    temporary sibling folder and renamed into place, so a killed generation leaves nothing
-    that looks complete. `force` rebuilds it."""
+SEED_ENV = "AUDIOCLIP_SEED"
+
+
+def demo_seed(seed: Optional[int] = None) -> int:
+    """The demo's seed: `seed` if given, else $AUDIOCLIP_SEED (`make demo SEED=n` sets it), else 0.
+    It seeds the generated data and every training stage of the demo."""
+    if seed is not None:
+        return int(seed)
+    value = os.environ.get(SEED_ENV, "").strip()
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{SEED_ENV}={value!r}: the demo's seed must be an integer") from None
+
+
+def generated_seed(root: Path) -> Optional[int]:
+    """The seed the demo dataset under `root` was generated with (None: not generated)."""
+    marker = Path(root) / ".complete"
+    if not marker.is_file():
+        return None
+    text = marker.read_text().strip()
+    return int(text.split("seed=", 1)[1]) if "seed=" in text else 0
+
+
+class SeedMismatch(RuntimeError):
+    """The data root holds the demo dataset of another seed."""
+
+
+def generate_all(root: Path, *, seed: Optional[int] = None, force: bool = False) -> dict:
+    """Write the whole demo dataset under `root`, once, from `seed` (`demo_seed`): concurrent
+    callers (runs of several partitions starting together) wait on a lock and find it
+    complete; it is built in a temporary sibling folder and renamed into place, so a killed
+    generation leaves nothing that looks complete. A root generated from another seed is an
+    error (its downloads, manifests and checkpoints belong to that seed): use another data
+    root. `force` rebuilds it."""
     import tempfile
 
     from ..files import file_lock
 
+    seed = demo_seed(seed)
     root = Path(root)
     marker = root / ".complete"
     with file_lock(root.parent / f".{root.name}.lock"):
         if marker.exists() and not force:
-            return {"skipped": True}
+            have = generated_seed(root)
+            if have != seed:
+                raise SeedMismatch(f"{root} holds the demo dataset of seed {have}, not {seed}: give this seed its "
+                                   f"own data root (AUDIOCLIP_DATA_ROOT) and Dagster home (DAGSTER_HOME)")
+            return {"skipped": True, "seed": seed}
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
-            counts = generate_audioset(tmp / "audioset")
-            counts["esc50"] = generate_esc50(tmp / "esc50")
-            counts["us8k"] = generate_us8k(tmp / "us8k")
-            (tmp / ".complete").write_text("ok\n")
+            counts = generate_audioset(tmp / "audioset", seed=3 * seed)
+            counts["esc50"] = generate_esc50(tmp / "esc50", seed=3 * seed + 1)
+            counts["us8k"] = generate_us8k(tmp / "us8k", seed=3 * seed + 2)
+            (tmp / ".complete").write_text(f"ok seed={seed}\n")
             if root.exists():
                 shutil.rmtree(root)
             os.replace(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    counts["seed"] = seed
     return counts

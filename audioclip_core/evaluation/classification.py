@@ -23,7 +23,7 @@ from ..models.audioclip import AudioCLIP
 from ..models.esresnext import ESResNeXt
 from .embeddings import (ClipSetEmbeddings, AudioSetEmbeddings, audioset_dataset, clipset_dataset, embed_clipset,
                          loadable_batches, multi_hot)
-from .metrics import accuracy, classification_map
+from .metrics import accuracy, chance_classification_map, classification_map
 
 
 @dataclass
@@ -88,7 +88,8 @@ def classifier_classification(model: ESResNeXt, table: pd.DataFrame, dataset: st
 
 @torch.no_grad()
 def classifier_audioset_map(model: ESResNeXt, manifest: pd.DataFrame, class_ids: list[str], *,
-                            clip_seconds: float, input_scale: str) -> float:
+                            clip_seconds: float, input_scale: str) -> tuple[float, float]:
+    """(mAP, its chance level) of a stand-alone ESResNeXt over an AudioSet manifest."""
     model.eval()
     ds = audioset_dataset(manifest, class_ids, clip_seconds=clip_seconds, input_scale=input_scale, image=False)
     scores, index = [], []
@@ -96,7 +97,8 @@ def classifier_audioset_map(model: ESResNeXt, manifest: pd.DataFrame, class_ids:
         if items:
             scores.append(torch.sigmoid(model(torch.stack([it["audio"] for it in items]))))
             index += [it["index"] for it in items]
-    return classification_map(torch.cat(scores), multi_hot(ds, index))
+    targets = multi_hot(ds, index)
+    return classification_map(torch.cat(scores), targets), chance_classification_map(targets)
 
 
 def audioset_map(emb: AudioSetEmbeddings) -> dict[str, float]:

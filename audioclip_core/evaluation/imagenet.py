@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from ..models.audioclip import AudioCLIP
-from .metrics import accuracy, retrieval_metrics
+from .metrics import accuracy, chance_accuracy, chance_retrieval, retrieval_metrics
 
 
 def imagenet_classnames() -> list[str]:
@@ -45,4 +45,5 @@ def imagenet_eval(model: AudioCLIP, root, *, template: str = "{}", per_class: Op
     present = sorted(set(labels))
     rel = torch.stack([y == c for c in present])
     return {"accuracy": accuracy(scores, y), "images": len(paths), "classes": len(present),
-            "image_by_text": retrieval_metrics(text[present] @ img.T, rel)}
+            "image_by_text": retrieval_metrics(text[present] @ img.T, rel),
+            "chance_accuracy": chance_accuracy(len(names)), "chance": chance_retrieval(rel)}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .embeddings import AudioSetEmbeddings, ClipSetEmbeddings, unique_label_sets
-from .metrics import retrieval_metrics
+from .metrics import chance_retrieval, retrieval_metrics
 
 DIRECTIONS = ("image by text", "audio by text", "audio by image", "image by audio")
 QUERY_RULES = ("same_labels", "any_label")
@@ -63,17 +63,29 @@ def audioset_querying(emb: AudioSetEmbeddings, rule: str = "same_labels") -> dic
             "image by audio": retrieval_metrics(emb.audio @ emb.image.T, clips)}
 
 
+def audioset_querying_chance(emb: AudioSetEmbeddings, rule: str = "same_labels") -> dict[str, dict[str, float]]:
+    """What `audioset_querying` gives, in expectation, for random scores (`metrics.chance_retrieval`)."""
+    _, by_text = text_queries(emb, rule)
+    by_text = chance_retrieval(by_text)
+    clips = chance_retrieval(clip_relevance(emb, rule))
+    return {"image by text": by_text, "audio by text": by_text, "audio by image": clips, "image by audio": clips}
+
+
 def audio_by_text_scores(emb: AudioSetEmbeddings, rule: str = "same_labels") -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, relevance) of AudioSet audio-by-text querying, for a PR curve."""
     text, relevant = text_queries(emb, rule)
     return text @ emb.audio.T, relevant
 
 
+def clipset_relevance(emb: ClipSetEmbeddings) -> torch.Tensor:
+    """[classes present, clips]: the clips of each class name present."""
+    return torch.stack([emb.class_ids == c for c in sorted(set(emb.class_ids.tolist()))])
+
+
 def clipset_audio_by_text(emb: ClipSetEmbeddings) -> dict[str, float]:
     """Audio by text on ESC-50 / US8K: each class name present queries the clips."""
     present = sorted(set(emb.class_ids.tolist()))
-    rel = torch.stack([emb.class_ids == c for c in present])
-    return retrieval_metrics(emb.text[present] @ emb.audio.T, rel)
+    return retrieval_metrics(emb.text[present] @ emb.audio.T, clipset_relevance(emb))
 
 
 def pr_curve(scores: torch.Tensor, relevant: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

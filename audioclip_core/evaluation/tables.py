@@ -14,7 +14,10 @@ the data of their figures (confusion matrices, PR curves, embedding maps).
   (AudioSet, ESC-50, US8K), audio by image and image by audio (AudioSet).
 
 Each row: table, model, task, dataset, metric, fold ("mean" or the fold), value (a
-fraction, None when not available), n (clips, or folds for a mean), note. Every ESC-50 /
+fraction, None when not available), chance (the metric's expected value for random scores
+on that evaluation set, computed exactly: `metrics.chance_*`), n (clips, or folds for a
+mean), note. ImageNet rows appear only when an ImageNet folder is configured (the protocol
+says so otherwise). Every ESC-50 /
 US8K figure follows `audioclip_core.data.clipsets.protocol` (clip length, channels, folds,
 input scale), and every table states its protocol (`TableResult.protocol`, the markdown's
 header). Nothing here imports Dagster:
@@ -45,10 +48,12 @@ from ..layout import DataLayout
 from .classification import (ClassificationResult, audioclip_classification, audioset_map, classifier_audioset_map,
                              classifier_classification)
 from .embeddings import embed_audioset, embed_clipset
-from .retrieval import DIRECTIONS, audio_by_text_scores, audioset_querying, clipset_audio_by_text, pr_curve
+from .metrics import chance_accuracy, chance_classification_map, chance_retrieval
+from .retrieval import (DIRECTIONS, audio_by_text_scores, audioset_querying, audioset_querying_chance,
+                        clipset_audio_by_text, clipset_relevance, pr_curve)
 
 Model = Union[str, os.PathLike, nn.Module]
-COLUMNS = ["table", "model", "task", "dataset", "metric", "fold", "value", "n", "note"]
+COLUMNS = ["table", "model", "task", "dataset", "metric", "fold", "value", "chance", "n", "note"]
 CLIPSETS = ("esc50", "us8k")
 QUERY_METRICS = ("P@1", "R@1", "mAP")
 
@@ -153,10 +158,14 @@ def audioset_table(layout: DataLayout, partition: str = "eval") -> Optional[pd.D
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def row(table: str, model: str, task: str, dataset: str, metric: str, value, fold="mean", n=None, note="") -> dict:
+def _number(value) -> Optional[float]:
+    return None if value is None or value != value else float(value)
+
+
+def row(table: str, model: str, task: str, dataset: str, metric: str, value, fold="mean", n=None, note="",
+        chance=None) -> dict:
     return {"table": table, "model": model, "task": task, "dataset": dataset, "metric": metric, "fold": str(fold),
-            "value": None if value is None or value != value else float(value),
-            "n": None if n is None else int(n), "note": note}
+            "value": _number(value), "chance": _number(chance), "n": None if n is None else int(n), "note": note}
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -212,16 +221,17 @@ def _finetuned_rows(table: str, model_name: str, prefix: str, ft: FineTuned,
     `evaluate(checkpoint, test split, ft)` scores one fold."""
     rows, figures, accs = [], [], []
     dataset = ft.dataset.upper()
+    chance = chance_accuracy(len(ft.classes)) if ft.classes else None
     for fold, test in ft.tests.items():
         if fold not in ft.checkpoints:
             continue
         res: ClassificationResult = evaluate(ft.checkpoints[fold], test, ft)
         accs.append(res.accuracy)
-        rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", res.accuracy, fold, res.n))
+        rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", res.accuracy, fold, res.n, chance=chance))
         figures.append(Confusion(f"confusion_{prefix}_{ft.dataset}_fold{fold}", f"{model_name} {ft.dataset} fold {fold}",
                                  res.confusion, ft.classes))
     rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", float(np.mean(accs)) if accs else None,
-                    n=len(accs), note="" if accs else "not trained"))
+                    n=len(accs), note="" if accs else "not trained", chance=chance))
     return rows, figures
 
 
@@ -239,11 +249,11 @@ def table1_esresnext(audioset_models: Union[Mapping[str, Optional[Model]], Model
     for label, src in audioset_models.items():
         if src is not None and audioset_manifest is not None:
             model = _classifier(src, settings, fast=True)
-            m = classifier_audioset_map(model, audioset_manifest, list(class_ids),
-                                        clip_seconds=_audioset_seconds(model, settings),
-                                        input_scale=_scale(model, settings))
+            m, chance = classifier_audioset_map(model, audioset_manifest, list(class_ids),
+                                                clip_seconds=_audioset_seconds(model, settings),
+                                                input_scale=_scale(model, settings))
             rows.append(row("table1", label, "classification", "AudioSet", "mAP", m,
-                            n=(audioset_manifest["status"] == "ok").sum()))
+                            n=(audioset_manifest["status"] == "ok").sum(), chance=chance))
         else:
             rows.append(row("table1", label, "classification", "AudioSet", "mAP", None, note="not trained"))
     figures: list[Figure] = []
@@ -276,8 +286,10 @@ def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: O
         emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
                              clip_seconds=_audioset_seconds(model, settings), input_scale=_scale(model, settings),
                              template=settings.template)
+        chance = chance_classification_map(emb.targets)
         for key, value in audioset_map(emb).items():
-            rows.append(row("table2", name, "classification", "AudioSet", f"mAP {key}", value, n=emb.clips))
+            rows.append(row("table2", name, "classification", "AudioSet", f"mAP {key}", value, n=emb.clips,
+                            chance=chance))
     figures: list[Figure] = []
     def fine_tuned(src, test, ft):
         model = _audioclip(src, settings)
@@ -305,13 +317,17 @@ def table3_zero_shot(models: Mapping[str, Optional[Model]], clipsets: Mapping[st
                 rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", None, note="not available"))
                 continue
             df = df.reset_index(drop=True)
-            res = audioclip_classification(model, df, ds_name, class_names(df), template=settings.template,
+            classes = class_names(df)
+            chance = chance_accuracy(len(classes))
+            res = audioclip_classification(model, df, ds_name, classes, template=settings.template,
                                            input_scale=_scale(model, settings, ds_name))
-            rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", res.accuracy, n=res.n))
+            rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", res.accuracy, n=res.n,
+                            chance=chance))
             for fold in sorted(set(df["fold"].tolist())):
                 acc, n = res.subset(np.flatnonzero(df["fold"].to_numpy() == fold))
                 if n:
-                    rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", acc, fold, n))
+                    rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", acc, fold, n,
+                                    chance=chance))
     return TableResult("table3_zero_shot", _frame(rows), _protocol(settings))
 
 
@@ -324,10 +340,10 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     figures: list[Figure] = []
 
-    def add(name, task, dataset, metrics, n=None, note="not available"):
+    def add(name, task, dataset, metrics, n=None, note="not available", chance=None):
         for metric in QUERY_METRICS:
             rows.append(row("table4", name, task, dataset, metric, metrics[metric] if metrics else None, n=n,
-                            note="" if metrics else note))
+                            note="" if metrics else note, chance=chance[metric] if chance else None))
 
     for label, src in models.items():
         name = f"AudioCLIP ({label})"
@@ -343,16 +359,16 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
 
             res = imagenet_eval(model, settings.imagenet_dir, template=settings.template,
                                 per_class=settings.imagenet_per_class)
-            add(name, "image by text", "ImageNet", res["image_by_text"], res["images"])
-            rows.append(row("table4", name, "zero-shot", "ImageNet", "accuracy", res["accuracy"], n=res["images"]))
-        else:
-            add(name, "image by text", "ImageNet", None, note="not configured: set AUDIOCLIP_IMAGENET_DIR")
+            add(name, "image by text", "ImageNet", res["image_by_text"], res["images"], chance=res["chance"])
+            rows.append(row("table4", name, "zero-shot", "ImageNet", "accuracy", res["accuracy"], n=res["images"],
+                            chance=res["chance_accuracy"]))
         if audioset_manifest is not None:
             emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
                                  clip_seconds=_audioset_seconds(model, settings), input_scale=_scale(model, settings),
                                  template=settings.template)
+            chance = audioset_querying_chance(emb, settings.query_rule)
             for task, metrics in audioset_querying(emb, settings.query_rule).items():
-                add(name, task, "AudioSet", metrics, emb.clips)
+                add(name, task, "AudioSet", metrics, emb.clips, chance=chance[task])
             curves[f"{label}: audio by text (AudioSet)"] = pr_curve(*audio_by_text_scores(emb, settings.query_rule))
             present = emb.targets.sum(0) > 0
             first = [labels.names[int(t.argmax())] for t in emb.targets]
@@ -371,9 +387,11 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
             df = df.reset_index(drop=True)
             emb = embed_clipset(model, df, ds_name, class_names(df), template=settings.template,
                                 input_scale=_scale(model, settings, ds_name))
-            add(name, "audio by text", ds_name.upper(), clipset_audio_by_text(emb), len(df))
+            add(name, "audio by text", ds_name.upper(), clipset_audio_by_text(emb), len(df),
+                chance=chance_retrieval(clipset_relevance(emb)))
     if curves:
         figures.insert(0, PRCurves("pr_audio_by_text", "audio by text, AudioSet", curves))
+    imagenet = settings.imagenet_dir or "not configured: set AUDIOCLIP_IMAGENET_DIR (an ImageNet-layout folder)"
     return TableResult("table4_querying", _frame(rows), _protocol(settings, audioset_partition=audioset_partition,
-                                                                query_rule=settings.query_rule),
+                                                                query_rule=settings.query_rule, imagenet=imagenet),
                        figures)

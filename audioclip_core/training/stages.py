@@ -1,6 +1,11 @@
 """The paper's training stages, one definition each: what a stage starts from, what it
 freezes, what it reads and how it steps. `STAGES` is the one list of them.
 
+0. ``clip_standin`` - the demo's stand-in for CLIP's pre-training (the paper starts from
+   OpenAI's CLIP, which the demo cannot download): AudioCLIP's image and text towers trained
+   contrastively from random weights on image-caption pairs - every frame of the AudioSet
+   training clips with the clip's label names - so that stage 2 distils the audio head into
+   an aligned image-text space, as in the paper. Its checkpoint is stage 2's `clip_weights`.
 1. ``esresnext_audioset`` - the stand-alone ESResNeXt, multi-label BCE over the AudioSet
    classes, from an ImageNet ResNeXt-50 32x4d state dict when given (attention gates reset
    as the original does), else random.
@@ -31,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import CheckpointError, build_model, load_model, load_strict, read_checkpoint
-from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset
+from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset, ImageCaptionDataset
 from ..data.manifests import read_manifest
 from ..models.audioclip import AudioCLIP
 from ..models.esresnext import AudioConfig, ESResNeXt
@@ -132,6 +137,25 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
     return step
 
 
+def image_text_step(loss_variant: str = "reference"):
+    """One step of CLIP-style image-text training (the demo's `clip_standin`): the
+    symmetric contrastive loss of images against their captions, and the in-batch
+    image-to-caption retrieval that the above-chance gate reads."""
+    def step(model: AudioCLIP, batch: dict):
+        keys = [caption_key(t) for t in batch["text"]]
+        class_ids = caption_ids(keys, batch["image"].device) if loss_variant == "corrected" else None
+        out = model(image=batch["image"], text=batch["text"], loss_variant=loss_variant, class_ids=class_ids)
+        lg = out.logits.image_text
+        n = lg.shape[0]
+        target = torch.arange(n, device=lg.device)
+        terms = {"loss": float(out.loss.detach()), "loss_uniform": 2 * math.log(n),
+                 "loss_image_text": float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())}
+        terms.update(caption_retrieval(lg, batch["text"], key="acc_image_text"))
+        return out.loss, terms
+
+    return step
+
+
 def caption_key(text) -> str:
     """A clip's caption as one string (an AudioSet clip's labels joined by ", ")."""
     return text if isinstance(text, str) else ", ".join(text)
@@ -143,11 +167,12 @@ def caption_ids(keys: list[str], device=None) -> torch.Tensor:
     return torch.tensor([ids[k] for k in keys], device=device)
 
 
-def caption_retrieval(audio_text: Optional[torch.Tensor], texts: list, world: int = 1) -> dict:
-    """In-batch audio-to-caption retrieval: `acc_audio_text`, the share of clips whose best
-    scoring caption is their own (or an identical one), and `acc_chance`, its expected value
-    when scores are random (the mean share of identical captions per clip). Empty when the
-    batch has no audio-text logits, or in a process group (the captions are per rank)."""
+def caption_retrieval(audio_text: Optional[torch.Tensor], texts: list, world: int = 1,
+                      key: str = "acc_audio_text") -> dict:
+    """In-batch audio-to-caption retrieval: `acc_audio_text` (or `key`), the share of clips
+    whose best scoring caption is their own (or an identical one), and `acc_chance`, its
+    expected value when scores are random (the mean share of identical captions per clip).
+    Empty when the batch has no such logits, or in a process group (the captions are per rank)."""
     if audio_text is None or world > 1:
         return {}
     if audio_text.shape[0] != len(texts) or audio_text.shape[1] != len(texts):
@@ -155,7 +180,7 @@ def caption_retrieval(audio_text: Optional[torch.Tensor], texts: list, world: in
     cls = caption_ids([caption_key(t) for t in texts], audio_text.device)
     same = cls[:, None] == cls[None, :]
     hit = same[torch.arange(len(texts), device=cls.device), audio_text.detach().argmax(1)]
-    return {"acc_audio_text": float(hit.float().mean()), "acc_chance": float(same.float().mean())}
+    return {key: float(hit.float().mean()), "acc_chance": float(same.float().mean())}
 
 
 def keep_frozen_in_eval(model: nn.Module) -> None:
@@ -254,6 +279,41 @@ def require_initialisation(spec: StageSpec, cfg: TrainConfig) -> None:
             f"from random weights (what the demo profile does).")
 
 
+def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
+    model = build_audioclip(cfg)               # random towers: the demo's CLIP is trained here
+    model.freeze(audio=True)                   # no audio: the audio head and its scales stay as built
+    model.logit_scale_ai.requires_grad_(False)
+    model.logit_scale_at.requires_grad_(False)
+    tables = _tables(spec)
+    df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    data = ImageCaptionDataset(df, train=True, seed=cfg.seed, image_size=model.visual.image_size)
+    return model, data, image_text_step(cfg.loss_variant)
+
+
+# -- the towers stage 2 distils into ----------------------------------------------------------
+TOWERS_RECORD = "towers.json"   # in the clip_towers checkpoint folder (layout.checkpoint_dir("clip_towers"))
+
+
+def towers_record(kind: str, path: Optional[str] = None, **more) -> dict:
+    """What stage 2's image and text towers are: ``clip_weights`` (a CLIP file - OpenAI's RN50 or
+    the release's CLIP.pt, the paper), ``standin`` (the demo's `clip_standin` checkpoint) or
+    ``random`` (neither; only with `allow_random_init`), with the file's sha256."""
+    from ..files import sha256_file
+
+    if kind not in ("clip_weights", "standin", "random"):
+        raise ValueError(f"unknown kind of towers {kind!r}")
+    if kind != "random" and not path:
+        raise ValueError(f"towers of kind {kind!r} need a file")
+    return {"kind": kind, "path": str(path) if path else None,
+            "sha256": sha256_file(Path(path)) if path else None, **more}
+
+
+def verify_clip_weights(path: str, preset: str) -> None:
+    """Load `path` into the towers of `preset` strictly: a wrong or truncated file fails here,
+    before any stage trains from it."""
+    build_model(preset, clip_weights=path)
+
+
 def _esresnext_audioset(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_classifier(cfg, len(spec.class_ids), init=spec.init, imagenet=spec.imagenet_weights)
     return model, _audioset_data(spec, cfg, with_image=False), classifier_step
@@ -297,6 +357,8 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("clip_standin", "audioset", "the demo's stand-in for CLIP pre-training: image and text towers trained "
+          "contrastively on frame-caption pairs", _clip_standin),
     Stage("esresnext_audioset", "audioset", "stand-alone ESResNeXt, multi-label BCE over the AudioSet classes",
           _esresnext_audioset),
     Stage("audioclip_partial", "audioset", "the audio head trained under frozen CLIP teachers", _audioclip_partial),
