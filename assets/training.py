@@ -91,6 +91,12 @@ def _start(config: StageConfig, layout: DataLayout, upstream: Optional[str]):
     return None, None
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profile: str,
              nproc: int, partition: Optional[str] = None) -> dg.MaterializeResult:
     """Run a stage in-process, or with torchrun (nproc > 1) through Dagster Pipes; track it in MLflow."""
@@ -99,6 +105,7 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
 
     from audioclip_core.evaluation.plots import plot_history
     from audioclip_core.lineage import code_version
+    from audioclip_core.perf import share_cpu_threads
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.run import run_stage
     from audioclip_core.training.stages import build_stage
@@ -125,6 +132,9 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
 
         try:
             if nproc <= 1:
+                if not torch_cuda_available():
+                    threads = share_cpu_threads()   # the other training slot's run gets the other cores
+                    context.log.info(f"training on {threads} CPU thread(s)")
                 out = run_stage(build_stage(spec), on_epoch=on_epoch, mlflow_run_id=spec.mlflow_run_id,
                                 log=context.log.info)
                 history, checkpoint, lineage_path = out.result.history, out.checkpoint, out.lineage_path
@@ -277,7 +287,8 @@ def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoo
     clip_weights, extra = config.clip_weights or None, {}
     if stage == "audioclip_partial" and not clip_weights:  # the towers the clip_towers asset published
         towers = _towers(layout)
-        clip_weights, extra = towers["path"], {"clip_towers": towers}
+        if towers["kind"] != "standin" or profile == "demo":   # the paper never distils into the stand-in
+            clip_weights, extra = towers["path"], {"clip_towers": towers}
     name = name or stage
     spec = StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name)),
                      tables=tables, manifests=manifests, class_ids=list(labels.mids), init=init, parent=parent,

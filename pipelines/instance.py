@@ -15,13 +15,9 @@ import sys
 from pathlib import Path
 
 def pool_limits() -> dict[str, int]:
-    if os.environ.get("AUDIOCLIP_GPU_SLOTS"):
-        gpu = int(os.environ["AUDIOCLIP_GPU_SLOTS"])
-    else:
-        import torch
+    from audioclip_core.perf import training_slots
 
-        gpu = torch.cuda.device_count() or 2
-    return {"youtube": 3, "gpu": max(1, gpu)}
+    return {"youtube": 3, "gpu": training_slots()}
 
 
 def configure(limits: dict[str, int] | None = None) -> dict:

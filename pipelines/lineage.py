@@ -197,6 +197,9 @@ def launch(dagster: LocalDagster, label: str, selection: Optional[list[str]] = N
 def _run_label(run) -> str:
     keys = sorted(k.to_user_string() for k in (run.asset_selection or []))
     part = run.tags.get("dagster/partition")
+    first, last = run.tags.get("dagster/asset_partition_range_start"), run.tags.get("dagster/asset_partition_range_end")
+    if not part and first:   # several partitions in one run (a backfill policy)
+        part = first if first == last else f"{first}...{last}"
     return (", ".join(keys) or run.job_name) + (f" [{part}]" if part else "")
 
 

@@ -99,7 +99,7 @@ def weights(path):
 
 @pytest.fixture(scope="session")
 def stage_outputs(lineage):
-    """The five stages, each from the one before, trained in float64 (tests/assets/
+    """The stages, each from the one before (the CLIP stand-in first), trained in float64 (tests/assets/
     test_training_assets.py says why)."""
     from assets import training
 
@@ -107,6 +107,8 @@ def stage_outputs(lineage):
     f64 = {"dtype": "float64"}
     out["esresnext_audioset"] = materialize_stage(lineage, training.esresnext_audioset, epochs=4, max_steps_per_epoch=None,
                                              **f64)
+    # the demo's stand-in for CLIP's pre-training: the towers the partial stage distils into
+    out["clip_towers"] = materialize_stage(lineage, training.clip_towers, epochs=3, max_steps_per_epoch=None, **f64)
     out["audioclip_partial"] = materialize_stage(lineage, training.audioclip_partial, epochs=4, max_steps_per_epoch=None,
                                             **f64)
     # 4 whole epochs at the lr before the demo's (0.0005 is tuned for its 10 epochs): enough to

@@ -48,7 +48,7 @@ PROFILES = {
                              loss_variant="corrected", allow_random_init=True),
         "esresnext_audioset": dict(preset=_DEMO, epochs=8, batch_size=16, lr=0.02, gamma=0.9, clip_seconds=4.0,
                                    allow_random_init=True, keep_epochs=[4]),
-        "audioclip_partial": dict(preset=_DEMO, epochs=12, batch_size=16, lr=0.02, gamma=0.95, clip_seconds=4.0,
+        "audioclip_partial": dict(preset=_DEMO, epochs=25, batch_size=16, lr=0.02, gamma=0.95, clip_seconds=4.0,
                                   loss_variant="corrected", allow_random_init=True),
         "audioclip_full": dict(preset=_DEMO, epochs=6, batch_size=16, lr=0.0005, gamma=0.95, clip_seconds=4.0,
                                freeze_bn=True, loss_variant="corrected"),

@@ -57,7 +57,7 @@ def test_lineage_names_manifests_code_and_runs(stage_outputs, lineage):
     import audioclip_core as ac
 
     head = ac.load_audio_classifier(Path(stage_outputs["esresnext_audioset"]["checkpoint"]).with_suffix(".esrnxfbsp.pt"),
-                                    preset="audioclip-tiny")
+                                    preset="audioclip-demo")
     assert head.fc.out_features == 527
 
 
@@ -65,16 +65,22 @@ def test_frozen_teachers_unchanged_and_cooperative_changes_only_audio(stage_outp
     partial = weights(stage_outputs["audioclip_partial"]["checkpoint"])
     full = weights(stage_outputs["audioclip_full"]["checkpoint"])
     coop = weights(stage_outputs["audioclip_esc50"]["checkpoint"])
-    # the partial stage started from fresh towers built with the run's seed: rebuild them
+    # the partial stage distilled into the towers that clip_towers trained (the demo's stand-in
+    # for CLIP) and left them as they were
+    towers = weights(stage_outputs["clip_towers"]["checkpoint"])
+    teacher = [k for k in partial if k.startswith(("visual.", "transformer.", "token_embedding", "ln_final",
+                                                   "positional_embedding", "text_projection")) or k == "logit_scale"]
+    assert teacher
+    for k in teacher:
+        assert torch.equal(partial[k], towers[k]), f"frozen teacher tensor changed: {k}"
+    # ... which the stand-in did train, from the fresh towers of the run's seed
     import audioclip_core as ac
 
     torch.manual_seed(0)
-    fresh = ac.build_model("audioclip-tiny").state_dict()
-    for k, v in partial.items():
-        if k.startswith(("visual.", "transformer.", "token_embedding", "ln_final", "positional_embedding",
-                         "text_projection")) or k == "logit_scale":
-            # the stages train in float64; float32 -> float64 is exact, so unchanged means equal
-            assert torch.equal(v, fresh[k].to(v.dtype)), f"frozen teacher tensor changed: {k}"
+    fresh = ac.build_model("audioclip-demo").state_dict()
+    assert any(not torch.equal(towers[k], fresh[k].to(towers[k].dtype)) for k in teacher if k.startswith("visual."))
+    record = stage_outputs["audioclip_partial"]["lineage"]["clip_towers"]
+    assert record["kind"] == "standin" and record["sha256"] == stage_outputs["clip_towers"]["sha256"]
     changed = {k for k in coop if not torch.equal(coop[k], full[k])}
     assert changed and all(k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at") for k in changed), \
         sorted(k for k in changed if not k.startswith("audio."))
@@ -218,3 +224,36 @@ def test_a_paper_stage_2_without_clip_weights_stops_with_a_clear_message(stage_o
         err = err.cause
     assert "`clip_weights` is not set" in err.message and "CLIP.pt" in err.message
     assert "allow_random_init" in err.message
+
+
+def _error(result) -> str:
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    err = failure.step_failure_data.error
+    while err.cause is not None:
+        err = err.cause
+    return err.message
+
+
+def test_clip_towers_in_the_paper_profile_load_clip_weights_or_refuse(stage_outputs, lineage, tmp_path):
+    """Outside the demo, clip_towers trains nothing: it loads the CLIP file given, strictly,
+    and publishes it with its sha256 for stage 2 - and without one it refuses, as stage 2 does."""
+    import audioclip_core as ac
+    from audioclip_core.files import sha256_file
+
+    res = {**lineage["res"], "data_root": DataRoot(root=str(tmp_path / "data"))}
+    result = dg.materialize([training.clip_towers], resources=res, raise_on_error=False,
+                            run_config=run_config("clip_towers", profile="paper"), instance=dg.DagsterInstance.ephemeral())
+    assert not result.success
+    msg = _error(result)
+    assert "`clip_weights` is not set" in msg and "CLIP.pt" in msg and "allow_random_init" in msg
+    clip = ac.export_official(ac.load_model(stage_outputs["clip_towers"]["checkpoint"]), tmp_path / "CLIP.pt", "clip")
+    meta = materialize_stage({**lineage, "res": res}, training.clip_towers, profile="paper", preset="audioclip-demo",
+                             clip_weights=str(clip))
+    assert meta["towers"] == {"kind": "clip_weights", "path": str(clip), "sha256": sha256_file(clip)}
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(clip.read_bytes()[:1000])
+    result = dg.materialize([training.clip_towers], resources=res, raise_on_error=False,
+                            run_config=run_config("clip_towers", profile="paper", preset="audioclip-demo",
+                                                  clip_weights=str(truncated)),
+                            instance=dg.DagsterInstance.ephemeral())
+    assert not result.success and "truncated.pt" in _error(result)

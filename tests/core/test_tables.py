@@ -76,6 +76,8 @@ def test_table3_zero_shot_by_hand(esc50):
     assert full[("accuracy", "mean")] == (pytest.approx(5 / 6), 6)
     assert full[("accuracy", "1")] == (pytest.approx(2 / 3), 3)
     assert full[("accuracy", "2")] == (pytest.approx(1.0), 3)
+    # three class names: a random scorer picks the true one a third of the time, per fold too
+    assert set(result.rows.loc[result.rows["model"] == "AudioCLIP (full)", "chance"]) == {pytest.approx(1 / 3)}
     missing = result.rows[result.rows["model"] == "AudioCLIP (partial)"]
     assert missing["value"].isna().all() and set(missing["note"]) == {"not available"}
     us8k = result.rows[(result.rows["dataset"] == "US8K")]
@@ -93,10 +95,19 @@ def test_table4_audio_by_text_by_hand(esc50):
     assert got[("R@1", "mean")][0] == pytest.approx(0.5)
     assert got[("mAP", "mean")][0] == pytest.approx(sum(ap) / 3)
     assert got[("mAP", "mean")][1] == 6
+    # chance: each of the 3 class names has 2 relevant clips among 6. P@1 2/6; R@1 1/6; AP of
+    # a random ranking with relevant items at ranks (i, j) averaged over the 15 rank pairs:
+    # (1/i + 2/j) / 2 summed over i < j <= 6, / 15
+    pairs = [(i, j) for i in range(1, 7) for j in range(i + 1, 7)]
+    expected_ap = sum((1 / i + 2 / j) / 2 for i, j in pairs) / len(pairs)
+    rows = result.rows[(result.rows["dataset"] == "ESC50")].set_index("metric")["chance"]
+    assert rows["P@1"] == pytest.approx(2 / 6) and rows["R@1"] == pytest.approx(1 / 6)
+    assert rows["mAP"] == pytest.approx(expected_ap)
     audioset = result.rows[result.rows["dataset"] == "AudioSet"]
-    assert audioset["value"].isna().all()
-    imagenet = result.rows[result.rows["dataset"] == "ImageNet"]
-    assert imagenet["note"].str.contains("AUDIOCLIP_IMAGENET_DIR").all()
+    assert audioset["value"].isna().all() and audioset["chance"].isna().all()
+    # ImageNet is evaluated only when configured; the protocol says how
+    assert (result.rows["dataset"] != "ImageNet").all()
+    assert "AUDIOCLIP_IMAGENET_DIR" in result.protocol["imagenet"]
 
 
 def test_table1_fine_tuned_folds_by_hand(esc50):
