@@ -210,7 +210,7 @@ def generate_audioset(root: Path, *, train_per_class: int = 12, eval_per_class: 
     return counts
 
 
-def generate_esc50(root: Path, *, per_fold_class: int = 2, seed: int = 1) -> int:
+def generate_esc50(root: Path, *, per_fold_class: int = 4, seed: int = 1) -> int:
     """ESC-50 layout: meta/esc50.csv + audio/{fold}-{src}-{take}-{target}.wav, 5 s mono 44.1 kHz."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -220,7 +220,7 @@ def generate_esc50(root: Path, *, per_fold_class: int = 2, seed: int = 1) -> int
     src = 100000
     for fold in range(1, 6):
         for target, cls in enumerate(CLASSES):
-            for take in "AB"[:per_fold_class]:
+            for take in "ABCDEFGH"[:per_fold_class]:
                 src += 1
                 name = f"{fold}-{src}-{take}-{target}.wav"
                 sf.write(root / "audio" / name, synthesize(cls, 5.0, rng), SR, subtype="PCM_16")
@@ -229,7 +229,7 @@ def generate_esc50(root: Path, *, per_fold_class: int = 2, seed: int = 1) -> int
     return len(lines) - 1
 
 
-def generate_us8k(root: Path, *, per_fold_class: int = 1, seed: int = 2) -> int:
+def generate_us8k(root: Path, *, per_fold_class: int = 2, seed: int = 2) -> int:
     """UrbanSound8K layout: metadata/UrbanSound8K.csv + audio/fold{N}/{fsID}-{classID}-0-{i}.wav
     (<= 4 s, mixed sample rates and channel counts as in the real set)."""
     rng = np.random.default_rng(seed)

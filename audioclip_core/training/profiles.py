@@ -52,8 +52,8 @@ PROFILES = {
                                   loss_variant="corrected", allow_random_init=True),
         "audioclip_full": dict(preset=_DEMO, epochs=10, batch_size=16, lr=0.0005, gamma=0.95, clip_seconds=4.0,
                                freeze_bn=True, loss_variant="corrected"),
-        "esresnext_finetune": dict(preset=_DEMO, epochs=5, batch_size=12, lr=0.01, gamma=0.9),
-        "audioclip_finetune": dict(preset=_DEMO, epochs=5, batch_size=12, lr=0.003, gamma=0.9,
+        "esresnext_finetune": dict(preset=_DEMO, epochs=3, batch_size=12, lr=0.01, gamma=0.9, augment=False),
+        "audioclip_finetune": dict(preset=_DEMO, epochs=4, batch_size=12, lr=0.003, gamma=0.9, augment=False,
                                    freeze_bn=True, loss_variant="corrected"),
     },
 }

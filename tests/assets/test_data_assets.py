@@ -146,18 +146,30 @@ def test_esc50_us8k_manifests_and_folds(tmp_path):
     assets = [clipsets.esc50_manifest, clipsets.us8k_manifest, clipsets.esc50_folds, clipsets.us8k_folds]
     result = _mat(assets[:2], res)
     m = _meta(result, "esc50_manifest")
-    assert m["clips"] == n_esc == 30 and m["ok"] == 30
+    assert m["clips"] == n_esc == 50 and m["ok"] == 50   # 10 classes x 5 folds x 1
     checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
     assert checks[("esc50_manifest", "every_row_has_its_file")].passed
     assert not checks[("esc50_manifest", "published_counts")].passed  # a small set: a warning
     for k in range(1, 6):
         r = _mat([clipsets.esc50_folds], res, str(k))
-        assert _meta(r, "esc50_folds")["test"] == 6 and _meta(r, "esc50_folds")["train"] == 24
+        assert _meta(r, "esc50_folds")["test"] == 10 and _meta(r, "esc50_folds")["train"] == 40
         assert all(c.passed for c in r.get_asset_check_evaluations())
-    r = _mat([clipsets.us8k_folds], res, "3")
-    assert _meta(r, "us8k_folds")["test"] == 6 and _meta(r, "us8k_folds")["train"] == n_us - 6
+    # a backfill writes all folds of a set in one run (backfill policy): one result per run,
+    # each fold's figures under its key, each fold's files written
+    assert clipsets.us8k_folds.backfill_policy == dg.BackfillPolicy.single_run()
+    r = dg.materialize([clipsets.us8k_folds], resources=res, instance=dg.DagsterInstance.ephemeral(),
+                       tags={"dagster/asset_partition_range_start": "1", "dagster/asset_partition_range_end": "10"})
+    assert r.success
+    meta = _meta(r, "us8k_folds")
+    assert meta["partitions"] == [str(k) for k in range(1, 11)]
+    assert meta["partition 3"]["test"] == 10 and meta["partition 3"]["train"] == n_us - 10
+    assert {e.partition for e in r.asset_materializations_for_node("us8k_folds")} == {str(k) for k in range(1, 11)}
+    (check,) = r.get_asset_check_evaluations()
+    assert check.passed and check.metadata["partition 10"].value["passed"]
+    layout = res["data_root"].layout
+    assert all(layout.fold("us8k", k, "test").is_file() for k in range(1, 11))
     con = duckdb.connect(str(tmp_path / "data" / "catalog.duckdb"), read_only=True)
-    assert con.sql("SELECT count(*) FROM esc50_fold3_test").fetchall()[0][0] == 6
+    assert con.sql("SELECT count(*) FROM esc50_fold3_test").fetchall()[0][0] == 10
     assert con.sql("SELECT count(DISTINCT sample_rate) FROM us8k").fetchall()[0][0] >= 2
 
 
