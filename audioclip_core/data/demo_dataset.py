@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -127,13 +128,22 @@ def _frames(classes: list[DemoClass], n: int, size: tuple[int, int], rng: np.ran
 
 
 def write_video(path: Path, classes: list[DemoClass], seconds: float, rng: np.random.Generator,
-                fps: int = 10, size: tuple[int, int] = (120, 160)) -> None:
+                fps: int = 10, size: tuple[int, int] = (120, 160), encoder=None) -> None:
+    """A video of `classes`: their sounds mixed, their colours in the frames. The content is
+    drawn from `rng` here; the encoding (ffmpeg) runs in `encoder` (an executor) if given."""
     audio = sum(synthesize(c, seconds, rng) for c in classes) / len(classes)
+    frames = _frames(classes, int(seconds * fps), size, rng)
+    if encoder is None:
+        _encode(path, audio, frames, fps, size)
+    else:
+        return encoder.submit(_encode, path, audio, frames, fps, size)
+
+
+def _encode(path: Path, audio: np.ndarray, frames: np.ndarray, fps: int, size: tuple[int, int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     wav = path.with_suffix(".tmp.wav")
     sf.write(wav, audio, SR)
-    frames = _frames(classes, int(seconds * fps), size, rng)
-    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-threads", "1", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{size[1]}x{size[0]}", "-r", str(fps), "-i", "-", "-i", str(wav),
            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
            "-b:a", "96k", "-shortest", "-movflags", "+faststart", str(path)]
@@ -187,6 +197,10 @@ def generate_audioset(root: Path, *, train_per_class: int = 12, eval_per_class: 
     splits = {"balanced_train": train_per_class, "eval": eval_per_class}
     counts = {}
     all_rows = {}
+    # content is drawn in order from one generator (the same seed, the same bytes); ffmpeg
+    # encodes on every core meanwhile
+    encoder = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+    pending = []
     for split, per_class in splits.items():
         rows = []
         for cls_i, cls in enumerate(CLASSES):
@@ -195,7 +209,7 @@ def generate_audioset(root: Path, *, train_per_class: int = 12, eval_per_class: 
                 if j == per_class - 1 and split == "balanced_train":  # a multi-label clip per class
                     members.append(CLASSES[(cls_i + 1) % len(CLASSES)])
                 ytid = _ytid(rng)
-                write_video(videos / f"{ytid}.mp4", members, video_seconds, rng)
+                pending.append(write_video(videos / f"{ytid}.mp4", members, video_seconds, rng, encoder=encoder))
                 rows.append((ytid, segment[0], segment[1], [m.mid for m in members]))
         for _ in range(missing_per_split):  # listed, but "removed from YouTube"
             rows.append((_ytid(rng), segment[0], segment[1], [CLASSES[int(rng.integers(len(CLASSES)))].mid]))
@@ -204,6 +218,9 @@ def generate_audioset(root: Path, *, train_per_class: int = 12, eval_per_class: 
         _segment_csv(root / f"{split}_segments.csv", rows)
         all_rows[split] = rows
         counts[split] = len(rows)
+    with encoder:
+        for job in pending:
+            job.result()
     demo_rows = all_rows["eval"][:6]
     _segment_csv(root / "demo_segments.csv", demo_rows)
     counts["demo"] = len(demo_rows)
