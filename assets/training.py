@@ -307,6 +307,8 @@ def _towers(layout: DataLayout) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: materialise clip_towers first (or set clip_weights)")
     record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("path") and not Path(record["path"]).is_absolute():   # under the data root (it may move)
+        record["path"] = str(layout.root / record["path"])
     if record.get("path") and not Path(record["path"]).is_file():
         raise FileNotFoundError(f"clip_towers names {record['path']}, which is gone: materialise clip_towers again")
     return record
@@ -316,6 +318,9 @@ def _publish_towers(layout: DataLayout, record: dict) -> None:
     from audioclip_core.files import write_json
     from audioclip_core.training.stages import TOWERS_RECORD
 
+    path = Path(record["path"]) if record.get("path") else None
+    if path is not None and path.is_relative_to(layout.root):   # a file of this data root: relative to it
+        record = {**record, "path": str(path.relative_to(layout.root))}
     write_json(record, layout.checkpoint_dir("clip_towers") / TOWERS_RECORD)
 
 

@@ -23,6 +23,12 @@ def test_uniform_logits_are_a_collapse_and_learning_is_not():
     assert not collapse([_epoch(u, loss_audio_text=0.5 * u, loss_audio_image=u, loss_image_text=1.05 * u)])["collapsed"]
     # far above uniform: confidently wrong, a poor model but one that tells clips apart
     assert not collapse([_epoch(u, loss_audio_text=1.2 * u, loss_audio_image=1.1 * u)])["collapsed"]
+    # near uniform while in-batch retrieval is well above chance (a demo fold: 0.99 of the
+    # uniform value on its way down from 3x it, accuracy 0.60 against chance 0.17): not collapsed
+    learning = _epoch(4.97, loss_audio_text=4.922, acc_audio_text=0.6, acc_chance=0.171, samples=180)
+    assert not collapse([learning])["collapsed"] and collapse([learning])["retrieval_above_chance"]
+    # ... and at chance it is
+    assert collapse([{**learning, "acc_audio_text": 0.18}])["collapsed"]
     assert collapse([{"epoch": 0, "loss": 0.3}]) is None          # a classifier stage has no pair terms
     assert collapse([]) is None
 
