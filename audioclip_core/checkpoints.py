@@ -399,10 +399,13 @@ def load_audio_head(model: AudioCLIP, source: Source, *, include_fc: bool = Fals
 
 
 def build_model(preset: str = "audioclip-rn50", *, clip_weights: Optional[Source] = None,
-                audio_weights: Optional[Source] = None) -> AudioCLIP:
+                audio_weights: Optional[Source] = None, dtype: Optional[torch.dtype] = None) -> AudioCLIP:
     """A fresh AudioCLIP, optionally with CLIP towers and/or an audio head from weights files
-    (the starting point of cooperative training). Returned in train mode."""
+    (the starting point of cooperative training). Returned in train mode. `dtype` builds it in
+    that dtype before loading (float64 weights stay exact)."""
     model = build_from_preset(preset)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
     if clip_weights is not None:
         load_clip_weights(model, clip_weights)
     if audio_weights is not None:

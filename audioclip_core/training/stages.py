@@ -90,7 +90,8 @@ def build_audioclip(cfg: TrainConfig, *, init: Optional[str] = None, audio_head:
     if init:  # in the training dtype before loading: a float64 parent stays exact
         model = load_model(init, preset=cfg.preset, dtype=getattr(torch, cfg.dtype))
     else:
-        model = build_model(cfg.preset, clip_weights=clip_weights, audio_weights=audio_head)
+        model = build_model(cfg.preset, clip_weights=clip_weights, audio_weights=audio_head,
+                            dtype=getattr(torch, cfg.dtype))   # before loading: float64 towers stay exact
     return model
 
 

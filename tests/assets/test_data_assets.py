@@ -162,7 +162,7 @@ def test_esc50_us8k_manifests_and_folds(tmp_path):
     assert r.success
     meta = _meta(r, "us8k_folds")
     assert meta["partitions"] == [str(k) for k in range(1, 11)]
-    assert meta["partition 3"]["test"] == 10 and meta["partition 3"]["train"] == n_us - 10
+    assert meta["partition 3"]["test"] == 20 and meta["partition 3"]["train"] == n_us - 20   # 2 per class
     assert {e.partition for e in r.asset_materializations_for_node("us8k_folds")} == {str(k) for k in range(1, 11)}
     (check,) = r.get_asset_check_evaluations()
     assert check.passed and check.metadata["partition 10"].value["passed"]
