@@ -33,6 +33,9 @@ class StageConfig(dg.Config):
                                           "clip set's protocol (ESC-50 5 s mono, US8K 4 s stereo)")
     seed: Optional[int] = Field(default=None, description="default: $AUDIOCLIP_SEED (make demo SEED=n), else 0")
     max_steps_per_epoch: Optional[int] = None
+    keep_epochs: Optional[list[int]] = Field(default=None, description="also keep the weights after these many "
+                                             "epochs (Table 1's shorter-trained row); default: the profile's (paper "
+                                             "stage 1: [5], demo: [8])")
     input_scale: Optional[str] = Field(default=None, description="int16 | minmax | unit; default: the profile's "
                                        "(int16), and for fine-tuning the clip set's published loader's (ESC-50 "
                                        "int16, US8K minmax)")

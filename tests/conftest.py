@@ -106,7 +106,7 @@ def stage_outputs(lineage):
     out = {}
     f64 = {"dtype": "float64"}
     out["esresnext_audioset"] = materialize_stage(lineage, training.esresnext_audioset, epochs=4, max_steps_per_epoch=None,
-                                             **f64)
+                                             keep_epochs=[4], **f64)
     # the demo's stand-in for CLIP's pre-training: the towers the partial stage distils into
     out["clip_towers"] = materialize_stage(lineage, training.clip_towers, epochs=3, max_steps_per_epoch=None, **f64)
     out["audioclip_partial"] = materialize_stage(lineage, training.audioclip_partial, epochs=8, max_steps_per_epoch=None,

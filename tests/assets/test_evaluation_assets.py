@@ -38,8 +38,8 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
         protocol = result.asset_materializations_for_node(name)[-1].metadata["protocol"].value
         assert protocol["clip_seconds"] == {"esc50": 5.0, "us8k": 4.0} and protocol["input_scale"]["us8k"] == "minmax"
     # Table 1: a row for an extra ESResNeXt checkpoint (here the trained one again: the same
-    # mAP), and one for the weights the demo profile keeps after 4 epochs (keep_epochs) - the
-    # fixture trains 4, so they are the final weights: the same mAP again
+    # mAP), and one for the weights kept after 4 epochs (keep_epochs, set by the fixture) - it
+    # trains 4, so they are the final weights: the same mAP again
     t1 = pd.read_parquet(lineage["data"] / "tables" / "table1_esresnext.parquet")
     maps = t1[(t1["dataset"] == "AudioSet") & (t1["metric"] == "mAP")].set_index("model")["value"]
     assert set(maps.index) == {"ESResNeXt", "ESResNeXt (4 epochs)", "ESResNeXt (a copy)"} and maps.notna().all()
@@ -65,7 +65,7 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
                         lambda *a, **kw: embedded.append(real_embed(*a, **kw)) or embedded[-1])
     full = ac.export_official(ac.load_model(stage_outputs["audioclip_full"]["checkpoint"]), tmp_path / "Full.pt")
     cfg = evaluation.EvalConfig(full_checkpoint=str(full), partial_checkpoint=str(full), template="the sound of {}",
-                                preset="audioclip-tiny")
+                                preset="audioclip-demo")
     result = dg.materialize([evaluation.table3_zero_shot], resources=res, instance=dg.DagsterInstance.ephemeral(),
                             run_config=dg.RunConfig(ops={"table3_zero_shot": cfg}))
     assert result.success
