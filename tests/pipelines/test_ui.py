@@ -71,10 +71,16 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, "dagster dev did not start"
                 time.sleep(1)
-        data = _graphql(port, '{ assetNodes { assetKey { path } } assetOrError(assetKey: {path: ["esc50_manifest"]}) '
+        data = _graphql(port, '{ assetNodes { assetKey { path } dependencyKeys { path } description } '
+                              'assetOrError(assetKey: {path: ["esc50_manifest"]}) '
                               '{ ... on Asset { assetMaterializations(limit: 1) { runId } } } }')
-        keys = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in data["data"]["assetNodes"]}
+        keys = set(nodes)
         assert {"audioset_segments", "audioset_manifest", "esc50_folds", "audioclip_full", "table4_querying"} <= keys
+        # the demo's stand-in for CLIP's pre-training: its own asset, upstream of the partial stage
+        assert {"path": ["clip_towers"]} in nodes["audioclip_partial"]["dependencyKeys"]
+        assert {"path": ["audioset_manifest"]} in nodes["clip_towers"]["dependencyKeys"]
+        assert "STAND-IN FOR CLIP'S PRE-TRAINING" in nodes["clip_towers"]["description"]
         assert data["data"]["assetOrError"]["assetMaterializations"][0]["runId"]
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "dagster_ui_esc50_manifest.png"
