@@ -94,12 +94,6 @@ def _start(config: StageConfig, layout: DataLayout, upstream: Optional[str]):
     return None, None
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profile: str,
              nproc: int, partition: Optional[str] = None) -> dg.MaterializeResult:
     """Run a stage in-process, or with torchrun (nproc > 1) through Dagster Pipes; track it in MLflow."""
@@ -135,9 +129,8 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
 
         try:
             if nproc <= 1:
-                if not torch_cuda_available():
-                    threads = share_cpu_threads()   # the other training slot's run gets the other cores
-                    context.log.info(f"training on {threads} CPU thread(s)")
+                threads = share_cpu_threads()   # on a CPU, the other training slot's run gets the other cores
+                context.log.info(f"{threads} CPU thread(s)")
                 out = run_stage(build_stage(spec), on_epoch=on_epoch, mlflow_run_id=spec.mlflow_run_id,
                                 log=context.log.info)
                 history, checkpoint, lineage_path = out.result.history, out.checkpoint, out.lineage_path
@@ -280,7 +273,7 @@ def _training_partitions(config: StageConfig, sources: DatasetSources, layout: D
 def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoot, sources: DatasetSources,
                     tracking: MlflowTracking, upstream: Optional[str], name: Optional[str] = None) -> dg.MaterializeResult:
     from audioclip_core.data.manifests import label_index_for
-    from audioclip_core.training.stages import StageSpec, require_initialisation
+    from audioclip_core.training.stages import StageSpec, published_towers, require_initialisation
 
     layout = data_root.layout
     cfg, profile = _train_config(config, stage, sources, layout)
@@ -289,7 +282,7 @@ def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoo
     init, parent = _start(config, layout, upstream)
     clip_weights, extra = config.clip_weights or None, {}
     if stage == "audioclip_partial" and not clip_weights:  # the towers the clip_towers asset published
-        towers = _towers(layout)
+        towers = published_towers(layout)
         if towers["kind"] != "standin" or profile == "demo":   # the paper never distils into the stand-in
             clip_weights, extra = towers["path"], {"clip_towers": towers}
     name = name or stage
@@ -299,32 +292,6 @@ def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoo
                      data_root=str(layout.root), extra_lineage=extra)
     require_initialisation(spec, cfg)  # before anything is tracked: a paper stage never starts from random silently
     return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
-
-
-def _towers(layout: DataLayout) -> dict:
-    import json
-
-    from audioclip_core.training.stages import TOWERS_RECORD
-
-    path = layout.checkpoint_dir("clip_towers") / TOWERS_RECORD
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: materialise clip_towers first (or set clip_weights)")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("path") and not Path(record["path"]).is_absolute():   # under the data root (it may move)
-        record["path"] = str(layout.root / record["path"])
-    if record.get("path") and not Path(record["path"]).is_file():
-        raise FileNotFoundError(f"clip_towers names {record['path']}, which is gone: materialise clip_towers again")
-    return record
-
-
-def _publish_towers(layout: DataLayout, record: dict) -> None:
-    from audioclip_core.files import write_json
-    from audioclip_core.training.stages import TOWERS_RECORD
-
-    path = Path(record["path"]) if record.get("path") else None
-    if path is not None and path.is_relative_to(layout.root):   # a file of this data root: relative to it
-        record = {**record, "path": str(path.relative_to(layout.root))}
-    write_json(record, layout.checkpoint_dir("clip_towers") / TOWERS_RECORD)
 
 
 @dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
@@ -337,24 +304,21 @@ def _publish_towers(layout: DataLayout, record: dict) -> None:
                       "clip_standin), with its own checkpoint, lineage and MLflow run.")
 def clip_towers(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
                 sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    from audioclip_core.training.stages import CLIP_SOURCE, InitialisationError, towers_record, verify_clip_weights
+    from audioclip_core.training.stages import (CLIP_SOURCE, missing_weights, publish_towers, towers_record,
+                                                verify_clip_weights)
 
     layout = data_root.layout
-    cfg, profile = _train_config(config, "clip_standin" if _profile(config, sources, layout) == "demo"
-                                 else "audioclip_partial", sources, layout)
+    profile = _profile(config, sources, layout)
     if config.clip_weights or profile != "demo":
+        cfg, _ = _train_config(config, "audioclip_partial", sources, layout)   # the towers' preset and init rule
         if config.clip_weights:
             verify_clip_weights(config.clip_weights, cfg.preset)
             record = towers_record("clip_weights", config.clip_weights)
         elif cfg.allow_random_init:
             record = towers_record("random")
         else:
-            key, what, where = CLIP_SOURCE
-            raise InitialisationError(
-                f"clip_towers: the paper distils the audio head into {what}, and `{key}` is not set. Set `{key}` in "
-                f"clip_towers' run config to that file (published at {where}), or set `allow_random_init: true` "
-                f"for random towers.")
-        _publish_towers(layout, record)
+            raise missing_weights("clip_towers", CLIP_SOURCE)
+        publish_towers(layout, record)
         note = {"not_trained_here": "the towers come from " + (record["path"] or "random initialisation")}
         return dg.MaterializeResult(
             metadata={"towers": dg.MetadataValue.json(record), "sha256": record["sha256"] or "random"},
@@ -362,9 +326,9 @@ def clip_towers(context: dg.AssetExecutionContext, config: StageConfig, data_roo
                            for c in context.assets_def.check_specs],
             data_version=dg.DataVersion((record["sha256"] or "random")[:16]))
     result = _audioset_stage(context, "clip_standin", config, data_root, sources, tracking, None, name="clip_towers")
-    ckpt = layout.checkpoint("clip_towers")
-    _publish_towers(layout, towers_record("standin", str(ckpt), stage="clip_standin",
-                                          note="the demo's stand-in for CLIP's pre-training"))
+    publish_towers(layout, towers_record("standin", str(layout.checkpoint("clip_towers")),
+                                         sha256=result.metadata["sha256"], stage="clip_standin",
+                                         note="the demo's stand-in for CLIP's pre-training"))
     return result
 
 

@@ -60,7 +60,7 @@ def share_cpu_threads() -> int:
     that way against 5.3 s alone. Returns the thread count set."""
     import torch
 
-    if os.environ.get("OMP_NUM_THREADS"):
+    if os.environ.get("OMP_NUM_THREADS") or torch.cuda.is_available():   # told, or the work is on the GPUs
         return torch.get_num_threads()
     threads = max(1, (os.cpu_count() or 1) // training_slots())
     torch.set_num_threads(threads)

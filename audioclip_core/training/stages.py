@@ -168,19 +168,19 @@ def caption_ids(keys: list[str], device=None) -> torch.Tensor:
     return torch.tensor([ids[k] for k in keys], device=device)
 
 
-def caption_retrieval(audio_text: Optional[torch.Tensor], texts: list, world: int = 1,
+def caption_retrieval(logits: Optional[torch.Tensor], texts: list, world: int = 1,
                       key: str = "acc_audio_text") -> dict:
     """In-batch audio-to-caption retrieval: `acc_audio_text` (or `key`), the share of clips
     whose best scoring caption is their own (or an identical one), and `acc_chance`, its
     expected value when scores are random (the mean share of identical captions per clip).
     Empty when the batch has no such logits, or in a process group (the captions are per rank)."""
-    if audio_text is None or world > 1:
+    if logits is None or world > 1:
         return {}
-    if audio_text.shape[0] != len(texts) or audio_text.shape[1] != len(texts):
+    if logits.shape[0] != len(texts) or logits.shape[1] != len(texts):
         return {}
-    cls = caption_ids([caption_key(t) for t in texts], audio_text.device)
+    cls = caption_ids([caption_key(t) for t in texts], logits.device)
     same = cls[:, None] == cls[None, :]
-    hit = same[torch.arange(len(texts), device=cls.device), audio_text.detach().argmax(1)]
+    hit = same[torch.arange(len(texts), device=cls.device), logits.detach().argmax(1)]
     return {key: float(hit.float().mean()), "acc_chance": float(same.float().mean())}
 
 
@@ -273,11 +273,17 @@ def require_initialisation(spec: StageSpec, cfg: TrainConfig) -> None:
     elif spec.stage == "audioclip_partial" and not spec.clip_weights:
         need = CLIP_SOURCE
     if need:
-        key, what, where = need
-        raise InitialisationError(
-            f"{spec.name}: the paper starts this stage from {what}, and `{key}` is not set. Set `{key}` in the "
-            f"stage's run config to that file (published at {where}), or set `allow_random_init: true` to train "
-            f"from random weights (what the demo profile does).")
+        raise missing_weights(spec.name, need)
+
+
+def missing_weights(name: str, source: tuple[str, str, str]) -> InitialisationError:
+    """The error of `name` starting without the trained weights `source` (IMAGENET_SOURCE,
+    CLIP_SOURCE) names: the config key, the file and where it is published."""
+    key, what, where = source
+    return InitialisationError(
+        f"{name}: the paper starts this stage from {what}, and `{key}` is not set. Set `{key}` in the stage's run "
+        f"config to that file (published at {where}), or set `allow_random_init: true` to train from random "
+        f"weights (what the demo profile does).")
 
 
 def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
@@ -295,10 +301,11 @@ def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
 TOWERS_RECORD = "towers.json"   # in the clip_towers checkpoint folder (layout.checkpoint_dir("clip_towers"))
 
 
-def towers_record(kind: str, path: Optional[str] = None, **more) -> dict:
+def towers_record(kind: str, path: Optional[str] = None, sha256: Optional[str] = None, **more) -> dict:
     """What stage 2's image and text towers are: ``clip_weights`` (a CLIP file - OpenAI's RN50 or
     the release's CLIP.pt, the paper), ``standin`` (the demo's `clip_standin` checkpoint) or
-    ``random`` (neither; only with `allow_random_init`), with the file's sha256."""
+    ``random`` (neither; only with `allow_random_init`), with the file's sha256 (computed unless
+    given)."""
     from ..files import sha256_file
 
     if kind not in ("clip_weights", "standin", "random"):
@@ -306,7 +313,32 @@ def towers_record(kind: str, path: Optional[str] = None, **more) -> dict:
     if kind != "random" and not path:
         raise ValueError(f"towers of kind {kind!r} need a file")
     return {"kind": kind, "path": str(path) if path else None,
-            "sha256": sha256_file(Path(path)) if path else None, **more}
+            "sha256": sha256 or (sha256_file(Path(path)) if path else None), **more}
+
+
+def publish_towers(layout, record: dict) -> None:
+    """Write `record` where stage 2 finds it (`layout.checkpoint_dir("clip_towers")`); a file
+    under the data root is named relative to it, so the root can move."""
+    from ..files import write_json
+
+    path = Path(record["path"]) if record.get("path") else None
+    if path is not None and path.is_relative_to(layout.root):
+        record = {**record, "path": str(path.relative_to(layout.root))}
+    write_json(record, layout.checkpoint_dir("clip_towers") / TOWERS_RECORD)
+
+
+def published_towers(layout) -> dict:
+    """The towers record `publish_towers` wrote, with an absolute path; a clear error when
+    there is none or its file is gone."""
+    path = layout.checkpoint_dir("clip_towers") / TOWERS_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: materialise clip_towers first (or set clip_weights)")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("path") and not Path(record["path"]).is_absolute():
+        record["path"] = str(layout.root / record["path"])
+    if record.get("path") and not Path(record["path"]).is_file():
+        raise FileNotFoundError(f"clip_towers names {record['path']}, which is gone: materialise clip_towers again")
+    return record
 
 
 def verify_clip_weights(path: str, preset: str) -> None:

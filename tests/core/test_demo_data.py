@@ -70,3 +70,26 @@ def test_the_gates_judge_an_image_text_stage_by_its_image_text_figures():
     history = [{"loss_image_text": 2.4, "loss_uniform": 6.931, "acc_image_text": 0.93, "acc_chance": 0.1,
                 "samples": 800}]
     assert not collapse(history)["collapsed"] and not at_chance(history)["at_chance"]
+
+
+def test_the_towers_record_follows_a_moved_data_root(tmp_path):
+    import json
+    import shutil
+
+    from audioclip_core.layout import DataLayout
+    from audioclip_core.training.stages import TOWERS_RECORD, publish_towers, published_towers, towers_record
+
+    old = DataLayout.at(tmp_path / "old")
+    ckpt = old.checkpoint("clip_towers")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    publish_towers(old, towers_record("standin", str(ckpt)))
+    stored = json.loads((old.checkpoint_dir("clip_towers") / TOWERS_RECORD).read_text())
+    assert stored["path"] == "checkpoints/clip_towers/clip_towers.safetensors"   # relative to the root
+    shutil.move(str(old.root), str(tmp_path / "new"))
+    new = DataLayout.at(tmp_path / "new")
+    got = published_towers(new)
+    assert got["path"] == str(new.checkpoint("clip_towers")) and got["sha256"] == stored["sha256"]
+    new.checkpoint("clip_towers").unlink()
+    with pytest.raises(FileNotFoundError, match="which is gone"):
+        published_towers(new)
