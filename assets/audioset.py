@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from audioclip_core.acquisition.audioset import run_downloads, run_extraction
+from audioclip_core.acquisition.youtube import TRANSIENT
 from audioclip_core.data.catalog import update_catalog
 from audioclip_core.data.manifests import MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition, relative_paths
 from audioclip_core.files import exclusive, publish_version, write_parquet
@@ -18,6 +19,12 @@ from .sources import audioset_partitions, dataset_sources
 
 GROUP = "audioset"
 SUCCESS_WARN, SUCCESS_ERROR = 0.8, 0.5
+
+
+def _when(t) -> str:
+    import time
+
+    return "none" if t is None or pd.isna(t) else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(t)))
 
 
 def _read(path: Path):
@@ -56,7 +63,8 @@ def audioset_segments(context: dg.AssetExecutionContext, data_root: DataRoot,
                                                      f"below {SUCCESS_ERROR:.0%} it fails and blocks the clips and "
                                                      "everything downstream")],
           description="yt-dlp downloads of each segment's time range, with a status per segment. "
-                      "Re-materialising skips `ok` and final failures and retries transient ones.")
+                      "Re-materialising skips `ok` and final failures; transient ones (throttled, error, stalled) "
+                      "are retried once their back-off (resource `youtube.retry_after_seconds`) has passed.")
 def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources,
                        youtube: YoutubeDownloader) -> dg.MaterializeResult:
     from audioclip_core.acquisition.audioset import intact_clips
@@ -66,18 +74,24 @@ def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot, s
     status_path = layout.downloads(partition)
     dest = layout.download_dir(partition)
     with _lock(layout, partition), youtube.serving(layout, sources, context.log.info) as options:
-        table = run_downloads(segments, dest, _read(status_path), options, max_workers=youtube.max_workers,
+        seconds: dict = {}
+        table = run_downloads(segments, dest, _read(status_path), options, max_workers=youtube.max_workers or None,
+                              per_host=youtube.per_host, retry_after=youtube.retry_after_seconds,
                               keep=intact_clips(_read(layout.clips(partition))),
-                              progress=progress_logger(context, f"downloads {partition}"))
+                              progress=progress_logger(context, f"downloads {partition}"), seconds=seconds)
         digest = write_parquet(table, status_path)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     rate = counts.get("ok", 0) / len(table) if len(table) else 0.0
+    deferred = table[table["skipped"].astype(bool) & table["status"].isin(TRANSIENT)] if len(table) else table
     severity = dg.AssetCheckSeverity.ERROR if rate < SUCCESS_ERROR else dg.AssetCheckSeverity.WARN
     check = dg.AssetCheckResult(check_name="download_success_rate", passed=rate >= SUCCESS_WARN,
                                 severity=severity, metadata={"success_rate": rate, "by_status": counts})
     return dg.MaterializeResult(
         metadata={"segments": len(table), "success_rate": rate, "by_status": counts,
                   "attempted_now": int((~table["skipped"].astype(bool)).sum()) if len(table) else 0,
+                  "deferred": len(deferred),
+                  "next_retry_after": _when(deferred["next_attempt_at"].min()) if len(deferred) else "none",
+                  "seconds_by_phase": {k: round(v, 2) for k, v in seconds.items()},
                   "bytes": int(table["bytes"].fillna(0).sum()) if len(table) else 0,
                   "path": dg.MetadataValue.path(str(status_path)),
                   "preview": dg.MetadataValue.md(markdown_table(table[["segment_id", "status", "message", "attempts"]]))},
@@ -99,7 +113,8 @@ def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg
     downloads = pd.read_parquet(layout.downloads(partition))
     out = layout.clips(partition)
     with _lock(layout, partition):
-        clips = run_extraction(downloads, layout.clip_dir(partition), _read(out),
+        seconds: dict = {}
+        clips = run_extraction(downloads, layout.clip_dir(partition), _read(out), seconds=seconds,
                                progress=progress_logger(context, f"clips {partition}"))
         digest = write_parquet(clips, out)
     problems = clip_problems(clips)
@@ -114,6 +129,7 @@ def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg
     return dg.MaterializeResult(
         metadata={"clips": int(counts.get("ok", 0)), "by_status": counts,
                   "extracted_now": int((~clips["skipped"].astype(bool)).sum()) if len(clips) else 0,
+                  "seconds_by_phase": {k: round(v, 2) for k, v in seconds.items()},
                   "path": dg.MetadataValue.path(str(out)),
                   "quarantined": dg.MetadataValue.md(markdown_table(clips[clips["status"] != "ok"][["segment_id", "reason"]]))
                   if (clips["status"] != "ok").any() else "none"},

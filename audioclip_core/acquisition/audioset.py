@@ -8,10 +8,13 @@ into place only when complete), so a run killed at any point resumes where it st
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 import pandas as pd
 import soundfile as sf
@@ -19,7 +22,7 @@ import soundfile as sf
 from ..data.audioset import NUM_FRAMES
 from ..files import sha256_file
 from .media import ExtractionError, extract_clip
-from .youtube import FINAL_FAILURES, DownloadOptions, DownloadResult, download_segment, finished_downloads
+from .youtube import FINAL_FAILURES, TRANSIENT, DownloadOptions, DownloadResult, download_segment, finished_downloads
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -39,33 +42,73 @@ def _result_row(r: DownloadResult, skipped: bool = False) -> dict:
     return {"segment_id": None, "ytid": r.ytid, "start": r.start, "end": r.end, "status": r.status,
             "message": r.message, "attempts": r.attempts, "path": r.path, "bytes": r.bytes,
             "sha256": r.sha256, "started_at": r.started_at, "finished_at": r.finished_at,
-            "skipped": skipped}
+            "media_duration": r.media_duration, "audio_channels": r.audio_channels,
+            "failed_runs": 0, "next_attempt_at": None, "skipped": skipped}
 
 
 def intact_clips(clips: Optional[pd.DataFrame]) -> set[str]:
-    """The segments whose clip was recorded `ok` and whose WAV and 10 frames are on disk."""
+    """The segments whose clip was recorded `ok` and whose WAV and 10 frames are on disk (one
+    listing of the clip folder, not a stat per file)."""
     if clips is None or not len(clips):
         return set()
+    ok = clips[clips["status"] == "ok"]
+    folders = {str(Path(p).parent) for p in ok["audio_path"] if p}
+    present = set()
+    for folder in folders:
+        if Path(folder).is_dir():
+            present.update(os.path.join(folder, e.name) for e in os.scandir(folder))
     out = set()
-    for r in clips[clips["status"] == "ok"].itertuples(index=False):
-        if r.audio_path and Path(r.audio_path).is_file() and r.frame_paths is not None \
-                and len(r.frame_paths) == NUM_FRAMES and all(Path(f).is_file() for f in r.frame_paths):
+    for r in ok.itertuples(index=False):
+        if r.audio_path and str(r.audio_path) in present and r.frame_paths is not None \
+                and len(r.frame_paths) == NUM_FRAMES and all(str(f) in present for f in r.frame_paths):
             out.add(r.segment_id)
     return out
 
 
+def default_workers() -> int:
+    """Downloads in flight at once: they wait on the network more than on the CPU, so a few per
+    core (at least 4, at most 16)."""
+    return max(4, min(16, 4 * (os.cpu_count() or 1)))
+
+
+class _HostLimit:
+    """At most `n` downloads in flight to one host."""
+
+    def __init__(self, n: int):
+        self.n, self._lock, self._sems = n, threading.Lock(), {}
+
+    def __call__(self, url: str) -> threading.Semaphore:
+        host = urlsplit(url).netloc
+        with self._lock:
+            return self._sems.setdefault(host, threading.BoundedSemaphore(self.n))
+
+
+def _due(old: dict, now: float) -> bool:
+    nxt = old.get("next_attempt_at")
+    return nxt is None or pd.isna(nxt) or float(nxt) <= now
+
+
 def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.DataFrame],
-                  options: DownloadOptions, *, max_workers: int = 4, keep: frozenset[str] | set[str] = frozenset(),
-                  progress: Progress = None) -> pd.DataFrame:
+                  options: DownloadOptions, *, max_workers: Optional[int] = None, per_host: int = 8,
+                  keep: frozenset[str] | set[str] = frozenset(), retry_after: float = 0.0,
+                  progress: Progress = None, seconds: Optional[dict] = None) -> pd.DataFrame:
     """Download every segment not yet `ok`; final failures are kept, transient ones retried.
+
     A segment in `keep` (its clip is intact) that was downloaded `ok` stays `ok` even when its
-    download file is gone: nothing is fetched again, and no later failure can demote it."""
+    download file is gone: nothing is fetched again, and no later failure can demote it.
+    `max_workers` downloads run at once (default: `default_workers()`), at most `per_host` of
+    them to one host. A transient failure (throttled, error, a stalled transfer) is retried on
+    a later run once `retry_after` seconds have passed, doubling with each run it fails again
+    (at most a day): until then a re-run skips it, so re-running a finished partition costs
+    seconds even when some of its sources hang. `seconds` collects wall time per phase, summed
+    over downloads."""
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(dest_dir)
     prev = {} if previous is None else {r["segment_id"]: r for r in previous.to_dict("records")}
     rows, todo = [], []
     finished = finished_downloads(dest_dir)
+    now = time.time()
     for seg in segments.itertuples(index=False):
         old = prev.get(seg.segment_id)
         found = finished.get(seg.segment_id)
@@ -74,7 +117,6 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
                 # recorded by an earlier run; compared by name, so a data root that moved keeps its history
                 rows.append({**old, "path": str(found), "skipped": True})
             else:  # finished on disk by a run that died before recording it
-                now = time.time()
                 rows.append(_result_row(DownloadResult(seg.ytid, seg.start, seg.end, "ok", "", 0, str(found),
                                                        found.stat().st_size, sha256_file(found), now, now), True))
             rows[-1]["segment_id"] = seg.segment_id
@@ -83,21 +125,41 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
                          "message": "download file removed; the clip made from it is intact and kept"})
         elif old is not None and old["status"] in FINAL_FAILURES:
             rows.append({**old, "skipped": True})
+        elif old is not None and old["status"] in TRANSIENT and not _due(old, now):
+            rows.append({**old, "skipped": True})
         else:
             todo.append(seg)
     done = len(rows)
     total = len(segments)
     if progress:
         progress(done, total)
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        futures = {pool.submit(download_segment, s.ytid, s.start, s.end, dest_dir, options=options): s for s in todo}
+    limit = _HostLimit(per_host)
+
+    def fetch(seg):
+        with limit(options.url_template.format(ytid=seg.ytid)):
+            return download_segment(seg.ytid, seg.start, seg.end, dest_dir, options=options)
+
+    with ThreadPoolExecutor(max_workers=max_workers or default_workers()) as pool:
+        futures = {pool.submit(fetch, s): s for s in todo}
         for fut in as_completed(futures):
             seg = futures[fut]
-            row = _result_row(fut.result())
+            result = fut.result()
+            row = _result_row(result)
             row["segment_id"] = seg.segment_id
             old = prev.get(seg.segment_id)
             if old is not None:
                 row["attempts"] += int(old.get("attempts") or 0)
+            if result.status in TRANSIENT:
+                failed = int((old or {}).get("failed_runs") or 0) + 1 if old is not None and old["status"] in TRANSIENT else 1
+                wait = min(MAX_RETRY_AFTER, retry_after * 2 ** (failed - 1)) if retry_after > 0 else 0.0
+                row["failed_runs"] = failed
+                row["next_attempt_at"] = result.finished_at + wait if wait else None
+                if wait:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(result.finished_at + wait))
+                    row["message"] = f"{row['message']} (retried by a run after {when})"
+            if seconds is not None:
+                for k, v in result.seconds.items():
+                    seconds[k] = seconds.get(k, 0.0) + v
             rows.append(row)
             done += 1
             if progress:
@@ -106,6 +168,9 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
     out = pd.DataFrame(rows)
     out = out.sort_values("segment_id", key=lambda s: s.map(order)).reset_index(drop=True)
     return out
+
+
+MAX_RETRY_AFTER = 86400.0
 
 
 def _existing_clip(clips_dir: Path, name: str) -> Optional[dict]:
@@ -119,42 +184,91 @@ def _existing_clip(clips_dir: Path, name: str) -> Optional[dict]:
     return None
 
 
+def extraction_workers() -> int:
+    """ffmpeg processes at once: one per core (each decodes a segment on one thread)."""
+    return max(1, os.cpu_count() or 1)
+
+
+CLIP_COLUMNS = ["segment_id", "status", "reason", "audio_path", "frame_paths", "duration", "sample_rate",
+                "channels", "sha256", "skipped", "download_sha256"]
+
+
+def _listing(folder: Path) -> set[str]:
+    return {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
+
+
 def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[pd.DataFrame] = None, *,
-                   progress: Progress = None) -> pd.DataFrame:
-    """Cut every `ok` download into audio + 10 frames; failures are quarantined with the reason
-    and not retried while the download stays the same (same SHA-256)."""
+                   progress: Progress = None, max_workers: Optional[int] = None,
+                   seconds: Optional[dict] = None) -> pd.DataFrame:
+    """Cut every `ok` download into audio + 10 frames, `max_workers` ffmpeg processes at once
+    (default: one per core); failures are quarantined with the reason and not retried while the
+    download stays the same (same SHA-256). A clip recorded before whose files are all on disk
+    (one listing of the folder) is kept as recorded, without reading it again."""
     clips_dir = Path(clips_dir)
-    quarantined = {}
+    quarantined, recorded = {}, {}
     if previous is not None and "download_sha256" in previous:
-        bad = previous[previous["status"] != "ok"]
-        quarantined = {(r.segment_id, r.download_sha256): r for r in bad.itertuples(index=False)}
+        for r in previous.to_dict("records"):
+            if r["status"] != "ok":
+                quarantined[(r["segment_id"], r["download_sha256"])] = r
+            else:
+                recorded[r["segment_id"]] = r
     clips_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(clips_dir)
-    rows = []
+    present = _listing(clips_dir)
     ok = downloads[downloads["status"] == "ok"]
-    for i, d in enumerate(ok.itertuples(index=False), start=1):
-        name = d.segment_id
+    rows: list[Optional[dict]] = [None] * len(ok)
+    todo = []
+    for i, d in enumerate(ok.to_dict("records")):
+        name = d["segment_id"]
         row = {"segment_id": name, "status": "ok", "reason": "", "audio_path": None, "frame_paths": None,
                "duration": None, "sample_rate": None, "channels": None, "sha256": None, "skipped": False,
-               "download_sha256": d.sha256}
-        existing = _existing_clip(clips_dir, name)
-        known_bad = quarantined.get((name, d.sha256))
+               "download_sha256": d["sha256"]}
+        files = [f"{name}.wav"] + [f"{name}_f{k:02d}.jpg" for k in range(NUM_FRAMES)]
+        on_disk = all(f in present for f in files)
+        known_bad = quarantined.get((name, d["sha256"]))
+        old = recorded.get(name)
         if known_bad is not None:
-            row.update(status=known_bad.status, reason=known_bad.reason, skipped=True)
-        elif existing is not None:
-            row.update(existing, skipped=True)
-        else:
-            try:
-                clip = extract_clip(Path(d.path), clips_dir, name, duration=float(d.end - d.start))
-                row.update(audio_path=clip.audio_path, frame_paths=clip.frame_paths, duration=clip.duration,
-                           sample_rate=clip.sample_rate, channels=clip.channels)
-            except (ExtractionError, OSError) as exc:
-                row.update(status="invalid_media", reason=str(exc))
-        if row["status"] == "ok":
+            row.update(status=known_bad["status"], reason=known_bad["reason"], skipped=True)
+        elif on_disk and old is not None and old["download_sha256"] == d["sha256"] and old.get("sha256"):
+            row.update({k: old[k] for k in ("duration", "sample_rate", "channels", "sha256")}, skipped=True,
+                       audio_path=str(clips_dir / files[0]), frame_paths=[str(clips_dir / f) for f in files[1:]])
+        elif on_disk:  # finished by a run that died before recording it
+            row.update(_existing_clip(clips_dir, name), skipped=True)
             row["sha256"] = sha256_file(Path(row["audio_path"]))
-        rows.append(row)
-        if progress:
-            progress(i, len(ok))
-    cols = ["segment_id", "status", "reason", "audio_path", "frame_paths", "duration", "sample_rate",
-            "channels", "sha256", "skipped", "download_sha256"]
-    return pd.DataFrame(rows, columns=cols)
+        else:
+            todo.append((i, d, row))
+        rows[i] = row
+    done = len(ok) - len(todo)
+    if progress:
+        progress(done, len(ok))
+
+    def extract(d: dict, row: dict) -> dict:
+        spent: dict = {}
+        try:
+            probed = None
+            if d.get("audio_channels") is not None and not pd.isna(d.get("audio_channels")):
+                dur = d.get("media_duration")
+                probed = (None if dur is None or pd.isna(dur) else float(dur), int(d["audio_channels"]))
+            clip = extract_clip(Path(d["path"]), clips_dir, d["segment_id"], duration=float(d["end"] - d["start"]),
+                                probed=probed, seconds=spent)
+            row.update(audio_path=clip.audio_path, frame_paths=clip.frame_paths, duration=clip.duration,
+                       sample_rate=clip.sample_rate, channels=clip.channels)
+            t = time.perf_counter()
+            row["sha256"] = sha256_file(Path(clip.audio_path))
+            spent["verify"] = spent.get("verify", 0.0) + time.perf_counter() - t
+        except (ExtractionError, OSError) as exc:
+            row.update(status="invalid_media", reason=str(exc))
+        row["_seconds"] = spent
+        return row
+
+    with ThreadPoolExecutor(max_workers=max_workers or extraction_workers()) as pool:
+        futures = [pool.submit(extract, d, row) for _, d, row in todo]
+        for fut in as_completed(futures):
+            spent = fut.result().pop("_seconds")
+            if seconds is not None:
+                for k, v in spent.items():
+                    seconds[k] = seconds.get(k, 0.0) + v
+            done += 1
+            if progress:
+                progress(done, len(ok))
+    return pd.DataFrame(rows, columns=CLIP_COLUMNS)

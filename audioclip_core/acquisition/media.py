@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -44,29 +45,41 @@ def frame_times(duration: float, n: int = NUM_FRAMES) -> list[float]:
 
 
 def extract_clip(media: Path, out_dir: Path, name: str, *, duration: Optional[float] = None,
-                 min_duration: float = 0.5, num_frames: int = NUM_FRAMES) -> Clip:
-    """Write `<name>.wav` and `<name>_f00.jpg` .. into `out_dir`; raises ExtractionError."""
+                 min_duration: float = 0.5, num_frames: int = NUM_FRAMES,
+                 probed: Optional[tuple[Optional[float], int]] = None, seconds: Optional[dict] = None) -> Clip:
+    """Write `<name>.wav` and `<name>_f00.jpg` .. into `out_dir`; raises ExtractionError.
+    `probed`: (duration, audio channels) already read from this file's header (the download
+    step's probe), saving a second ffmpeg start; `seconds` collects wall time per phase
+    (probe, extract, verify)."""
+    seconds = {} if seconds is None else seconds
     media, out_dir = Path(media), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
     try:
         wav = tmp / f"{name}.wav"
-        cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(media)]
+        # one thread per ffmpeg: extraction runs one process per core (measured on 2 cores, 24 clips
+        # of 640x360 H.264: 5.09 clips/s against 4.85 with ffmpeg's own threading)
+        cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-threads", "1", "-i", str(media)]
         if duration:
             cmd += ["-t", f"{duration:.3f}"]
-        probe_dur, channels = probe(media)
+        t0 = time.perf_counter()
+        probe_dur, channels = probed if probed is not None and probed[1] is not None else probe(media)
+        t1 = time.perf_counter()
+        seconds["probe"] = seconds.get("probe", 0.0) + t1 - t0
         if channels == 0:
             raise ExtractionError(f"{media.name}: no audio track")
         cmd += ["-map", "0:a:0", "-ac", str(min(channels or 2, 2)), "-ar", str(SAMPLE_RATE),
                 "-c:a", "pcm_s16le", str(wav)]
-        cmd_frames = ["-map", "0:v:0", "-vf",
+        cmd_frames = ["-map", "0:v:0", "-threads", "1", "-filter_threads", "1", "-vf",
                       f"fps={num_frames}/{{dur}},scale='if(gt(iw,ih),-2,{FRAME_SHORT_SIDE})':'if(gt(iw,ih),{FRAME_SHORT_SIDE},-2)'",
                       "-q:v", "3", str(tmp / f"{name}_f%02d.jpg")]
         probe_dur = duration or probe_dur
         if probe_dur is None or probe_dur < min_duration:
             raise ExtractionError(f"{media.name}: too short ({probe_dur} s < {min_duration} s)")
-        cmd_frames[3] = cmd_frames[3].replace("{dur}", f"{probe_dur:.3f}")
+        cmd_frames[7] = cmd_frames[7].replace("{dur}", f"{probe_dur:.3f}")
         proc = subprocess.run(cmd + cmd_frames, capture_output=True, text=True)
+        t2 = time.perf_counter()
+        seconds["extract"] = seconds.get("extract", 0.0) + t2 - t1
         if proc.returncode != 0:
             err = proc.stderr.strip()
             if "matches no streams" in err and "0:a:0" in err:
@@ -91,6 +104,7 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, duration: Optional[fl
             final_frames.append(str(dst))
         final_wav = out_dir / f"{name}.wav"
         os.replace(wav, final_wav)  # the audio last: its presence marks a complete clip
+        seconds["verify"] = seconds.get("verify", 0.0) + time.perf_counter() - t2
         return Clip(str(final_wav), final_frames, info.frames / SAMPLE_RATE, SAMPLE_RATE,
                     int(info.channels), frame_times(info.frames / SAMPLE_RATE, num_frames))
     finally:

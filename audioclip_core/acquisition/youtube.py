@@ -35,7 +35,7 @@ class DownloadOptions:
     max_attempts: int = 4
     backoff_seconds: float = 2.0
     max_backoff_seconds: float = 120.0
-    socket_timeout: float = 30.0
+    socket_timeout: float = 15.0          # seconds a read may wait for data (yt-dlp's default is 20)
     sleep_requests: float = 0.0           # pause between HTTP requests (yt-dlp sleep_interval_requests)
     rate_limit: Optional[int] = None      # bytes/s
     cookies_file: Optional[str] = None    # what real YouTube needs for age-gated or busy periods
@@ -55,6 +55,23 @@ class DownloadResult:
     sha256: Optional[str] = None
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
+    media_duration: Optional[float] = None   # of the file kept, from the probe that checked it
+    audio_channels: Optional[int] = None
+    seconds: dict = field(default_factory=dict)  # phase -> wall seconds (request, download, cut, probe, hash)
+
+    def timed(self, phase: str):
+        return _Timer(self.seconds, phase)
+
+
+class _Timer:
+    def __init__(self, into: dict, phase: str):
+        self.into, self.phase = into, phase
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.into[self.phase] = self.into.get(self.phase, 0.0) + time.perf_counter() - self.t
 
 
 def classify_error(exc: BaseException) -> tuple[str, str]:
@@ -129,14 +146,17 @@ def _refusal(info: dict) -> str:
             "links inside pages are not followed")
 
 
-def _short(path: Path, expected: float) -> Optional[str]:
-    """Why a downloaded range is incomplete (None if it is not): no duration, or under 90 % of the range."""
+def _short(path: Path, expected: float, seen: Optional[dict] = None) -> Optional[str]:
+    """Why a downloaded range is incomplete (None if it is not): no duration, or under 90 % of the
+    range. What the probe read (duration, audio channels) goes into `seen`."""
     from .media import ExtractionError, probe
 
     try:
-        duration, _ = probe(path)
+        duration, channels = probe(path)
     except ExtractionError as exc:
         return str(exc)
+    if seen is not None:
+        seen.update(duration=duration, channels=channels)
     if duration is None:
         return "no duration in the downloaded file"
     if duration < 0.9 * expected - 0.2:
@@ -161,7 +181,12 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
     -rw_timeout), so a stalled server costs a bounded time and a retry. A range that comes back
     without a duration or shorter than asked (a source without a duration header, a cut
     transfer) is never recorded `ok`: the next attempt downloads the whole file and cuts the
-    range here; a whole file that is still short is a transient `error`."""
+    range here; a whole file that is still short is a transient `error`.
+
+    A transfer that failed after waiting a whole read timeout is a stall: the server stopped
+    sending. It is not retried in this run (a stalled source rarely resumes within seconds,
+    and each try would cost the timeout again); it stays a transient `error` that a later run
+    retries (`run_downloads`' `retry_after`)."""
     import yt_dlp
     from yt_dlp.utils import DownloadError, download_range_func
 
@@ -169,13 +194,16 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
     for attempt in range(1, options.max_attempts + 1):
         result.attempts = attempt
         switched = False  # this attempt found the range short: the next one takes the whole file
+        waited = result.seconds.get("download", 0.0)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
         ydl_opts = {
             "format": options.format,
             # a fixed Matroska container takes any codec pair and does not depend on the URL's extension
             "outtmpl": str(tmp / f"{name}.mkv"),
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
-            "retries": 2, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
+            # no retries inside yt-dlp: each would wait out the read timeout of a stalled server
+            # again; this loop retries (with backoff) what is worth retrying
+            "retries": 0, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
             "merge_output_format": "mkv", "logger": _QuietLogger(), "cachedir": False, "ffmpeg_location": ffmpeg,
             "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(options.socket_timeout * 1e6))]},
         }
@@ -191,20 +219,25 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             ydl_opts["js_runtimes"] = {options.js_runtime: {}}
         try:
             with yt_dlp.YoutubeDL(ydl_opts) as ydl:
-                info = ydl.extract_info(url, download=False, process=False)
+                with result.timed("request"):
+                    info = ydl.extract_info(url, download=False, process=False)
                 refused = _refusal(info or {})
                 if refused:
                     raise NotMedia(refused)
-                ydl.process_ie_result(info, download=True)
+                with result.timed("download"):
+                    ydl.process_ie_result(info, download=True)
             files = [p for p in tmp.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl"))]
             if not files:
                 raise RuntimeError("yt-dlp finished without writing a file")
             media = max(files, key=lambda p: p.stat().st_size)
             if whole:
                 cut = tmp / f"{name}.cut{media.suffix}"
-                _cut(media, cut, start, end, ffmpeg, timeout=max(60.0, options.socket_timeout * 4))
+                with result.timed("cut"):
+                    _cut(media, cut, start, end, ffmpeg, timeout=max(60.0, options.socket_timeout * 4))
                 media = cut
-            problem = _short(media, end - start)
+            seen: dict = {}
+            with result.timed("probe"):
+                problem = _short(media, end - start, seen)
             if problem:
                 if whole:
                     raise RuntimeError(problem)
@@ -213,7 +246,9 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             final = dest_dir / f"{name}{media.suffix}"
             os.replace(media, final)
             result.status, result.message, result.path = "ok", "", str(final)
-            result.bytes, result.sha256 = final.stat().st_size, sha256_file(final)
+            result.media_duration, result.audio_channels = seen.get("duration"), seen.get("channels")
+            with result.timed("hash"):
+                result.bytes, result.sha256 = final.stat().st_size, sha256_file(final)
             break
         except NotMedia as exc:
             result.status, result.message = "unavailable", str(exc)
@@ -223,6 +258,10 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             result.status, result.message = "error", f"{type(exc).__name__}: {exc}"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if result.status in TRANSIENT and result.seconds.get("download", 0.0) - waited >= 0.9 * options.socket_timeout:
+            result.message = (f"stalled: the transfer waited {options.socket_timeout:g} s for data and failed "
+                              f"({result.message}); not retried in this run")
+            break
         if result.status not in TRANSIENT or attempt == options.max_attempts:
             break
         if switched:

@@ -10,6 +10,9 @@ Randomness (augmentations, frame choice) comes from a generator seeded by
 (seed, epoch, index), so an item is the same whichever worker or resumed run produces it.
 A clip that fails to decode is reported (`bad_items`) and replaced by an empty marker that
 the collate function drops, so one bad file costs one sample, not the run.
+
+Files are read from disk, or, given a `store` (`data.shards.ShardStore`), from training
+shards by the same paths: the bytes are the same, so the items are too.
 """
 from __future__ import annotations
 
@@ -26,10 +29,11 @@ from ..audio import SAMPLE_RATE, resample, to_model_input
 from ..images import load_clip_image
 from .transforms import eval_transforms, sample_generator, train_transforms
 
-def load_clip_audio(path: str, channels: int) -> torch.Tensor:
+def load_clip_audio(path, channels: int) -> torch.Tensor:
+    """A file's audio as [channels, T] float32 at 44.1 kHz (`path`: a path or a file object)."""
     data, sr = sf.read(path, dtype="float32", always_2d=True)
     if data.shape[0] == 0:
-        raise ValueError(f"{path}: no samples")
+        raise ValueError(f"{getattr(path, 'name', path)}: no samples")
     wave = torch.from_numpy(np.ascontiguousarray(data.T))
     if sr != SAMPLE_RATE:
         wave = resample(wave, sr, SAMPLE_RATE)
@@ -50,7 +54,14 @@ class AudioOptions:
     noise_p: float = 0.25
 
 
+def _source(store, path):
+    """What a decoder reads: the file at `path`, or its bytes from the shards of `store`."""
+    return path if store is None else store.open(path)
+
+
 class _Base(Dataset):
+    store = None  # a data.shards.ShardStore to read files from shards
+
     def __init__(self, df: pd.DataFrame, *, train: bool, seed: int, audio: AudioOptions):
         self.df = df.reset_index(drop=True)
         self.train, self.seed, self.audio = train, seed, audio
@@ -67,7 +78,7 @@ class _Base(Dataset):
         return len(self.df)
 
     def _audio(self, path: str, rng: torch.Generator) -> torch.Tensor:
-        wave = load_clip_audio(path, self.audio.channels)
+        wave = load_clip_audio(_source(self.store, path), self.audio.channels)
         return to_model_input(self.transform(wave, rng), self.audio.input_scale)
 
 
@@ -89,7 +100,8 @@ class AudioSetDataset(_Base):
             if self.with_image:
                 frames = list(row["frame_paths"])
                 pick = int(torch.randint(0, len(frames), (), generator=rng)) if self.train else len(frames) // 2
-                item["image"] = load_clip_image(frames[pick], self.image_size, rng if self.train else None)
+                item["image"] = load_clip_image(_source(self.store, frames[pick]), self.image_size,
+                                                rng if self.train else None)
         except Exception as exc:  # a clip that fails to decode costs one sample, not the run
             return {"index": index, "error": f"{row['segment_id']}: {exc}"}
         target = torch.zeros(len(self.class_index))
@@ -127,6 +139,8 @@ class ImageCaptionDataset(Dataset):
     (its caption, joined with ", " as in the audio stages). Item `i` is frame `i` of the
     flattened (clip, frame) list; randomness comes from (seed, epoch, index)."""
 
+    store = None
+
     def __init__(self, df: pd.DataFrame, *, train: bool, seed: int = 0, image_size: int = 224):
         df = df[df["status"] == "ok"] if "status" in df else df
         self.pairs = [(str(f), list(row.label_names), str(row.segment_id))
@@ -144,7 +158,7 @@ class ImageCaptionDataset(Dataset):
         path, labels, segment = self.pairs[index]
         rng = sample_generator(self.seed, self.epoch if self.train else 0, index)
         try:
-            image = load_clip_image(path, self.image_size, rng if self.train else None)
+            image = load_clip_image(_source(self.store, path), self.image_size, rng if self.train else None)
         except Exception as exc:
             return {"index": index, "error": f"{segment} {path}: {exc}"}
         return {"index": index, "image": image, "text": labels}

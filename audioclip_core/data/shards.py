@@ -1,0 +1,307 @@
+"""Training shards: the clips of a manifest packed into a few large tar files, so training reads
+a handful of files of a few hundred MB instead of millions of small ones.
+
+Layout (WebDataset's): each sample is a run of consecutive tar members named by its key -
+``<key>.wav`` (the clip's WAV bytes, unchanged), ``<key>.f00.jpg`` .. ``<key>.f09.jpg`` (its
+frames, when it has them) and ``<key>.json`` (its manifest row: ids, labels, class, the
+audio's SHA-256) - so any tar reader, or WebDataset itself, can stream them. Beside the tars:
+
+* ``index.parquet``: one row per member - the file's path in the manifest (relative to the
+  data root), the shard, the byte offset and size of its data, the sample's key. Readers
+  seek straight to a member; the auditor goes from a shard back to clip ids and files;
+* ``shards.json``: the record - every shard's name, SHA-256, size and sample count, the
+  index's SHA-256 and the manifest version the shards were packed from. A checkpoint's
+  lineage names this record.
+
+A set of shards is immutable and content-addressed by its manifest version
+(``<data root>/shards/<name>/<manifest sha256[:16]>/``): packing the same manifest again is
+a no-op, a new manifest version gets new shards, and older checkpoints keep theirs.
+
+Reading: `ShardStore` opens a member by the path the manifest gives (the datasets of
+`data.datasets` take it as their `store`), so a dataset over shards yields exactly the items
+of the same dataset over files - same bytes, same (seed, epoch, index) randomness. `ShardStream`
+is the streaming form: batches in a shard-local order, split over DataLoader workers (and
+distributed ranks), deterministic per (seed, epoch), resumable at any batch.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..files import sha256_file
+
+SHARD_BYTES = 256 * 1024 ** 2
+RECORD = "shards.json"
+INDEX = "index.parquet"
+META_COLUMNS = ("segment_id", "ytid", "start", "end", "label_ids", "label_names", "class_id", "class_name",
+                "fold", "path", "partition", "sha256", "duration", "channels")
+
+
+def _json_value(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _relative(path: str, root: Path) -> str:
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def pack_order(n: int) -> list[int]:
+    """The order rows are packed in: a fixed permutation, so a shard holds a spread of the
+    manifest (a sorted manifest - by fold, by class - would otherwise give shards of one kind)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(20_210_612)).tolist()
+
+
+def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str = "segment_id",
+                 target_bytes: int = SHARD_BYTES, source_sha256: str = "", prefix: str = "shard",
+                 progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Pack the `ok` rows of `manifest` (file paths absolute, or relative to `root`) into tar
+    shards of about `target_bytes` in `out_dir` (written in a temporary folder and renamed into
+    place: a killed run leaves nothing that looks finished). Returns the record."""
+    root, out_dir = Path(root).resolve(), Path(out_dir)
+    if (out_dir / RECORD).is_file():
+        return json.loads((out_dir / RECORD).read_text())
+    rows = manifest[manifest["status"] == "ok"] if "status" in manifest else manifest
+    rows = rows.reset_index(drop=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        index, shards = [], []
+        tar, shard_path, shard_samples = None, None, 0
+
+        def close():
+            nonlocal tar
+            if tar is not None:
+                tar.close()
+                shards.append({"name": shard_path.name, "sha256": sha256_file(shard_path),
+                               "bytes": shard_path.stat().st_size, "samples": shard_samples})
+                tar = None
+
+        def add(name: str, data: bytes, source: str, sample_key: str):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            header = len(info.tobuf(tar.format, tar.encoding, tar.errors))
+            offset = tar.offset + header
+            tar.addfile(info, io.BytesIO(data))
+            index.append({"path": source, "shard": shard_path.name, "offset": offset,
+                          "size": len(data), "key": sample_key, "member": name})
+
+        order = pack_order(len(rows))
+        for done, i in enumerate(order, start=1):
+            row = rows.iloc[i]
+            if tar is None or tar.fileobj.tell() >= target_bytes:
+                close()
+                shard_path = tmp / f"{prefix}-{len(shards):05d}.tar"
+                tar, shard_samples = tarfile.open(shard_path, "w", format=tarfile.USTAR_FORMAT), 0
+            k = str(row[key])
+            audio = str(row["audio_path"])
+            src = audio if Path(audio).is_absolute() else str(root / audio)
+            add(f"{k}.wav", Path(src).read_bytes(), _relative(src, root), k)
+            frames = row.get("frame_paths")
+            if frames is not None and not (isinstance(frames, float) and frames != frames):
+                for j, f in enumerate(frames):
+                    fsrc = str(f) if Path(str(f)).is_absolute() else str(root / str(f))
+                    add(f"{k}.f{j:02d}.jpg", Path(fsrc).read_bytes(), _relative(fsrc, root), k)
+            meta = {c: _json_value(row[c]) for c in META_COLUMNS if c in row.index}
+            add(f"{k}.json", json.dumps(meta, sort_keys=True).encode(), f"{k}.json", k)
+            shard_samples += 1
+            if progress:
+                progress(done, len(rows))
+        close()
+        index_df = pd.DataFrame(index, columns=["path", "shard", "offset", "size", "key", "member"])
+        index_df.to_parquet(tmp / INDEX, index=False)
+        record = {"format": "webdataset-tar", "samples": len(rows), "shards": shards,
+                  "bytes": sum(s["bytes"] for s in shards), "index": INDEX, "index_sha256": sha256_file(tmp / INDEX),
+                  "source_sha256": source_sha256, "key": key}
+        (tmp / RECORD).write_text(json.dumps(record, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        return record
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify_shards(folder: Path) -> list[str]:
+    """What is wrong with a set of shards (empty when nothing): a shard or the index missing or
+    not matching the SHA-256 its record gives."""
+    folder = Path(folder)
+    record = json.loads((folder / RECORD).read_text())
+    problems = []
+    for s in record["shards"] + [{"name": record["index"], "sha256": record["index_sha256"]}]:
+        path = folder / s["name"]
+        if not path.is_file():
+            problems.append(f"{s['name']}: missing")
+        elif sha256_file(path) != s["sha256"]:
+            problems.append(f"{s['name']}: SHA-256 differs from the record")
+    return problems
+
+
+class ShardStore:
+    """Members of one or more sets of shards, opened by the path the manifest gives them.
+
+    `open(path)` returns the member's bytes as a file object; a path not in the shards is an
+    error that names it. Reads are positioned (`os.pread`) on descriptors opened once per
+    process, so DataLoader workers share nothing and never seek each other's files."""
+
+    def __init__(self, folders: list[Path] | Path, root: Path):
+        folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+        self.root = Path(root).resolve()
+        self.folders = folders
+        frames = []
+        for folder in folders:
+            idx = pd.read_parquet(folder / INDEX)
+            idx["file"] = [str(folder / s) for s in idx["shard"]]
+            frames.append(idx)
+        idx = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        self._where = dict(zip(idx["path"], zip(idx["file"], idx["offset"].astype(int), idx["size"].astype(int))))
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fds"], state["_lock"] = {}, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _fd(self, file: str) -> int:
+        if self._pid != os.getpid():  # a forked worker: descriptors are opened anew
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(file)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(file)
+                if fd is None:
+                    fd = self._fds[file] = os.open(file, os.O_RDONLY)
+        return fd
+
+    def __contains__(self, path) -> bool:
+        return _relative(str(path), self.root) in self._where
+
+    def read(self, path) -> bytes:
+        rel = _relative(str(path), self.root)
+        where = self._where.get(rel)
+        if where is None:
+            raise FileNotFoundError(f"{rel} is not in the shards {', '.join(str(f) for f in self.folders)}")
+        file, offset, size = where
+        data = os.pread(self._fd(file), size, offset)
+        if len(data) != size:
+            raise OSError(f"{file}: {len(data)} of {size} bytes of {rel} at offset {offset} (truncated shard?)")
+        return data
+
+    def open(self, path) -> io.BytesIO:
+        return io.BytesIO(self.read(path))
+
+    def shard_of(self, path) -> str:
+        return self._where[_relative(str(path), self.root)][0]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+@dataclass
+class StreamState:
+    epoch: int = 0
+    batch: int = 0      # the next batch of the epoch to produce (resume point)
+
+
+class ShardStream(IterableDataset):
+    """A dataset over shards as a stream of collated batches.
+
+    The epoch's order is shard-local: the shards are permuted by (seed, epoch), taken `mix` at
+    a time, and the samples of each group permuted together, then cut into batches of
+    `batch_size` (a last batch of one sample is dropped: a contrastive step needs two). Batch
+    `b` goes to distributed rank `b % world`; among that rank's batches, DataLoader worker `w`
+    of `W` produces every W-th, and a DataLoader (batch_size=None) delivers them in order.
+    Each sample is `dataset[index]` with the dataset's (seed, epoch, index) randomness, so the
+    stream holds exactly the items of the per-file dataset, in another order. `state.batch`
+    resumes an epoch at any batch.
+    """
+
+    def __init__(self, dataset, shard_of_item: list[str], *, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 mix: int = 4, rank: int = 0, world: int = 1, collate_fn: Optional[Callable] = None):
+        from .datasets import collate
+
+        self.dataset, self.batch_size, self.seed, self.shuffle, self.mix = dataset, batch_size, seed, shuffle, mix
+        self.rank, self.world = rank, world
+        self.collate_fn = collate_fn or collate
+        self.groups: dict[str, list[int]] = {}
+        for i, s in enumerate(shard_of_item):
+            self.groups.setdefault(s, []).append(i)
+        self.state = StreamState()
+
+    def set_epoch(self, epoch: int, batch: int = 0) -> None:
+        self.state = StreamState(epoch, batch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def epoch_batches(self, epoch: Optional[int] = None) -> list[list[int]]:
+        """Every batch of the epoch (all ranks), as dataset indices."""
+        epoch = self.state.epoch if epoch is None else epoch
+        names = sorted(self.groups)
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        if self.shuffle:
+            names = [names[i] for i in torch.randperm(len(names), generator=g).tolist()]
+        order: list[int] = []
+        for k in range(0, len(names), self.mix if self.shuffle else len(names) or 1):
+            members = [i for n in names[k:k + self.mix] for i in self.groups[n]] if self.shuffle else \
+                sorted(i for n in names for i in self.groups[n])
+            if self.shuffle:
+                members = [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
+            order += members
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches = batches[:-1]
+        return batches
+
+    def rank_batches(self) -> list[tuple[int, list[int]]]:
+        """(batch number, indices) of this rank's batches from the resume point on."""
+        return [(b, idx) for b, idx in enumerate(self.epoch_batches())
+                if b % self.world == self.rank and b >= self.state.batch]
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        for j, (b, idx) in enumerate(self.rank_batches()):
+            if j % n == w:
+                batch = self.collate_fn([self.dataset[i] for i in idx])
+                batch["batch"] = b
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.rank_batches())
+
+
+def shards_folder(parent: Path, source_sha256: str) -> Path:
+    """Where the shards of a manifest version live: `<parent>/<sha256[:16]>`."""
+    return Path(parent) / source_sha256[:16]
