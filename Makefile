@@ -25,7 +25,7 @@ help:
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
 $(VENV)/.synced: pyproject.toml uv.lock Makefile
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	uv sync --frozen --group dev --extra pipeline --compile-bytecode
+	uv sync --frozen --group dev --extra pipeline --extra k8s --compile-bytecode
 	@touch $@
 
 env: $(VENV)/.synced

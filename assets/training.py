@@ -13,7 +13,8 @@ from audioclip_core.layout import DataLayout
 from .audioset import audioset_manifest
 from .metadata import each_partition
 from .clipsets import esc50_fold_partitions, esc50_folds, us8k_fold_partitions, us8k_folds
-from .resources import DataRoot, DatasetSources, MlflowTracking
+from .resources import DataRoot, DatasetSources, MlflowTracking, TrainingLauncher
+from .shards import audioset_shards, esc50_shards, us8k_shards
 
 GROUP = "training"
 
@@ -51,6 +52,8 @@ class StageConfig(dg.Config):
                                               "and stage 2 without CLIP weights (random towers); the demo profile "
                                               "sets it, the paper profile refuses")
     nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
+    nnodes: int = Field(default=1, ge=1, description="> 1: torchrun agents on that many nodes, meeting in a c10d "
+                        "rendezvous (resource `launcher`; locally, as many agents on this machine)")
     freeze_bn: Optional[bool] = None
     cpu_bf16: bool = Field(default=False, description="bfloat16 autocast on CPU (faster; not bit-reproducible)")
     dtype: str = Field(default="float32", description="float64: train in double precision (slow; for "
@@ -95,7 +98,8 @@ def _start(config: StageConfig, layout: DataLayout, upstream: Optional[str]):
 
 
 def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profile: str,
-             nproc: int, partition: Optional[str] = None) -> dg.MaterializeResult:
+             nproc: int, partition: Optional[str] = None, *, nnodes: int = 1,
+             launcher: Optional[TrainingLauncher] = None) -> dg.MaterializeResult:
     """Run a stage in-process, or with torchrun (nproc > 1) through Dagster Pipes; track it in MLflow."""
     import json
     import sys
@@ -128,7 +132,7 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
         try:
-            if nproc <= 1:
+            if nproc * nnodes <= 1:
                 threads = share_cpu_threads()   # on a CPU, the other training slot's run gets the other cores
                 context.log.info(f"{threads} CPU thread(s)")
                 out = run_stage(build_stage(spec), on_epoch=on_epoch, mlflow_run_id=spec.mlflow_run_id,
@@ -141,10 +145,9 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
                 spec_path = spec.to_json(workdir / "spec.json")
                 result_path = workdir / "result.json"
                 result_path.unlink(missing_ok=True)
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                       "-m", "pipelines.torchrun_entry", str(spec_path), str(result_path)]
-                dg.PipesSubprocessClient(cwd=str(Path(__file__).resolve().parents[1])).run(
-                    command=cmd, context=context, env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))})
+                (launcher or TrainingLauncher()).run(
+                    context, ["pipelines.torchrun_entry", str(spec_path), str(result_path)], nproc=nproc,
+                    nnodes=nnodes, env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // (nproc * nnodes)))})
                 res = json.loads(result_path.read_text())
                 history, checkpoint, lineage_path = res["history"], Path(res["checkpoint"]), Path(res["lineage_path"])
                 official = Path(res["official"]) if res["official"] else None
@@ -154,7 +157,7 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
         except Exception as exc:
             mlflow.set_tag("failure", str(exc)[:5000])
             raise
-        for h in history[:logged] if nproc <= 1 else history:  # epochs trained before a resume, or in workers
+        for h in history[:logged] if nproc * nnodes <= 1 else history:  # epochs trained before a resume, or in workers
             on_epoch(h["epoch"], h)
         curve = plot_history(history, workdir / f"{spec.name}.curves.png", title=spec.name)
         for art in (checkpoint, lineage_path, curve) + ((official,) if official else ()):
@@ -175,7 +178,7 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
                   "mlflow_run": dg.MetadataValue.url(link), "epochs": len(history),
                   "loss_first_epoch": history[0]["loss"], "loss_last_epoch": history[-1]["loss"],
                   "skipped_items": len(skipped), "resumed_from_epoch": resumed if resumed is not None else -1,
-                  "nproc_per_node": nproc, "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
+                  "nproc_per_node": nproc, "nnodes": nnodes, "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
                   "curves": dg.MetadataValue.url(curves_link), "curves_file": dg.MetadataValue.path(str(curve))},
         data_version=dg.DataVersion(sha[:16]))
 
@@ -242,10 +245,29 @@ def _reject(files: list[Path], tracking: MlflowTracking, layout: DataLayout, mlf
                                for c in failed})
 
 
-def _audioset_manifests(layout: DataLayout, partitions: list[str]):
+def _shards_of(layout: DataLayout, name: str, entry: dict, asset: str, log=None) -> str:
+    """The shard set of `name` that holds the manifest version `entry` names - the current one,
+    or, when `asset` was not re-materialised since the manifest changed (a scheduled
+    re-training), packed here (the same version is never packed twice). The lineage entry
+    records it: folder, the digests of its record and of every shard."""
+    from audioclip_core.data.shards import current_shards, publish_shards, shards_entry
+
+    folder = current_shards(layout, name)
+    shards = shards_entry(folder, layout.root) if folder is not None else None
+    if shards is None or shards["source_sha256"] != entry["sha256"]:
+        if log is not None:
+            log(f"the shards of {name} do not hold manifest {entry['sha256'][:16]} ({asset} not re-materialised "
+                "since it changed): packing them now")
+        folder, _, _ = publish_shards(layout, name, Path(entry.get("version") or entry["path"]))
+        shards = shards_entry(folder, layout.root)
+    entry["shards"] = shards
+    return str(folder)
+
+
+def _audioset_manifests(layout: DataLayout, partitions: list[str], log=None):
     from audioclip_core.training.run import manifest_entry
 
-    paths, entries = [], {}
+    paths, entries, shards = [], {}, []
     for p in partitions:
         path = layout.audioset_manifest(p)
         if not path.is_file():
@@ -253,8 +275,9 @@ def _audioset_manifests(layout: DataLayout, partitions: list[str]):
         df = pd.read_parquet(path, columns=["status"])
         entry = manifest_entry(path, (df["status"] == "ok").sum(), store=layout.versions_dir)
         paths.append(entry["version"])  # train on the version the lineage names
+        shards.append(_shards_of(layout, f"audioset_{p}", entry, f"audioset_shards[{p}]", log))
         entries[f"audioset_{p}"] = entry
-    return paths, entries
+    return paths, entries, shards
 
 
 def _training_partitions(config: StageConfig, sources: DatasetSources, layout: DataLayout, profile: str) -> list[str]:
@@ -271,14 +294,16 @@ def _training_partitions(config: StageConfig, sources: DatasetSources, layout: D
 
 
 def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoot, sources: DatasetSources,
-                    tracking: MlflowTracking, upstream: Optional[str], name: Optional[str] = None) -> dg.MaterializeResult:
+                    tracking: MlflowTracking, upstream: Optional[str], name: Optional[str] = None, *,
+                    launcher: Optional[TrainingLauncher] = None) -> dg.MaterializeResult:
     from audioclip_core.data.manifests import label_index_for
     from audioclip_core.training.stages import StageSpec, published_towers, require_initialisation
 
     layout = data_root.layout
     cfg, profile = _train_config(config, stage, sources, layout)
     labels = label_index_for(sources.audioset(layout))
-    tables, manifests = _audioset_manifests(layout, _training_partitions(config, sources, layout, profile))
+    tables, manifests, shards = _audioset_manifests(layout, _training_partitions(config, sources, layout, profile),
+                                                    context.log.info)
     init, parent = _start(config, layout, upstream)
     clip_weights, extra = config.clip_weights or None, {}
     if stage == "audioclip_partial" and not clip_weights:  # the towers the clip_towers asset published
@@ -289,12 +314,13 @@ def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoo
     spec = StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name)),
                      tables=tables, manifests=manifests, class_ids=list(labels.mids), init=init, parent=parent,
                      clip_weights=clip_weights, imagenet_weights=config.imagenet_weights or None,
-                     data_root=str(layout.root), extra_lineage=extra)
+                     data_root=str(layout.root), extra_lineage=extra, shards=shards)
     require_initialisation(spec, cfg)  # before anything is tracked: a paper stage never starts from random silently
-    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node)
+    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node, nnodes=config.nnodes,
+                    launcher=launcher)
 
 
-@dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
+@dg.asset(group_name=GROUP, deps=[audioset_manifest, audioset_shards], pool="gpu", kinds={"pytorch", "mlflow"},
           check_specs=_checks("clip_towers", True, retrieval=True),
           description="CLIP's image and text towers, which stage 2 distils the audio head into. With `clip_weights` "
                       "(the paper: OpenAI's CLIP RN50, or CLIP.pt of the AudioCLIP release) that file, loaded strictly "
@@ -303,7 +329,8 @@ def _audioset_stage(context, stage: str, config: StageConfig, data_root: DataRoo
                       "contrastively from random weights on the demo's frame-caption pairs (training stage "
                       "clip_standin), with its own checkpoint, lineage and MLflow run.")
 def clip_towers(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
-                sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
+                sources: DatasetSources, tracking: MlflowTracking,
+                launcher: TrainingLauncher) -> dg.MaterializeResult:
     from audioclip_core.training.stages import (CLIP_SOURCE, missing_weights, publish_towers, towers_record,
                                                 verify_clip_weights)
 
@@ -325,39 +352,47 @@ def clip_towers(context: dg.AssetExecutionContext, config: StageConfig, data_roo
             check_results=[dg.AssetCheckResult(check_name=c.name, passed=True, metadata=note)
                            for c in context.assets_def.check_specs],
             data_version=dg.DataVersion((record["sha256"] or "random")[:16]))
-    result = _audioset_stage(context, "clip_standin", config, data_root, sources, tracking, None, name="clip_towers")
+    result = _audioset_stage(context, "clip_standin", config, data_root, sources, tracking, None, name="clip_towers",
+                             launcher=launcher)
     publish_towers(layout, towers_record("standin", str(layout.checkpoint("clip_towers")),
                                          sha256=result.metadata["sha256"], stage="clip_standin",
                                          note="the demo's stand-in for CLIP's pre-training"))
     return result
 
 
-@dg.asset(group_name=GROUP, deps=[audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
+@dg.asset(group_name=GROUP, deps=[audioset_manifest, audioset_shards], pool="gpu", kinds={"pytorch", "mlflow"},
           check_specs=_checks("esresnext_audioset", False),
           description="Stage 1: stand-alone ESResNeXt, multi-label BCE over the 527 AudioSet classes.")
 def esresnext_audioset(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
-                       sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    return _audioset_stage(context, "esresnext_audioset", config, data_root, sources, tracking, None)
+                       sources: DatasetSources, tracking: MlflowTracking,
+                launcher: TrainingLauncher) -> dg.MaterializeResult:
+    return _audioset_stage(context, "esresnext_audioset", config, data_root, sources, tracking, None,
+                           launcher=launcher)
 
 
-@dg.asset(group_name=GROUP, deps=[esresnext_audioset, clip_towers, audioset_manifest], pool="gpu",
+@dg.asset(group_name=GROUP, deps=[esresnext_audioset, clip_towers, audioset_manifest, audioset_shards], pool="gpu",
           kinds={"pytorch", "mlflow"}, check_specs=_checks("audioclip_partial", True, retrieval=True),
           description="Stage 2: the audio head (from stage 1, fresh projection) trained under the frozen image and "
                       "text towers of clip_towers (CLIP's, or the demo's stand-in), its teachers.")
 def audioclip_partial(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
-                      sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    return _audioset_stage(context, "audioclip_partial", config, data_root, sources, tracking, "esresnext_audioset")
+                      sources: DatasetSources, tracking: MlflowTracking,
+                launcher: TrainingLauncher) -> dg.MaterializeResult:
+    return _audioset_stage(context, "audioclip_partial", config, data_root, sources, tracking, "esresnext_audioset",
+                           launcher=launcher)
 
 
-@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioset_manifest], pool="gpu", kinds={"pytorch", "mlflow"},
+@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioset_manifest, audioset_shards], pool="gpu", kinds={"pytorch", "mlflow"},
           check_specs=_checks("audioclip_full", True, retrieval=True),
           description="Stage 3: all three heads trained jointly on AudioSet from the partial checkpoint.")
 def audioclip_full(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
-                   sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
-    return _audioset_stage(context, "audioclip_full", config, data_root, sources, tracking, "audioclip_partial")
+                   sources: DatasetSources, tracking: MlflowTracking,
+                launcher: TrainingLauncher) -> dg.MaterializeResult:
+    return _audioset_stage(context, "audioclip_full", config, data_root, sources, tracking, "audioclip_partial",
+                           launcher=launcher)
 
 
-def _finetune(context, name, dataset, config, data_root, sources, tracking, *, upstream, cooperative, fold):
+def _finetune(context, name, dataset, config, data_root, sources, tracking, *, upstream, cooperative, fold,
+              launcher=None):
     from audioclip_core.data.clipsets import class_names
     from audioclip_core.training.run import manifest_entry
     from audioclip_core.training.stages import StageSpec
@@ -372,11 +407,15 @@ def _finetune(context, name, dataset, config, data_root, sources, tracking, *, u
     classes = class_names(pd.read_parquet(layout.clipset_manifest(dataset), columns=["class_id", "class_name"]))
     init, parent = _start(config, layout, upstream)
     entry = manifest_entry(train_path, rows, store=layout.versions_dir)
+    source = manifest_entry(layout.clipset_manifest(dataset), 0)
+    shards = _shards_of(layout, dataset, source, f"{dataset}_shards", context.log.info)
+    entry["shards"] = source["shards"]
     spec = StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name, fold)),
                      tables=[entry["version"]], manifests={f"{dataset}_fold{fold}_train": entry},
                      classes=classes, init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes},
-                     data_root=str(layout.root))
-    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node, partition=fold)
+                     data_root=str(layout.root), shards=[shards])
+    return _execute(context, spec, layout, tracking, profile, config.nproc_per_node, partition=fold,
+                    nnodes=config.nnodes, launcher=launcher)
 
 
 # a backfill fine-tunes up to five folds per run, one after another (ESC-50: one run, US8K:
@@ -386,14 +425,17 @@ FOLDS_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=5)
 
 
 def _finetune_asset(name, dataset, folds_asset, partitions, upstream_asset, cooperative, description):
-    @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[upstream_asset, folds_asset],
+    shards_asset = {"esc50": esc50_shards, "us8k": us8k_shards}[dataset]
+    @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[upstream_asset, folds_asset, shards_asset],
               pool="gpu", kinds={"pytorch", "mlflow"}, description=description, check_specs=_checks(name, cooperative),
               backfill_policy=FOLDS_PER_RUN)
     def _asset(context: dg.AssetExecutionContext, config: StageConfig, data_root: DataRoot,
-               sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
+               sources: DatasetSources, tracking: MlflowTracking,
+                launcher: TrainingLauncher) -> dg.MaterializeResult:
         return each_partition(context, lambda fold: _finetune(
             context, name, dataset, config, data_root, sources, tracking,
-            upstream=upstream_asset.key.to_user_string(), cooperative=cooperative, fold=fold))
+            upstream=upstream_asset.key.to_user_string(), cooperative=cooperative, fold=fold,
+            launcher=launcher))
 
     return _asset
 

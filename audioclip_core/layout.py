@@ -18,6 +18,8 @@ when the package is installed elsewhere); the CLI and the pipeline's resources s
                                       snapshots/after_<n>_epochs.safetensors)
       tables/<table>.parquet|.md      tables/plots/*.png
       audioset/locks/<p>.lock         held by the run working on partition <p>
+      shards/<name>/<sha256[:16]>/    training shards of a manifest version (tar + index.parquet +
+                                      shards.json); shards/<name>/CURRENT names the current one
       versions/<sha256>.parquet       every manifest version (immutable; the manifests point at one)
       catalog.duckdb                  mlflow/mlflow.db   mlflow/artifacts/   logs/
 """
@@ -118,6 +120,16 @@ class DataLayout:
             return {}
         folds = sorted((d.name for d in folder.iterdir() if d.name.isdigit()), key=int)
         return {k: self.fold(name, k, "test") for k in folds if self.fold(name, k, "test").is_file()}
+
+    # -- training shards -------------------------------------------------------------------
+    def shards(self, name: str) -> Path:
+        """The shard sets of dataset `name` (`audioset_<partition>`, `esc50`, `us8k`), one folder
+        per manifest version they were packed from (data.shards)."""
+        return self.root / "shards" / name
+
+    def shards_pointer(self, name: str) -> Path:
+        """Names the folder of the current shard set of `name`."""
+        return self.shards(name) / "CURRENT"
 
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint_dir(self, name: str, fold: int | str | None = None) -> Path:

@@ -4,17 +4,19 @@ The whole lineage is one asset backfill of every asset and all of its partitions
 "Materialize all", or `python -m pipelines.lineage`, which `make demo` runs): the daemon
 launches one run per partition in dependency order through the run queue. Each run executes
 its steps in its own process (in-process executor); the `youtube` pool bounds concurrent downloads across runs and
-the `gpu` pool serialises training. See docs/deployment.md for the Kubernetes executor configuration;
+the `gpu` pool serialises training. AUDIOCLIP_DEPLOYMENT=k8s runs every step in a pod instead
+(pipelines/deployment.py; docs/deployment.md);
 pipelines/automation.py for scheduled re-training (off by default).
 """
 import dagster as dg
 
-from assets import audioset, clipsets, evaluation, sources, training
-from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
+from assets import audioset, clipsets, evaluation, shards, sources, training
+from assets.resources import DataRoot, DatasetSources, MlflowTracking, TrainingLauncher, YoutubeDownloader
 
 from .automation import retrain_audioset_chain, retrain_on_new_data
+from .deployment import deployment, executor
 
-all_assets = dg.load_assets_from_modules([sources, audioset, clipsets, training, evaluation])
+all_assets = dg.load_assets_from_modules([sources, audioset, clipsets, shards, training, evaluation])
 
 audioset_data_job = dg.define_asset_job(
     "audioset_data", selection=dg.AssetSelection.groups(audioset.GROUP),
@@ -30,9 +32,8 @@ evaluate_released = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=all_assets,
-    # one process per run: runs are the unit of parallelism (run queue, pools); a step
-    # subprocess per asset would import the code location again for each step
-    executor=dg.in_process_executor,
+    # AUDIOCLIP_DEPLOYMENT: local (each run's steps in its process) or k8s (a pod per step)
+    executor=executor(),
     asset_checks=[],
     jobs=[audioset_data_job, retrain_audioset_chain, evaluate_released],
     sensors=[retrain_on_new_data, sources.audioset_partitions_from_sources],
@@ -41,5 +42,6 @@ defs = dg.Definitions(
         "sources": DatasetSources(),
         "youtube": YoutubeDownloader(),
         "tracking": MlflowTracking(),
+        "launcher": TrainingLauncher(deployment=deployment()),
     },
 )

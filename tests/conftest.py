@@ -46,8 +46,8 @@ def lineage(tmp_path_factory):
     """Demo AudioSet + ESC-50 sources and their data lineage, materialised once per session."""
     import dagster as dg
 
-    from assets import audioset, clipsets
-    from assets.resources import DataRoot, DatasetSources, MlflowTracking, YoutubeDownloader
+    from assets import audioset, clipsets, shards
+    from assets.resources import DataRoot, DatasetSources, MlflowTracking, TrainingLauncher, YoutubeDownloader
     from audioclip_core.acquisition.media_server import MediaServer
     from audioclip_core.data.demo_dataset import generate_audioset, generate_esc50
 
@@ -61,13 +61,13 @@ def lineage(tmp_path_factory):
                "sources": DatasetSources(audioset_dir=str(src / "audioset"), esc50_dir=str(src / "esc50"),
                                          us8k_dir=str(src / "esc50")),
                "youtube": YoutubeDownloader(url_template=server.url("{ytid}.mp4")),
-               "tracking": MlflowTracking()}
+               "tracking": MlflowTracking(), "launcher": TrainingLauncher()}
         inst = dg.DagsterInstance.ephemeral()
         inst.add_dynamic_partitions(audioset.audioset_partitions.name, ["balanced_train"])
         assert dg.materialize([audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
-                               audioset.audioset_manifest], resources=res, partition_key="balanced_train",
-                              instance=inst).success
-    assert dg.materialize([clipsets.esc50_manifest], resources=res, instance=inst).success
+                               audioset.audioset_manifest, shards.audioset_shards], resources=res,
+                              partition_key="balanced_train", instance=inst).success
+    assert dg.materialize([clipsets.esc50_manifest, shards.esc50_shards], resources=res, instance=inst).success
     assert dg.materialize([clipsets.esc50_folds], resources=res, partition_key="2", instance=inst).success
     return {"base": base, "src": src, "data": data, "res": res}
 

@@ -125,7 +125,7 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
                          "message": "download file removed; the clip made from it is intact and kept"})
         elif old is not None and old["status"] in FINAL_FAILURES:
             rows.append({**old, "skipped": True})
-        elif old is not None and old["status"] in TRANSIENT and not _due(old, now):
+        elif old is not None and old["status"] in TRANSIENT and retry_after > 0 and not _due(old, now):
             rows.append({**old, "skipped": True})
         else:
             todo.append(seg)

@@ -117,8 +117,9 @@ def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str 
                 close()
                 shard_path = tmp / f"{prefix}-{len(shards):05d}.tar"
                 tar, shard_samples = tarfile.open(shard_path, "w", format=tarfile.USTAR_FORMAT), 0
-            k = str(row[key])
             audio = str(row["audio_path"])
+            # a sample's key names its members up to the first dot (WebDataset's rule)
+            k = (str(row[key]) if key in row.index else Path(audio).stem).replace(".", "_")
             src = audio if Path(audio).is_absolute() else str(root / audio)
             add(f"{k}.wav", Path(src).read_bytes(), _relative(src, root), k)
             frames = row.get("frame_paths")
@@ -138,9 +139,12 @@ def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str 
                   "bytes": sum(s["bytes"] for s in shards), "index": INDEX, "index_sha256": sha256_file(tmp / INDEX),
                   "source_sha256": source_sha256, "key": key}
         (tmp / RECORD).write_text(json.dumps(record, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process packed the same version first: the same content, keep its set
+            if not (out_dir / RECORD).is_file():
+                raise
+            return json.loads((out_dir / RECORD).read_text())
         return record
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -305,3 +309,42 @@ class ShardStream(IterableDataset):
 def shards_folder(parent: Path, source_sha256: str) -> Path:
     """Where the shards of a manifest version live: `<parent>/<sha256[:16]>`."""
     return Path(parent) / source_sha256[:16]
+
+
+def publish_shards(layout, name: str, manifest_path: Path, *, target_bytes: int = SHARD_BYTES,
+                   progress: Optional[Callable[[int, int], None]] = None) -> tuple[Path, dict, bool]:
+    """Pack the manifest at `manifest_path` (a pointer to a version) into the shards of dataset
+    `name` and make them current. (folder, record, packed now?): a version packed before is
+    not packed again."""
+    from ..files import sha256_file as digest
+    from .manifests import read_manifest
+
+    sha = digest(Path(manifest_path))
+    folder = shards_folder(layout.shards(name), sha)
+    fresh = not (folder / RECORD).is_file()
+    record = write_shards(read_manifest(Path(manifest_path), layout.root), layout.root, folder,
+                          target_bytes=target_bytes, source_sha256=sha, prefix=name, progress=progress)
+    pointer = layout.shards_pointer(name)
+    tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}")
+    tmp.write_text(folder.name + "\n")
+    os.replace(tmp, pointer)
+    return folder, record, fresh
+
+
+def current_shards(layout, name: str) -> Optional[Path]:
+    """The folder of the current shard set of `name`, or None when none was packed."""
+    pointer = layout.shards_pointer(name)
+    if not pointer.is_file():
+        return None
+    folder = layout.shards(name) / pointer.read_text().strip()
+    return folder if (folder / RECORD).is_file() else None
+
+
+def shards_entry(folder: Path, root: Path) -> dict:
+    """What a checkpoint's lineage says of the shards it was trained from: the folder (relative
+    to the data root), the record's digests and the manifest version they hold."""
+    record = json.loads((Path(folder) / RECORD).read_text())
+    return {"folder": _relative(str(folder), Path(root).resolve()), "record_sha256": sha256_file(Path(folder) / RECORD),
+            "source_sha256": record["source_sha256"], "samples": record["samples"],
+            "index_sha256": record["index_sha256"],
+            "shards": [{"name": s["name"], "sha256": s["sha256"]} for s in record["shards"]]}

@@ -28,6 +28,7 @@ class TrainConfig:
     loss_variant: str = "reference"
     device: str = "auto"              # "auto": cuda when available
     amp: bool = True                  # bf16 autocast on CUDA
+    compile: bool = False             # torch.compile the training module (CUDA; the first steps compile)
     cpu_bf16: bool = False            # bf16 autocast on CPU too (~2.6x faster steps with avx512_bf16;
                                       # off by default: fp32 keeps runs bit-reproducible)
     freeze_bn: bool = False           # BatchNorm uses and keeps its running statistics

@@ -173,6 +173,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                 log("note: on CPU BatchNorm statistics are computed per process (no SyncBatchNorm)")
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        if cfg.compile:
+            net = torch.compile(net)
         for epoch in range(start, cfg.epochs):
             net.train()
             if cfg.freeze_bn:
@@ -186,7 +188,9 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                 batches = batches[:cfg.max_steps_per_epoch]
             if distributed:  # the same global batches on every rank; each takes its share
                 batches = [D.shard(b) for b in batches if len(b) >= world and len(b) % world == 0]
-            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
+            # pinned host memory lets the copies below run asynchronously (non_blocking) on CUDA
+            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
+                                pin_memory=device.type == "cuda")
             sums: dict[str, float] = {}
             n_samples, t0 = 0, time.perf_counter()
             for i, batch in enumerate(loader):

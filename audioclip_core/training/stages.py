@@ -210,6 +210,8 @@ class StageSpec:
     mlflow_run_id: Optional[str] = None
     extra_lineage: dict = field(default_factory=dict)
     data_root: Optional[str] = None            # relative file paths in `tables` are under it
+    shards: list[str] = field(default_factory=list)      # shard sets holding the tables' files (data.shards):
+                                                         # read from them, not from the files
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -234,11 +236,20 @@ def _tables(spec: StageSpec) -> list[pd.DataFrame]:
     return [read_manifest(Path(p), root) for p in spec.tables]
 
 
+def _read_from(spec: StageSpec, dataset):
+    """`dataset` reading its files from the spec's shard sets, when it names any."""
+    if spec.shards:
+        from ..data.shards import ShardStore
+
+        dataset.store = ShardStore([Path(s) for s in spec.shards], Path(spec.data_root) if spec.data_root else Path.cwd())
+    return dataset
+
+
 def _audioset_data(spec: StageSpec, cfg: TrainConfig, *, with_image: bool, image_size: int = 224) -> AudioSetDataset:
     tables = _tables(spec)
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    return AudioSetDataset(df, spec.class_ids, train=True, seed=cfg.seed, audio=audio_options(cfg),
-                           image_size=image_size, with_image=with_image)
+    return _read_from(spec, AudioSetDataset(df, spec.class_ids, train=True, seed=cfg.seed, audio=audio_options(cfg),
+                                            image_size=image_size, with_image=with_image))
 
 
 def clipset_dataset(train_df: pd.DataFrame, cfg: TrainConfig, classes: list[str]) -> ClipSetDataset:
@@ -247,7 +258,7 @@ def clipset_dataset(train_df: pd.DataFrame, cfg: TrainConfig, classes: list[str]
 
 
 def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> ClipSetDataset:
-    return clipset_dataset(pd.concat(_tables(spec), ignore_index=True), cfg, spec.classes)
+    return _read_from(spec, clipset_dataset(pd.concat(_tables(spec), ignore_index=True), cfg, spec.classes))
 
 
 IMAGENET_SOURCE = ("imagenet_weights", "a torchvision resnext50_32x4d ImageNet state dict "
@@ -293,7 +304,7 @@ def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
     model.logit_scale_at.requires_grad_(False)
     tables = _tables(spec)
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    data = ImageCaptionDataset(df, train=True, seed=cfg.seed, image_size=model.visual.image_size)
+    data = _read_from(spec, ImageCaptionDataset(df, train=True, seed=cfg.seed, image_size=model.visual.image_size))
     return model, data, image_text_step(cfg.loss_variant)
 
 

@@ -50,9 +50,9 @@ def held_out(tmp_path_factory, shared_data):
         yield src, server
 
 
-def _resources(tmp_path, src, server=None, **paths):
+def _resources(tmp_path, src, server=None, retry_after=0.0, **paths):
     yt = YoutubeDownloader(url_template=server.url("{ytid}.media") if server else "http://127.0.0.1:9/{ytid}",
-                           backoff_seconds=0.01, max_attempts=2)
+                           backoff_seconds=0.01, max_attempts=2, retry_after_seconds=retry_after)
     return {"data_root": DataRoot(root=str(tmp_path / "data")),
             "sources": DatasetSources(audioset_dir=str(src), **paths), "youtube": yt}
 
@@ -102,15 +102,23 @@ def test_audioset_lineage_statuses_frames_and_catalog(held_out, tmp_path):
 
 def test_rematerialising_does_no_work_twice(held_out, tmp_path):
     src, server = held_out
-    res = _resources(tmp_path, src, server)
+    res = _resources(tmp_path, src, server, retry_after=600.0)
     _mat(AUDIOSET_ASSETS, res, "eval")
     clip = tmp_path / "data" / "audioset" / "clips" / "eval" / "Chaplin0001_1000.wav"
     before = clip.stat().st_mtime_ns
     again = _mat(AUDIOSET_ASSETS, res, "eval")
-    # only the transient failure (the corrupt source) is tried again; ok and final ones are not
-    assert _meta(again, "audioset_downloads")["attempted_now"] == 1
+    # nothing is tried again: ok and final failures never, the transient one (the corrupt source)
+    # not before its back-off has passed
+    meta = _meta(again, "audioset_downloads")
+    assert meta["attempted_now"] == 0 and meta["deferred"] == 1 and meta["next_retry_after"].endswith("UTC")
+    table = pd.read_parquet(tmp_path / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
+    assert "retried by a run after" in table.loc["Truncated01_0", "message"]
     assert _meta(again, "audioset_clips")["extracted_now"] == 0
     assert clip.stat().st_mtime_ns == before
+    # with no back-off, the next run tries the transient failure (only it) again
+    third = _mat(AUDIOSET_ASSETS, _resources(tmp_path, src, server), "eval")
+    assert _meta(third, "audioset_downloads")["attempted_now"] == 1
+    assert _meta(third, "audioset_clips")["extracted_now"] == 0
 
 
 def test_killed_download_and_extraction_resume(held_out, tmp_path):

@@ -121,7 +121,8 @@ def test_sigkill_mid_epoch_resumes_to_identicalweights(lineage, tmp_path):
     roots = {}
     for name in ("straight", "killed"):
         root = tmp_path / name
-        shutil.copytree(lineage["data"] / "audioset", root / "audioset")
+        for sub in ("audioset", "shards"):  # the clips, and the shards training reads them from
+            shutil.copytree(lineage["data"] / sub, root / sub)
         roots[name] = root
     assert _cli(lineage, roots["straight"]).wait(timeout=600) == 0
     proc = _cli(lineage, roots["killed"])
@@ -145,7 +146,9 @@ def test_sigkill_mid_epoch_resumes_to_identicalweights(lineage, tmp_path):
 
 def test_two_processes_match_one_on_the_same_global_batch(lineage, stage_outputs, tmp_path):
     """torchrun with 2 CPU processes (gloo, DDP, features gathered across ranks) through Dagster
-    Pipes reaches the weights one process reaches on the same global batches.
+    Pipes reaches the weights one process reaches on the same global batches - on one node, and
+    on 2 nodes x 1 process (two torchrun agents meeting in a c10d rendezvous on 127.0.0.1,
+    started by the `launcher` resource as a cluster's nodes would be).
 
     Both runs train in float64. In float32 the gloo all-reduce sums in another order than one
     process does (~1e-7 relative), which can flip a max pool's argmax and move a whole gradient;
@@ -159,27 +162,34 @@ def test_two_processes_match_one_on_the_same_global_batch(lineage, stage_outputs
 
     TOL = 1e-9
     results = {}
-    for nproc in (1, 2):
-        root = tmp_path / f"n{nproc}"
+    for nproc, nnodes in ((1, 1), (2, 1), (1, 2)):
+        root = tmp_path / f"n{nproc}x{nnodes}"
         shutil.copytree(lineage["data"], root, ignore=shutil.ignore_patterns("audioclip_esc50", "mlflow"))
         res = dict(lineage["res"], data_root=DataRoot(root=str(root)))
         result = dg.materialize([training.audioclip_esc50], resources=res, partition_key="2",
                                 run_config=run_config("audioclip_esc50", epochs=1, batch_size=8, max_steps_per_epoch=2,
-                                                       freeze_bn=True, nproc_per_node=nproc, dtype="float64"),
+                                                       freeze_bn=True, nproc_per_node=nproc, nnodes=nnodes,
+                                                       dtype="float64"),
                                 instance=dg.DagsterInstance.ephemeral())
         assert result.success
         meta = result.asset_materializations_for_node("audioclip_esc50")[-1].metadata
-        assert meta["nproc_per_node"].value == nproc
-        results[nproc] = (weights(meta["checkpoint"].value), meta["loss_first_epoch"].value)
-    (w1, loss1), (w2, loss2) = results[1], results[2]
+        assert meta["nproc_per_node"].value == nproc and meta["nnodes"].value == nnodes
+        lineage_record = meta["lineage"].value
+        results[(nproc, nnodes)] = (weights(meta["checkpoint"].value), meta["loss_first_epoch"].value, lineage_record)
+    (w1, loss1, _), (w2, loss2, _), (w3, loss3, rec3) = results[(1, 1)], results[(2, 1)], results[(1, 2)]
     assert abs(loss1 - loss2) < TOL * max(1.0, abs(loss1)), (loss1, loss2)
+    assert abs(loss1 - loss3) < TOL * max(1.0, abs(loss1)), (loss1, loss3)
+    # every node read its clips from the shards the lineage names, down to each shard's digest
+    shards = rec3["manifests"]["esc50_fold2_train"]["shards"]
+    assert shards["folder"].startswith("shards/esc50/") and all(len(s["sha256"]) == 64 for s in shards["shards"])
     parent = weights(stage_outputs["audioclip_full"]["checkpoint"])
     floats = [k for k in w1 if w1[k].is_floating_point() and w1[k].numel()]
     assert all(w1[k].dtype == torch.float64 and w2[k].dtype == torch.float64 for k in floats)
     moved = {k: float((w1[k] - parent[k].double()).abs().max()) for k in floats}
     assert max(moved.values()) > 1e4 * TOL, moved  # training moved the weights well above TOL
-    worst = {k: float((w1[k] - w2[k]).abs().max()) for k in floats}
-    assert max(worst.values()) < TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    for other in (w2, w3):
+        worst = {k: float((w1[k] - other[k]).abs().max()) for k in floats}
+        assert max(worst.values()) < TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
 
 
 def test_a_stage_that_fails_a_gate_is_set_aside_not_published(tmp_path):

@@ -120,7 +120,9 @@ def test_a_stalled_body_costs_a_bounded_time(server, tmp_path):
     res, seconds = _get(server, "Stalled0001", "mp4", tmp_path)
     assert res.status != "ok" or probe(Path(res.path))[0] >= 0.9 * 5.0 - 0.2
     assert res.status in ("ok", "error")
-    # two attempts, each bounded by the read timeouts (2 s) of yt-dlp and ffmpeg plus their retries
+    if res.status == "error":  # a stall is not retried in the same run: a later run retries it
+        assert "stalled" in res.message and res.attempts == 1, (res.message, res.attempts)
+    # at most two attempts, each bounded by the read timeouts (2 s) of yt-dlp and ffmpeg plus their retries
     assert seconds < 45, seconds
 
 
@@ -131,9 +133,9 @@ def test_a_range_that_comes_back_without_duration_is_fetched_whole_and_cut_here(
 
     real, calls = yt._short, []
 
-    def short_once(path, expected):
+    def short_once(path, expected, seen=None):
         calls.append(path.name)
-        return "no duration in the downloaded file" if len(calls) == 1 else real(path, expected)
+        return "no duration in the downloaded file" if len(calls) == 1 else real(path, expected, seen)
 
     monkeypatch.setattr(yt, "_short", short_once)
     res, _ = _get(server, "LiveWebm001", "webm", tmp_path)

@@ -74,6 +74,12 @@ def test_record_index_and_digests(clips, shards):
     files = set(ok["audio_path"]) | {f for fs in ok["frame_paths"] for f in fs}
     assert files <= set(index["path"]) and set(index["key"]) == set(ok["segment_id"])
     assert verify_shards(out) == []
+    # plain tar files: any tar reader (or WebDataset) lists the members the index gives, in order
+    import tarfile
+
+    for shard in record["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            assert tar.getnames() == list(index[index["shard"] == shard["name"]]["member"])
     meta = json.loads(ShardStore(out, root).read("Clip0000004_0.json"))
     assert meta["segment_id"] == "Clip0000004_0" and meta["label_names"] == ["A", "B"]
     # packing the same manifest version again is a no-op

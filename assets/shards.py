@@ -1,0 +1,62 @@
+"""Training shards (`audioclip_core.data.shards`): each manifest's clips packed into tar files
+of a few hundred MB with an index and digests, which the training stages read instead of
+millions of small files. A blocking check re-hashes every shard against its record."""
+import dagster as dg
+
+from audioclip_core.data.shards import publish_shards, verify_shards
+
+from .audioset import audioset_manifest
+from .clipsets import esc50_manifest, us8k_manifest
+from .metadata import progress_logger
+from .resources import DataRoot
+from .sources import audioset_partitions
+
+GROUP = "shards"
+
+
+def _check(name: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("shards_match_record", asset=name, blocking=True,
+                              description="Every shard and the index are present and hash to the SHA-256 their "
+                                          "record gives; blocks the training stages that read them")]
+
+
+def _materialize(context, layout, name: str, manifest_path) -> dg.MaterializeResult:
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} missing: materialise its manifest first")
+    folder, record, fresh = publish_shards(layout, name, manifest_path, progress=progress_logger(context, name))
+    problems = verify_shards(folder)
+    return dg.MaterializeResult(
+        metadata={"samples": record["samples"], "shards": len(record["shards"]), "bytes": record["bytes"],
+                  "packed_now": fresh, "folder": dg.MetadataValue.path(str(folder)),
+                  "record": dg.MetadataValue.path(str(folder / "shards.json")),
+                  "manifest_sha256": record["source_sha256"], "index_sha256": record["index_sha256"]},
+        data_version=dg.DataVersion(record["index_sha256"][:16]),
+        check_results=[dg.AssetCheckResult(check_name="shards_match_record", passed=not problems,
+                                           metadata={"problems": problems[:20]})])
+
+
+@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_manifest], kinds={"tar", "parquet"},
+          check_specs=_check("audioset_shards"),
+          description="The partition's usable clips (WAV, 10 JPEG frames, labels) packed into WebDataset-style tar "
+                      "shards with an index (member offsets, clip ids) and a record of digests; a new manifest "
+                      "version gets new shards, the same version is not packed twice.")
+def audioset_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+    layout = data_root.layout
+    p = context.partition_key
+    return _materialize(context, layout, f"audioset_{p}", layout.audioset_manifest(p))
+
+
+def _clipset_shards(dataset: str, manifest_asset):
+    @dg.asset(name=f"{dataset}_shards", group_name=GROUP, deps=[manifest_asset], kinds={"tar", "parquet"},
+              check_specs=_check(f"{dataset}_shards"),
+              description=f"The {dataset} manifest's clips packed into tar shards with an index and digests; the "
+                          "fold fine-tunes read their split's clips from them.")
+    def _asset(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+        layout = data_root.layout
+        return _materialize(context, layout, dataset, layout.clipset_manifest(dataset))
+
+    return _asset
+
+
+esc50_shards = _clipset_shards("esc50", esc50_manifest)
+us8k_shards = _clipset_shards("us8k", us8k_manifest)

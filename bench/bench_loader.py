@@ -1,0 +1,143 @@
+"""What the training loader delivers per worker, and how many CPU cores a GPU would need.
+
+Clips as the pipeline makes them (10 s, 44.1 kHz stereo 16-bit WAV, 10 JPEG frames with a
+256-pixel short side) are read by the AudioSet training dataset - decode, the paper's
+augmentations (time scaling, inversion, crop to 5 s, noise), one frame decoded, cropped and
+resized to 224 - with 1, 2 and N DataLoader workers, from the files, from the shards
+(positioned reads), and as the shard stream. Printed: clips/s and clips/s per worker for
+each, then the cores one GPU step needs: the model's FLOPs per training sample (counted
+here, paper preset, 5 s audio + one image + its caption, forward x 3 for a training step)
+against a stated GPU throughput (H200 bf16 dense peak 989 TFLOP/s at 40 % utilisation, both
+`--gpu-tflops` / `--mfu`), divided by the best per-worker rate. One JSON line at the end.
+
+    .venv/bin/python bench/bench_loader.py [--clips 48] [--workers 1 2 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from audioclip_core.data.datasets import AudioOptions, AudioSetDataset, collate  # noqa: E402
+from audioclip_core.data.shards import ShardStore, ShardStream, write_shards  # noqa: E402
+
+
+def make_clips(root: Path, n: int) -> pd.DataFrame:
+    folder = root / "audioset" / "clips" / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    base_img = rng.integers(0, 255, (256, 456, 3), dtype=np.uint8)
+    for i in range(n):
+        sid = f"Bench{i:06d}_0"
+        t = np.arange(441000) / 44100.0
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 20 * i) * t)[:, None] + rng.normal(0, 0.05, (441000, 2))
+        sf.write(folder / f"{sid}.wav", tone.astype(np.float32), 44100, subtype="PCM_16")
+        frames = []
+        for k in range(10):
+            Image.fromarray(np.roll(base_img, 7 * (i + k), axis=1)).save(folder / f"{sid}_f{k:02d}.jpg", quality=85)
+            frames.append(str(folder / f"{sid}_f{k:02d}.jpg"))
+        rows.append({"segment_id": sid, "status": "ok", "audio_path": str(folder / f"{sid}.wav"), "frame_paths": frames,
+                     "label_ids": ["/m/09x0r"], "label_names": ["Speech"]})
+    return pd.DataFrame(rows)
+
+
+def rate(loader, epochs: int) -> float:
+    n, t = 0, time.perf_counter()
+    for e in range(epochs):
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(e)
+        for batch in loader:
+            n += len(batch["index"])
+    return n / (time.perf_counter() - t)
+
+
+def flops_per_sample() -> float:
+    """Forward FLOPs of the paper preset for one sample (5 s audio, 224 px image, a caption)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import audioclip_core as ac
+    model = ac.build_model("audioclip-rn50").eval()
+    audio = torch.randn(1, 1, 5 * 44100)
+    image = torch.randn(1, 3, 224, 224)
+    text = [["Speech"]]
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(audio=audio, image=image, text=text)
+    return float(fc.get_total_flops())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, os.cpu_count() or 2])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--gpu-tflops", type=float, default=989.0, help="GPU peak, dense bf16 (H200: 989)")
+    ap.add_argument("--mfu", type=float, default=0.40, help="share of the peak a training step reaches")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-loader-"))
+    try:
+        df = make_clips(work, args.clips)
+        shards_dir = work / "shards"
+        write_shards(df, work, shards_dir, target_bytes=64 * 1024 ** 2)
+        opts = AudioOptions(clip_seconds=5.0, channels=1, augment=True)
+
+        def dataset(store=None):
+            ds = AudioSetDataset(df, ["/m/09x0r"], train=True, seed=0, audio=opts, image_size=224)
+            ds.store = store
+            return ds
+
+        rows = []
+        for workers in sorted(set(args.workers)):
+            for source in ("files", "shards", "shard_stream"):
+                store = ShardStore(shards_dir, work) if source != "files" else None
+                ds = dataset(store)
+                if source == "shard_stream":
+                    stream = ShardStream(ds, [store.shard_of(p) for p in ds.df["audio_path"]],
+                                         batch_size=args.batch_size, seed=0)
+                    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+                else:
+                    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+                                        num_workers=workers, persistent_workers=False)
+                r = rate(loader, args.epochs)
+                rows.append({"source": source, "workers": workers, "clips_per_s": round(r, 1),
+                             "clips_per_s_per_worker": round(r / workers, 1)})
+                print(f"{source:13s} {workers} worker(s): {r:7.1f} clips/s, {r / workers:6.1f} per worker", flush=True)
+
+        flops = flops_per_sample()
+        step_flops = 3 * flops
+        gpu_rate = args.gpu_tflops * 1e12 * args.mfu / step_flops
+        best = max(r["clips_per_s_per_worker"] for r in rows if r["workers"] == 1)
+        single = {r["source"]: r["clips_per_s_per_worker"] for r in rows if r["workers"] == 1}
+        out = {"bench": "loader", "clips": args.clips, "cpus": os.cpu_count(), "rows": rows,
+               "clips_per_s_per_worker": single,
+               "forward_gflop_per_sample": round(flops / 1e9, 2),
+               "assumed_gpu": {"tflops_bf16": args.gpu_tflops, "mfu": args.mfu},
+               "gpu_samples_per_s": round(gpu_rate), "cpu_cores_per_gpu": round(gpu_rate / best, 1)}
+        print(f"\nforward {flops / 1e9:.1f} GFLOP per sample (paper preset), training step x3 -> one GPU at "
+              f"{args.gpu_tflops:g} TFLOP/s x {args.mfu:.0%} takes {gpu_rate:.0f} samples/s; at {best:.1f} clips/s "
+              f"per worker that is {gpu_rate / best:.0f} CPU cores of loading")
+        print(json.dumps(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
