@@ -48,7 +48,8 @@ LABELS = ["/m/09x0r", "/m/04rlf", "/m/0jbk", "/m/07yv9", "/m/015p6"]
 
 
 class _Served(_RangeHandler):
-    """`/<ytid>.mp4` -> one of the media files; missing ids 404; stalled ids stop mid-body."""
+    """`/<ytid>` -> one of the media files (with its own Content-Type); missing ids 404; stalled ids
+    stop mid-body."""
     media: dict[str, Path] = {}
     stalled: set[str] = set()
     requests: Counter = Counter()
@@ -213,7 +214,7 @@ def main() -> None:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     env = {**os.environ, "DAGSTER_HOME": str(home), "AUDIOCLIP_DATA_ROOT": str(work / "data"),
            "AUDIOCLIP_AUDIOSET_DIR": str(work / "audioset"), "PYTHONPATH": str(REPO),
-           "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": f"http://127.0.0.1:{httpd.server_address[1]}/{{ytid}}.mp4"}
+           "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": f"http://127.0.0.1:{httpd.server_address[1]}/{{ytid}}"}  # type from the header
     subprocess.run([sys.executable, "-m", "pipelines.instance"], cwd=REPO, env=env, check=True, capture_output=True)
 
     first, peak_mb = run_cli(env)
