@@ -74,7 +74,11 @@ def test_the_torchrun_step_runs_in_a_pod_through_pipes(monkeypatch):
         def run(self, **kw):
             calls.append(("run", kw))
 
+    from pipelines.deployment import FORWARDED_ENV
+
     monkeypatch.setattr(dagster_k8s, "PipesK8sClient", FakeClient)
+    for name in FORWARDED_ENV:  # only what this test sets is forwarded
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AUDIOCLIP_K8S_IMAGE", "registry.example/audioclip:1")
     monkeypatch.setenv("AUDIOCLIP_DATA_ROOT", "/data/root")
     launcher = TrainingLauncher(deployment="k8s", gpus_per_pod=8)
