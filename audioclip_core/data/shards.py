@@ -139,6 +139,7 @@ def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str 
                   "bytes": sum(s["bytes"] for s in shards), "index": INDEX, "index_sha256": sha256_file(tmp / INDEX),
                   "source_sha256": source_sha256, "key": key}
         (tmp / RECORD).write_text(json.dumps(record, indent=1))
+        os.chmod(tmp, 0o755)  # a temporary folder is private; the set is read by every worker and pod
         try:
             os.replace(tmp, out_dir)
         except OSError:  # another process packed the same version first: the same content, keep its set
