@@ -42,8 +42,11 @@ def batch(n: int, seconds: float, size: int, device: torch.device) -> dict:
 def forward_flops(model, b: dict) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
+    was = model.training
+    model.eval()  # one sample: BatchNorm in training mode needs more than one
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(audio=b["audio"][:1], image=b["image"][:1], text=b["text"][:1])
+    model.train(was)
     return float(fc.get_total_flops())
 
 

@@ -5,7 +5,7 @@ Clips as the pipeline makes them (10 s, 44.1 kHz stereo 16-bit WAV, 10 JPEG fram
 augmentations (time scaling, inversion, crop to 5 s, noise), one frame decoded, cropped and
 resized to 224 - with 1, 2 and N DataLoader workers, from the files, from the shards
 (positioned reads), and as the shard stream. Printed: clips/s and clips/s per worker for
-each, then the cores one GPU step needs: the model's FLOPs per training sample (counted
+each (steady state: workers started, one epoch read first), then the cores one GPU step needs: the model's FLOPs per training sample (counted
 here, paper preset, 5 s audio + one image + its caption, forward x 3 for a training step)
 against a stated GPU throughput (H200 bf16 dense peak 989 TFLOP/s at 40 % utilisation, both
 `--gpu-tflops` / `--mfu`), divided by the best per-worker rate. One JSON line at the end.
@@ -58,10 +58,11 @@ def make_clips(root: Path, n: int) -> pd.DataFrame:
 
 
 def rate(loader, epochs: int) -> float:
+    """Steady-state clips/s: one epoch to start the (persistent) workers, then `epochs` timed."""
+    for _ in loader:
+        pass
     n, t = 0, time.perf_counter()
-    for e in range(epochs):
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(e)
+    for _ in range(epochs):
         for batch in loader:
             n += len(batch["index"])
     return n / (time.perf_counter() - t)
@@ -86,7 +87,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=48)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, os.cpu_count() or 2])
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--gpu-tflops", type=float, default=989.0, help="GPU peak, dense bf16 (H200: 989)")
     ap.add_argument("--mfu", type=float, default=0.40, help="share of the peak a training step reaches")
     args = ap.parse_args()
@@ -112,10 +113,10 @@ def main() -> None:
                 if source == "shard_stream":
                     stream = ShardStream(ds, [store.shard_of(p) for p in ds.df["audio_path"]],
                                          batch_size=args.batch_size, seed=0)
-                    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+                    loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=True)
                 else:
                     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                                        num_workers=workers, persistent_workers=False)
+                                        num_workers=workers, persistent_workers=True)
                 r = rate(loader, args.epochs)
                 rows.append({"source": source, "workers": workers, "clips_per_s": round(r, 1),
                              "clips_per_s_per_worker": round(r / workers, 1)})
