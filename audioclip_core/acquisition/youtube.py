@@ -165,11 +165,15 @@ def _short(path: Path, expected: float, seen: Optional[dict] = None) -> Optional
 
 
 def _cut(full: Path, out: Path, start: float, end: float, ffmpeg: str, timeout: float) -> None:
-    """[start, end] of a whole downloaded file, cut here (stream copy)."""
+    """[start, end] of a whole downloaded file, cut here to the frame: a stream copy could only
+    start at the keyframe before `start` (seconds early), so the cut is decoded and encoded again
+    - video H.264 at a near-lossless quality, audio FLAC (lossless) - into Matroska."""
     import subprocess
 
     proc = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{start:.3f}", "-i", str(full),
-                           "-t", f"{end - start:.3f}", "-map", "0", "-c", "copy", str(out)],
+                           "-t", f"{end - start:.3f}", "-map", "0:v:0?", "-map", "0:a:0?", "-c:v", "libx264",
+                           "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "flac",
+                           "-f", "matroska", str(out)],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"local cut failed: {proc.stderr.strip()[-300:]}")
@@ -181,7 +185,8 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
     -rw_timeout), so a stalled server costs a bounded time and a retry. A range that comes back
     without a duration or shorter than asked (a source without a duration header, a cut
     transfer) is never recorded `ok`: the next attempt downloads the whole file and cuts the
-    range here; a whole file that is still short is a transient `error`.
+    range here; a whole file that is still short is a transient `error`. So does a range that
+    ffmpeg fails to write (a container the URL names that cannot hold the codecs).
 
     A transfer that failed after waiting a whole read timeout is a stall: the server stopped
     sending. It is not retried in this run (a stalled source rarely resumes within seconds,
@@ -231,7 +236,7 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
                 raise RuntimeError("yt-dlp finished without writing a file")
             media = max(files, key=lambda p: p.stat().st_size)
             if whole:
-                cut = tmp / f"{name}.cut{media.suffix}"
+                cut = tmp / f"{name}.cut.mkv"
                 with result.timed("cut"):
                     _cut(media, cut, start, end, ffmpeg, timeout=max(60.0, options.socket_timeout * 4))
                 media = cut
@@ -254,6 +259,11 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             result.status, result.message = "unavailable", str(exc)
         except DownloadError as exc:
             result.status, result.message = classify_error(exc)
+            if not whole and result.status == "error" and "ffmpeg exited" in result.message:
+                # ffmpeg could not write the range into the container the URL suggests (e.g. VP8 in a
+                # URL ending .mp4): the whole file needs no remuxing, and the cut here keeps any codec
+                whole = switched = True
+                result.message += "; retrying with the whole file"
         except Exception as exc:  # network stacks raise many types; all are transient errors here
             result.status, result.message = "error", f"{type(exc).__name__}: {exc}"
         finally:

@@ -82,7 +82,9 @@ def server(shared_data, tmp_path_factory):
     subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(shared_data / "video" / "big_buck_bunny_0_30.webm"),
                     "-t", "8", "-c", "copy", "-live", "1", "-f", "webm", str(live)], check=True)
     Faults.files = {"Chaplin0001.mp4": chaplin, "Truncated01.mp4": chaplin, "Stalled0001.mp4": chaplin,
-                    "LiveWebm001.webm": live.read_bytes()}
+                    "LiveWebm001.webm": live.read_bytes(),
+                    # a WebM (VP8 + Vorbis) at a URL ending .mp4: ffmpeg cannot write its range as MP4
+                    "WebmAsMp401.mp4": (shared_data / "video" / "big_buck_bunny_0_30.webm").read_bytes()}
     Faults.cut = {"Truncated01.mp4": int(len(chaplin) * 0.4)}
     Faults.stall = {"Stalled0001.mp4": int(len(chaplin) * 0.4)}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Faults)
@@ -142,5 +144,13 @@ def test_a_range_that_comes_back_without_duration_is_fetched_whole_and_cut_here(
     assert res.status == "ok" and res.attempts == 2, res.message
     assert ".cut." in calls[1]                       # the second file is the local cut of the whole download
     duration, channels = probe(Path(res.path))
-    assert 4.5 <= duration <= 6.0 and channels >= 1  # the 5 s range, not the 8 s file
+    assert abs(duration - 5.0) < 0.1 and channels >= 1  # the 5 s range to the frame, not the 8 s file
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_range_ffmpeg_cannot_write_is_fetched_whole_and_cut_to_the_frame(server, tmp_path):
+    res, _ = _get(server, "WebmAsMp401", "mp4", tmp_path)
+    assert res.status == "ok" and res.attempts == 2, res.message
+    duration, channels = probe(Path(res.path))
+    assert abs(duration - 5.0) < 0.1 and channels == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
