@@ -176,7 +176,7 @@ def _cut(full: Path, out: Path, start: float, end: float, ffmpeg: str, timeout: 
                            "-f", "matroska", str(out)],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"local cut failed: {proc.stderr.strip()[-300:]}")
+        raise RuntimeError(f"ffmpeg could not cut the range from the whole file: {proc.stderr.strip()[-300:]}")
 
 
 def _download(start: float, end: float, dest_dir: Path, name: str, url: str, options: DownloadOptions,
