@@ -12,10 +12,13 @@ Applied by `training.loop.train`, the evaluation assets, the `audioclip` CLI and
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+import time
+from typing import Optional
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -65,3 +68,20 @@ def share_cpu_threads() -> int:
     threads = max(1, (os.cpu_count() or 1) // training_slots())
     torch.set_num_threads(threads)
     return threads
+
+
+@contextlib.contextmanager
+def timed(into: dict, phase: str):
+    """Add the wall seconds of the block to `into[phase]` (the data steps' `seconds_by_phase`)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[phase] = into.get(phase, 0.0) + time.perf_counter() - start
+
+
+def add_seconds(into: Optional[dict], more: dict) -> None:
+    """Sum per-phase seconds `more` into `into` (nothing when `into` is None)."""
+    if into is not None:
+        for k, v in more.items():
+            into[k] = into.get(k, 0.0) + v

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -64,17 +65,20 @@ class TrainingLauncher(dg.ConfigurableResource):
         others = []
         try:
             for node in range(1, nnodes):  # the other nodes' agents: plain processes, their ranks log nothing
-                others.append(subprocess.Popen(cmd, cwd=str(REPO), env={**os.environ, **env},
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                err = tempfile.TemporaryFile()  # a file, not a pipe: a chatty agent never blocks on it
+                others.append((subprocess.Popen(cmd, cwd=str(REPO), env={**os.environ, **env},
+                                                stdout=subprocess.DEVNULL, stderr=err), err))
             dg.PipesSubprocessClient(cwd=str(REPO)).run(command=cmd, context=context, env=env)
-            for p in others:
-                _, err = p.communicate(timeout=120)
-                if p.returncode != 0:
-                    raise RuntimeError(f"a torchrun agent exited {p.returncode}: {err.decode(errors='replace')[-2000:]}")
+            for p, err in others:
+                if p.wait(timeout=120) != 0:
+                    err.seek(0)
+                    raise RuntimeError(f"a torchrun agent exited {p.returncode}: "
+                                       f"{err.read().decode(errors='replace')[-2000:]}")
         finally:
-            for p in others:
+            for p, err in others:
                 if p.poll() is None:
                     p.kill()
+                err.close()
 
     def _run_k8s(self, context, entry, *, nproc: int, nnodes: int, env: dict) -> None:
         from dagster_k8s import PipesK8sClient

@@ -20,7 +20,8 @@ import pandas as pd
 import soundfile as sf
 
 from ..data.audioset import NUM_FRAMES
-from ..files import sha256_file
+from ..files import folder_sizes, sha256_file
+from ..perf import add_seconds, timed
 from .media import ExtractionError, extract_clip
 from .youtube import FINAL_FAILURES, TRANSIENT, DownloadOptions, DownloadResult, download_segment, finished_downloads
 
@@ -52,17 +53,10 @@ def intact_clips(clips: Optional[pd.DataFrame]) -> set[str]:
     if clips is None or not len(clips):
         return set()
     ok = clips[clips["status"] == "ok"]
-    folders = {str(Path(p).parent) for p in ok["audio_path"] if p}
-    present = set()
-    for folder in folders:
-        if Path(folder).is_dir():
-            present.update(os.path.join(folder, e.name) for e in os.scandir(folder))
-    out = set()
-    for r in ok.itertuples(index=False):
-        if r.audio_path and str(r.audio_path) in present and r.frame_paths is not None \
-                and len(r.frame_paths) == NUM_FRAMES and all(str(f) in present for f in r.frame_paths):
-            out.add(r.segment_id)
-    return out
+    present = folder_sizes(Path(p).parent for p in ok["audio_path"] if p)
+    return {r.segment_id for r in ok.itertuples(index=False)
+            if r.audio_path and str(r.audio_path) in present and r.frame_paths is not None
+            and len(r.frame_paths) == NUM_FRAMES and all(str(f) in present for f in r.frame_paths)}
 
 
 def default_workers() -> int:
@@ -81,6 +75,9 @@ class _HostLimit:
         host = urlsplit(url).netloc
         with self._lock:
             return self._sems.setdefault(host, threading.BoundedSemaphore(self.n))
+
+
+MAX_RETRY_AFTER = 86400.0  # a day: the longest a transient failure waits for the next try
 
 
 def _due(old: dict, now: float) -> bool:
@@ -149,17 +146,15 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
             old = prev.get(seg.segment_id)
             if old is not None:
                 row["attempts"] += int(old.get("attempts") or 0)
-            if result.status in TRANSIENT:
-                failed = int((old or {}).get("failed_runs") or 0) + 1 if old is not None and old["status"] in TRANSIENT else 1
+            if result.status in TRANSIENT:  # runs in a row that failed it, this one included
+                failed = 1 + (int(old.get("failed_runs") or 0) if old is not None and old["status"] in TRANSIENT else 0)
                 wait = min(MAX_RETRY_AFTER, retry_after * 2 ** (failed - 1)) if retry_after > 0 else 0.0
                 row["failed_runs"] = failed
                 row["next_attempt_at"] = result.finished_at + wait if wait else None
                 if wait:
                     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(result.finished_at + wait))
                     row["message"] = f"{row['message']} (retried by a run after {when})"
-            if seconds is not None:
-                for k, v in result.seconds.items():
-                    seconds[k] = seconds.get(k, 0.0) + v
+            add_seconds(seconds, result.seconds)
             rows.append(row)
             done += 1
             if progress:
@@ -168,9 +163,6 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
     out = pd.DataFrame(rows)
     out = out.sort_values("segment_id", key=lambda s: s.map(order)).reset_index(drop=True)
     return out
-
-
-MAX_RETRY_AFTER = 86400.0
 
 
 def _existing_clip(clips_dir: Path, name: str) -> Optional[dict]:
@@ -193,10 +185,6 @@ CLIP_COLUMNS = ["segment_id", "status", "reason", "audio_path", "frame_paths", "
                 "channels", "sha256", "skipped", "download_sha256"]
 
 
-def _listing(folder: Path) -> set[str]:
-    return {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
-
-
 def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[pd.DataFrame] = None, *,
                    progress: Progress = None, max_workers: Optional[int] = None,
                    seconds: Optional[dict] = None) -> pd.DataFrame:
@@ -214,7 +202,7 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
                 recorded[r["segment_id"]] = r
     clips_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(clips_dir)
-    present = _listing(clips_dir)
+    present = folder_sizes([clips_dir])
     ok = downloads[downloads["status"] == "ok"]
     rows: list[Optional[dict]] = [None] * len(ok)
     todo = []
@@ -223,7 +211,7 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
         row = {"segment_id": name, "status": "ok", "reason": "", "audio_path": None, "frame_paths": None,
                "duration": None, "sample_rate": None, "channels": None, "sha256": None, "skipped": False,
                "download_sha256": d["sha256"]}
-        files = [f"{name}.wav"] + [f"{name}_f{k:02d}.jpg" for k in range(NUM_FRAMES)]
+        files = [str(clips_dir / f"{name}.wav")] + [str(clips_dir / f"{name}_f{k:02d}.jpg") for k in range(NUM_FRAMES)]
         on_disk = all(f in present for f in files)
         known_bad = quarantined.get((name, d["sha256"]))
         old = recorded.get(name)
@@ -231,7 +219,7 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
             row.update(status=known_bad["status"], reason=known_bad["reason"], skipped=True)
         elif on_disk and old is not None and old["download_sha256"] == d["sha256"] and old.get("sha256"):
             row.update({k: old[k] for k in ("duration", "sample_rate", "channels", "sha256")}, skipped=True,
-                       audio_path=str(clips_dir / files[0]), frame_paths=[str(clips_dir / f) for f in files[1:]])
+                       audio_path=files[0], frame_paths=files[1:])
         elif on_disk:  # finished by a run that died before recording it
             row.update(_existing_clip(clips_dir, name), skipped=True)
             row["sha256"] = sha256_file(Path(row["audio_path"]))
@@ -253,9 +241,8 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
                                 probed=probed, seconds=spent)
             row.update(audio_path=clip.audio_path, frame_paths=clip.frame_paths, duration=clip.duration,
                        sample_rate=clip.sample_rate, channels=clip.channels)
-            t = time.perf_counter()
-            row["sha256"] = sha256_file(Path(clip.audio_path))
-            spent["verify"] = spent.get("verify", 0.0) + time.perf_counter() - t
+            with timed(spent, "verify"):
+                row["sha256"] = sha256_file(Path(clip.audio_path))
         except (ExtractionError, OSError) as exc:
             row.update(status="invalid_media", reason=str(exc))
         row["_seconds"] = spent
@@ -264,10 +251,7 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
     with ThreadPoolExecutor(max_workers=max_workers or extraction_workers()) as pool:
         futures = [pool.submit(extract, d, row) for _, d, row in todo]
         for fut in as_completed(futures):
-            spent = fut.result().pop("_seconds")
-            if seconds is not None:
-                for k, v in spent.items():
-                    seconds[k] = seconds.get(k, 0.0) + v
+            add_seconds(seconds, fut.result().pop("_seconds"))
             done += 1
             if progress:
                 progress(done, len(ok))

@@ -21,6 +21,7 @@ import soundfile as sf
 
 from ..audio import SAMPLE_RATE, ffmpeg_exe
 from ..data.audioset import NUM_FRAMES
+from ..perf import add_seconds, timed
 
 FRAME_SHORT_SIDE = 256
 
@@ -62,10 +63,11 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, duration: Optional[fl
         cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-threads", "1", "-i", str(media)]
         if duration:
             cmd += ["-t", f"{duration:.3f}"]
-        t0 = time.perf_counter()
-        probe_dur, channels = probed if probed is not None and probed[1] is not None else probe(media)
-        t1 = time.perf_counter()
-        seconds["probe"] = seconds.get("probe", 0.0) + t1 - t0
+        if probed is not None and probed[1] is not None:
+            probe_dur, channels = probed
+        else:
+            with timed(seconds, "probe"):
+                probe_dur, channels = probe(media)
         if channels == 0:
             raise ExtractionError(f"{media.name}: no audio track")
         cmd += ["-map", "0:a:0", "-ac", str(min(channels or 2, 2)), "-ar", str(SAMPLE_RATE),
@@ -77,9 +79,9 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, duration: Optional[fl
         if probe_dur is None or probe_dur < min_duration:
             raise ExtractionError(f"{media.name}: too short ({probe_dur} s < {min_duration} s)")
         cmd_frames[7] = cmd_frames[7].replace("{dur}", f"{probe_dur:.3f}")
-        proc = subprocess.run(cmd + cmd_frames, capture_output=True, text=True)
-        t2 = time.perf_counter()
-        seconds["extract"] = seconds.get("extract", 0.0) + t2 - t1
+        with timed(seconds, "extract"):
+            proc = subprocess.run(cmd + cmd_frames, capture_output=True, text=True)
+        verify_start = time.perf_counter()
         if proc.returncode != 0:
             err = proc.stderr.strip()
             if "matches no streams" in err and "0:a:0" in err:
@@ -104,7 +106,7 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, duration: Optional[fl
             final_frames.append(str(dst))
         final_wav = out_dir / f"{name}.wav"
         os.replace(wav, final_wav)  # the audio last: its presence marks a complete clip
-        seconds["verify"] = seconds.get("verify", 0.0) + time.perf_counter() - t2
+        add_seconds(seconds, {"verify": time.perf_counter() - verify_start})
         return Clip(str(final_wav), final_frames, info.frames / SAMPLE_RATE, SAMPLE_RATE,
                     int(info.channels), frame_times(info.frames / SAMPLE_RATE, num_frames))
     finally:

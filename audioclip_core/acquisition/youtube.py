@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 
 from ..data.audioset import segment_id, validate_ytid
 from ..files import sha256_file
+from ..perf import timed
 
 YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 # audio plus a small video stream (frames are resized to 224 px on the short side later)
@@ -58,20 +59,6 @@ class DownloadResult:
     media_duration: Optional[float] = None   # of the file kept, from the probe that checked it
     audio_channels: Optional[int] = None
     seconds: dict = field(default_factory=dict)  # phase -> wall seconds (request, download, cut, probe, hash)
-
-    def timed(self, phase: str):
-        return _Timer(self.seconds, phase)
-
-
-class _Timer:
-    def __init__(self, into: dict, phase: str):
-        self.into, self.phase = into, phase
-
-    def __enter__(self):
-        self.t = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.into[self.phase] = self.into.get(self.phase, 0.0) + time.perf_counter() - self.t
 
 
 def classify_error(exc: BaseException) -> tuple[str, str]:
@@ -224,12 +211,12 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             ydl_opts["js_runtimes"] = {options.js_runtime: {}}
         try:
             with yt_dlp.YoutubeDL(ydl_opts) as ydl:
-                with result.timed("request"):
+                with timed(result.seconds, "request"):
                     info = ydl.extract_info(url, download=False, process=False)
                 refused = _refusal(info or {})
                 if refused:
                     raise NotMedia(refused)
-                with result.timed("download"):
+                with timed(result.seconds, "download"):
                     ydl.process_ie_result(info, download=True)
             files = [p for p in tmp.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl"))]
             if not files:
@@ -237,11 +224,11 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             media = max(files, key=lambda p: p.stat().st_size)
             if whole:
                 cut = tmp / f"{name}.cut.mkv"
-                with result.timed("cut"):
+                with timed(result.seconds, "cut"):
                     _cut(media, cut, start, end, ffmpeg, timeout=max(60.0, options.socket_timeout * 4))
                 media = cut
             seen: dict = {}
-            with result.timed("probe"):
+            with timed(result.seconds, "probe"):
                 problem = _short(media, end - start, seen)
             if problem:
                 if whole:
@@ -252,7 +239,7 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             os.replace(media, final)
             result.status, result.message, result.path = "ok", "", str(final)
             result.media_duration, result.audio_channels = seen.get("duration"), seen.get("channels")
-            with result.timed("hash"):
+            with timed(result.seconds, "hash"):
                 result.bytes, result.sha256 = final.stat().st_size, sha256_file(final)
             break
         except NotMedia as exc:

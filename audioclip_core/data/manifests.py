@@ -40,7 +40,7 @@ MANIFEST_COLUMNS = {
 PATH_COLUMNS = ("audio_path", "frame_paths")
 
 
-def _relative(p, root: Path):
+def relative_path(p, root: Path):
     if p is None or (isinstance(p, float) and p != p):
         return None
     path = Path(p)
@@ -68,7 +68,7 @@ def _map(df: pd.DataFrame, fn, root: Path) -> pd.DataFrame:
 
 def relative_paths(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     """A copy of `df` whose file paths under `root` are relative to it (others unchanged)."""
-    return _map(df, _relative, Path(root).resolve())
+    return _map(df, relative_path, Path(root).resolve())
 
 
 def absolute_paths(df: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -121,15 +121,11 @@ def clip_problems(clips: pd.DataFrame, *, reread_all: bool = False) -> dict[str,
     of their WAV (more than a header) are checked again, from one listing of each folder:
     re-reading a whole AudioSet partition on every materialisation would mean reading ~1.7 TB.
     `reread_all` reads every clip."""
-    import os
+    from ..files import folder_sizes
 
     empty, silent, missing, frames = [], [], [], []
     ok = clips[clips["status"] == "ok"]
-    sizes: dict[str, int] = {}
-    for folder in {str(Path(p).parent) for p in ok["audio_path"] if p}:
-        if Path(folder).is_dir():
-            with os.scandir(folder) as it:
-                sizes.update((os.path.join(folder, e.name), e.stat().st_size) for e in it)
+    sizes = folder_sizes(Path(p).parent for p in ok["audio_path"] if p)
     for c in ok.itertuples(index=False):
         fresh = reread_all or not bool(getattr(c, "skipped", False))
         size = sizes.get(str(c.audio_path))

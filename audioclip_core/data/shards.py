@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..files import sha256_file
+from .manifests import relative_path
 
 SHARD_BYTES = 256 * 1024 ** 2
 RECORD = "shards.json"
@@ -62,12 +63,10 @@ def _json_value(v):
     return v
 
 
-def _relative(path: str, root: Path) -> str:
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
+def _relative(path, root: Path) -> str:
+    """The path the index knows a file by: relative to the (resolved) data root, as manifests
+    store it - no filesystem call, this runs for every read."""
+    return relative_path(str(path), root)
 
 
 def pack_order(n: int) -> list[int]:
@@ -208,9 +207,6 @@ class ShardStore:
                     fd = self._fds[file] = os.open(file, os.O_RDONLY)
         return fd
 
-    def __contains__(self, path) -> bool:
-        return _relative(str(path), self.root) in self._where
-
     def read(self, path) -> bytes:
         rel = _relative(str(path), self.root)
         where = self._where.get(rel)
@@ -273,17 +269,16 @@ class ShardStream(IterableDataset):
     def epoch_batches(self, epoch: Optional[int] = None) -> list[list[int]]:
         """Every batch of the epoch (all ranks), as dataset indices."""
         epoch = self.state.epoch if epoch is None else epoch
-        names = sorted(self.groups)
-        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        if self.shuffle:
+        if not self.shuffle:
+            order = sorted(i for members in self.groups.values() for i in members)
+        else:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            names = sorted(self.groups)
             names = [names[i] for i in torch.randperm(len(names), generator=g).tolist()]
-        order: list[int] = []
-        for k in range(0, len(names), self.mix if self.shuffle else len(names) or 1):
-            members = [i for n in names[k:k + self.mix] for i in self.groups[n]] if self.shuffle else \
-                sorted(i for n in names for i in self.groups[n])
-            if self.shuffle:
-                members = [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
-            order += members
+            order = []
+            for k in range(0, len(names), self.mix):
+                members = [i for n in names[k:k + self.mix] for i in self.groups[n]]
+                order += [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches = batches[:-1]
@@ -317,10 +312,9 @@ def publish_shards(layout, name: str, manifest_path: Path, *, target_bytes: int 
     """Pack the manifest at `manifest_path` (a pointer to a version) into the shards of dataset
     `name` and make them current. (folder, record, packed now?): a version packed before is
     not packed again."""
-    from ..files import sha256_file as digest
     from .manifests import read_manifest
 
-    sha = digest(Path(manifest_path))
+    sha = sha256_file(Path(manifest_path))
     folder = shards_folder(layout.shards(name), sha)
     fresh = not (folder / RECORD).is_file()
     record = write_shards(read_manifest(Path(manifest_path), layout.root), layout.root, folder,
