@@ -6,12 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
-from audioclip_core.acquisition.audioset import run_downloads, run_extraction
+from audioclip_core.acquisition.audioset import environment_faults, run_downloads, run_extraction
 from audioclip_core.acquisition.youtube import TRANSIENT
-from audioclip_core.data.catalog import update_catalog
+from audioclip_core.data.catalog import publish_manifests
 from audioclip_core.data.manifests import MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition, relative_paths
-from audioclip_core.files import exclusive, publish_version, write_parquet
+from audioclip_core.files import exclusive, write_parquet
 
 from .metadata import markdown_table, progress_logger
 from .resources import DataRoot, DatasetSources, YoutubeDownloader
@@ -19,6 +20,13 @@ from .sources import audioset_partitions, dataset_sources
 
 GROUP = "audioset"
 SUCCESS_WARN, SUCCESS_ERROR = 0.8, 0.5
+USABLE_DEFAULT = 0.5
+
+
+class ManifestConfig(dg.Config):
+    min_usable_share: float = Field(default=USABLE_DEFAULT, ge=0, le=1,
+                                    description="the blocking check `usable_share` fails below this share of the "
+                                                "partition's segments with an ok clip")
 
 
 def _when(t) -> str:
@@ -29,6 +37,17 @@ def _when(t) -> str:
 
 def _read(path: Path):
     return pd.read_parquet(path) if path.is_file() else None
+
+
+def _fail_on_environment(table: pd.DataFrame, step: str, partition: str) -> None:
+    """Fail the step when this machine (not the media or its source) failed some segments: the
+    table is written, nothing is quarantined, and the next run tries them again."""
+    faults = environment_faults(table)
+    if faults:
+        raise dg.Failure(
+            description=f"{step} {partition}: {len(faults)} segment(s) failed through a fault of this machine, not of "
+                        f"their media; fix it and re-run (nothing was quarantined). First: {faults[0]}",
+            metadata={"environment_faults": len(faults), "first": faults[:10]})
 
 
 def _lock(layout, partition: str):
@@ -77,9 +96,11 @@ def audioset_downloads(context: dg.AssetExecutionContext, data_root: DataRoot, s
         seconds: dict = {}
         table = run_downloads(segments, dest, _read(status_path), options, max_workers=youtube.max_workers or None,
                               per_host=youtube.per_host, retry_after=youtube.retry_after_seconds,
-                              keep=intact_clips(_read(layout.clips(partition))),
-                              progress=progress_logger(context, f"downloads {partition}"), seconds=seconds)
+                              keep=intact_clips(_read(layout.clips(partition)), layout.root),
+                              progress=progress_logger(context, f"downloads {partition}"), seconds=seconds,
+                              root=layout.root)
         digest = write_parquet(table, status_path)
+    _fail_on_environment(table, "downloads", partition)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     rate = counts.get("ok", 0) / len(table) if len(table) else 0.0
     deferred = table[table["skipped"].astype(bool) & table["status"].isin(TRANSIENT)] if len(table) else table
@@ -115,9 +136,10 @@ def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg
     with _lock(layout, partition):
         seconds: dict = {}
         clips = run_extraction(downloads, layout.clip_dir(partition), _read(out), seconds=seconds,
-                               progress=progress_logger(context, f"clips {partition}"))
+                               progress=progress_logger(context, f"clips {partition}"), root=layout.root)
         digest = write_parquet(clips, out)
-    problems = clip_problems(clips)
+    _fail_on_environment(clips, "clips", partition)
+    problems = clip_problems(clips, root=layout.root)
     checks = [
         dg.AssetCheckResult(check_name="no_empty_or_silent_clips",
                             passed=not (problems["empty"] or problems["silent"] or problems["missing"]),
@@ -138,20 +160,31 @@ def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg
 
 @dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_segments, audioset_downloads,
           audioset_clips], kinds={"parquet", "duckdb"},
+          check_specs=[dg.AssetCheckSpec("usable_share", asset="audioset_manifest", blocking=True,
+                                         description="Share of the partition's segments whose clip is ok (config "
+                                                     "`min_usable_share`, default "
+                                                     f"{USABLE_DEFAULT:.0%}): below it the check fails and blocks "
+                                                     "shards and training")],
           description="The partition's manifest (parquet, one row per segment) and its view in the DuckDB "
                       "catalog of the data root. Columns: " + "; ".join(f"{k}: {v}" for k, v in MANIFEST_COLUMNS.items()))
-def audioset_manifest(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+def audioset_manifest(context: dg.AssetExecutionContext, config: ManifestConfig, data_root: DataRoot) -> dg.MaterializeResult:
     partition, layout = context.partition_key, data_root.layout
     manifest = build_manifest(pd.read_parquet(layout.segments(partition)), pd.read_parquet(layout.downloads(partition)),
                               pd.read_parquet(layout.clips(partition)), partition)
     out = layout.audioset_manifest(partition)
     manifest = relative_paths(manifest, layout.root)
-    digest, version = publish_version(manifest, layout.versions_dir, out)
-    update_catalog(layout, {f"audioset_{partition}": out})
+    ((digest, version),) = publish_manifests(layout, {f"audioset_{partition}": (manifest, out)}).values()
     counts = manifest["status"].value_counts().to_dict()
+    share = counts.get("ok", 0) / len(manifest) if len(manifest) else 0.0
+    check = dg.AssetCheckResult(check_name="usable_share", passed=share >= config.min_usable_share,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"usable_share": round(share, 4), "min_usable_share": config.min_usable_share,
+                                          "usable": int(counts.get("ok", 0)), "segments": len(manifest),
+                                          "by_status": counts})
     return dg.MaterializeResult(
+        check_results=[check],
         metadata={"segments": len(manifest), "ok": int(counts.get("ok", 0)), "by_status": counts,
-                  "success_rate": counts.get("ok", 0) / len(manifest) if len(manifest) else 0.0,
+                  "success_rate": share,
                   "sha256": digest, "path": dg.MetadataValue.path(str(out)),
                   "version": dg.MetadataValue.path(str(version)),
                   "catalog": dg.MetadataValue.path(str(layout.catalog)), "duckdb_view": f"audioset_{partition}",

@@ -3,10 +3,10 @@
 import dagster as dg
 import pandas as pd
 
-from audioclip_core.data.catalog import update_catalog
+from audioclip_core.data.catalog import publish_manifests
 from audioclip_core.data.clipsets import SPECS, count_warnings, fold_split, read_metadata, validate
 from audioclip_core.data.manifests import relative_paths
-from audioclip_core.files import publish_version
+from audioclip_core.files import read_version_parquet
 
 from .metadata import each_partition, markdown_table
 from .resources import DataRoot, DatasetSources
@@ -26,8 +26,7 @@ def _manifest(name: str, context, data_root: DataRoot, sources: DatasetSources) 
     df["audio_path"] = [str((root / p).resolve()) for p in df["path"]]
     df = relative_paths(df, layout.root)
     out = layout.clipset_manifest(name)
-    digest, version = publish_version(df, layout.versions_dir, out)
-    update_catalog(layout, {name: out})
+    ((digest, version),) = publish_manifests(layout, {name: (df, out)}).values()
     for kind in ("missing", "unreadable", "extra"):
         if report[kind]:
             context.log.warning(f"{name}: {len(report[kind])} {kind} files, e.g. {report[kind][:3]}")
@@ -54,13 +53,13 @@ def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
 
 def _fold(name: str, fold: int, data_root: DataRoot) -> dg.MaterializeResult:
     layout = data_root.layout
-    df = pd.read_parquet(layout.clipset_manifest(name))
+    df = read_version_parquet(layout.clipset_manifest(name))
     usable = df[df["status"] == "ok"]
     train, test = fold_split(usable.to_dict("records"), fold)
     train_path, test_path = layout.fold(name, fold, "train"), layout.fold(name, fold, "test")
-    d_train, _ = publish_version(pd.DataFrame(train, columns=df.columns), layout.versions_dir, train_path)
-    d_test, _ = publish_version(pd.DataFrame(test, columns=df.columns), layout.versions_dir, test_path)
-    update_catalog(layout, {f"{name}_fold{fold}_train": train_path, f"{name}_fold{fold}_test": test_path})
+    published = publish_manifests(layout, {f"{name}_fold{fold}_train": (pd.DataFrame(train, columns=df.columns), train_path),
+                                           f"{name}_fold{fold}_test": (pd.DataFrame(test, columns=df.columns), test_path)})
+    (d_train, _), (d_test, _) = published.values()
     train_ids = {r["path"] for r in train}
     test_ids = {r["path"] for r in test}
     check = dg.AssetCheckResult(

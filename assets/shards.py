@@ -1,7 +1,9 @@
 """Training shards (`audioclip_core.data.shards`): each manifest's clips packed into tar files
 of a few hundred MB with an index and digests, which the training stages read instead of
-millions of small files. A blocking check compares every shard with the digest its record
-gives (re-hashing a set kept from an earlier run)."""
+millions of small files. Packing checks every clip's audio against the SHA-256 its manifest
+recorded (a clip changed since extraction fails the step, naming it). A blocking check
+compares every shard with the digest its record gives (re-hashing a set kept from an earlier
+run)."""
 import dagster as dg
 
 from audioclip_core.data.shards import publish_shards, verify_shards
@@ -18,15 +20,17 @@ GROUP = "shards"
 def _check(name: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec("shards_match_record", asset=name, blocking=True,
                               description="Every shard and the index are present and hash to the SHA-256 their "
-                                          "record gives (a set kept from an earlier run is re-hashed); blocks "
-                                          "the training stages that read them")]
+                                          "record gives (a set packed now was hashed as written, from clips "
+                                          "checked against their manifest's SHA-256; a set kept from an earlier "
+                                          "run is re-hashed); blocks the training stages that read them")]
 
 
 def _materialize(context, layout, name: str, manifest_path) -> dg.MaterializeResult:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} missing: materialise its manifest first")
     folder, record, fresh = publish_shards(layout, name, manifest_path, progress=progress_logger(context, name))
-    # a set packed now was hashed as it was written; a set kept from before is hashed again
+    # a set packed now was hashed as it was written, its clips checked against the manifest's
+    # digests (a mismatch raised); a set kept from before is hashed again
     problems = [] if fresh else verify_shards(folder)
     return dg.MaterializeResult(
         metadata={"samples": record["samples"], "shards": len(record["shards"]), "bytes": record["bytes"],
@@ -36,7 +40,7 @@ def _materialize(context, layout, name: str, manifest_path) -> dg.MaterializeRes
         data_version=dg.DataVersion(record["index_sha256"][:16]),
         check_results=[dg.AssetCheckResult(check_name="shards_match_record", passed=not problems,
                                            metadata={"problems": problems[:20],
-                                                     "how": "hashed as packed" if fresh else "re-hashed"})])
+                                                     "how": "clips verified and hashed as packed" if fresh else "re-hashed"})])
 
 
 @dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_manifest], kinds={"tar", "parquet"},

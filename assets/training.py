@@ -51,6 +51,10 @@ class StageConfig(dg.Config):
     allow_random_init: Optional[bool] = Field(default=None, description="let stage 1 start without ImageNet weights "
                                               "and stage 2 without CLIP weights (random towers); the demo profile "
                                               "sets it, the paper profile refuses")
+    allow_changed_parent: bool = Field(default=False, description="train from the upstream (or init_checkpoint) "
+                                       "checkpoint even when its sha256 differs from its own lineage record (the file "
+                                       "changed after its stage wrote it); by default the stage refuses, naming the "
+                                       "file and both digests")
     nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
     nnodes: int = Field(default=1, ge=1, description="> 1: torchrun agents on that many nodes, meeting in a c10d "
                         "rendezvous (resource `launcher`; locally, as many agents on this machine)")
@@ -109,14 +113,15 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
     from audioclip_core.perf import share_cpu_threads
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.run import run_stage
-    from audioclip_core.training.stages import build_stage
+    from audioclip_core.training.stages import build_stage, require_unchanged_parent
 
+    cfg = TrainConfig(**spec.config)
+    require_unchanged_parent(spec, cfg)  # before anything is tracked (build_stage checks again, hashing nothing)
     code = code_version()
     tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
             "dagster.partition": partition or "", "name": spec.name, "stage": spec.stage, "profile": profile,
             "git_commit": code["git_commit"], "git_dirty": str(code["git_dirty"]), "nproc_per_node": str(nproc)}
     spec.dagster = {"run_id": context.run_id, "asset_key": context.asset_key.to_user_string(), "partition": partition}
-    cfg = TrainConfig(**spec.config)
     workdir = Path(spec.workdir)
     with tracking.start_run(layout, spec.name + (f"-fold{partition}" if partition else ""), tags) as mrun:
         import mlflow
@@ -124,7 +129,7 @@ def _execute(context, spec, layout: DataLayout, tracking: MlflowTracking, profil
         spec.mlflow_run_id = mrun.info.run_id
         mlflow.log_params({k: v for k, v in cfg.to_dict().items() if k != "extra"} | {"nproc_per_node": nproc})
         for name, m in spec.manifests.items():
-            tracking.log_manifest(Path(m["path"]), name, m["sha256"])
+            tracking.log_manifest(Path(m.get("version") or m["path"]), name, m["sha256"])  # the version it names
         if spec.parent:
             mlflow.log_param("parent_sha256", spec.parent["sha256"])
 

@@ -51,7 +51,7 @@ RELEASES = (
 )
 
 
-from .errors import CheckpointError  # noqa: E402  (re-exported)
+from .errors import CheckpointError, is_symlink_loop  # noqa: E402  (CheckpointError re-exported)
 from .files import atomic_write  # noqa: E402
 
 
@@ -129,6 +129,8 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {str(path)!r} is a directory; pass the checkpoint file inside it "
                               "(.pt or .safetensors)")
+    if is_symlink_loop(path):
+        raise CheckpointError(f"checkpoint {str(path)!r} is a symbolic link loop; give the checkpoint file itself")
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist. Weights are not shipped: "
                               f"download {RELEASES} and pass the file's path.")

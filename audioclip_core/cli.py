@@ -5,9 +5,12 @@
     audioclip query --checkpoint ckpt.safetensors --text "a dog barking" clips/*.wav
     audioclip convert AudioCLIP-Full-Training.pt full.safetensors
 
-The checkpoint can also be given by the AUDIOCLIP_CHECKPOINT environment variable.
+The checkpoint can also be given by the AUDIOCLIP_CHECKPOINT environment variable. A
+checkpoint written by a training stage is compared with its lineage record as it is loaded:
+one whose bytes differ is still used, with a warning on stderr naming both digests.
 Exit status: 0 every input answered, 1 an error (nothing answered), 2 wrong arguments or no
-checkpoint, 3 some inputs failed (each has a row saying why; the others are answered).
+checkpoint, 3 some inputs failed (each has a row saying why; the others are answered),
+4 `lineage`: a checkpoint of the chain differs from its record (MISMATCH).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ EXIT_OK = 0          # every input answered
 EXIT_ERROR = 1       # nothing answered: a bad checkpoint, labels, output path, ...
 EXIT_USAGE = 2       # wrong arguments (argparse's own status), or no checkpoint given
 EXIT_PARTIAL = 3     # some inputs failed: their rows say why; every other input is answered
+EXIT_MISMATCH = 4    # `lineage`: a checkpoint's bytes differ from its lineage record (the chain is printed)
 
 
 def _finite(obj):
@@ -88,10 +92,26 @@ def _load(args):
         sys.stderr.write(NO_CHECKPOINT)
         raise SystemExit(EXIT_USAGE)
     model = load_model(ckpt, preset=args.preset, allow_non_finite=args.allow_non_finite_weights)
+    _warn_if_changed(ckpt)
     tune_malloc()  # this process embeds large batches: reuse freed activations (perf.py)
     if args.fast or args.bf16:
         model.audio.enable_fast_inference(bf16=args.bf16)
     return model
+
+
+def _warn_if_changed(path) -> None:
+    """A checkpoint of ours whose bytes differ from its lineage record is still used, with a
+    warning naming the file and both digests (one hash of the file; none without a record)."""
+    from .errors import LineageError
+    from .lineage import MISMATCH, verify_checkpoint
+
+    try:
+        check = verify_checkpoint(Path(path))
+    except LineageError as exc:
+        print(f"audioclip: warning: {exc}; the checkpoint is used unverified", file=sys.stderr)
+        return
+    if check.state == MISMATCH:
+        print(f"audioclip: warning: {check}; answering with the file as it is", file=sys.stderr)
 
 
 def _labels(args) -> list[str]:
@@ -219,13 +239,14 @@ def cmd_convert(args) -> None:
                         "use .safetensors (this project's format) or .pt (the official layout)")
     path, layout = convert(args.src, args.dst, layout=args.layout, preset=args.preset,
                            allow_non_finite=args.allow_non_finite_weights)
+    _warn_if_changed(args.src)
     print(f"wrote {path} ({layout})")
 
 
 def cmd_lineage(args) -> None:
     import time
 
-    from .lineage import chain, checkpoints_for_clip, format_chain
+    from .lineage import MISMATCH, chain, checkpoints_for_clip, format_chain, verify_chain
 
     if args.clip:
         from .layout import DataLayout
@@ -263,10 +284,15 @@ def cmd_lineage(args) -> None:
                     print(f"  {r['clip']}")
         return
     records = chain(Path(args.checkpoint))
+    checks = verify_chain(Path(args.checkpoint), records)
     if args.out:
-        _write_rows(records, args.out)
+        _write_rows([{**r, "file_check": c.state if c else "not found"} for r, c in zip(records, checks)], args.out)
     else:
-        print(format_chain(records))
+        print(format_chain(records, checks))
+    for c in checks:
+        if c is not None and c.state == MISMATCH:
+            print(f"audioclip: warning: {c}", file=sys.stderr)
+            args.mismatch = True
 
 
 class UserError(Exception):
@@ -308,7 +334,8 @@ def _output_file(text: str) -> str:
 
 EPILOG = f"""exit status: {EXIT_OK} every input answered; {EXIT_ERROR} an error, nothing answered (a bad
 checkpoint, labels or output path); {EXIT_USAGE} wrong arguments or no checkpoint; {EXIT_PARTIAL} some
-inputs failed - each has a row with status "error" and the reason, every other input is answered.
+inputs failed - each has a row with status "error" and the reason, every other input is answered;
+{EXIT_MISMATCH} lineage: a checkpoint differs from its lineage record (MISMATCH).
 AUDIOCLIP_DEBUG=1 shows tracebacks."""
 
 
@@ -373,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=_positive_int, default=5)
     sp.set_defaults(func=cmd_query)
 
-    sp = sub_parser("lineage", "trace a checkpoint to its data and code, or a clip to its checkpoints")
+    sp = sub_parser("lineage", "trace a checkpoint to its data and code (each checkpoint file of the chain "
+                    "VERIFIED or MISMATCH against its record), or a clip to its checkpoints")
     sp.add_argument("checkpoint", nargs="?", help="a checkpoint written by a training stage")
     sp.add_argument("--clip", help="an AudioSet YouTube id (or segment id, or ESC-50/US8K file name)")
     sp.add_argument("--clips", action="store_true", help="list the clips CHECKPOINT was trained on, from the manifest "
@@ -399,7 +427,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import CheckpointError, InputError, LineageError, TextTooLongError
 
-    args.partial = False
+    args.partial = args.mismatch = False
     try:
         args.func(args)
     except TextTooLongError as exc:
@@ -411,6 +439,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("audioclip: interrupted", file=sys.stderr)
         return 130
+    if args.mismatch:
+        return EXIT_MISMATCH
     return EXIT_PARTIAL if args.partial else EXIT_OK
 
 

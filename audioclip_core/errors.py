@@ -28,13 +28,29 @@ class LineageError(ValueError):
     """A lineage question that cannot be answered (e.g. a checkpoint without a record)."""
 
 
+def is_symlink_loop(path) -> bool:
+    """Whether following `path` runs into a loop of symbolic links (where `Path.exists()`
+    only says False)."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def check_input_file(path, what: str = "file", error: type = InputError) -> None:
-    """Raise `error` (an `InputError`) saying whether `path` is missing, a directory or unreadable."""
+    """Raise `error` (an `InputError`) saying whether `path` is missing, a symbolic link loop,
+    a directory or unreadable."""
     from pathlib import Path
 
     p = Path(path)
     if p.is_dir():
         raise error(f"{p}: is a directory, not a {what}")
+    if is_symlink_loop(p):
+        raise error(f"{p}: is a symbolic link loop; give the {what} itself")
     if not p.exists():
         raise error(f"{p}: no such {what}")
     if not p.is_file():

@@ -1,6 +1,12 @@
 """Files: atomic writes (a complete file or none), SHA-256 digests, cross-process locks, and
 immutable content-addressed versions behind a pointer (manifests).
 
+A version is named by the SHA-256 of its bytes and made read-only, but anything running as
+its owner can still rewrite it in place. So a version is checked against its name wherever
+it is used (`read_version`, `version_of`) and rewritten where it no longer matches
+(`publish_version`); a manifest is KBs to a few hundred MB, hashed at ~1 GB/s, against
+minutes to hours of the training or evaluation that reads it.
+
 Tables, records, checkpoints and CLI outputs are written through `atomic_write`: into a
 temporary file beside the target, renamed into place only once complete, so a killed process
 never leaves half a file (media steps rename their own finished files the same way)."""
@@ -10,12 +16,16 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -104,33 +114,95 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class CorruptVersion(ValueError):
+    """A content-addressed version whose bytes no longer hash to its name: rewritten in place."""
+
+    def __init__(self, path: Path, expected: str, actual: str):
+        self.path, self.expected, self.actual = Path(path), expected, actual
+        super().__init__(f"{path}: manifest version changed in place - its name says sha256 {expected}, its bytes "
+                         f"hash to {actual}. Re-materialise the asset that publishes it (the version is written "
+                         "again), or restore the file")
+
+
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def named_sha256(path: Path) -> Optional[str]:
+    """The SHA-256 a content-addressed file's name claims (`<sha256>.<suffix>`), else None."""
+    stem = Path(path).name.split(".", 1)[0]
+    return stem if _SHA256_NAME.fullmatch(stem) else None
+
+
+def read_version(path: Path) -> tuple[str, bytes]:
+    """(SHA-256, bytes) of `path`, a pointer followed, read once; when the file is a
+    content-addressed version, its bytes are checked against its name (`CorruptVersion`).
+    What the caller parses is the bytes that were hashed: no rewrite can come in between."""
+    target = Path(path).resolve()
+    data = target.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    expected = named_sha256(target)
+    if expected is not None and sha != expected:
+        raise CorruptVersion(target, expected, sha)
+    return sha, data
+
+
+def read_version_parquet(path: Path, columns: Optional[list[str]] = None) -> pd.DataFrame:
+    """A parquet file (a manifest pointer or version) read through `read_version`."""
+    import io
+
+    return pd.read_parquet(io.BytesIO(read_version(path)[1]), columns=columns)
+
+
+def verified_version(path: Path) -> tuple[str, Path]:
+    """(SHA-256, version file) of a content-addressed version or a pointer to one, its bytes
+    checked against its name (`CorruptVersion`); a file of any other name: its digest."""
+    target = Path(path).resolve()
+    sha = sha256_file(target)
+    expected = named_sha256(target)
+    if expected is not None and sha != expected:
+        raise CorruptVersion(target, expected, sha)
+    return sha, target
+
+
 def publish_version(df: pd.DataFrame, store: Path, pointer: Path) -> tuple[str, Path]:
     """Write `df` as an immutable, content-addressed version `<store>/<sha256>.parquet`, then
     point `pointer` at it: a relative symbolic link, replaced atomically (readers of `pointer`
     see the old version or the new one, never a half-written file; a data root that moves
-    keeps its links). Returns (SHA-256, version path). A version is never rewritten: the same
-    content is the same file, and it is made read-only."""
+    keeps its links). Returns (SHA-256, version path). The same content is the same file, made
+    read-only; one whose bytes were changed in place since is replaced (`_into_store`)."""
+    sha, final = store_version(df, store)
+    point_to(pointer, final)
+    return sha, final
+
+
+def store_version(df: pd.DataFrame, store: Path) -> tuple[str, Path]:
+    """`df` as an immutable, content-addressed version `<store>/<sha256>.parquet` (no pointer
+    moved): (SHA-256, version path)."""
     store.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".incoming.", suffix=".parquet", dir=store)
     os.close(fd)
     tmp = Path(name)
     try:
         df.to_parquet(tmp, index=False)
-        sha, final = _into_store(tmp, store, ".parquet")
+        return _into_store(tmp, store, ".parquet")
     finally:
         tmp.unlink(missing_ok=True)
-    point_to(pointer, final)
-    return sha, final
 
 
 def _into_store(tmp: Path, store: Path, suffix: str) -> tuple[str, Path]:
     """Name the complete file `tmp` (in `store`) by its SHA-256: renamed to `<sha256><suffix>`,
-    read-only, unless that version is already there."""
+    read-only, unless that version is already there intact. One there whose bytes no longer
+    hash to its name (rewritten in place) is replaced, atomically, with a warning."""
     sha = sha256_file(tmp)
     final = store / f"{sha}{suffix}"
-    if not final.exists():
-        tmp.chmod(0o444)
-        os.replace(tmp, final)
+    if final.exists():
+        actual = sha256_file(final)
+        if actual == sha:
+            return sha, final
+        log.warning("%s: version changed in place (its bytes hash to %s, not to its name); replaced by the "
+                    "content its name says", final, actual)
+    tmp.chmod(0o444)
+    os.replace(tmp, final)
     return sha, final
 
 
@@ -146,19 +218,21 @@ def point_to(pointer: Path, target: Path) -> None:
 
 
 def version_of(path: Path, store: Path) -> Optional[tuple[str, Path]]:
-    """(SHA-256, version) when `path` is a pointer into `store`, else None."""
+    """(SHA-256, version) when `path` is a pointer into `store`, else None; the version's
+    bytes are checked against its name (`CorruptVersion`), not trusted."""
     path = Path(path)
     if not path.is_symlink():
         return None
     target = path.resolve()
-    if target.parent != Path(store).resolve() or len(target.stem) != 64:
+    if target.parent != Path(store).resolve() or named_sha256(target) is None:
         return None
-    return target.stem, target
+    return verified_version(target)
 
 
 def keep_version(path: Path, store: Path) -> tuple[str, Path]:
     """(SHA-256, immutable copy) of `path` in the content-addressed `store`. A pointer
-    (`publish_version`) names its version as it is; any other file's bytes are copied (a hard
+    (`publish_version`) names its version once its bytes match that name (`CorruptVersion`
+    otherwise); any other file's bytes are copied (a hard
     link would follow a later in-place rewrite of `path`), and the digest is taken of the copy
     itself, so a concurrent rewrite cannot mislabel it."""
     import shutil

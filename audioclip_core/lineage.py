@@ -6,6 +6,10 @@ A record (`<checkpoint>.lineage.json`) names the checkpoint's digest, its parent
 manifests it trained on (path, digest, rows), its config and seed, the code version, and
 the Dagster and MLflow runs. Clip queries run DuckDB over the manifests the records name
 (parquet), so a question about one clip among millions takes about a second.
+
+A checkpoint is checked against its record where it is used (`verify_checkpoint`): the CLI
+warns when its bytes differ, `audioclip lineage` says VERIFIED or MISMATCH for every file of
+the chain, and a training stage refuses a parent that differs (`stages.require_unchanged_parent`).
 """
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import LineageError
-from .files import sha256_file, write_json
+from .errors import LineageError, is_symlink_loop
+from .files import read_version_parquet, sha256_file, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +82,8 @@ def read_record(checkpoint: Path) -> dict:
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         raise LineageError(f"{checkpoint}: is a directory; give a checkpoint file")
+    if is_symlink_loop(checkpoint):
+        raise LineageError(f"{checkpoint}: is a symbolic link loop; give a checkpoint file")
     path = record_path(checkpoint)
     if not path.is_file():
         if not checkpoint.exists():
@@ -91,6 +97,54 @@ def read_record(checkpoint: Path) -> dict:
     if not isinstance(rec, dict) or not isinstance(rec.get("checkpoint"), dict) or "sha256" not in rec["checkpoint"]:
         raise LineageError(f"{path}: not a lineage record (no checkpoint digest); it is damaged")
     return rec
+
+
+VERIFIED, MISMATCH, UNRECORDED = "VERIFIED", "MISMATCH", "UNRECORDED"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A checkpoint file against the sha256 its lineage records: VERIFIED (equal), MISMATCH
+    (the file changed after it was recorded: damaged or replaced) or UNRECORDED (no record
+    beside it, e.g. a released checkpoint; nothing is hashed then)."""
+
+    path: Path
+    state: str
+    recorded: Optional[str] = None
+    actual: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.state == MISMATCH:
+            return (f"{self.path}: MISMATCH - its sha256 is {self.actual}, its lineage record says "
+                    f"{self.recorded}: the file changed after it was recorded (damaged or replaced)")
+        if self.state == VERIFIED:
+            return f"{self.path}: VERIFIED - its sha256 {self.actual} is the one its lineage record says"
+        return f"{self.path}: UNRECORDED - no lineage record to compare it with"
+
+
+def compare_checkpoint(path: Path, recorded: str, sha256: Optional[str] = None) -> Verification:
+    """`path` against the digest `recorded`; `sha256`, the file's digest when the caller has
+    taken it already (it is not hashed again), else the file is hashed once."""
+    actual = sha256 or sha256_file(Path(path))
+    return Verification(Path(path), VERIFIED if actual == recorded else MISMATCH, recorded, actual)
+
+
+def verify_checkpoint(path: Path, *, sha256: Optional[str] = None) -> Verification:
+    """A checkpoint of ours against its lineage record (`<checkpoint>.lineage.json`); a damaged
+    record raises `LineageError`."""
+    path = Path(path)
+    if not record_path(path).is_file():
+        return Verification(path, UNRECORDED)
+    return compare_checkpoint(path, read_record(path)["checkpoint"]["sha256"], sha256)
+
+
+def verify_chain(checkpoint: Path, records: list[dict]) -> list[Optional[Verification]]:
+    """For each entry of `chain(checkpoint)`, its file (the one the chain was followed through)
+    against the digest the entry shows - a parent without a record of its own against what its
+    child recorded of it; None where the file is gone."""
+    files = [Path(checkpoint)] + [Path(r["parent"]["path"]) for r in records[:-1]]
+    return [compare_checkpoint(f, r["checkpoint"]["sha256"]) if f.is_file() else None
+            for f, r in zip(files, records)]
 
 
 def chain(checkpoint: Path) -> list[dict]:
@@ -137,7 +191,7 @@ def clips_of(checkpoint: Path) -> list[dict]:
         if src is None:
             raise LineageError(f"{name}: the manifest version {m['sha256'][:16]} is no longer on disk "
                                f"({m.get('version') or m['path']}); the record predates kept versions")
-        df = pd.read_parquet(src)
+        df = read_version_parquet(src)
         if "status" in df:
             df = df[df["status"] == "ok"]
         ids = df["segment_id"] if "segment_id" in df else df["path"]
@@ -152,17 +206,28 @@ def _manifest_status(entry: dict) -> str:
     return "unchanged" if sha256_file(path) == entry["sha256"] else "CHANGED since training"
 
 
-def format_chain(records: list[dict]) -> str:
+def _file_state(check: Optional[Verification]) -> str:
+    if check is None:
+        return "(file not found)"
+    if check.state == MISMATCH:
+        return f"MISMATCH: the file's sha256 is now {check.actual}"
+    return check.state
+
+
+def format_chain(records: list[dict], checks: Optional[list[Optional[Verification]]] = None) -> str:
+    """The chain as text; with `checks` (`verify_chain`), each file's state beside its digest."""
     lines = []
     for depth, rec in enumerate(records):
         pad = "  " * depth
         ck = rec["checkpoint"]
+        state = f"  {_file_state(checks[depth])}" if checks is not None else ""
         if rec.get("external"):
-            lines.append(f"{pad}<- {record_name(rec)}: {ck['path']}  sha256 {ck['sha256'][:16]}  (no lineage record)")
+            lines.append(f"{pad}<- {record_name(rec)}: {ck['path']}  sha256 {ck['sha256'][:16]}  (no lineage record)"
+                         + state)
             continue
         arrow = "" if depth == 0 else "<- "
         lines.append(f"{pad}{arrow}{record_name(rec)}: {ck['path']}")
-        lines.append(f"{pad}   sha256 {ck['sha256']}")
+        lines.append(f"{pad}   sha256 {ck['sha256']}{state}")
         dag = rec.get("dagster") or {}
         lines.append(f"{pad}   dagster run {dag.get('run_id')}  asset {dag.get('asset_key')}"
                      + (f" [{dag['partition']}]" if dag.get("partition") else "")

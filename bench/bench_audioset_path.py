@@ -147,7 +147,8 @@ def write_partition(folder: Path, n: int, media: list[Path], missing: float, sta
 def _duration(path: Path) -> float:
     from audioclip_core.acquisition.media import probe
 
-    return probe(path)[0] or 1.0
+    info = probe(path)
+    return (info.audio[1] - info.audio[0]) if info.audio else 1.0
 
 
 def run_cli(env: dict) -> tuple[float, str]:

@@ -30,7 +30,7 @@ def main() -> None:
     def extract():
         nonlocal n
         n += 1
-        extract_clip(video, work / "out", f"seg{n}")
+        extract_clip(video, work / "out", f"seg{n}", start=0.0, end=10.0)
 
     def decode_only():
         subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(video), "-f", "null", "-"], check=True)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from audioclip_core.data.datasets import AudioOptions, AudioSetDataset, collate  # noqa: E402
 from audioclip_core.data.shards import ShardStore, ShardStream, write_shards  # noqa: E402
+from audioclip_core.files import sha256_file  # noqa: E402
 
 
 def make_clips(root: Path, n: int) -> pd.DataFrame:
@@ -53,7 +54,8 @@ def make_clips(root: Path, n: int) -> pd.DataFrame:
             Image.fromarray(np.roll(base_img, 7 * (i + k), axis=1)).save(folder / f"{sid}_f{k:02d}.jpg", quality=85)
             frames.append(str(folder / f"{sid}_f{k:02d}.jpg"))
         rows.append({"segment_id": sid, "status": "ok", "audio_path": str(folder / f"{sid}.wav"), "frame_paths": frames,
-                     "label_ids": ["/m/09x0r"], "label_names": ["Speech"]})
+                     "label_ids": ["/m/09x0r"], "label_names": ["Speech"],
+                     "sha256": sha256_file(folder / f"{sid}.wav")})
     return pd.DataFrame(rows)
 
 

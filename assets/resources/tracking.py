@@ -64,9 +64,10 @@ class MlflowTracking(dg.ConfigurableResource):
     @staticmethod
     def log_manifest(path: Path, name: str, sha256: str, context: str = "training") -> None:
         import mlflow
-        import pandas as pd
 
-        df = pd.read_parquet(path)
+        from audioclip_core.files import read_version_parquet
+
+        df = read_version_parquet(path)   # a version checked against its name (files.CorruptVersion)
         for col in df.columns:  # mlflow's dataset schema wants flat columns
             if df[col].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "tolist")).any():
                 df[col] = df[col].map(lambda v: ", ".join(map(str, list(v))) if v is not None else None)

@@ -5,6 +5,7 @@ from typing import Iterator, Optional
 import dagster as dg
 from pydantic import Field
 
+from audioclip_core.acquisition.media import TAIL_TOLERANCE
 from audioclip_core.acquisition.youtube import DEFAULT_FORMAT, YOUTUBE_URL_TEMPLATE, DownloadOptions
 from audioclip_core.layout import DataLayout
 
@@ -37,6 +38,11 @@ class YoutubeDownloader(dg.ConfigurableResource):
                                        "stalled) is retried by a run this long after it, doubling with each run "
                                        "it fails again (at most a day); 0: by every run")
 
+    tail_tolerance_seconds: float = Field(default=TAIL_TOLERANCE, ge=0, description="a segment may end this far "
+                                          "past the end of its media (published 10 s segments sometimes end a few "
+                                          "hundred ms past a video's end); further, or starting past the end, it "
+                                          "is invalid_media")
+
     stand_in: bool = Field(default=True, description="serve the demo dataset's videos on 127.0.0.1 when the "
                            "AudioSet source is the demo and no URL template is set")
 
@@ -62,4 +68,5 @@ class YoutubeDownloader(dg.ConfigurableResource):
             url_template=url_template or self._template() or YOUTUBE_URL_TEMPLATE,
             format=self.format, max_attempts=self.max_attempts, backoff_seconds=self.backoff_seconds,
             sleep_requests=self.sleep_requests, rate_limit=self.rate_limit, cookies_file=self.cookies_file,
-            js_runtime=self.js_runtime, socket_timeout=self.socket_timeout)
+            js_runtime=self.js_runtime, socket_timeout=self.socket_timeout,
+            tail_tolerance=self.tail_tolerance_seconds)

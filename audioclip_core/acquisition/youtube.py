@@ -1,10 +1,18 @@
 """Downloading AudioSet segments with yt-dlp, and classifying why a download failed.
 
-One call downloads one segment (the [start, end] range only) into a temporary folder and
-renames the result into place, so a killed download never leaves a file that looks done.
+One call downloads one segment into a temporary folder and renames the result into place, so
+a killed download never leaves a file that looks done. What is kept is a piece of the source:
+`[start - PRE_ROLL, end + POST_ROLL]`, a stream copy from the keyframe before, on the source's
+own time line (`media` explains why and how it is cut exactly later). The piece's true extent
+is read from its packets and recorded (`media_start`, `media_end`); a piece that does not hold
+the segment is fetched again whole, and a segment the whole media does not hold is
+`invalid_media` with the reason.
+
 Failures become a status: ``unavailable``, ``private``, ``age_restricted``, ``geo_blocked``,
-``throttled`` or ``error``; ``throttled`` and ``error`` are transient and retried with
-exponential backoff and jitter, the others are final.
+``invalid_media`` (final: the media's own fault), ``throttled`` or ``error``; ``throttled`` and
+``error`` are transient and retried with exponential backoff and jitter. A fault of this
+machine (no space, no permission) is ``error`` with `environment` set: not the source's
+failure, so it is retried by the next run without back-off, and the step fails.
 """
 from __future__ import annotations
 
@@ -21,11 +29,14 @@ from typing import Callable, Iterator, Optional
 from ..data.audioset import segment_id, validate_ytid
 from ..files import sha256_file
 from ..perf import timed
+from .media import (POST_ROLL, PRE_ROLL, TAIL_TOLERANCE, EnvironmentFault, MediaError, MediaInfo, cut_piece, environment_cause,
+                    probe, segment_problem)
 
 YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 # audio plus a small video stream (frames are resized to 224 px on the short side later)
 DEFAULT_FORMAT = "bv*[height<=360]+ba/b[height<=360]/bv*+ba/b"
-STATUSES = ("ok", "unavailable", "private", "age_restricted", "geo_blocked", "throttled", "error")
+STATUSES = ("ok", "unavailable", "private", "age_restricted", "geo_blocked", "invalid_media", "throttled", "error")
+PIECE_SUFFIX = ".cut.mkv"   # a finished download: `<segment id>.cut.mkv`
 TRANSIENT = ("throttled", "error")
 
 
@@ -41,6 +52,7 @@ class DownloadOptions:
     rate_limit: Optional[int] = None      # bytes/s
     cookies_file: Optional[str] = None    # what real YouTube needs for age-gated or busy periods
     js_runtime: Optional[str] = None      # e.g. "node" or "deno": full YouTube support needs one
+    tail_tolerance: float = TAIL_TOLERANCE  # seconds a segment may end past the media's end
 
 
 @dataclass
@@ -56,8 +68,11 @@ class DownloadResult:
     sha256: Optional[str] = None
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
-    media_duration: Optional[float] = None   # of the file kept, from the probe that checked it
+    media_duration: Optional[float] = None   # of the piece kept (media_end - media_start)
     audio_channels: Optional[int] = None
+    info: Optional[MediaInfo] = None         # the piece's extent on the source's time line, from its packets
+    environment: str = ""                    # a fault of this machine, not of the source
+    tail_tolerance: Optional[float] = None   # the one the segment was checked with
     seconds: dict = field(default_factory=dict)  # phase -> wall seconds (request, download, cut, probe, hash)
 
 
@@ -77,6 +92,8 @@ def classify_error(exc: BaseException) -> tuple[str, str]:
         return "private", message
     if "confirm your age" in low or "age-restricted" in low or "age restricted" in low or "inappropriate for some users" in low:
         return "age_restricted", message
+    if "did not get any data blocks" in low:  # the source answered with an empty body: its media is empty
+        return "invalid_media", f"the source sent an empty file (0 bytes): {message}"
     if status_code in (404, 410) or "video unavailable" in low or "removed" in low or "does not exist" in low \
             or "not found" in low:
         return "unavailable", message
@@ -106,7 +123,7 @@ def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
                      sleep: Callable[[float], None] = time.sleep) -> DownloadResult:
     """Download [start, end] of a video into `dest_dir/<segment_id>.<ext>` (atomic)."""
     options = options or DownloadOptions()
-    result = DownloadResult(ytid, start, end, status="error")
+    result = DownloadResult(ytid, start, end, status="error", tail_tolerance=options.tail_tolerance)
     try:
         validate_ytid(ytid)
     except ValueError as exc:
@@ -133,61 +150,38 @@ def _refusal(info: dict) -> str:
             "links inside pages are not followed")
 
 
-def _short(path: Path, expected: float, seen: Optional[dict] = None) -> Optional[str]:
-    """Why a downloaded range is incomplete (None if it is not): no duration, or under 90 % of the
-    range. What the probe read (duration, audio channels) goes into `seen`."""
-    from .media import ExtractionError, probe
-
-    try:
-        duration, channels = probe(path)
-    except ExtractionError as exc:
-        return str(exc)
-    if seen is not None:
-        seen.update(duration=duration, channels=channels)
-    if duration is None:
-        return "no duration in the downloaded file"
-    if duration < 0.9 * expected - 0.2:
-        return f"truncated: {duration:.2f} s of the {expected:.2f} s asked for"
-    return None
-
-
-def _cut(full: Path, out: Path, start: float, end: float, ffmpeg: str, timeout: float) -> None:
-    """[start, end] of a whole downloaded file, cut here to the frame: a stream copy could only
-    start at the keyframe before `start` (seconds early), so the cut is decoded and encoded again
-    - video H.264 at a near-lossless quality, audio FLAC (lossless) - into Matroska."""
-    import subprocess
-
-    proc = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-y", "-ss", f"{start:.3f}", "-i", str(full),
-                           "-t", f"{end - start:.3f}", "-map", "0:v:0?", "-map", "0:a:0?", "-c:v", "libx264",
-                           "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "flac",
-                           "-f", "matroska", str(out)],
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not cut the range from the whole file: {proc.stderr.strip()[-300:]}")
-
-
 def _download(start: float, end: float, dest_dir: Path, name: str, url: str, options: DownloadOptions,
               sleep: Callable[[float], None], result: DownloadResult, ffmpeg: str) -> DownloadResult:
     """Attempts with backoff. Each reads with a timeout (yt-dlp's socket timeout, ffmpeg's
-    -rw_timeout), so a stalled server costs a bounded time and a retry. A range that comes back
-    without a duration or shorter than asked (a source without a duration header, a cut
-    transfer) is never recorded `ok`: the next attempt downloads the whole file and cuts the
-    range here; a whole file that is still short is a transient `error`. So does a range that
-    ffmpeg fails to write (a container the URL names that cannot hold the codecs).
+    -rw_timeout), so a stalled server costs a bounded time and a retry.
+
+    The range is fetched with pre- and post-roll as a stream copy that keeps the source's
+    timestamps (`-copyts -start_at_zero`). Its packets are read back (`media.probe`): a piece that
+    does not hold the segment (a source without a duration header, a cut transfer, a range past
+    the end, a container the URL names that cannot hold the codecs) is never recorded `ok`: the
+    next attempt downloads the whole file and cuts the piece here, the same way. What the whole
+    file does not hold is the media's fault: `invalid_media`, final, with the reason.
 
     A transfer that failed after waiting a whole read timeout is a stall: the server stopped
     sending. It is not retried in this run (a stalled source rarely resumes within seconds,
     and each try would cost the timeout again); it stays a transient `error` that a later run
-    retries (`run_downloads`' `retry_after`)."""
+    retries (`run_downloads`' `retry_after`). A fault of this machine (no space, no permission)
+    ends the attempts at once: `error` with `environment` set."""
     import yt_dlp
     from yt_dlp.utils import DownloadError, download_range_func
 
     whole = False
+    lo, hi = max(0.0, start - PRE_ROLL), end + POST_ROLL
     for attempt in range(1, options.max_attempts + 1):
         result.attempts = attempt
-        switched = False  # this attempt found the range short: the next one takes the whole file
+        switched = False  # this attempt found the range unusable: the next one takes the whole file
         waited = result.seconds.get("download", 0.0)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest_dir))
+        except OSError as exc:
+            result.status, result.message = "error", f"{type(exc).__name__}: {exc}"
+            result.environment = environment_cause(exc) or result.message
+            break
         ydl_opts = {
             "format": options.format,
             # a fixed Matroska container takes any codec pair and does not depend on the URL's extension
@@ -197,10 +191,13 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             # again; this loop retries (with backoff) what is worth retrying
             "retries": 0, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
             "merge_output_format": "mkv", "logger": _QuietLogger(), "cachedir": False, "ffmpeg_location": ffmpeg,
-            "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(options.socket_timeout * 1e6))]},
+            # the range keeps the source's time line: a packet at 13.2 s is 13.2 s into the video
+            "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(options.socket_timeout * 1e6))],
+                                         "ffmpeg_o": ["-copyts", "-start_at_zero"]},
         }
         if not whole:
-            ydl_opts["download_ranges"] = download_range_func(None, [(start, end)])
+            ydl_opts["download_ranges"] = download_range_func(None, [(lo, hi)])
+            ydl_opts["fixup"] = "never"  # a fix-up remux would move the piece back to a time line from 0
         if options.sleep_requests:
             ydl_opts["sleep_interval_requests"] = options.sleep_requests
         if options.rate_limit:
@@ -223,27 +220,42 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
                 raise RuntimeError("yt-dlp finished without writing a file")
             media = max(files, key=lambda p: p.stat().st_size)
             if whole:
-                cut = tmp / f"{name}.cut.mkv"
+                piece = tmp / f"{name}{PIECE_SUFFIX}"
                 with timed(result.seconds, "cut"):
-                    _cut(media, cut, start, end, ffmpeg, timeout=max(60.0, options.socket_timeout * 4))
-                media = cut
-            seen: dict = {}
+                    cut_piece(media, piece, start, end, timeout=max(60.0, options.socket_timeout * 4))
+                with timed(result.seconds, "probe"):
+                    full = probe(media)
+                problem = segment_problem(full, start, end, tail_tolerance=options.tail_tolerance, need_video=False)
+                if problem:
+                    raise MediaError(problem)
+                media = piece
             with timed(result.seconds, "probe"):
-                problem = _short(media, end - start, seen)
+                try:
+                    seen = probe(media)
+                    problem = segment_problem(seen, start, end, tail_tolerance=options.tail_tolerance, need_video=False)
+                except MediaError as exc:
+                    if whole:
+                        raise
+                    problem = str(exc)
             if problem:
                 if whole:
-                    raise RuntimeError(problem)
+                    raise MediaError(problem)
                 whole = switched = True
-                raise RuntimeError(f"{problem}; retrying with the whole file")
-            final = dest_dir / f"{name}{media.suffix}"
+                raise RuntimeError(f"the range does not hold the segment ({problem}); retrying with the whole file")
+            final = dest_dir / f"{name}{PIECE_SUFFIX}"
             os.replace(media, final)
             result.status, result.message, result.path = "ok", "", str(final)
-            result.media_duration, result.audio_channels = seen.get("duration"), seen.get("channels")
+            result.info = seen
+            result.media_duration, result.audio_channels = seen.audio[1] - seen.audio[0], seen.channels
             with timed(result.seconds, "hash"):
                 result.bytes, result.sha256 = final.stat().st_size, sha256_file(final)
             break
         except NotMedia as exc:
             result.status, result.message = "unavailable", str(exc)
+        except MediaError as exc:
+            result.status, result.message = "invalid_media", str(exc)
+        except EnvironmentFault as exc:
+            result.status, result.message, result.environment = "error", str(exc), str(exc)
         except DownloadError as exc:
             result.status, result.message = classify_error(exc)
             if not whole and result.status == "error" and "ffmpeg exited" in result.message:
@@ -251,10 +263,18 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
                 # URL ending .mp4): the whole file needs no remuxing, and the cut here keeps any codec
                 whole = switched = True
                 result.message += "; retrying with the whole file"
+            result.environment = environment_cause(exc, result.message) or ""
         except Exception as exc:  # network stacks raise many types; all are transient errors here
             result.status, result.message = "error", f"{type(exc).__name__}: {exc}"
+            result.environment = environment_cause(exc, result.message) or ""
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if result.status == "error" and not result.environment and _disk_full(dest_dir):
+            result.environment = f"No space left on device ({dest_dir}: {_free_mb(dest_dir):.0f} MB free)"
+        if result.environment:
+            if result.environment not in result.message:
+                result.message = f"{result.message} ({result.environment})"
+            break  # not the source's failure: the next run tries again
         if result.status in TRANSIENT and result.seconds.get("download", 0.0) - waited >= 0.9 * options.socket_timeout:
             result.message = (f"stalled: the transfer waited {options.socket_timeout:g} s for data and failed "
                               f"({result.message}); not retried in this run")
@@ -269,19 +289,39 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
     return result
 
 
-FINAL_FAILURES = ("unavailable", "private", "age_restricted", "geo_blocked")
+MIN_FREE_BYTES = 16 << 20  # a download folder with less free space than this is full
+
+
+def _free_mb(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 2 ** 20
+    except OSError:
+        return float("nan")
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the disk of `folder` is (nearly) full: an ffmpeg that ran out of space inside
+    yt-dlp reports only its exit status, so an unexplained failure is checked against this."""
+    try:
+        return shutil.disk_usage(folder).free < MIN_FREE_BYTES
+    except OSError:
+        return False
+
+
+FINAL_FAILURES = ("unavailable", "private", "age_restricted", "geo_blocked", "invalid_media")
 
 
 def finished_downloads(dest_dir: Path) -> dict[str, Path]:
-    """segment id -> its finished download in `dest_dir` (a file renamed into place is complete;
-    hidden temporaries and partial files are not), from one listing of the folder."""
+    """segment id -> its finished download in `dest_dir` (a piece renamed into place is complete;
+    hidden temporaries, partial files and downloads of an earlier kind, which did not keep the
+    source's time line, are not), from one listing of the folder."""
     out: dict[str, Path] = {}
     if not Path(dest_dir).is_dir():
         return out
     for p in sorted(Path(dest_dir).iterdir()):
-        if p.name.startswith(".") or p.name.endswith((".part", ".ytdl", ".tmp")) or not p.is_file():
+        if p.name.startswith(".") or not p.name.endswith(PIECE_SUFFIX) or not p.is_file():
             continue
-        out.setdefault(p.name.split(".", 1)[0], p)
+        out.setdefault(p.name[:-len(PIECE_SUFFIX)], p)
     return out
 
 

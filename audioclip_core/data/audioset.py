@@ -5,18 +5,32 @@ Segment CSVs (`eval_segments.csv`, `balanced_train_segments.csv`,
 segment: ``YTID, start_seconds, end_seconds, "mid,mid,..."`` with a space after each comma.
 A malformed row is reported with its line number and reason and skipped; it never stops
 the file. The SHA-256 of a file's bytes is its data version.
+
+Times are plain decimals (``30.000``: no exponent, underscore, sign other than a minus, inf,
+nan or hex, all of which Python's float() accepts) and must make a segment: 0 <= start < end,
+start within MAX_START_SECONDS of a video's beginning and at most MAX_SEGMENT_SECONDS long.
+A time outside these limits is an error in the list, reported here, rather than a clip that
+every later step would fail (and retry) to extract. The first valid row naming a (YTID,
+start) - a segment id - claims it: any later valid row naming it, whatever its end or labels,
+is reported as a duplicate of that line and skipped (across the shards of the unbalanced list
+too: a shard's rows are checked against the rows before it).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
+# ASCII digits only: float() also takes "1_000", "1e15", "inf", "nan" and non-ASCII digits
+TIME_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+MAX_SEGMENT_SECONDS = 60.0      # AudioSet's segments are 10 s at most; six times that is no AudioSet row
+MAX_START_SECONDS = 24 * 3600.0  # no YouTube video is a day long (uploads stop at 12 h)
 SEGMENT_FILES = {
     "eval": "eval_segments.csv",
     "balanced_train": "balanced_train_segments.csv",
@@ -79,8 +93,26 @@ def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = 
     return _parse_numbered(enumerate(lines, start=first_line), known_labels)
 
 
-def _parse_numbered(lines: Iterable[tuple[int, str]],
-                    known_labels: Optional[set[str]]) -> Iterator[Segment | ParseIssue]:
+def time_range_problem(start: float, end: float) -> Optional[str]:
+    """Why (start, end) in seconds is not a segment AudioSet could list, or None."""
+    if not (math.isfinite(start) and math.isfinite(end)):
+        return "times are not finite"
+    if start < 0:
+        return "negative start"
+    if start >= end:
+        return "start is not before end"
+    if end - start > MAX_SEGMENT_SECONDS:
+        return f"longer than {MAX_SEGMENT_SECONDS:g} s"
+    if start > MAX_START_SECONDS:
+        return f"start beyond {MAX_START_SECONDS / 3600:g} h"
+    return None
+
+
+def _parse_numbered(lines: Iterable[tuple[int, str]], known_labels: Optional[set[str]],
+                    claimed: Optional[dict[str, int]] = None) -> Iterator[Segment | ParseIssue]:
+    """`claimed`: segment id -> line of the first valid row naming it, filled as rows are accepted
+    (pass the rows before `lines` through it first to find duplicates of earlier rows)."""
+    claimed = {} if claimed is None else claimed
     for lineno, raw in lines:
         text = raw.rstrip("\r\n")
         if not text.strip():
@@ -102,13 +134,14 @@ def _parse_numbered(lines: Iterable[tuple[int, str]],
         if not YTID_RE.fullmatch(ytid):
             yield ParseIssue(lineno, f"invalid YouTube id {ytid!r}", text)
             continue
-        try:
-            start, end = float(start_s), float(end_s)
-        except ValueError:
-            yield ParseIssue(lineno, f"start/end not numbers: {start_s!r}, {end_s!r}", text)
+        if not (TIME_RE.fullmatch(start_s) and TIME_RE.fullmatch(end_s)):
+            yield ParseIssue(lineno, f"start/end not numbers (plain decimals, e.g. 30.000): {start_s!r}, {end_s!r}",
+                             text)
             continue
-        if not (0 <= start < end) or end - start > 60:
-            yield ParseIssue(lineno, f"bad time range {start}..{end}", text)
+        start, end = float(start_s), float(end_s)
+        problem = time_range_problem(start, end)
+        if problem:
+            yield ParseIssue(lineno, f"bad time range {start_s}..{end_s}: {problem}", text)
             continue
         labels = tuple(x.strip() for x in labels_s.split(",") if x.strip())
         if not labels:
@@ -119,6 +152,11 @@ def _parse_numbered(lines: Iterable[tuple[int, str]],
             if unknown:
                 yield ParseIssue(lineno, f"unknown label ids {unknown}", text)
                 continue
+        sid = segment_id(ytid, start)
+        first = claimed.setdefault(sid, lineno)
+        if first != lineno:
+            yield ParseIssue(lineno, f"duplicate segment {sid}: line {first} has the same YouTube id and start", text)
+            continue
         yield Segment(ytid, start, end, labels, lineno)
 
 
@@ -139,7 +177,13 @@ def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
     lines = data.splitlines()
     header = [t for t in map(_decode, lines[:3]) if t is not None and t.startswith("#")]
     numbered = list(enumerate(lines, start=1))[len(header):]   # (line number, bytes) of the data rows
+    claimed: dict[str, int] = {}
     if rows is not None:
+        # a shard reports its own rows only, but a segment an earlier shard holds is a duplicate
+        # here too: the rows before the shard are parsed for the ids they claim
+        before = [(n, t) for n, t in ((n, _decode(raw)) for n, raw in numbered[:rows.start or 0]) if t is not None]
+        for _ in _parse_numbered(before, known_labels, claimed):
+            pass
         numbered = numbered[rows]                              # a shard decodes only its own rows
     out = SegmentFile(path=path, sha256=hashlib.sha256(data).hexdigest(), header=header)
     good = []
@@ -149,7 +193,7 @@ def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
             out.issues.append(ParseIssue(n, "not valid UTF-8", raw.decode("utf-8", "replace")))
         else:
             good.append((n, text))
-    for item in _parse_numbered(good, known_labels):
+    for item in _parse_numbered(good, known_labels, claimed):
         (out.segments if isinstance(item, Segment) else out.issues).append(item)
     out.issues.sort(key=lambda i: i.line)
     return out

@@ -6,7 +6,7 @@ Manifests (these, the ESC-50 / UrbanSound8K ones and their fold splits) are writ
 immutable content-addressed versions behind a pointer (`files.publish_version`), with the
 paths of files under the data root relative to it (`relative_paths`): a root can move, and a
 checkpoint's lineage names the exact version it was trained on. Readers resolve the paths
-against their data root with `read_manifest`."""
+against their data root with `read_manifest`, which checks a version against its name."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,8 +77,13 @@ def absolute_paths(df: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 
 def read_manifest(path: Path, root: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """A manifest (or fold split, or kept version) with its file paths resolved against `root`."""
-    return absolute_paths(pd.read_parquet(path, columns=columns), root)
+    """A manifest (or fold split, or kept version) with its file paths resolved against `root`.
+    A version (or a pointer to one) is checked against its name as it is read
+    (`files.CorruptVersion` names a version rewritten in place): training, the tables and the
+    shards all read their manifests here."""
+    from ..files import read_version_parquet
+
+    return absolute_paths(read_version_parquet(path, columns=columns), root)
 
 
 def label_index_for(source_dir: Path) -> LabelIndex:
@@ -113,26 +118,29 @@ def read_partition(source_dir: Path, partition: str) -> tuple[pd.DataFrame, list
     return df, parsed.issues, parsed.sha256
 
 
-def clip_problems(clips: pd.DataFrame, *, reread_all: bool = False) -> dict[str, list[str]]:
+def clip_problems(clips: pd.DataFrame, *, reread_all: bool = False, root: Path | None = None) -> dict[str, list[str]]:
     """Empty, silent or missing audio and wrong frame counts among the `ok` clips.
 
     Clips extracted in this run (`skipped` false) are read in full. Clips kept from an earlier
     run were read in full when they were made, so only the presence of their files and the size
     of their WAV (more than a header) are checked again, from one listing of each folder:
     re-reading a whole AudioSet partition on every materialisation would mean reading ~1.7 TB.
-    `reread_all` reads every clip."""
+    `reread_all` reads every clip. Relative paths are resolved against `root` (the data root)."""
     from ..files import folder_sizes
+
+    def at(p) -> str:
+        return str(p if root is None else Path(root) / p)
 
     empty, silent, missing, frames = [], [], [], []
     ok = clips[clips["status"] == "ok"]
-    sizes = folder_sizes(Path(p).parent for p in ok["audio_path"] if p)
+    sizes = folder_sizes(Path(at(p)).parent for p in ok["audio_path"] if p)
     for c in ok.itertuples(index=False):
         fresh = reread_all or not bool(getattr(c, "skipped", False))
-        size = sizes.get(str(c.audio_path))
+        size = sizes.get(at(c.audio_path))
         if size is None:
             missing.append(c.segment_id)
         elif fresh:
-            data, _ = sf.read(c.audio_path, dtype="int16", always_2d=True)
+            data, _ = sf.read(at(c.audio_path), dtype="int16", always_2d=True)
             if data.shape[0] == 0:
                 empty.append(c.segment_id)
             elif not np.any(data):
@@ -140,7 +148,7 @@ def clip_problems(clips: pd.DataFrame, *, reread_all: bool = False) -> dict[str,
         elif size <= WAV_HEADER_BYTES:
             empty.append(c.segment_id)
         paths = list(c.frame_paths) if c.frame_paths is not None else []
-        if len(paths) != NUM_FRAMES or not all(str(p) in sizes for p in paths):
+        if len(paths) != NUM_FRAMES or not all(at(p) in sizes for p in paths):
             frames.append(c.segment_id)
     return {"empty": empty, "silent": silent, "missing": missing, "frames": frames}
 

@@ -4,11 +4,13 @@ a handful of files of a few hundred MB instead of millions of small ones.
 Layout (WebDataset's): each sample is a run of consecutive tar members named by its key -
 ``<key>.wav`` (the clip's WAV bytes, unchanged), ``<key>.f00.jpg`` .. ``<key>.f09.jpg`` (its
 frames, when it has them) and ``<key>.json`` (its manifest row: ids, labels, class, the
-audio's SHA-256) - so any tar reader, or WebDataset itself, can stream them. Beside the tars:
+SHA-256 of the audio packed) - so any tar reader, or WebDataset itself, can stream them.
+Beside the tars:
 
 * ``index.parquet``: one row per member - the file's path in the manifest (relative to the
-  data root), the shard, the byte offset and size of its data, the sample's key. Readers
-  seek straight to a member; the auditor goes from a shard back to clip ids and files;
+  data root), the shard, the byte offset and size of its data, the sample's key, the member's
+  SHA-256. Readers seek straight to a member; the auditor goes from a shard back to clip ids
+  and files;
 * ``shards.json``: the record - every shard's name, SHA-256, size and sample count, the
   index's SHA-256 and the manifest version the shards were packed from. A checkpoint's
   lineage names this record.
@@ -16,6 +18,17 @@ audio's SHA-256) - so any tar reader, or WebDataset itself, can stream them. Bes
 A set of shards is immutable and content-addressed by its manifest version
 (``<data root>/shards/<name>/<manifest sha256[:16]>/``): packing the same manifest again is
 a no-op, a new manifest version gets new shards, and older checkpoints keep theirs.
+
+Integrity: packing hashes each clip's audio as it reads it and packs it only when it matches
+the SHA-256 the manifest recorded at extraction (a clip changed since is an error, and no set
+is published); frames have no recorded digest, so they are packed as they are and hashed
+into the index. Every read of a member checks it against the index's SHA-256 (sets packed
+before the index carried them: each shard against the record, once per process).
+
+A set is written in ``.<set>.<random>.packing`` beside it, under the lock ``.<set>.lock``
+(packers of one version take turns; the second finds the set made). A packer killed
+mid-way leaves its folder; the next packing in the same place removes every such folder
+whose lock nobody holds.
 
 Reading: `ShardStore` opens a member by the path the manifest gives (the datasets of
 `data.datasets` take it as their `store`), so a dataset over shards yields exactly the items
@@ -25,6 +38,7 @@ distributed ranks), deterministic per (seed, epoch), resumable at any batch.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -41,12 +55,13 @@ import pandas as pd
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..files import sha256_file
+from ..files import Busy, exclusive, file_lock, sha256_file
 from .manifests import relative_path
 
 SHARD_BYTES = 256 * 1024 ** 2
 RECORD = "shards.json"
 INDEX = "index.parquet"
+PACKING = ".packing"   # the suffix of a set being written
 META_COLUMNS = ("segment_id", "ytid", "start", "end", "label_ids", "label_names", "class_id", "class_name",
                 "fold", "path", "partition", "sha256", "duration", "channels")
 
@@ -75,79 +90,149 @@ def pack_order(n: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(20_210_612)).tolist()
 
 
+class DigestMismatch(ValueError):
+    """Bytes that do not hash to the SHA-256 recorded for them."""
+
+
+def _lock_of(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.lock"
+
+
+def remove_abandoned(parent: Path, *, held: str = "") -> list[Path]:
+    """Remove the temporary folders that packers killed mid-way left in `parent` (a SIGKILL
+    runs no cleanup; a set is tens of GB): every `.<set>.<random>.packing` whose set's lock
+    nobody holds - a live packer holds it from before it makes its folder until after it
+    removes or renames it. `held`: the set whose lock the caller holds. Returns those removed."""
+    removed = []
+    for tmp in sorted(Path(parent).glob(f".*{PACKING}")):
+        name = tmp.name[1:].rsplit(".", 2)[0]
+        if not tmp.is_dir():
+            continue
+        if name == held:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+            continue
+        try:
+            with exclusive(_lock_of(Path(parent) / name), f"shard set {name}"):
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+        except Busy:
+            pass    # being packed now
+    return removed
+
+
+def _expected_digests(rows: pd.DataFrame) -> list[str]:
+    """The SHA-256 the manifest recorded for each clip's audio; a clip without one is an error
+    (packing cannot tell its bytes from a file changed since)."""
+    digests = list(rows["sha256"]) if "sha256" in rows else [None] * len(rows)
+    missing = [str(p) for p, d in zip(rows["audio_path"], digests) if not (isinstance(d, str) and len(d) == 64)]
+    if missing:
+        raise ValueError(f"the manifest records no SHA-256 for {len(missing)} usable clip(s), e.g. {missing[:3]}: "
+                         "packing checks every clip against it; materialise the manifest again")
+    return digests
+
+
 def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str = "segment_id",
                  target_bytes: int = SHARD_BYTES, source_sha256: str = "", prefix: str = "shard",
                  progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Pack the `ok` rows of `manifest` (file paths absolute, or relative to `root`) into tar
     shards of about `target_bytes` in `out_dir` (written in a temporary folder and renamed into
-    place: a killed run leaves nothing that looks finished). Returns the record."""
+    place: a killed run leaves nothing that looks finished, and the next run removes what it
+    left). Each clip's audio must hash to the manifest's `sha256`: `DigestMismatch` names every
+    clip that does not, and nothing is published. Returns the record."""
     root, out_dir = Path(root).resolve(), Path(out_dir)
     if (out_dir / RECORD).is_file():
         return json.loads((out_dir / RECORD).read_text())
     rows = manifest[manifest["status"] == "ok"] if "status" in manifest else manifest
     rows = rows.reset_index(drop=True)
+    expected = _expected_digests(rows)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        index, shards = [], []
-        tar, shard_path, shard_samples = None, None, 0
-
-        def close():
-            nonlocal tar
-            if tar is not None:
-                tar.close()
-                shards.append({"name": shard_path.name, "sha256": sha256_file(shard_path),
-                               "bytes": shard_path.stat().st_size, "samples": shard_samples})
-                tar = None
-
-        def add(name: str, data: bytes, source: str, sample_key: str):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            header = len(info.tobuf(tar.format, tar.encoding, tar.errors))
-            offset = tar.offset + header
-            tar.addfile(info, io.BytesIO(data))
-            index.append({"path": source, "shard": shard_path.name, "offset": offset,
-                          "size": len(data), "key": sample_key, "member": name})
-
-        order = pack_order(len(rows))
-        for done, i in enumerate(order, start=1):
-            row = rows.iloc[i]
-            if tar is None or tar.fileobj.tell() >= target_bytes:
-                close()
-                shard_path = tmp / f"{prefix}-{len(shards):05d}.tar"
-                tar, shard_samples = tarfile.open(shard_path, "w", format=tarfile.USTAR_FORMAT), 0
-            audio = str(row["audio_path"])
-            # a sample's key names its members up to the first dot (WebDataset's rule)
-            k = (str(row[key]) if key in row.index else Path(audio).stem).replace(".", "_")
-            src = audio if Path(audio).is_absolute() else str(root / audio)
-            add(f"{k}.wav", Path(src).read_bytes(), _relative(src, root), k)
-            frames = row.get("frame_paths")
-            if frames is not None and not (isinstance(frames, float) and frames != frames):
-                for j, f in enumerate(frames):
-                    fsrc = str(f) if Path(str(f)).is_absolute() else str(root / str(f))
-                    add(f"{k}.f{j:02d}.jpg", Path(fsrc).read_bytes(), _relative(fsrc, root), k)
-            meta = {c: _json_value(row[c]) for c in META_COLUMNS if c in row.index}
-            add(f"{k}.json", json.dumps(meta, sort_keys=True).encode(), f"{k}.json", k)
-            shard_samples += 1
-            if progress:
-                progress(done, len(rows))
-        close()
-        index_df = pd.DataFrame(index, columns=["path", "shard", "offset", "size", "key", "member"])
-        index_df.to_parquet(tmp / INDEX, index=False)
-        record = {"format": "webdataset-tar", "samples": len(rows), "shards": shards,
-                  "bytes": sum(s["bytes"] for s in shards), "index": INDEX, "index_sha256": sha256_file(tmp / INDEX),
-                  "source_sha256": source_sha256, "key": key}
-        (tmp / RECORD).write_text(json.dumps(record, indent=1))
-        os.chmod(tmp, 0o755)  # a temporary folder is private; the set is read by every worker and pod
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process packed the same version first: the same content, keep its set
-            if not (out_dir / RECORD).is_file():
-                raise
+    with file_lock(_lock_of(out_dir)):
+        if (out_dir / RECORD).is_file():   # packed by the process we waited for
             return json.loads((out_dir / RECORD).read_text())
-        return record
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_abandoned(out_dir.parent, held=out_dir.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=PACKING, dir=out_dir.parent))
+        try:
+            return _pack(rows, expected, root, tmp, out_dir, key=key, target_bytes=target_bytes,
+                         source_sha256=source_sha256, prefix=prefix, progress=progress)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, out_dir: Path, *, key: str,
+          target_bytes: int, source_sha256: str, prefix: str, progress) -> dict:
+    index, shards, mismatched = [], [], []
+    tar, shard_path, shard_samples = None, None, 0
+
+    def close():
+        nonlocal tar
+        if tar is not None:
+            tar.close()
+            shards.append({"name": shard_path.name, "sha256": sha256_file(shard_path),
+                           "bytes": shard_path.stat().st_size, "samples": shard_samples})
+            tar = None
+
+    def add(name: str, data: bytes, source: str, sample_key: str, digest: str = ""):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        header = len(info.tobuf(tar.format, tar.encoding, tar.errors))
+        offset = tar.offset + header
+        tar.addfile(info, io.BytesIO(data))
+        index.append({"path": source, "shard": shard_path.name, "offset": offset, "size": len(data),
+                      "key": sample_key, "member": name, "sha256": digest or hashlib.sha256(data).hexdigest()})
+
+    order = pack_order(len(rows))
+    for done, i in enumerate(order, start=1):
+        row = rows.iloc[i]
+        audio = str(row["audio_path"])
+        src = audio if Path(audio).is_absolute() else str(root / audio)
+        data = Path(src).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()   # of the bytes packed: the file may change after
+        if digest != expected[i]:
+            mismatched.append(f"{src}: manifest {expected[i]}, file {digest}")
+        if progress:
+            progress(done, len(rows))
+        if mismatched:
+            continue    # nothing will be published: the remaining clips are only checked
+        if tar is None or tar.fileobj.tell() >= target_bytes:
+            close()
+            shard_path = tmp / f"{prefix}-{len(shards):05d}.tar"
+            tar, shard_samples = tarfile.open(shard_path, "w", format=tarfile.USTAR_FORMAT), 0
+        # a sample's key names its members up to the first dot (WebDataset's rule)
+        k = (str(row[key]) if key in row.index else Path(audio).stem).replace(".", "_")
+        add(f"{k}.wav", data, _relative(src, root), k, digest)
+        frames = row.get("frame_paths")
+        if frames is not None and not (isinstance(frames, float) and frames != frames):
+            for j, f in enumerate(frames):
+                fsrc = str(f) if Path(str(f)).is_absolute() else str(root / str(f))
+                add(f"{k}.f{j:02d}.jpg", Path(fsrc).read_bytes(), _relative(fsrc, root), k)
+        meta = {c: _json_value(row[c]) for c in META_COLUMNS if c in row.index}
+        meta["sha256"] = digest
+        add(f"{k}.json", json.dumps(meta, sort_keys=True).encode(), f"{k}.json", k)
+        shard_samples += 1
+    if mismatched:
+        if tar is not None:
+            tar.close()
+        more = f"\n... and {len(mismatched) - 20} more" if len(mismatched) > 20 else ""
+        raise DigestMismatch(
+            f"{len(mismatched)} of {len(rows)} clips do not hash to the SHA-256 their manifest recorded at extraction "
+            f"(changed since?); no shards were published. Restore the files, or extract those clips again and "
+            f"materialise the manifest again:\n" + "\n".join(mismatched[:20]) + more)
+    close()
+    index_df = pd.DataFrame(index, columns=["path", "shard", "offset", "size", "key", "member", "sha256"])
+    index_df.to_parquet(tmp / INDEX, index=False)
+    record = {"format": "webdataset-tar", "samples": len(rows), "shards": shards,
+              "bytes": sum(s["bytes"] for s in shards), "index": INDEX, "index_sha256": sha256_file(tmp / INDEX),
+              "source_sha256": source_sha256, "key": key}
+    (tmp / RECORD).write_text(json.dumps(record, indent=1))
+    os.chmod(tmp, 0o755)  # a temporary folder is private; the set is read by every worker and pod
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process packed the same version first: the same content, keep its set
+        if not (out_dir / RECORD).is_file():
+            raise
+        return json.loads((out_dir / RECORD).read_text())
+    return record
 
 
 def verify_shards(folder: Path) -> list[str]:
@@ -170,19 +255,29 @@ class ShardStore:
 
     `open(path)` returns the member's bytes as a file object; a path not in the shards is an
     error that names it. Reads are positioned (`os.pread`) on descriptors opened once per
-    process, so DataLoader workers share nothing and never seek each other's files."""
+    process, so DataLoader workers share nothing and never seek each other's files. Every
+    member read is hashed and checked against the index (`DigestMismatch` names the shard and
+    member); a set whose index has no member digests (packed before it had them) has each
+    shard hashed against its record once per process, before its first read."""
 
     def __init__(self, folders: list[Path] | Path, root: Path):
         folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
         self.root = Path(root).resolve()
         self.folders = folders
-        frames = []
+        frames, self._unchecked = [], {}
         for folder in folders:
             idx = pd.read_parquet(folder / INDEX)
             idx["file"] = [str(folder / s) for s in idx["shard"]]
+            if "sha256" in idx:   # raw digests: a third of the memory of the hex text, per member
+                idx["digest"] = [bytes.fromhex(d) for d in idx["sha256"]]
+            else:
+                idx["digest"] = None
+                record = json.loads((folder / RECORD).read_text())
+                self._unchecked.update({str(folder / s["name"]): s["sha256"] for s in record["shards"]})
             frames.append(idx)
         idx = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        self._where = dict(zip(idx["path"], zip(idx["file"], idx["offset"].astype(int), idx["size"].astype(int))))
+        self._where = dict(zip(idx["path"], zip(idx["file"], idx["offset"].astype(int), idx["size"].astype(int),
+                                                idx["digest"])))
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -207,15 +302,35 @@ class ShardStore:
                     fd = self._fds[file] = os.open(file, os.O_RDONLY)
         return fd
 
+    def _check_shard(self, file: str) -> None:
+        """A shard of a set without member digests, hashed whole against its record before its
+        first read in this process."""
+        expected = self._unchecked.get(file)
+        if expected is None:
+            return
+        actual = sha256_file(Path(file))
+        if actual != expected:
+            raise DigestMismatch(f"{file}: the shard hashes to {actual}, its record gives {expected} (damaged "
+                                 "after packing): re-pack it (delete its folder and materialise the shards again)")
+        self._unchecked.pop(file, None)
+
     def read(self, path) -> bytes:
         rel = _relative(str(path), self.root)
         where = self._where.get(rel)
         if where is None:
             raise FileNotFoundError(f"{rel} is not in the shards {', '.join(str(f) for f in self.folders)}")
-        file, offset, size = where
+        file, offset, size, digest = where
+        if digest is None:
+            self._check_shard(file)
         data = os.pread(self._fd(file), size, offset)
         if len(data) != size:
             raise OSError(f"{file}: {len(data)} of {size} bytes of {rel} at offset {offset} (truncated shard?)")
+        if digest is not None and hashlib.sha256(data).digest() != digest:
+            idx = pd.read_parquet(Path(file).parent / INDEX, columns=["path", "member"])
+            member = idx.loc[idx["path"] == rel, "member"].iloc[0]
+            raise DigestMismatch(f"{file}: member {member} ({rel}, {size} bytes at offset {offset}) does not hash to "
+                                 f"the SHA-256 the index gives (damaged after packing): re-pack the set (delete "
+                                 "its folder and materialise the shards again)")
         return data
 
     def open(self, path) -> io.BytesIO:
@@ -312,12 +427,16 @@ def publish_shards(layout, name: str, manifest_path: Path, *, target_bytes: int 
     """Pack the manifest at `manifest_path` (a pointer to a version) into the shards of dataset
     `name` and make them current. (folder, record, packed now?): a version packed before is
     not packed again."""
-    from .manifests import read_manifest
+    from ..files import read_version
+    from .manifests import absolute_paths
 
-    sha = sha256_file(Path(manifest_path))
+    # one read: the digest names the very bytes parsed, whatever the pointer does meanwhile, and
+    # a version is checked against its name (files.CorruptVersion)
+    sha, data = read_version(Path(manifest_path))
     folder = shards_folder(layout.shards(name), sha)
     fresh = not (folder / RECORD).is_file()
-    record = write_shards(read_manifest(Path(manifest_path), layout.root), layout.root, folder,
+    manifest = absolute_paths(pd.read_parquet(io.BytesIO(data)), layout.root)
+    record = write_shards(manifest, layout.root, folder,
                           target_bytes=target_bytes, source_sha256=sha, prefix=name, progress=progress)
     pointer = layout.shards_pointer(name)
     tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}")

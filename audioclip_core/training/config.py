@@ -39,6 +39,8 @@ class TrainConfig:
                                       # (snapshots/after_NNN_epochs.safetensors; Table 1's 5-epoch row)
     allow_random_init: bool = False   # stage 1 without ImageNet weights / stage 2 without CLIP weights
                                       # start from random weights instead of refusing (the demo)
+    allow_changed_parent: bool = False  # train from a parent checkpoint whose bytes differ from its own
+                                      # lineage record (stages.require_unchanged_parent) instead of refusing
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import export_official, save_checkpoint
-from ..files import keep_version, sha256_file
+from ..files import keep_version, verified_version
 from ..lineage import lineage_record, write_lineage
 from ..models.esresnext import ESResNeXt
 from .config import TrainConfig
@@ -90,8 +90,9 @@ def _plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 def manifest_entry(path: Path, rows: int, store: Optional[Path] = None) -> dict:
     """A manifest a stage trains on: path, digest, usable rows; with `store`, the exact
     version is kept there (content-addressed) and named, so the clips stay listable after the
-    manifest moves on (`audioclip lineage CKPT --clips`)."""
+    manifest moves on (`audioclip lineage CKPT --clips`). A version (or a pointer to one) is
+    checked against its name (`files.CorruptVersion`), never trusted."""
     if store is None:
-        return {"path": str(path), "sha256": sha256_file(path), "rows": int(rows)}
+        return {"path": str(path), "sha256": verified_version(Path(path))[0], "rows": int(rows)}
     sha, version = keep_version(Path(path), store)
     return {"path": str(path), "sha256": sha, "rows": int(rows), "version": str(version)}

@@ -38,6 +38,7 @@ from torch import nn
 from ..checkpoints import CheckpointError, build_model, load_model, load_strict, read_checkpoint
 from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset, ImageCaptionDataset
 from ..data.manifests import read_manifest
+from ..lineage import MISMATCH, verify_checkpoint
 from ..models.audioclip import AudioCLIP
 from ..models.esresnext import AudioConfig, ESResNeXt
 from ..models.presets import get_preset
@@ -297,6 +298,29 @@ def missing_weights(name: str, source: tuple[str, str, str]) -> InitialisationEr
         f"weights (what the demo profile does).")
 
 
+class ChangedParentError(ValueError):
+    """A stage's parent checkpoint differs from its own lineage record."""
+
+
+def require_unchanged_parent(spec: StageSpec, cfg: TrainConfig):
+    """A stage starts from its parent as the parent's lineage records it: a parent file whose
+    sha256 (`spec.parent`'s, taken once when the spec was made; not hashed again) differs from
+    the digest in `<parent>.lineage.json` is refused, naming the file and both digests, unless
+    `allow_changed_parent` - then it trains from the file as it is, and its lineage records
+    both. A parent without a record (a released checkpoint) starts as it is. Returns the
+    `lineage.Verification`, or None without a parent."""
+    if not spec.parent:
+        return None
+    check = verify_checkpoint(Path(spec.parent["path"]), sha256=spec.parent["sha256"])
+    if check.state == MISMATCH and not cfg.allow_changed_parent:
+        raise ChangedParentError(
+            f"{spec.name}: the parent checkpoint {check.path} has sha256 {check.actual}, but its lineage record "
+            f"says {check.recorded}: it changed after {spec.parent.get('name') or 'its stage'} wrote it (damaged or "
+            "replaced). Materialise that stage again (or restore the file), or set `allow_changed_parent: true` "
+            "to train from it as it is")
+    return check
+
+
 def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_audioclip(cfg)               # random towers: the demo's CLIP is trained here
     model.freeze(audio=True)                   # no audio: the audio head and its scales stay as built
@@ -422,8 +446,11 @@ def build_stage(spec: StageSpec):
     if cfg.stage != spec.stage:
         raise ValueError(f"{spec.name}: the spec is for stage {spec.stage!r}, its config for {cfg.stage!r}")
     require_initialisation(spec, cfg)
+    parent = require_unchanged_parent(spec, cfg)
+    changed = ({"parent_changed": {"recorded_sha256": parent.recorded, "sha256": parent.actual}}
+               if parent is not None and parent.state == MISMATCH else {})
     model, dataset, step = STAGES[spec.stage].build(spec, cfg)
     return StageRun(spec.name, cfg, model, dataset, step, Path(spec.workdir), spec.manifests, parent=spec.parent,
                     prepare=keep_frozen_in_eval, dagster=spec.dagster,
                     extra_lineage={**spec.extra_lineage, "clip_weights": spec.clip_weights,
-                                   "imagenet_weights": spec.imagenet_weights})
+                                   "imagenet_weights": spec.imagenet_weights, **changed})

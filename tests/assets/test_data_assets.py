@@ -13,7 +13,9 @@ from assets import audioset, clipsets
 from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
 from audioclip_core.audio import ffmpeg_exe
 from audioclip_core.data.demo_dataset import generate_esc50, generate_us8k
-from audioclip_core.acquisition.media_server import MediaServer
+from functools import partial
+
+from audioclip_core.acquisition.media_server import MediaServer, _RangeHandler
 from audioclip_core.data.manifests import read_manifest
 from audioclip_core.layout import DataLayout
 
@@ -39,15 +41,31 @@ def held_out(tmp_path_factory, shared_data):
         "# Segments csv created Sun Mar  5 10:54:25 2017\n# num_ytids=7\n# YTID, start_seconds, end_seconds, positive_labels\n"
         'Chaplin0001, 1.000, 6.000, "/m/09x0r,/m/04rlf"\n'
         'BigBuckBun0, 10.000, 15.000, "/m/0jbk"\n'
-        'Chaplin0001, 10.000, 15.000, "/m/09x0r"\n'
+        'Chaplin0001, 4.000, 9.000, "/m/09x0r"\n'
         'BigBuckBun0, 1.000, 6.000, "/m/0jbk"\n'
+        'BigBuckBun0, 20.000, 25.000, "/m/0jbk"\n'
+        'BigBuckBun0, 24.000, 29.000, "/m/0jbk"\n'
+        'Chaplin0001, 40.000, 45.000, "/m/09x0r"\n'
+        'Flaky000001, 0.000, 5.000, "/m/09x0r"\n'
         'Missing0001, 0.000, 10.000, "/m/09x0r"\n'
         'NoAudio0001, 0.000, 5.000, "/m/09x0r"\n'
         'Truncated01, 0.000, 5.000, "/m/09x0r"\n'
         'broken row without fields\n'
         '../../etc/x, 0.000, 10.000, "/m/09x0r"\n')
-    with MediaServer(videos) as server:
+    server = MediaServer(videos)
+    server._httpd.RequestHandlerClass = partial(_Flaky, directory=str(videos))
+    with server:
         yield src, server
+
+
+class _Flaky(_RangeHandler):
+    """The stand-in for YouTube, with one id that always answers 503 (a transient failure)."""
+
+    def send_head(self):
+        if "Flaky" in self.path:
+            self.send_error(503)
+            return None
+        return super().send_head()
 
 
 def _resources(tmp_path, src, server=None, retry_after=0.0, **paths):
@@ -77,21 +95,24 @@ def test_audioset_lineage_statuses_frames_and_catalog(held_out, tmp_path):
     res = _resources(tmp_path, src, server)
     result = _mat(AUDIOSET_ASSETS, res, "eval")
     seg = _meta(result, "audioset_segments")
-    assert seg["segments"] == 7 and seg["malformed_rows"] == 2
+    assert seg["segments"] == 11 and seg["malformed_rows"] == 2
     data = tmp_path / "data"
     con = duckdb.connect(str(data / "catalog.duckdb"), read_only=True)
     df = con.sql("SELECT segment_id, status, reason, audio_path, frame_paths, duration, channels "
                  "FROM audioset_eval ORDER BY segment_id").df()
     status = dict(zip(df["segment_id"], df["status"]))
-    assert status == {"Chaplin0001_1000": "ok", "BigBuckBun0_10000": "ok", "Chaplin0001_10000": "ok",
-                      "BigBuckBun0_1000": "ok", "Missing0001_0": "unavailable", "NoAudio0001_0": "invalid_media",
-                      "Truncated01_0": "error"}
+    assert status == {"Chaplin0001_1000": "ok", "BigBuckBun0_10000": "ok", "Chaplin0001_4000": "ok",
+                      "BigBuckBun0_1000": "ok", "BigBuckBun0_20000": "ok", "BigBuckBun0_24000": "ok",
+                      "Chaplin0001_40000": "invalid_media", "Missing0001_0": "unavailable",
+                      "NoAudio0001_0": "invalid_media", "Truncated01_0": "invalid_media", "Flaky000001_0": "error"}
     reasons = dict(zip(df["segment_id"], df["reason"]))
     assert "no audio track" in reasons["NoAudio0001_0"] and "404" in reasons["Missing0001_0"]
-    assert "ffmpeg" in reasons["Truncated01_0"]  # a corrupt source cannot even be cut
+    assert "past the end of the media" in reasons["Chaplin0001_40000"]  # chaplin.mp4 is 9.64 s long
+    assert "corrupt" in reasons["Truncated01_0"] or "ffmpeg" in reasons["Truncated01_0"], reasons["Truncated01_0"]
+    assert "503" in reasons["Flaky000001_0"]
     for row in df[df["status"] == "ok"].itertuples():
         assert Path(row.audio_path).is_file() and len(row.frame_paths) == 10
-        assert all(Path(p).is_file() for p in row.frame_paths) and 4.5 < row.duration <= 5.05
+        assert all(Path(p).is_file() for p in row.frame_paths) and abs(row.duration - 5.0) <= 0.04
         assert Path(row.audio_path).name == f"{row.segment_id}.wav"
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["no_empty_or_silent_clips"] and checks["ten_frames_per_clip"]
@@ -112,7 +133,7 @@ def test_rematerialising_does_no_work_twice(held_out, tmp_path):
     meta = _meta(again, "audioset_downloads")
     assert meta["attempted_now"] == 0 and meta["deferred"] == 1 and meta["next_retry_after"].endswith("UTC")
     table = pd.read_parquet(tmp_path / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
-    assert "retried by a run after" in table.loc["Truncated01_0", "message"]
+    assert "retried by a run after" in table.loc["Flaky000001_0", "message"]
     assert _meta(again, "audioset_clips")["extracted_now"] == 0
     assert clip.stat().st_mtime_ns == before
     # with no back-off, the next run tries the transient failure (only it) again
@@ -130,7 +151,10 @@ def test_killed_download_and_extraction_resume(held_out, tmp_path):
     # another one half-written in its temporary folder; a clip half-extracted
     dl = data / "downloads" / "eval"
     dl.mkdir(parents=True)
-    shutil.copy(Path(server.root) / "BigBuckBun0.media", dl / "BigBuckBun0_10000.webm")
+    # a whole file is a piece on the source's time line too
+    shutil.copy(Path(server.root) / "BigBuckBun0.media", dl / "BigBuckBun0_10000.cut.mkv")
+    # a download of an earlier kind (its time line from the cut, not from the source) is fetched again
+    shutil.copy(Path(server.root) / "BigBuckBun0.media", dl / "BigBuckBun0_1000.webm")
     (dl / ".Chaplin0001_1000.abc").mkdir()
     (dl / ".Chaplin0001_1000.abc" / "Chaplin0001_1000.mp4.part").write_bytes(b"partial")
     clips = data / "clips" / "eval"
@@ -141,9 +165,10 @@ def test_killed_download_and_extraction_resume(held_out, tmp_path):
     table = pd.read_parquet(data / "downloads" / "eval.parquet").set_index("segment_id")
     assert table.loc["BigBuckBun0_10000", "status"] == "ok" and table.loc["BigBuckBun0_10000", "attempts"] == 0
     assert table.loc["Chaplin0001_1000", "status"] == "ok" and table.loc["Chaplin0001_1000", "attempts"] == 1
+    assert table.loc["BigBuckBun0_1000", "attempts"] == 1 and not (dl / "BigBuckBun0_1000.webm").exists()
     assert not [p for p in dl.iterdir() if p.name.startswith(".")]
     assert not [p for p in clips.iterdir() if p.name.startswith(".")]
-    assert _meta(result, "audioset_manifest")["ok"] == 4
+    assert _meta(result, "audioset_manifest")["ok"] == 6
 
 
 def test_esc50_us8k_manifests_and_folds(tmp_path):
@@ -269,12 +294,12 @@ def test_intact_clips_are_never_demoted_by_a_failed_redownload(held_out, tmp_pat
         f.unlink()
     again = _mat(AUDIOSET_ASSETS, _resources(tmp_path, src), "eval", instance)
     table = read_manifest(tmp_path / "data" / "audioset" / "manifests" / "eval.parquet", tmp_path / "data").set_index("segment_id")
-    assert _meta(again, "audioset_manifest")["ok"] == ok_before == 4
+    assert _meta(again, "audioset_manifest")["ok"] == ok_before == 6
     assert table.loc["Chaplin0001_1000", "status"] == "ok" and Path(table.loc["Chaplin0001_1000", "audio_path"]).is_file()
     downloads = pd.read_parquet(tmp_path / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
     assert "intact and kept" in downloads.loc["Chaplin0001_1000", "message"]
-    # tried again: the transient failure and the download whose clip was quarantined (no intact clip to keep)
-    assert _meta(again, "audioset_downloads")["attempted_now"] == 2
+    # tried again: the transient failure only (the media's own failures are final)
+    assert _meta(again, "audioset_downloads")["attempted_now"] == 1
 
 
 def test_a_partition_is_worked_on_by_one_run_at_a_time(held_out, tmp_path):
@@ -300,7 +325,10 @@ def test_a_moved_data_root_keeps_its_download_history(held_out, tmp_path):
     row_a, row_b = before.loc["Chaplin0001_1000"], after.loc["Chaplin0001_1000"]
     assert (row_b["attempts"], row_b["started_at"], row_b["finished_at"]) == \
         (row_a["attempts"], row_a["started_at"], row_a["finished_at"])
-    assert row_b["path"].startswith(str(tmp_path / "b"))
+    # relative to the data root: a copied root reads only itself
+    assert row_b["path"] == "audioset/downloads/eval/Chaplin0001_1000.cut.mkv"
+    clips_b = pd.read_parquet(tmp_path / "b" / "data" / "audioset" / "clips" / "eval.parquet")
+    assert all(not os.path.isabs(p) for p in clips_b["audio_path"].dropna())
     assert _meta(again, "audioset_clips")["extracted_now"] == 0
     pointer = tmp_path / "b" / "data" / "audioset" / "manifests" / "eval.parquet"
     raw = pd.read_parquet(pointer)
@@ -314,3 +342,33 @@ def test_a_moved_data_root_keeps_its_download_history(held_out, tmp_path):
     version = pointer.resolve()
     assert version.parent == (tmp_path / "b" / "data" / "versions").resolve()
     assert version.stem == _meta(again, "audioset_manifest")["sha256"] and version.stat().st_mode & 0o222 == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 3 MB (root and mount(8) needed; skipped where they are not)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_fails_the_run_and_quarantines_nothing(held_out, small_disk):
+    """The data root fills up during downloads and extraction: the run is red, nothing is
+    recorded as bad media; once the disk is larger, a re-run completes every clip the media allow."""
+    src, server = held_out
+    res = _resources(small_disk, src, server)
+    instance = dg.DagsterInstance.ephemeral()
+    first = _mat(AUDIOSET_ASSETS, res, "eval", instance, success=False)
+    assert "No space left on device" in _step_errors(first), _step_errors(first)
+    for name in ("downloads", "clips"):
+        table = small_disk / "data" / "audioset" / f"{name}" / "eval.parquet"
+        if table.is_file():
+            df = pd.read_parquet(table)
+            wrongly = df[(df["status"] == "invalid_media") & df["segment_id"].str.startswith(("Chaplin0001_1", "BigBuck"))]
+            assert wrongly.empty, wrongly
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    again = _mat(AUDIOSET_ASSETS, res, "eval", instance)
+    assert _meta(again, "audioset_manifest")["ok"] == 6

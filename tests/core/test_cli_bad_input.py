@@ -41,10 +41,14 @@ def bad_inputs(tmp_path_factory, shared_data):
     folder = d / "folder.wav"
     folder.mkdir()
     missing = d / "missing.wav"
+    loop = d / "loop.wav"
+    loop.symlink_to(d / "loop2.wav")
+    (d / "loop2.wav").symlink_to(loop)
     files = [clips[0], str(noise), clips[1], str(nan), str(truncated), image, str(folder), str(inf),
-             str(missing), clips[2]]
+             str(missing), str(loop), clips[2]]
     bad = {str(noise): "ffmpeg could not decode", str(nan): "non-finite", str(inf): "non-finite",
-           str(truncated): "cannot read image", str(folder): "is a directory", str(missing): "no such"}
+           str(truncated): "cannot read image", str(folder): "is a directory", str(missing): "no such",
+           str(loop): "is a symbolic link loop"}
     return files, bad
 
 
@@ -161,6 +165,17 @@ def test_checkpoint_paths_get_their_own_messages(tmp_path, capsys):
         assert message in err and "Traceback" not in err, (path, err)
         with pytest.raises(CheckpointError, match=message):
             ac.load_model(path)
+
+
+def test_a_symbolic_link_loop_is_named_not_called_missing(tiny_checkpoint, tmp_path, capsys):
+    loop = tmp_path / "ckpt.safetensors"
+    loop.symlink_to(loop)
+    for argv in (["classify", "-c", str(loop), "--labels", "dog", "x.wav"], ["lineage", str(loop)],
+                 ["convert", str(loop), str(tmp_path / "out.safetensors")]):
+        assert main(argv) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert f"{loop}' is a symbolic link loop" in err or f"{loop}: is a symbolic link loop" in err, (argv, err)
+        assert "does not exist" not in err and "no such" not in err
 
 
 def test_convert_and_lineage_on_bad_input(tiny_checkpoint, tmp_path, capsys):

@@ -47,6 +47,73 @@ def test_malformed_rows_reported_with_line_and_skipped(tmp_path, labels):
     assert "unknown label" in reasons[3] and "invalid YouTube id" in reasons[4]
 
 
+HEADER = "# Segments csv\n# num_ytids=9\n# YTID, start_seconds, end_seconds, positive_labels\n"
+
+
+def test_times_are_strict_decimals_that_make_a_segment(tmp_path, labels):
+    rows = [
+        'aaaaaaaaaa1, 30.000, 40.000, "/m/09x0r"',     # 4: fine
+        'aaaaaaaaaa2, 1_000, 1_010, "/m/09x0r"',       # 5: float() reads 1000.0
+        'aaaaaaaaaa3, 1e15, 1.00000000000001e15, "/m/09x0r"',
+        'aaaaaaaaaa4, inf, inf, "/m/09x0r"',
+        'aaaaaaaaaa5, nan, 10.000, "/m/09x0r"',
+        'aaaaaaaaaa6, 0x10, 0x20, "/m/09x0r"',
+        'aaaaaaaaaa7, -5.000, 5.000, "/m/09x0r"',     # 10
+        'aaaaaaaaaa8, 10.000, 10.000, "/m/09x0r"',
+        'aaaaaaaaaa9, 0.000, 61.000, "/m/09x0r"',
+        'aaaaaaaaa10, 86401.000, 86411.000, "/m/09x0r"',
+        'aaaaaaaaa11, 86400.000, 86410.000, "/m/09x0r"',  # 14: a day in is still a video
+        'aaaaaaaaa12, 0.000, 60.000, "/m/09x0r"',         # 15: the longest segment taken
+        'aaaaaaaaa13, ' + "9" * 400 + ', ' + "9" * 401 + ', "/m/09x0r"',  # decimal, but float() gives inf
+        'aaaaaaaaa14, \u0663.000, 10.000, "/m/09x0r"',   # an Arabic-Indic 3: float() reads it
+    ]
+    csv = tmp_path / "seg.csv"
+    csv.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
+    parsed = read_segment_file(csv, set(labels.mids))
+    assert [(s.ytid, s.start, s.end, s.line) for s in parsed.segments] == [
+        ("aaaaaaaaaa1", 30.0, 40.0, 4), ("aaaaaaaaa11", 86400.0, 86410.0, 14), ("aaaaaaaaa12", 0.0, 60.0, 15)]
+    reasons = {i.line: i.reason for i in parsed.issues}
+    assert sorted(reasons) == [5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17]
+    for line in (5, 6, 7, 8, 9, 17):
+        assert reasons[line].startswith("start/end not numbers (plain decimals, e.g. 30.000): "), reasons[line]
+    assert reasons[5].endswith("'1_000', '1_010'")
+    assert reasons[10] == "bad time range -5.000..5.000: negative start"
+    assert reasons[11] == "bad time range 10.000..10.000: start is not before end"
+    assert reasons[12] == "bad time range 0.000..61.000: longer than 60 s"
+    assert reasons[13] == "bad time range 86401.000..86411.000: start beyond 24 h"
+    assert reasons[16].endswith(": times are not finite")
+    assert {i.line: i.text for i in parsed.issues}[7] == rows[3]
+
+
+def test_duplicate_segments_are_reported_with_the_first_line(tmp_path, labels):
+    rows = [
+        'bbbbbbbbbb1, 30.000, 40.000, "/m/09x0r"',     # 4
+        'bbbbbbbbbb2, 0.000, 10.000, "/m/09x0r"',      # 5
+        'bbbbbbbbbb1, 30.000, 38.000, "/m/04rlf"',     # 6: same id and start, other end and labels
+        'bbbbbbbbbb1, 30.000, 40.000, "/m/09x0r"',     # 7: the same row again
+        'bbbbbbbbbb1, 30.0004, 40.000, "/m/09x0r"',    # 8: the same segment id (start in ms)
+        'bbbbbbbbbb1, 20.000, 30.000, "/m/09x0r"',     # 9: another segment of the video
+        'bbbbbbbbbb3, 0.000, 10.000, "/m/nope"',       # 10: invalid, claims nothing
+        'bbbbbbbbbb3, 0.000, 10.000, "/m/09x0r"',      # 11: so this one is the segment
+    ]
+    csv = tmp_path / "seg.csv"
+    csv.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
+    parsed = read_segment_file(csv, set(labels.mids))
+    assert [(s.segment_id, s.line) for s in parsed.segments] == [
+        ("bbbbbbbbbb1_30000", 4), ("bbbbbbbbbb2_0", 5), ("bbbbbbbbbb1_20000", 9), ("bbbbbbbbbb3_0", 11)]
+    assert [(i.line, i.reason) for i in parsed.issues] == [
+        (6, "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"),
+        (7, "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"),
+        (8, "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"),
+        (10, "unknown label ids ['/m/nope']")]
+    assert parsed.issues[0].text == rows[2]
+    # a shard of the file (as the unbalanced list is cut) reports a duplicate of a row in an
+    # earlier shard, and only its own rows
+    tail = read_segment_file(csv, set(labels.mids), rows=slice(2, 6))
+    assert [(s.segment_id, s.line) for s in tail.segments] == [("bbbbbbbbbb1_20000", 9)]
+    assert [i.line for i in tail.issues] == [6, 7, 8]   # lines 6..9
+    assert tail.issues[0].reason == "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"
+
 def test_ids_are_validated_before_paths():
     assert segment_id("--4gqARaEJE", 30.0) == "--4gqARaEJE_30000"
     for bad in ("../../etc/x", "abc", "abcdefghij/", "abcdefghijkl", ""):

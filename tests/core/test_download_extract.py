@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from audioclip_core.audio import ffmpeg_exe
-from audioclip_core.acquisition.media import ExtractionError, extract_clip
+from audioclip_core.acquisition.media import MediaError, extract_clip
 from audioclip_core.acquisition.media_server import MediaServer
 from audioclip_core.acquisition.youtube import DownloadOptions, classify_error, download_segment
 
@@ -34,9 +34,9 @@ def test_real_videos_download_and_cut(served, tmp_path):
         res = download_segment(ytid, 1.0, 6.0, tmp_path / "downloads", options=_opts(served, ext))
         assert res.status == "ok", res.message
         assert Path(res.path).name.startswith(f"{ytid}_1000") and res.bytes > 10000 and len(res.sha256) == 64
-        clip = extract_clip(Path(res.path), tmp_path / "clips", f"{ytid}_1000")
+        clip = extract_clip(Path(res.path), tmp_path / "clips", f"{ytid}_1000", start=1.0, end=6.0, info=res.info)
         info = sf.info(clip.audio_path)
-        assert info.samplerate == 44100 and 4.0 < info.frames / 44100 < 6.5
+        assert info.samplerate == 44100 and abs(info.frames / 44100 - 5.0) <= 0.04
         assert len(clip.frame_paths) == 10 and all(Path(p).exists() for p in clip.frame_paths)
     assert not [p for p in (tmp_path / "downloads").iterdir() if p.name.startswith(".")]
 
@@ -80,8 +80,29 @@ def test_transient_errors_back_off_and_retry(served, tmp_path):
 
 def test_bad_media_is_quarantined_with_reason(served, tmp_path):
     root = Path(served.root)
-    with pytest.raises(ExtractionError, match="no audio track"):
-        extract_clip(root / "NoAudio0001.mp4", tmp_path, "NoAudio0001_0")
-    with pytest.raises(ExtractionError):
-        extract_clip(root / "Truncated01.mp4", tmp_path, "Truncated01_0")
+    with pytest.raises(MediaError, match="no audio track"):
+        extract_clip(root / "NoAudio0001.mp4", tmp_path, "NoAudio0001_0", start=0.0, end=5.0)
+    with pytest.raises(MediaError):
+        extract_clip(root / "Truncated01.mp4", tmp_path, "Truncated01_0", start=0.0, end=5.0)
     assert list(tmp_path.iterdir()) == []  # nothing partial left behind
+
+
+def test_a_download_without_audio_or_empty_is_final_invalid_media(served, tmp_path):
+    (Path(served.root) / "ZeroBytes01.mp4").write_bytes(b"")
+    for ytid, reason in (("NoAudio0001", "no audio track"), ("ZeroBytes01", "empty")):
+        res = download_segment(ytid, 0.0, 5.0, tmp_path / "d", options=_opts(served))
+        assert res.status == "invalid_media" and reason in res.message, res.message
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_many_channels_are_downmixed_to_two(tmp_path):
+    import numpy as np
+
+    wav = tmp_path / "c64.wav"
+    rng = np.random.default_rng(0)
+    sf.write(wav, (0.1 * rng.standard_normal((44100 * 3, 64))).astype("float32"), 44100, subtype="FLOAT")
+    media = tmp_path / "c64.mkv"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=s=320x240:r=25:d=3", "-i", str(wav),
+                    "-c:v", "libx264", "-c:a", "pcm_f32le", str(media)], check=True)
+    clip = extract_clip(media, tmp_path / "out", "c64", start=0.5, end=2.5)
+    assert clip.channels == 2 and abs(clip.duration - 2.0) <= 0.001

@@ -119,3 +119,74 @@ def test_clips_of_a_checkpoint_survive_a_manifest_change(tmp_path, capsys):
     (tmp_path / "versions" / f"{entry['sha256']}.parquet").unlink()
     assert main(["lineage", str(ck), "--clips"]) != 0
     assert "no longer on disk" in capsys.readouterr().err
+
+
+def _flip_a_weight_byte(path):
+    """One bit of the first tensor's lowest byte (safetensors: 8-byte header length, header,
+    then the tensor data): the file still loads, with other weights."""
+    data = bytearray(path.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little")] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def recorded_chain(tiny_model, tmp_path):
+    """A parent and a child checkpoint of ours (tiny), each with its lineage record."""
+    import audioclip_core as ac
+    from audioclip_core.lineage import lineage_record, write_lineage
+
+    out = {}
+    parent = None
+    for name in ("audioclip_partial", "audioclip_full"):
+        ck = tmp_path / name / f"{name}.safetensors"
+        ck.parent.mkdir()
+        ac.save_checkpoint(tiny_model, ck, metadata={"name": name, "input_scale": "int16"})
+        write_lineage(lineage_record(name=name, stage=name, checkpoint=ck, config={}, manifests={}, parent=parent), ck)
+        parent = {"path": str(ck), "sha256": sha256_file(ck), "name": name}
+        out[name] = ck
+    return out
+
+
+def test_lineage_says_verified_or_mismatch_for_every_file_of_the_chain(recorded_chain, capsys):
+    from audioclip_core.cli import EXIT_MISMATCH
+    from audioclip_core.lineage import MISMATCH, UNRECORDED, VERIFIED, verify_checkpoint
+
+    parent, child = recorded_chain["audioclip_partial"], recorded_chain["audioclip_full"]
+    assert main(["lineage", str(child)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("VERIFIED") == 2 and "MISMATCH" not in captured.out and captured.err == ""
+    assert verify_checkpoint(child).state == VERIFIED
+
+    recorded = sha256_file(parent)
+    _flip_a_weight_byte(parent)
+    actual = sha256_file(parent)
+    check = verify_checkpoint(parent)
+    assert (check.state, check.recorded, check.actual) == (MISMATCH, recorded, actual)
+    assert main(["lineage", str(child)]) == EXIT_MISMATCH
+    captured = capsys.readouterr()
+    assert f"sha256 {recorded}  MISMATCH: the file's sha256 is now {actual}" in captured.out
+    assert captured.out.count("VERIFIED") == 1   # the child is intact
+    assert f"{parent}: MISMATCH - its sha256 is {actual}, its lineage record says {recorded}" in captured.err
+    assert main(["lineage", str(parent)]) == EXIT_MISMATCH
+    capsys.readouterr()
+    # a checkpoint without a record (a released one) is not hashed, nor called changed
+    parent.with_suffix(".lineage.json").unlink()
+    assert verify_checkpoint(parent).state == UNRECORDED and verify_checkpoint(parent).actual is None
+
+
+def test_classify_warns_of_a_changed_checkpoint_and_still_answers(recorded_chain, shared_data, tmp_path, capsys):
+    ck = recorded_chain["audioclip_full"]
+    clip = str(sorted((shared_data / "esc50" / "audio").glob("*.wav"))[0])
+    args = ["classify", "-c", str(ck), "--labels", "dog,rain", "-o", str(tmp_path / "p.json"), clip]
+    assert main(args) == 0
+    assert "warning" not in capsys.readouterr().err
+    recorded = sha256_file(ck)
+    _flip_a_weight_byte(ck)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert (f"audioclip: warning: {ck}: MISMATCH - its sha256 is {sha256_file(ck)}, its lineage record says "
+            f"{recorded}") in err
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert rows[0]["status"] == "ok" and rows[0]["label"] in {"dog", "rain"}
+    assert main(["query", "-c", str(ck), "--text", "dog", "-o", str(tmp_path / "q.json"), clip]) == 0
+    assert "MISMATCH" in capsys.readouterr().err

@@ -1,7 +1,13 @@
 """Training shards hold exactly what the files hold: a dataset over shards gives the per-file
 dataset's items bit for bit, the stream covers every item once per epoch in a deterministic
 order whatever the number of workers, and resumes at any batch."""
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +19,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from audioclip_core.data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset
-from audioclip_core.data.shards import ShardStore, ShardStream, verify_shards, write_shards
+from audioclip_core.data.shards import (INDEX, DigestMismatch, ShardStore, ShardStream, publish_shards,
+                                        remove_abandoned, verify_shards, write_shards)
+from audioclip_core.files import CorruptVersion, file_lock
+from audioclip_core.layout import DataLayout
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +44,12 @@ def clips(tmp_path_factory):
             img.save(folder / f"{sid}_f{k:02d}.jpg", quality=90)
             frames.append(f"audioset/clips/eval/{sid}_f{k:02d}.jpg")
         rows.append({"segment_id": sid, "status": "ok", "audio_path": f"audioset/clips/eval/{sid}.wav",
+                     "sha256": hashlib.sha256((folder / f"{sid}.wav").read_bytes()).hexdigest(),
                      "frame_paths": frames, "label_ids": ["/m/a"] if i % 2 else ["/m/a", "/m/b"],
                      "label_names": ["A"] if i % 2 else ["A", "B"], "class_id": i % 3,
                      "class_name": f"class {i % 3}", "path": f"{sid}.wav"})
     rows.append({**rows[0], "segment_id": "Gone0000000_0", "status": "unavailable", "audio_path": None,
-                 "frame_paths": None})
+                 "frame_paths": None, "sha256": None})
     manifest = pd.DataFrame(rows)
     absolute = manifest.copy()
     absolute["audio_path"] = [None if p is None else str(root / p) for p in manifest["audio_path"]]
@@ -182,3 +192,145 @@ def test_damaged_shards_are_named(clips, shards, tmp_path):
         store.read(last["path"])
     with pytest.raises(FileNotFoundError, match="not in the shards"):
         store.read("audioset/clips/eval/Nope.wav")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _copy_root(root: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(root / "audioset", to / "audioset")
+    return to
+
+
+def test_the_json_row_and_the_index_carry_the_digests_of_the_bytes_packed(clips, shards):
+    root, manifest, _ = clips
+    out, record = shards
+    index = pd.read_parquet(out / INDEX)
+    store = ShardStore(out, root)
+    for shard in record["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        rows = index[index["shard"] == shard["name"]]
+        assert list(rows["sha256"]) == [_sha(members[m]) for m in rows["member"]]
+    wav = (root / "audioset/clips/eval/Clip0000004_0.wav").read_bytes()
+    assert json.loads(store.read("Clip0000004_0.json"))["sha256"] == _sha(wav)
+    assert store.read("audioset/clips/eval/Clip0000004_0.wav") == wav
+
+
+def test_a_clip_changed_after_extraction_is_not_packed(clips, tmp_path):
+    root, manifest, _ = clips
+    root = _copy_root(root, tmp_path / "root")
+    changed = []
+    for sid in ("Clip0000002_0", "Clip0000009_0"):
+        wav = root / "audioset/clips/eval" / f"{sid}.wav"
+        data = bytearray(wav.read_bytes())
+        data[-1] ^= 0xFF   # one sample, same size
+        wav.write_bytes(bytes(data))
+        changed.append((wav, _sha(bytes(data))))
+    out = root / "shards" / "eval" / "v1"
+    with pytest.raises(DigestMismatch) as err:
+        write_shards(manifest, root, out, target_bytes=900_000)
+    message = str(err.value)
+    assert message.startswith("2 of 13 clips do not hash to the SHA-256 their manifest recorded at extraction")
+    expected = dict(zip(manifest["segment_id"], manifest["sha256"]))
+    for wav, actual in changed:
+        assert f"{wav}: manifest {expected[wav.stem]}, file {actual}" in message.splitlines()
+    # nothing published, nothing left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == [".v1.lock"]
+    # a manifest that records no digest cannot be packed either
+    with pytest.raises(ValueError, match=r"records no SHA-256 for 13 usable clip\(s\)"):
+        write_shards(manifest.drop(columns=["sha256"]), root, out)
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_member_damaged_after_packing_is_named_when_read(clips, shards, tmp_path):
+    import shutil
+
+    root, _, _ = clips
+    out, record = shards
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    index = pd.read_parquet(copy / INDEX)
+    hit = index[index["member"] == "Clip0000005_0.f03.jpg"].iloc[0]
+    _flip(copy / hit["shard"], int(hit["offset"]) + 100)
+    store = ShardStore(copy, root)
+    with pytest.raises(DigestMismatch) as err:
+        store.read(hit["path"])
+    assert str(err.value).startswith(f"{copy / hit['shard']}: member Clip0000005_0.f03.jpg ({hit['path']}, "
+                                     f"{hit['size']} bytes at offset {hit['offset']}) does not hash to the SHA-256")
+    assert store.read("audioset/clips/eval/Clip0000005_0.wav") == (root / "audioset/clips/eval/Clip0000005_0.wav").read_bytes()
+    # a set packed before the index had member digests: each shard is checked whole, before its first read
+    index.drop(columns=["sha256"]).to_parquet(copy / INDEX, index=False)
+    legacy = ShardStore(copy, root)
+    with pytest.raises(DigestMismatch, match=f"^{copy / hit['shard']}: the shard hashes to "):
+        legacy.read("audioset/clips/eval/Clip0000005_0.wav")
+    intact = index[index["shard"] != hit["shard"]].iloc[0]
+    assert _sha(legacy.read(intact["path"])) == intact["sha256"]
+
+
+KILLER = """
+import os, signal, sys
+import pandas as pd
+from audioclip_core.data.shards import write_shards
+
+def die(done, total):
+    if done == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+write_shards(pd.read_parquet(sys.argv[1]), sys.argv[2], sys.argv[3], target_bytes=900_000, progress=die)
+"""
+
+
+def test_a_killed_packer_leaves_a_folder_the_next_packing_removes(clips, tmp_path):
+    root, manifest, _ = clips
+    manifest_file = tmp_path / "manifest.parquet"
+    manifest.to_parquet(manifest_file)
+    parent = root / "shards" / "killed"
+    out = parent / "v1"
+    run = subprocess.run([sys.executable, "-c", KILLER, str(manifest_file), str(root), str(out)],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    left = [p for p in parent.iterdir() if p.name.endswith(".packing")]
+    assert len(left) == 1 and left[0].name.startswith(".v1.") and any(left[0].iterdir())
+    # another set being packed right now (its lock held) is left alone
+    live = parent / ".v0.abcdefgh.packing"
+    live.mkdir()
+    with file_lock(parent / ".v0.lock"):
+        record = write_shards(manifest, root, out, target_bytes=900_000)
+        assert record["samples"] == 13 and verify_shards(out) == []
+        assert sorted(p.name for p in parent.iterdir() if p.name.endswith(".packing")) == [live.name]
+        assert remove_abandoned(parent) == []
+    assert remove_abandoned(parent) == [live]
+    assert sorted(p.name for p in parent.iterdir()) == [".v0.lock", ".v1.lock", "v1"]
+
+
+def test_publish_shards_names_the_manifest_bytes_it_packed(clips, tmp_path):
+    from audioclip_core.data.manifests import relative_paths
+    from audioclip_core.files import publish_version
+
+    root, manifest, _ = clips
+    root = _copy_root(root, tmp_path / "root")
+    layout = DataLayout.at(root)
+    pointer = layout.audioset_manifest("eval")
+    sha, version = publish_version(relative_paths(manifest, root), layout.versions_dir, pointer)
+    folder, record, fresh = publish_shards(layout, "audioset_eval", pointer, target_bytes=900_000)
+    assert fresh and folder == layout.shards("audioset_eval") / sha[:16] and record["source_sha256"] == sha
+    assert (layout.shards_pointer("audioset_eval").read_text().strip(), record["samples"]) == (sha[:16], 13)
+    assert publish_shards(layout, "audioset_eval", pointer)[1:] == (record, False)
+    # a version rewritten in place is refused before anything is packed from it
+    version.chmod(0o644)
+    relative_paths(manifest.iloc[:5], root).to_parquet(version)
+    with pytest.raises(CorruptVersion, match=sha):
+        publish_shards(layout, "audioset_eval", pointer)
+    assert sorted(p.name for p in layout.shards("audioset_eval").iterdir()) == [f".{sha[:16]}.lock", "CURRENT",
+                                                                                sha[:16]]

@@ -98,3 +98,48 @@ def test_fbsp_hook_flag_is_restored_when_training_fails(monkeypatch, tmp_path):
     with pytest.raises(Exception):
         train(model, [], stages.classifier_step, cfg, tmp_path / "wd", log=lambda m: None)
     assert all(layer.normalize_in_hook for layer in layers)
+
+
+def test_a_parent_changed_since_its_record_is_refused_unless_allowed(lineage, tiny_model, tmp_path):
+    """A stage hashes its parent once (the spec's parent digest) and compares it with the
+    parent's own lineage record: a changed parent is refused, naming the file and both digests;
+    `allow_changed_parent` trains from it as it is, and the new record says so."""
+    import audioclip_core as ac
+    from audioclip_core.files import sha256_file
+    from audioclip_core.lineage import lineage_record, write_lineage
+    from audioclip_core.training.run import manifest_entry, run_stage
+    from audioclip_core.training.stages import ChangedParentError, StageSpec, build_stage
+
+    parent = tmp_path / "audioclip_full" / "audioclip_full.safetensors"
+    parent.parent.mkdir()
+    ac.save_checkpoint(tiny_model, parent, metadata={"input_scale": "int16"})
+    write_lineage(lineage_record(name="audioclip_full", stage="audioclip_full", checkpoint=parent, config={},
+                                 manifests={}), parent)
+    recorded = sha256_file(parent)
+    data = bytearray(parent.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little")] ^= 0x01   # one bit of the first tensor's data
+    parent.write_bytes(bytes(data))
+    actual = sha256_file(parent)
+
+    train_path = lineage["data"] / "esc50" / "folds" / "2" / "train.parquet"
+    df = read_manifest(train_path, lineage["data"])
+    entry = manifest_entry(train_path, len(df), store=lineage["data"] / "versions")
+    config = {"stage": "esresnext_finetune", "preset": "audioclip-tiny", "epochs": 1, "batch_size": 4,
+              "max_steps_per_epoch": 1, "clip_seconds": 1.0, "lr": 0.01}
+    spec = StageSpec(name="esresnext_esc50", stage="esresnext_finetune", config=config, workdir=str(tmp_path / "wd"),
+                     tables=[entry["version"]], manifests={"esc50_fold2_train": entry},
+                     classes=sorted(df["class_name"].unique()), init=str(parent),
+                     parent={"path": str(parent), "sha256": actual, "name": "audioclip_full"},
+                     data_root=str(lineage["data"]))
+    with pytest.raises(ChangedParentError) as err:
+        build_stage(spec)
+    msg = str(err.value)
+    assert str(parent) in msg and f"sha256 {actual}" in msg and f"says {recorded}" in msg
+    assert "allow_changed_parent" in msg
+
+    spec.config = {**config, "allow_changed_parent": True}
+    out = run_stage(build_stage(spec), log=lambda m: None)
+    record = json.loads(out.lineage_path.read_text())
+    assert record["parent"]["sha256"] == actual
+    assert record["parent_changed"] == {"recorded_sha256": recorded, "sha256": actual}
+    assert record["config"]["allow_changed_parent"] is True

@@ -1,5 +1,6 @@
 """Manifests as immutable content-addressed versions behind a pointer, paths relative to the
 data root, and the gate that stops a stage whose in-batch retrieval is at chance."""
+import logging
 import math
 import os
 import shutil
@@ -10,7 +11,7 @@ import torch
 
 from audioclip_core.cli import main
 from audioclip_core.data.manifests import absolute_paths, read_manifest, relative_paths
-from audioclip_core.files import keep_version, publish_version, sha256_file
+from audioclip_core.files import CorruptVersion, keep_version, publish_version, sha256_file
 from audioclip_core.lineage import lineage_record, write_lineage
 from audioclip_core.training.health import at_chance
 from audioclip_core.training.run import manifest_entry
@@ -48,6 +49,37 @@ def test_a_published_manifest_is_an_immutable_version_behind_a_relative_pointer(
     _manifest(["E"], root).to_parquet(legacy)
     publish_version(_manifest(["F"], root), store, legacy)
     assert legacy.is_symlink() and list(pd.read_parquet(legacy)["segment_id"]) == ["F"]
+
+
+def test_a_version_changed_in_place_is_refused_where_it_is_read_and_replaced_when_published(tmp_path, caplog):
+    """A version's bytes are checked against its name wherever it is used - training
+    (manifest_entry / keep_version), the tables and the shards (read_manifest) - and publishing
+    its content again writes it anew instead of keeping the changed file."""
+    root = tmp_path / "data"
+    pointer, store = root / "audioset" / "manifests" / "eval.parquet", root / "versions"
+    sha, version = publish_version(relative_paths(_manifest(["A", "B"], root), root), store, pointer)
+    version.chmod(0o644)
+    relative_paths(_manifest(["Injected"], root), root).to_parquet(version)  # same name, other rows
+    actual = sha256_file(version)
+    assert actual != sha
+    for read in (lambda: read_manifest(pointer, root), lambda: read_manifest(version, root),
+                 lambda: keep_version(pointer, store), lambda: manifest_entry(pointer, 2, store=store),
+                 lambda: manifest_entry(pointer, 2)):
+        with pytest.raises(CorruptVersion) as err:
+            read()
+        assert str(version.resolve()) in str(err.value) and sha in str(err.value) and actual in str(err.value)
+        assert (err.value.expected, err.value.actual) == (sha, actual)
+    with caplog.at_level(logging.WARNING, logger="audioclip_core.files"):
+        assert publish_version(relative_paths(_manifest(["A", "B"], root), root), store, pointer) == (sha, version)
+    assert f"{version}: version changed in place (its bytes hash to {actual}" in caplog.text
+    assert sha256_file(version) == sha and version.stat().st_mode & 0o222 == 0
+    assert list(read_manifest(pointer, root)["segment_id"]) == ["A", "B"]
+    assert keep_version(pointer, store) == (sha, version.resolve())
+    # an intact version published again is left as it is, without a warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="audioclip_core.files"):
+        publish_version(relative_paths(_manifest(["A", "B"], root), root), store, pointer)
+    assert caplog.text == ""
 
 
 def test_paths_are_relative_to_the_root_and_resolve_after_a_move(tmp_path):
