@@ -9,7 +9,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export DAGSTER_HOME ?= $(abspath dagster_home)
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
-# the Dagster processes import this checkout (the run launcher of dagster.yaml is pipelines.launcher)
+# the Dagster processes import this checkout (the run launcher of dagster.yaml is pipelines.run_health)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: env demo test test-fast bench ui mlflow-ui clean-env help

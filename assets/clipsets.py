@@ -1,25 +1,34 @@
-"""ESC-50 and UrbanSound8K: validated manifests and the official folds (never reshuffled)."""
+"""The clip sets of `audioclip_core.data.clipsets.SPECS` (ESC-50, UrbanSound8K): validated
+manifests and the official folds (never reshuffled), built from each set's spec.
+
+Every spec gets `<name>_manifest` (the metadata validated file by file), `<name>_folds` (one
+static partition per official fold, from the spec's fold count) and, in `assets/shards.py`,
+`<name>_shards`. A set added to `SPECS` gets all three, and its folder from
+`DatasetSources.clipset`; `clipset_assets(specs)` builds them for a spec entered in `SPECS`
+after this module was imported (as a test does).
+"""
+from typing import Iterable
 
 import dagster as dg
 import pandas as pd
 
 from audioclip_core.data.catalog import publish_manifests
-from audioclip_core.data.clipsets import SPECS, count_warnings, fold_split, read_metadata, validate
+from audioclip_core.data.clipsets import (SPECS, ClipSetSpec, count_warnings, fold_split, read_metadata,
+                                          validate)
 from audioclip_core.data.manifests import relative_paths
 from audioclip_core.files import read_version_parquet
 
 from .metadata import each_partition, markdown_table
 from .resources import DataRoot, DatasetSources
+from .shards import clipset_shards
 from .sources import dataset_sources
 
 GROUP = "downstream"
-esc50_fold_partitions = dg.StaticPartitionsDefinition([str(k) for k in range(1, 6)])
-us8k_fold_partitions = dg.StaticPartitionsDefinition([str(k) for k in range(1, 11)])
 
 
-def _manifest(name: str, context, data_root: DataRoot, sources: DatasetSources) -> dg.MaterializeResult:
-    spec, layout = SPECS[name], data_root.layout
-    root = getattr(sources, name)(layout)
+def _manifest(spec: ClipSetSpec, context, data_root: DataRoot, sources: DatasetSources) -> dg.MaterializeResult:
+    name, layout = spec.name, data_root.layout
+    root = sources.clipset(name, layout)
     rows = read_metadata(root, spec)
     manifest, report = validate(root, spec, rows)
     df = pd.DataFrame(manifest)
@@ -73,47 +82,81 @@ def _fold(name: str, fold: int, data_root: DataRoot) -> dg.MaterializeResult:
         data_version=dg.DataVersion(f"{d_train[:8]}{d_test[:8]}"), check_results=[check])
 
 
-_MANIFEST_CHECKS = lambda name: [  # noqa: E731
-    dg.AssetCheckSpec("every_row_has_its_file", asset=name,
-                      description="Every metadata row has a readable audio file (rows without one are left out of "
-                                  "the folds and listed)"),
-    dg.AssetCheckSpec("published_counts", asset=name,
-                      description="Clip, fold and class counts against the published ones (a warning when they "
-                                  "differ, as for a subset)")]
+def _manifest_checks(name: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("every_row_has_its_file", asset=name,
+                              description="Every metadata row has a readable audio file (rows without one are left "
+                                          "out of the folds and listed)"),
+            dg.AssetCheckSpec("published_counts", asset=name,
+                              description="Clip, fold and class counts against the published ones (a warning when "
+                                          "they differ, as for a subset)")]
 
 
 # all folds of a backfill in one run: writing a split takes less than starting a run
 ALL_FOLDS_IN_ONE_RUN = dg.BackfillPolicy.single_run()
 _FOLD_CHECK = "Train and test share no clip and together hold every usable clip; blocks fine-tuning when it fails"
+_COUNTS = ("none", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"}, check_specs=_MANIFEST_CHECKS("esc50_manifest"),
-          deps=[dataset_sources],
-          description="ESC-50 (meta/esc50.csv + audio/) validated file by file: sample rate, channels, duration.")
-def esc50_manifest(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources):
-    return _manifest("esc50", context, data_root, sources)
+def fold_partitions(spec: ClipSetSpec) -> dg.StaticPartitionsDefinition:
+    """One partition per official fold of `spec`: "1" .. str(num_folds)."""
+    return dg.StaticPartitionsDefinition([str(k) for k in spec.folds])
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"}, check_specs=_MANIFEST_CHECKS("us8k_manifest"),
-          deps=[dataset_sources],
-          description="UrbanSound8K (metadata/UrbanSound8K.csv + audio/foldN/) validated file by file.")
-def us8k_manifest(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources):
-    return _manifest("us8k", context, data_root, sources)
+def manifest_asset(spec: ClipSetSpec) -> dg.AssetsDefinition:
+    """`<name>_manifest`: the set's metadata validated file by file, from the folder that
+    `DatasetSources.clipset` resolves."""
+    name = f"{spec.name}_manifest"
+
+    @dg.asset(name=name, group_name=GROUP, kinds={"parquet", "duckdb"}, check_specs=_manifest_checks(name),
+              deps=[dataset_sources],
+              description=f"{spec.title} ({spec.metadata} + {spec.audio_layout}) validated file by file: sample "
+                          "rate, channels, duration.")
+    def _asset(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources):
+        return _manifest(spec, context, data_root, sources)
+
+    return _asset
 
 
-@dg.asset(group_name=GROUP, partitions_def=esc50_fold_partitions, deps=[esc50_manifest], kinds={"parquet"},
-          backfill_policy=ALL_FOLDS_IN_ONE_RUN,
-          check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="esc50_folds", blocking=True,
-                                       description=_FOLD_CHECK)],
-          description="Official ESC-50 fold k: test = fold k, train = the other four.")
-def esc50_folds(context: dg.AssetExecutionContext, data_root: DataRoot):
-    return _folds("esc50", context, data_root)
+def folds_asset(spec: ClipSetSpec, manifest: dg.AssetsDefinition,
+                partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
+    """`<name>_folds`: fold k's train and test splits of `manifest`, one partition per fold."""
+    name, others = f"{spec.name}_folds", spec.num_folds - 1
+
+    @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[manifest], kinds={"parquet"},
+              backfill_policy=ALL_FOLDS_IN_ONE_RUN,
+              check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset=name, blocking=True,
+                                             description=_FOLD_CHECK)],
+              description=f"Official {spec.title} fold k: test = fold k, train = the other "
+                          f"{_COUNTS[others] if others < len(_COUNTS) else others}.")
+    def _asset(context: dg.AssetExecutionContext, data_root: DataRoot):
+        return _folds(spec.name, context, data_root)
+
+    return _asset
 
 
-@dg.asset(group_name=GROUP, partitions_def=us8k_fold_partitions, deps=[us8k_manifest], kinds={"parquet"},
-          backfill_policy=ALL_FOLDS_IN_ONE_RUN,
-          check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset="us8k_folds", blocking=True,
-                                       description=_FOLD_CHECK)],
-          description="Official UrbanSound8K fold k: test = fold k, train = the other nine.")
-def us8k_folds(context: dg.AssetExecutionContext, data_root: DataRoot):
-    return _folds("us8k", context, data_root)
+def clipset_assets(specs: Iterable[ClipSetSpec]) -> list[dg.AssetsDefinition]:
+    """The manifest, folds and shards assets of each of `specs`, built anew: for Definitions
+    with a clip set entered in `SPECS` after this module was imported (those of `SPECS` at import
+    are the modules' own). The folder, the protocol and the DuckDB views find a set in `SPECS`."""
+    out = []
+    for spec in specs:
+        manifest = manifest_asset(spec)
+        out += [manifest, folds_asset(spec, manifest, fold_partitions(spec)), clipset_shards(spec)]
+    return out
+
+
+# clip-set name -> its assets and fold partitions, for the modules that build on them
+# (fine-tuning, evaluation); the list is what `load_assets_from_modules` finds
+MANIFESTS: dict[str, dg.AssetsDefinition] = {}
+FOLD_PARTITIONS: dict[str, dg.StaticPartitionsDefinition] = {}
+FOLDS: dict[str, dg.AssetsDefinition] = {}
+for _name, _spec in SPECS.items():
+    MANIFESTS[_name] = manifest_asset(_spec)
+    FOLD_PARTITIONS[_name] = fold_partitions(_spec)
+    FOLDS[_name] = folds_asset(_spec, MANIFESTS[_name], FOLD_PARTITIONS[_name])
+CLIPSET_ASSETS = [*MANIFESTS.values(), *FOLDS.values()]
+
+# the names other modules import
+esc50_manifest, us8k_manifest = MANIFESTS["esc50"], MANIFESTS["us8k"]
+esc50_fold_partitions, us8k_fold_partitions = FOLD_PARTITIONS["esc50"], FOLD_PARTITIONS["us8k"]
+esc50_folds, us8k_folds = FOLDS["esc50"], FOLDS["us8k"]

@@ -10,7 +10,7 @@ from pydantic import Field
 from audioclip_core.layout import DataLayout
 
 from .audioset import audioset_manifest
-from .clipsets import esc50_manifest, us8k_manifest
+from .clipsets import MANIFESTS
 from .resources import DataRoot, DatasetSources, MlflowTracking
 from .training import (audioclip_esc50, audioclip_full, audioclip_partial, audioclip_partial_esc50,
                        audioclip_partial_us8k, audioclip_us8k, esresnext_audioset, esresnext_esc50, esresnext_us8k)
@@ -161,7 +161,7 @@ def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data
     return _publish(context, result, layout, tracking)
 
 
-@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioclip_full, esc50_manifest, us8k_manifest], kinds=KINDS,
+@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioclip_full, *MANIFESTS.values()], kinds=KINDS,
           description="Table 3: zero-shot ESC-50 and US8K accuracy without training on them (all clips, and per fold).")
 def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
                      tracking: MlflowTracking) -> dg.MaterializeResult:
@@ -170,7 +170,7 @@ def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data
     return _publish(context, result, layout, tracking)
 
 
-@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioclip_full, audioset_manifest, esc50_manifest, us8k_manifest],
+@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioclip_full, audioset_manifest, *MANIFESTS.values()],
           kinds=KINDS, description="Table 4: querying - P@1, R@1, mAP for image by text (ImageNet, AudioSet), audio "
                                    "by text (AudioSet, US8K, ESC-50), audio by image and image by audio (AudioSet).")
 def table4_querying(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,

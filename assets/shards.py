@@ -6,10 +6,10 @@ compares every shard with the digest its record gives (re-hashing a set kept fro
 run)."""
 import dagster as dg
 
+from audioclip_core.data.clipsets import SPECS, ClipSetSpec
 from audioclip_core.data.shards import publish_shards, verify_shards
 
 from .audioset import audioset_manifest
-from .clipsets import esc50_manifest, us8k_manifest
 from .metadata import progress_logger
 from .resources import DataRoot
 from .sources import audioset_partitions
@@ -54,9 +54,13 @@ def audioset_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> d
     return _materialize(context, layout, f"audioset_{p}", layout.audioset_manifest(p))
 
 
-def _clipset_shards(dataset: str, manifest_asset):
-    @dg.asset(name=f"{dataset}_shards", group_name=GROUP, deps=[manifest_asset], kinds={"tar", "parquet"},
-              check_specs=_check(f"{dataset}_shards"),
+def clipset_shards(spec: ClipSetSpec) -> dg.AssetsDefinition:
+    """The shards asset `<name>_shards` of a clip set. Its manifest is named by key, not
+    imported: `assets/clipsets.py` builds the manifest, and `clipset_assets` these shards beside it."""
+    dataset = spec.name
+
+    @dg.asset(name=f"{dataset}_shards", group_name=GROUP, deps=[dg.AssetKey(f"{dataset}_manifest")],
+              kinds={"tar", "parquet"}, check_specs=_check(f"{dataset}_shards"),
               description=f"The {dataset} manifest's clips packed into tar shards with an index and digests; the "
                           "fold fine-tunes read their split's clips from them.")
     def _asset(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
@@ -66,5 +70,9 @@ def _clipset_shards(dataset: str, manifest_asset):
     return _asset
 
 
-esc50_shards = _clipset_shards("esc50", esc50_manifest)
-us8k_shards = _clipset_shards("us8k", us8k_manifest)
+# clip-set name -> its shards asset; the list is what `load_assets_from_modules` finds
+CLIPSET_SHARDS: dict[str, dg.AssetsDefinition] = {name: clipset_shards(spec) for name, spec in SPECS.items()}
+CLIPSET_SHARD_ASSETS = list(CLIPSET_SHARDS.values())
+# the names other modules import
+esc50_shards = CLIPSET_SHARDS["esc50"]
+us8k_shards = CLIPSET_SHARDS["us8k"]

@@ -1,8 +1,9 @@
 """The root of the lineage: the source folders, and the AudioSet partitions that they hold.
 
-`dataset_sources` resolves the AudioSet, ESC-50 and UrbanSound8K folders (generating the
-built-in demo dataset once, under a lock, when none is configured; fetching an official
-archive when a URL is given) and registers one AudioSet partition per segment list that
+`dataset_sources` resolves the AudioSet folder and those of the clip sets of
+`audioclip_core.data.clipsets.SPECS` - ESC-50, UrbanSound8K - (generating the built-in demo
+dataset once, under a lock, when none is configured; fetching an official archive when a
+URL is given) and registers one AudioSet partition per segment list that
 exists - `eval`, `balanced_train`, `demo`, and `unbalanced_NN` per 50,000 rows of the
 unbalanced list - so nothing runs, or fails, for a list that is absent. The sensor
 `audioset_partitions_from_sources` (running by default) registers the partitions of a list
@@ -41,9 +42,10 @@ def register_audioset_partitions(instance: dg.DagsterInstance, sources: DatasetS
 def dataset_sources(context: dg.AssetExecutionContext, data_root: DataRoot,
                     sources: DatasetSources) -> dg.MaterializeResult:
     from audioclip_core.data.audioset import partition_file
+    from audioclip_core.data.clipsets import SPECS
 
     layout = data_root.layout
-    folders = {"audioset": sources.audioset(layout), "esc50": sources.esc50(layout), "us8k": sources.us8k(layout)}
+    folders = {"audioset": sources.audioset(layout), **{name: sources.clipset(name, layout) for name in SPECS}}
     new = register_audioset_partitions(context.instance, sources, data_root)
     partitions = sources.audioset_partitions(layout)
     if new:
@@ -54,9 +56,7 @@ def dataset_sources(context: dg.AssetExecutionContext, data_root: DataRoot,
         if name not in digests:
             digests[name] = sha256_file(folders["audioset"] / name)
     return dg.MaterializeResult(
-        metadata={"audioset": dg.MetadataValue.path(str(folders["audioset"])),
-                  "esc50": dg.MetadataValue.path(str(folders["esc50"])),
-                  "us8k": dg.MetadataValue.path(str(folders["us8k"])),
+        metadata={**{name: dg.MetadataValue.path(str(folder)) for name, folder in folders.items()},
                   "demo": sources.audioset_is_demo(), "audioset_partitions": partitions,
                   "segment_lists": digests},
         data_version=dg.DataVersion(hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]))

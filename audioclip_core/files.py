@@ -9,16 +9,19 @@ minutes to hours of the training or evaluation that reads it.
 
 Tables, records, checkpoints and CLI outputs are written through `atomic_write`: into a
 temporary file beside the target, renamed into place only once complete, so a killed process
-never leaves half a file (media steps rename their own finished files the same way)."""
+never leaves half a file (media steps rename their own finished files the same way); folders
+(an epoch checkpoint, a shard set, the demo dataset) through `publish_folder`, the same way."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -42,6 +45,34 @@ def atomic_write(path: os.PathLike | str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def publish_folder(final: os.PathLike | str, *, suffix: str = "", replace: bool = True) -> Iterator[Path]:
+    """Yields a new, empty temporary folder `.<name of final>.<random><suffix>` beside `final`;
+    when the block ends without an error it is made readable by all (0o755: the folder is read
+    by every worker and pod, and a temporary one is private) and renamed onto `final`, removed
+    otherwise - a killed process never leaves a folder that looks complete, only a hidden one
+    that its next run can recognise by that name and sweep. `replace`: an existing `final` is
+    removed first; otherwise it is kept and `FileExistsError` says so (a content-addressed
+    folder that another process published first)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if replace and final.exists():
+            shutil.rmtree(final)
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            if replace or e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            raise FileExistsError(errno.EEXIST, "already published; the temporary folder is discarded",
+                                  str(final)) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> str:
@@ -235,7 +266,6 @@ def keep_version(path: Path, store: Path) -> tuple[str, Path]:
     otherwise); any other file's bytes are copied (a hard
     link would follow a later in-place rewrite of `path`), and the digest is taken of the copy
     itself, so a concurrent rewrite cannot mislabel it."""
-    import shutil
 
     known = version_of(path, store)
     if known is not None:

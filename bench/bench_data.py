@@ -41,7 +41,9 @@ def main() -> None:
 
     # loader vs step, on clips like the demo's
     from audioclip_core.data.demo_dataset import generate_esc50
-    from audioclip_core.training import stages
+    from audioclip_core.training import builders, steps
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training.builders import audio_options
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.data.datasets import collate
     from audioclip_core.training.loop import make_optimizer
@@ -53,17 +55,17 @@ def main() -> None:
                        "path": meta["filename"], "status": "ok"})
     cfg = TrainConfig(stage="audioclip_finetune", preset="audioclip-tiny", batch_size=12, clip_seconds=4.0)
     classes = sorted(df["class_name"].unique())
-    ds = stages.clipset_dataset(df, cfg, classes)
+    ds = clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed)
     batch_idx = list(range(12))
     t_load = timeit(lambda: collate([ds[i] for i in batch_idx]), repeats=5)
-    model = stages.build_classifier(cfg, len(classes))
+    model = builders.build_classifier(cfg, len(classes))
     model.to(memory_format=torch.channels_last)  # the step as training.loop.train runs it
     tune_malloc()
     opt = make_optimizer(model, cfg)
     batch = collate([ds[i] for i in batch_idx])
 
     def step():
-        loss, _ = stages.classifier_step(model, batch)
+        loss, _ = steps.classifier_step(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

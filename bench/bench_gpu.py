@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audioclip_core.training.config import TrainConfig  # noqa: E402
 from audioclip_core.training.loop import make_optimizer  # noqa: E402
-from audioclip_core.training.stages import audioclip_step, build_audioclip  # noqa: E402
+from audioclip_core.training.builders import build_audioclip  # noqa: E402
+from audioclip_core.training.steps import audioclip_step  # noqa: E402
 
 CAPTIONS = [["Speech"], ["Dog", "Bark"], ["Music"], ["Siren"], ["Engine"], ["Rain"], ["Guitar"], ["Bird"]]
 

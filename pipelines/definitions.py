@@ -1,7 +1,7 @@
 """Dagster Definitions: resources, partitions, jobs and the asset modules of `assets/`.
 
 The whole lineage is one asset backfill of every asset and all of its partitions (the UI's
-"Materialize all", or `python -m pipelines.lineage`, which `make demo` runs): the daemon
+"Materialize all", or `python -m pipelines.backfill`, which `make demo` runs): the daemon
 launches one run per partition in dependency order through the run queue. Each run executes
 its steps in its own process (in-process executor); the `youtube` pool bounds concurrent downloads across runs and
 the `gpu` pool serialises training. AUDIOCLIP_DEPLOYMENT=k8s runs every step in a pod instead
@@ -14,7 +14,7 @@ from assets import audioset, clipsets, evaluation, shards, sources, training
 from assets.resources import DataRoot, DatasetSources, MlflowTracking, TrainingLauncher, YoutubeDownloader
 
 from .automation import retrain_audioset_chain, retrain_on_new_data
-from .deployment import deployment, executor
+from .deployment import executor, launcher_settings
 
 all_assets = dg.load_assets_from_modules([sources, audioset, clipsets, shards, training, evaluation])
 
@@ -42,6 +42,6 @@ defs = dg.Definitions(
         "sources": DatasetSources(),
         "youtube": YoutubeDownloader(),
         "tracking": MlflowTracking(),
-        "launcher": TrainingLauncher(deployment=deployment()),
+        "launcher": TrainingLauncher(**launcher_settings()),
     },
 )

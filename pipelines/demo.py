@@ -1,7 +1,7 @@
 """The main job (`make demo`): the whole lineage on the built-in demo data, run by Dagster.
 
 Launches the backfill of every asset and all of its partitions through the Dagster instance
-in DAGSTER_HOME (pipelines/lineage.py): the daemon runs `dataset_sources` (which generates
+in DAGSTER_HOME (pipelines/backfill.py): the daemon runs `dataset_sources` (which generates
 the demo dataset into the data root, once), the AudioSet partitions (downloaded with yt-dlp
 from the stand-in media server on 127.0.0.1 that the `youtube` resource starts for each
 download step), the ESC-50 / UrbanSound8K folds, the training stages and the four tables, in
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     from audioclip_core.evaluation.verdict import judge, render
     from audioclip_core.layout import DataLayout
 
-    from .lineage import run_lineage
+    from .backfill import run_lineage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=None, help="seed of the demo data and of every stage "

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import os
 
+from assets.resources.launcher import DATA_MOUNT, k8s_volumes
+
+from audioclip_core.data.clipsets import SPECS
+
 DEPLOYMENTS = ("local", "k8s")
-# what a step's pod needs from the run's environment
-FORWARDED_ENV = ["AUDIOCLIP_DATA_ROOT", "AUDIOCLIP_AUDIOSET_DIR", "AUDIOCLIP_ESC50_DIR", "AUDIOCLIP_US8K_DIR",
+# what a step's pod needs from the run's environment; each clip set's folder and archive URL
+# (AUDIOCLIP_ESC50_DIR, AUDIOCLIP_ESC50_URL, ...) come from its spec
+FORWARDED_ENV = ["AUDIOCLIP_DATA_ROOT", "AUDIOCLIP_AUDIOSET_DIR",
+                 *(env for spec in SPECS.values() for env in (spec.dir_env, spec.url_env)),
                  "AUDIOCLIP_YOUTUBE_URL_TEMPLATE", "AUDIOCLIP_TRAIN_PROFILE", "AUDIOCLIP_SEED", "MLFLOW_TRACKING_URI"]
-DATA_MOUNT = "/data"
 
 
 def deployment() -> str:
@@ -38,10 +43,11 @@ def k8s_settings() -> dict:
             "max_concurrent": int(os.environ.get("AUDIOCLIP_K8S_MAX_STEPS", "8"))}
 
 
-def k8s_volumes(pvc: str) -> tuple[list[dict], list[dict]]:
-    """(volumes, volume mounts) of the shared data root."""
-    return ([{"name": "data", "persistent_volume_claim": {"claim_name": pvc}}],
-            [{"name": "data", "mount_path": DATA_MOUNT}])
+def launcher_settings() -> dict:
+    """The `launcher` resource's fields for this deployment (the resource reads no environment)."""
+    s = k8s_settings()
+    return {"deployment": deployment(), "forwarded_env": list(FORWARDED_ENV), "k8s_image": s["image"],
+            "k8s_namespace": s["namespace"], "k8s_data_pvc": s["pvc"]}
 
 
 def executor():
@@ -65,7 +71,7 @@ def k8s_executor_config() -> dict:
     s = k8s_settings()
     if not s["image"]:
         raise ValueError("AUDIOCLIP_DEPLOYMENT=k8s needs AUDIOCLIP_K8S_IMAGE (the image steps run in)")
-    volumes, mounts = k8s_volumes(s["pvc"])
+    volumes, mounts = k8s_volumes(s["pvc"], DATA_MOUNT)
     return {
         "job_image": s["image"], "job_namespace": s["namespace"], "max_concurrent": s["max_concurrent"],
         # the pools (youtube, gpu) are the instance's: they bound steps across pods as they do locally

@@ -6,7 +6,7 @@
 * the AudioSet partitions of the segment lists that exist (the sensor
   `audioset_partitions_from_sources` adds later ones while the daemon runs);
 * runs left STARTED by a process that is gone (a killed `make demo`) marked failed, their
-  pool slots freed (pipelines/launcher.py).
+  pool slots freed (pipelines/run_health.py).
 
     python -m pipelines.instance
 """
@@ -26,7 +26,7 @@ def configure(limits: dict[str, int] | None = None) -> dict:
     from assets.resources import DataRoot, DatasetSources
     from assets.sources import register_audioset_partitions
 
-    from .launcher import fail_stale_runs
+    from .run_health import fail_stale_runs
 
     os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parents[1] / "dagster_home"))
     limits = limits or pool_limits()

@@ -2,17 +2,22 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from audioclip_core.layout import DataLayout
 
 
 class DatasetSources(dg.ConfigurableResource):
-    """Input folders: the official AudioSet lists and ESC-50 / UrbanSound8K in their layouts.
+    """Input folders: the official AudioSet lists and each clip set of
+    `audioclip_core.data.clipsets.SPECS` (ESC-50, UrbanSound8K) in its official layout.
 
-    Unset, each points at the built-in demo dataset, generated into the data root on first use
-    (AUDIOCLIP_AUDIOSET_DIR, AUDIOCLIP_ESC50_DIR, AUDIOCLIP_US8K_DIR override them). With an
-    archive URL (AUDIOCLIP_ESC50_URL / AUDIOCLIP_US8K_URL, e.g. the official zip or tar.gz) and
-    no directory, the archive is fetched once into the data root and unpacked there.
+    A clip set's folder is, in order: its field here (`esc50_dir`, `us8k_dir`; a set without a
+    field of its own: `clipset_dirs[name]`), then the environment (AUDIOCLIP_<NAME>_DIR:
+    AUDIOCLIP_ESC50_DIR, AUDIOCLIP_US8K_DIR). With neither, an archive URL (`esc50_archive_url`,
+    `us8k_archive_url`, `clipset_archive_urls[name]`, else AUDIOCLIP_<NAME>_URL, e.g. the
+    official zip or tar.gz) is fetched once into the data root and unpacked there. With no URL
+    either, ESC-50 and UrbanSound8K point at the built-in demo dataset, generated into the data
+    root on first use (as AudioSet does without AUDIOCLIP_AUDIOSET_DIR).
     """
 
     audioset_dir: str = ""
@@ -20,6 +25,11 @@ class DatasetSources(dg.ConfigurableResource):
     us8k_dir: str = ""
     esc50_archive_url: str = ""
     us8k_archive_url: str = ""
+    clipset_dirs: dict[str, str] = Field(default_factory=dict,
+                                         description="clip-set name -> folder, for a set without a field of its own")
+    clipset_archive_urls: dict[str, str] = Field(default_factory=dict,
+                                                 description="clip-set name -> archive URL, for a set without a "
+                                                             "field of its own")
 
     def _resolve(self, value: str, env: str, demo_sub: str, layout: DataLayout, archive_url: str = "",
                  archive_env: str = "") -> Path:
@@ -58,10 +68,23 @@ class DatasetSources(dg.ConfigurableResource):
     def audioset(self, layout: DataLayout) -> Path:
         return self._resolve(self.audioset_dir, "AUDIOCLIP_AUDIOSET_DIR", "audioset", layout)
 
+    def clipset(self, name: str, layout: DataLayout) -> Path:
+        """The folder of clip set `name` (a key of `SPECS`), resolved as the class docstring says."""
+        from audioclip_core.data.clipsets import protocol
+
+        spec = protocol(name)   # an unknown name fails here, listing the known ones
+        folder = getattr(self, f"{name}_dir", "") or self.clipset_dirs.get(name, "")
+        url = getattr(self, f"{name}_archive_url", "") or self.clipset_archive_urls.get(name, "")
+        root = self._resolve(folder, spec.dir_env, name, layout, url, spec.url_env)
+        if root == layout.demo_source / name and not root.is_dir():
+            raise FileNotFoundError(
+                f"{name}: nothing configured and the built-in demo dataset holds no {spec.title}: set "
+                f"{spec.dir_env} (or the resource's clipset_dirs['{name}']) to its folder in the official layout, "
+                f"or {spec.url_env} to an archive of it")
+        return root
+
     def esc50(self, layout: DataLayout) -> Path:
-        return self._resolve(self.esc50_dir, "AUDIOCLIP_ESC50_DIR", "esc50", layout, self.esc50_archive_url,
-                             "AUDIOCLIP_ESC50_URL")
+        return self.clipset("esc50", layout)
 
     def us8k(self, layout: DataLayout) -> Path:
-        return self._resolve(self.us8k_dir, "AUDIOCLIP_US8K_DIR", "us8k", layout, self.us8k_archive_url,
-                             "AUDIOCLIP_US8K_URL")
+        return self.clipset("us8k", layout)

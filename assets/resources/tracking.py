@@ -61,6 +61,45 @@ class MlflowTracking(dg.ConfigurableResource):
         with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
             yield run
 
+    @contextlib.contextmanager
+    def stage_run(self, layout: DataLayout, context, spec, *, profile: str, partition: Optional[str] = None,
+                  nproc: int = 1) -> Iterator["StageTracker"]:
+        """One MLflow run of a training stage, tagged with the Dagster run, asset and partition and
+        the code version; its parameters, the manifest versions it reads (as dataset inputs with
+        our sha256) and its parent's digest logged before it trains. `spec` gets the MLflow run id
+        and the Dagster identity its lineage records. A failure is tagged on the run."""
+        import mlflow
+
+        from audioclip_core.lineage import code_version
+
+        code = code_version()
+        asset = context.asset_key.to_user_string()
+        tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset, "dagster.partition": partition or "",
+                "name": spec.name, "stage": spec.stage, "profile": profile, "git_commit": code["git_commit"],
+                "git_dirty": str(code["git_dirty"]), "nproc_per_node": str(nproc)}
+        spec.dagster = {"run_id": context.run_id, "asset_key": asset, "partition": partition}
+        with self.start_run(layout, spec.name + (f"-fold{partition}" if partition else ""), tags) as run:
+            spec.mlflow_run_id = run.info.run_id
+            mlflow.log_params({k: v for k, v in spec.config.items() if k != "extra"} | {"nproc_per_node": nproc})
+            for name, m in spec.manifests.items():
+                self.log_manifest(Path(m.get("version") or m["path"]), name, m["sha256"])  # the version it names
+            if spec.parent:
+                mlflow.log_param("parent_sha256", spec.parent["sha256"])
+            try:
+                yield StageTracker(self, run, spec)
+            except Exception as exc:
+                mlflow.set_tag("failure", str(exc)[:5000])
+                raise
+
+    def mark_rejected(self, layout: DataLayout, run_id: str, reason: str) -> None:
+        """A stage that failed a gate: its run is FAILED, with the gate's figures as a tag."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri(layout))
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, "gate_failed", reason[:5000])
+        client.set_terminated(run_id, status="FAILED")
+
     @staticmethod
     def log_manifest(path: Path, name: str, sha256: str, context: str = "training") -> None:
         import mlflow
@@ -86,3 +125,40 @@ class MlflowTracking(dg.ConfigurableResource):
         from urllib.parse import urlencode
 
         return f"{host or ui_host()}/get-artifact?" + urlencode({"path": name, "run_uuid": run.info.run_id})
+
+
+class StageTracker:
+    """The MLflow side of one stage run (`MlflowTracking.stage_run`): its epochs as they end,
+    then its files, curves and config."""
+
+    def __init__(self, tracking: MlflowTracking, run, spec):
+        self.tracking, self.run, self.spec, self._logged = tracking, run, spec, set()
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def on_epoch(self, epoch: int, metrics: dict) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        self._logged.add(epoch)
+
+    def finish(self, result) -> dict:
+        """Log what `result` (a `StageResult`) holds that is not logged yet - epochs trained before
+        a resume or in torchrun workers - and its checkpoint, lineage, export, curves and config.
+        Returns the links for the asset's metadata and the curves file."""
+        import mlflow
+
+        from audioclip_core.evaluation.plots import plot_history
+
+        for h in result.history:
+            if h["epoch"] not in self._logged:
+                self.on_epoch(h["epoch"], h)
+        workdir = Path(self.spec.workdir)
+        curve = plot_history(result.history, workdir / f"{self.spec.name}.curves.png", title=self.spec.name)
+        for path in result.files() + [curve]:
+            mlflow.log_artifact(str(path))
+        mlflow.log_dict(self.spec.config, "config.json")
+        return {"run": self.tracking.run_link(self.run), "curves": self.tracking.artifact_link(self.run, curve.name),
+                "curves_file": curve}

@@ -13,6 +13,12 @@ The protocol of each set (`protocol(name)`) is what training, evaluation and the
 read: ESC-50 clips are fed as 5.0 s of mono, UrbanSound8K clips as 4.0 s of stereo, padded
 or cropped (the longest track of each set; the reference code uses 220,500 and 176,400
 samples at 44.1 kHz); k-fold cross-validation over the official folds, the mean reported.
+
+A third clip set is one more `ClipSetSpec` in `SPECS` - its layout, the reader of one
+metadata row (`row`) and its protocol. Everything else follows from it: the manifest, folds,
+shards and fine-tuning assets (`assets/`), the source folder
+(`DatasetSources.clipset`: AUDIOCLIP_<NAME>_DIR / _URL), the evaluation tables
+(`evaluation.tables.CLIPSETS`), the variables forwarded to Kubernetes pods and the DuckDB views.
 """
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ from ..files import sha256_file
 class ClipSetSpec:
     """A dataset's layout and its evaluation protocol."""
 
-    name: str
+    name: str                         # lower case: asset names (`<name>_manifest`), folders, env variables
+    title: str                        # as the dataset calls itself ("UrbanSound8K"), in descriptions
     metadata: str                     # path of the metadata CSV inside the root
     num_folds: int
     row: Callable[[dict], tuple[str, int, int, str]]   # -> (relative audio path, fold, class id, label)
@@ -41,31 +48,42 @@ class ClipSetSpec:
     num_classes: int                  # in the published set
     expected_per_class: int | None = None
     input_scale: str = "int16"        # how the published loader scales a clip (audioclip_core.audio)
+    audio_layout: str = "audio/"      # where `row` finds the clips, as descriptions show it ("audio/foldN/")
 
     @property
     def folds(self) -> tuple[int, ...]:
         return tuple(range(1, self.num_folds + 1))
 
+    @property
+    def dir_env(self) -> str:
+        """The environment variable naming the set's folder (`assets.resources.DatasetSources`)."""
+        return f"AUDIOCLIP_{self.name.upper()}_DIR"
+
+    @property
+    def url_env(self) -> str:
+        """The environment variable naming an archive of the set to fetch when no folder is given."""
+        return f"AUDIOCLIP_{self.name.upper()}_URL"
+
 
 ESC50 = ClipSetSpec(
-    name="esc50", metadata="meta/esc50.csv", num_folds=5,
+    name="esc50", title="ESC-50", metadata="meta/esc50.csv", num_folds=5,
     row=lambda r: (f"audio/{r['filename']}", int(r["fold"]), int(r["target"]), r["category"]),
     expected_clips=2000, expected_fold_counts={k: 400 for k in range(1, 6)}, expected_per_class=40,
     clip_seconds=5.0, channels=1, num_classes=50,
 )
 US8K = ClipSetSpec(
-    name="us8k", metadata="metadata/UrbanSound8K.csv", num_folds=10,
+    name="us8k", title="UrbanSound8K", metadata="metadata/UrbanSound8K.csv", num_folds=10,
     row=lambda r: (f"audio/fold{int(r['fold'])}/{r['slice_file_name']}", int(r["fold"]), int(r["classID"]),
                    r["class"]),
     expected_clips=8732,
     expected_fold_counts={1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837},
-    clip_seconds=4.0, channels=2, num_classes=10, input_scale="minmax",
+    clip_seconds=4.0, channels=2, num_classes=10, input_scale="minmax", audio_layout="audio/foldN/",
 )
 SPECS = {"esc50": ESC50, "us8k": US8K}
 
 
 def protocol(name: str) -> ClipSetSpec:
-    """The protocol of `esc50` or `us8k`: clip length, channels, classes, folds."""
+    """The protocol of a clip set of `SPECS` (`esc50`, `us8k`): clip length, channels, classes, folds."""
     if name not in SPECS:
         raise ValueError(f"unknown clip set {name!r}; one of {sorted(SPECS)}")
     return SPECS[name]

@@ -54,6 +54,13 @@ class AudioOptions:
     noise_p: float = 0.25
 
 
+def clipset_dataset(table: pd.DataFrame, classes: list[str], audio: AudioOptions, *, train: bool,
+                    seed: int = 0) -> "ClipSetDataset":
+    """An ESC-50 / US8K table as a dataset: its clips, their class among `classes`, read as `audio`
+    says (augmented when `train` and `audio.augment`)."""
+    return ClipSetDataset(table, train=train, seed=seed, audio=audio, classes=classes)
+
+
 def _source(store, path):
     """What a decoder reads: the file at `path`, or its bytes from the shards of `store`."""
     return path if store is None else store.open(path)

@@ -21,7 +21,6 @@ same seed writes the same bytes.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -313,9 +312,7 @@ def generate_all(root: Path, *, seed: Optional[int] = None, force: bool = False)
     generation leaves nothing that looks complete. A root generated from another seed is an
     error (its downloads, manifests and checkpoints belong to that seed): use another data
     root. `force` rebuilds it."""
-    import tempfile
-
-    from ..files import file_lock
+    from ..files import file_lock, publish_folder
 
     seed = demo_seed(seed)
     root = Path(root)
@@ -327,16 +324,10 @@ def generate_all(root: Path, *, seed: Optional[int] = None, force: bool = False)
                 raise SeedMismatch(f"{root} holds the demo dataset of seed {have}, not {seed}: give this seed its "
                                    f"own data root (AUDIOCLIP_DATA_ROOT) and Dagster home (DAGSTER_HOME)")
             return {"skipped": True, "seed": seed}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+        with publish_folder(root) as tmp:
             counts = generate_audioset(tmp / "audioset", seed=3 * seed)
             counts["esc50"] = generate_esc50(tmp / "esc50", seed=3 * seed + 1)
             counts["us8k"] = generate_us8k(tmp / "us8k", seed=3 * seed + 2)
             (tmp / ".complete").write_text(f"ok seed={seed}\n")
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(tmp, root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     counts["seed"] = seed
     return counts

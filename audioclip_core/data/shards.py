@@ -44,7 +44,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ import pandas as pd
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..files import Busy, exclusive, file_lock, sha256_file
+from ..files import Busy, exclusive, file_lock, publish_folder, sha256_file
 from .manifests import relative_path
 
 SHARD_BYTES = 256 * 1024 ** 2
@@ -151,15 +150,17 @@ def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str 
         if (out_dir / RECORD).is_file():   # packed by the process we waited for
             return json.loads((out_dir / RECORD).read_text())
         remove_abandoned(out_dir.parent, held=out_dir.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=PACKING, dir=out_dir.parent))
         try:
-            return _pack(rows, expected, root, tmp, out_dir, key=key, target_bytes=target_bytes,
-                         source_sha256=source_sha256, prefix=prefix, progress=progress)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with publish_folder(out_dir, suffix=PACKING, replace=False) as tmp:
+                return _pack(rows, expected, root, tmp, key=key, target_bytes=target_bytes,
+                             source_sha256=source_sha256, prefix=prefix, progress=progress)
+        except FileExistsError:  # another process packed the same version first: the same content, keep its set
+            if not (out_dir / RECORD).is_file():
+                raise
+            return json.loads((out_dir / RECORD).read_text())
 
 
-def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, out_dir: Path, *, key: str,
+def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, *, key: str,
           target_bytes: int, source_sha256: str, prefix: str, progress) -> dict:
     index, shards, mismatched = [], [], []
     tar, shard_path, shard_samples = None, None, 0
@@ -225,13 +226,6 @@ def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, out_di
               "bytes": sum(s["bytes"] for s in shards), "index": INDEX, "index_sha256": sha256_file(tmp / INDEX),
               "source_sha256": source_sha256, "key": key}
     (tmp / RECORD).write_text(json.dumps(record, indent=1))
-    os.chmod(tmp, 0o755)  # a temporary folder is private; the set is read by every worker and pod
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:  # another process packed the same version first: the same content, keep its set
-        if not (out_dir / RECORD).is_file():
-            raise
-        return json.loads((out_dir / RECORD).read_text())
     return record
 
 

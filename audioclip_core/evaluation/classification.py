@@ -21,7 +21,7 @@ import torch
 
 from ..models.audioclip import AudioCLIP
 from ..models.esresnext import ESResNeXt
-from .embeddings import (ClipSetEmbeddings, AudioSetEmbeddings, audioset_dataset, clipset_dataset, embed_clipset,
+from .embeddings import (ClipSetEmbeddings, AudioSetEmbeddings, audioset_dataset, protocol_dataset, embed_clipset,
                          loadable_batches, multi_hot)
 from .metrics import accuracy, chance_classification_map, classification_map
 
@@ -75,7 +75,7 @@ def classifier_classification(model: ESResNeXt, table: pd.DataFrame, dataset: st
                               input_scale: str = "int16") -> ClassificationResult:
     """A stand-alone (fine-tuned) ESResNeXt on an ESC-50 / US8K table."""
     model.eval()
-    ds = clipset_dataset(table, dataset, classes, input_scale)
+    ds = protocol_dataset(table, dataset, classes, input_scale)
     logits, targets, index = [], [], []
     for items in loadable_batches(ds):
         if items:

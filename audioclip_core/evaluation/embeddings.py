@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.clipsets import protocol
-from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset
+from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset, clipset_dataset
 from ..models.audioclip import AudioCLIP
 from ..text import apply_template
 
@@ -29,15 +29,12 @@ def loadable_batches(dataset, batch_size: int = BATCH):
         yield [it for it in items if "error" not in it]
 
 
-def eval_audio(clip_seconds: float, channels: int, input_scale: str) -> AudioOptions:
-    return AudioOptions(clip_seconds=clip_seconds, channels=channels, input_scale=input_scale, augment=False)
-
-
-def clipset_dataset(table: pd.DataFrame, dataset: str, classes: list[str], input_scale: str) -> ClipSetDataset:
-    """An ESC-50 / US8K table under its dataset's protocol (clip length, channels)."""
+def protocol_dataset(table: pd.DataFrame, dataset: str, classes: list[str], input_scale: str) -> ClipSetDataset:
+    """An ESC-50 / US8K table under its dataset's protocol (clip length, channels), unaugmented."""
     spec = protocol(dataset)
-    return ClipSetDataset(table, train=False, audio=eval_audio(spec.clip_seconds, spec.channels, input_scale),
-                          classes=classes)
+    audio = AudioOptions(clip_seconds=spec.clip_seconds, channels=spec.channels, input_scale=input_scale,
+                         augment=False)
+    return clipset_dataset(table, classes, audio, train=False)
 
 
 @torch.no_grad()
@@ -77,7 +74,7 @@ class ClipSetEmbeddings:
 
 def embed_clipset(model: AudioCLIP, table: pd.DataFrame, dataset: str, classes: list[str], *, template: str,
                   input_scale: str) -> ClipSetEmbeddings:
-    ds = clipset_dataset(table, dataset, classes, input_scale)
+    ds = protocol_dataset(table, dataset, classes, input_scale)
     emb = embed_dataset(model, ds)
     ids = torch.tensor([ds.class_of[ds.df.iloc[i]["class_name"]] for i in emb["index"]], dtype=torch.long)
     return ClipSetEmbeddings(emb["audio"], text_embeddings(model, classes, template), ids, emb["index"])
@@ -85,8 +82,8 @@ def embed_clipset(model: AudioCLIP, table: pd.DataFrame, dataset: str, classes: 
 
 def audioset_dataset(manifest: pd.DataFrame, class_ids: list[str], *, clip_seconds: float, input_scale: str,
                      image: bool, image_size: int = 224) -> AudioSetDataset:
-    return AudioSetDataset(manifest, class_ids, train=False, audio=eval_audio(clip_seconds, 1, input_scale),
-                           image_size=image_size, with_image=image)
+    audio = AudioOptions(clip_seconds=clip_seconds, channels=1, input_scale=input_scale, augment=False)
+    return AudioSetDataset(manifest, class_ids, train=False, audio=audio, image_size=image_size, with_image=image)
 
 
 def multi_hot(ds: AudioSetDataset, index: list[int]) -> torch.Tensor:

@@ -41,7 +41,7 @@ import pandas as pd
 from torch import nn
 
 from ..data.audioset import LabelIndex
-from ..data.clipsets import class_names, protocol
+from ..data.clipsets import SPECS, class_names, protocol
 from ..data.manifests import read_manifest
 from ..audio import DEFAULT_INPUT_SCALE
 from ..layout import DataLayout
@@ -54,7 +54,7 @@ from .retrieval import (DIRECTIONS, audio_by_text_scores, audioset_querying, aud
 
 Model = Union[str, os.PathLike, nn.Module]
 COLUMNS = ["table", "model", "task", "dataset", "metric", "fold", "value", "chance", "n", "note"]
-CLIPSETS = ("esc50", "us8k")
+CLIPSETS = tuple(SPECS)   # every clip set gets fine-tuned, zero-shot and querying rows
 QUERY_METRICS = ("P@1", "R@1", "mAP")
 
 
@@ -80,7 +80,7 @@ class Settings:
 class FineTuned:
     """One clip set's fine-tuned fold checkpoints with the fold test splits they are scored on."""
 
-    dataset: str                                   # "esc50" | "us8k"
+    dataset: str                                   # a clip set of SPECS: "esc50", "us8k"
     classes: list[str]
     tests: dict[str, pd.DataFrame]                 # fold -> test split
     checkpoints: dict[str, Model]                  # fold -> checkpoint; folds without one are not trained

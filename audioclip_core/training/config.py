@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from .spec import STAGE_NAMES
+
 @dataclass
 class TrainConfig:
     stage: str                        # the paper's step (training.stages.STAGES)
@@ -44,10 +46,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from .stages import STAGES
-
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; one of {tuple(STAGES)}")
+        if self.stage not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {self.stage!r}; one of {STAGE_NAMES}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
         if self.dtype not in ("float32", "float64"):

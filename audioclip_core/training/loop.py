@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import save_checkpoint
+from ..files import publish_folder
 from ..layout import snapshot_file
 from ..models.fbsp import LinearFBSP
 from ..perf import tune_malloc
@@ -91,18 +91,12 @@ def _latest_epoch(epochs_dir: Path) -> Optional[int]:
 
 
 def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, history, skipped) -> None:
-    final = epochs_dir / f"epoch_{epoch:03d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".epoch_{epoch:03d}.", dir=epochs_dir))
-    try:
+    # written in `.epoch_NNN.<random>` (swept by `train` on start-up) and renamed into place
+    with publish_folder(epochs_dir / f"epoch_{epoch:03d}") as tmp:
         save_checkpoint(model, tmp / "model.safetensors", metadata={"epoch": epoch})
         torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(), "history": history, "skipped": skipped},
                    tmp / "state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for old in epochs_dir.glob("epoch_*"):  # keep the last two complete epochs
         if old.is_dir() and int(old.name.split("_")[1]) < epoch - 1:
             shutil.rmtree(old, ignore_errors=True)

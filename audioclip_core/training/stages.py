@@ -19,214 +19,27 @@ freezes, what it reads and how it steps. `STAGES` is the one list of them.
 
 `stage` always names one of these steps; `name` names the asset (and checkpoint) that runs
 it, e.g. stage ``audioclip_finetune`` for the assets ``audioclip_esc50`` / ``audioclip_us8k``.
-A `StageSpec` (JSON) describes one run of a stage, so the same definition runs in-process or
-in every worker that torchrun starts.
+A `spec.StageSpec` (JSON) describes one run of a stage, so the same definition runs
+in-process or in every worker that torchrun starts; `build_stage` turns it into a model, a
+dataset and a step (`builders`, `steps`), after the start-up rules below.
 """
+
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import CheckpointError, build_model, load_model, load_strict, read_checkpoint
-from ..data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset, ImageCaptionDataset
+from ..data.datasets import AudioSetDataset, ClipSetDataset, ImageCaptionDataset, clipset_dataset
 from ..data.manifests import read_manifest
 from ..lineage import MISMATCH, verify_checkpoint
-from ..models.audioclip import AudioCLIP
-from ..models.esresnext import AudioConfig, ESResNeXt
-from ..models.presets import get_preset
+from .builders import audio_options, build_audioclip, build_classifier
 from .config import TrainConfig
-
-
-def audio_options(cfg: TrainConfig) -> AudioOptions:
-    return AudioOptions(clip_seconds=cfg.clip_seconds, channels=cfg.channels, input_scale=cfg.input_scale,
-                        augment=cfg.augment, inversion=cfg.inversion, noise_p=cfg.noise_p)
-
-
-# -- initialisation ----------------------------------------------------------------------------
-def load_imagenet_resnext(head: ESResNeXt, path: str) -> list[str]:
-    """Copy a torchvision `resnext50_32x4d` state dict into the backbone (what matches by name
-    and shape; the classifier is not copied), then reset the attention gates. Returns the keys
-    left at their initialisation."""
-    sd, _ = read_checkpoint(path)
-    own = head.state_dict()
-    copied = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape and not k.startswith("fc.")}
-    if not copied:
-        raise CheckpointError(f"{path}: no tensor matches the ESResNeXt backbone; expected a torchvision "
-                              "resnext50_32x4d state dict")
-    head.load_state_dict({**own, **copied}, strict=True)
-    head.reset_attention()
-    return sorted(set(own) - set(copied))
-
-
-def build_classifier(cfg: TrainConfig, num_classes: int, *, init: Optional[str] = None,
-                     imagenet: Optional[str] = None) -> ESResNeXt:
-    """A stand-alone ESResNeXt with `num_classes` outputs, from a checkpoint's backbone if given."""
-    audio_cfg = AudioConfig.from_dict({**get_preset(cfg.preset)["audio_cfg"], "num_classes": num_classes})
-    torch.manual_seed(cfg.seed)
-    head = ESResNeXt(audio_cfg).to(dtype=getattr(torch, cfg.dtype))  # before loading: float64 stays exact
-    if init:
-        sd, meta = read_checkpoint(init)
-        if any(k.startswith("audio.") for k in sd):
-            sd = {k[len("audio."):]: v for k, v in sd.items() if k.startswith("audio.")}
-        own = head.state_dict()
-        sd = {**sd, "fc.weight": own["fc.weight"], "fc.bias": own["fc.bias"]}  # a new classifier
-        load_strict(head, sd, what=f"{init} (backbone for {cfg.stage})")
-    elif imagenet:
-        load_imagenet_resnext(head, imagenet)
-    head.preset = cfg.preset
-    return head
-
-
-def build_audioclip(cfg: TrainConfig, *, init: Optional[str] = None, audio_head: Optional[str] = None,
-                    clip_weights: Optional[str] = None) -> AudioCLIP:
-    torch.manual_seed(cfg.seed)
-    if init:  # in the training dtype before loading: a float64 parent stays exact
-        model = load_model(init, preset=cfg.preset, dtype=getattr(torch, cfg.dtype))
-    else:
-        model = build_model(cfg.preset, clip_weights=clip_weights, audio_weights=audio_head,
-                            dtype=getattr(torch, cfg.dtype))   # before loading: float64 towers stay exact
-    return model
-
-
-# -- steps -----------------------------------------------------------------------------------
-def _head(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model  # unwrap DistributedDataParallel
-
-
-def classifier_step(model: ESResNeXt, batch: dict):
-    logits = model(batch["audio"])
-    # per-sample losses averaged over the local batch: DDP's gradient averaging over equal
-    # shards gives the global batch's mean, as one process would
-    loss = _head(model).classification_loss(logits, batch["target"])
-    return loss, {"loss": float(loss.detach()), "loss_ttf": float(_head(model).loss_ttf().detach())}
-
-
-def audioclip_step(use_image: bool, loss_variant: str = "reference"):
-    def step(model: AudioCLIP, batch: dict):
-        from .distributed import gather_features, gather_objects, world_size
-
-        w = world_size()
-        class_ids = None
-        if loss_variant == "corrected":
-            # identical captions are the same class: positives of each other, not negatives;
-            # over the global batch (all ranks' captions, in the order features are gathered)
-            keys = [caption_key(t) for t in batch["text"]]
-            class_ids = caption_ids(gather_objects(keys) if w > 1 else keys, batch["audio"].device)
-        out = model(audio=batch["audio"], image=batch.get("image") if use_image else None, text=batch["text"],
-                    loss_variant=loss_variant, class_ids=class_ids, gather=gather_features if w > 1 else None,
-                    scale_grad=1.0 / w)
-        ttf = _head(model).loss_ttf()
-        n = out.logits.audio_text.shape[0] if out.logits.audio_text is not None else out.logits.audio_image.shape[0]
-        target = torch.arange(n, device=batch["audio"].device)
-        terms = {"loss": float(out.loss.detach()), "loss_ttf": float(ttf.detach()),
-                 "loss_uniform": 2 * math.log(n)}  # what each pair term is at uniform logits (health.py)
-        for name, lg in zip(("loss_audio_image", "loss_audio_text", "loss_image_text"), out.logits):
-            if lg is not None:
-                terms[name] = float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())
-        terms.update(caption_retrieval(out.logits.audio_text, batch["text"], w))
-        # every rank holds the global loss but back-propagates only through its own slice;
-        # scaled by W, DDP's averaging gives the single-process gradient
-        return (out.loss - ttf) * w + ttf, terms
-
-    return step
-
-
-def image_text_step(loss_variant: str = "reference"):
-    """One step of CLIP-style image-text training (the demo's `clip_standin`): the
-    symmetric contrastive loss of images against their captions, and the in-batch
-    image-to-caption retrieval that the above-chance gate reads."""
-    def step(model: AudioCLIP, batch: dict):
-        keys = [caption_key(t) for t in batch["text"]]
-        class_ids = caption_ids(keys, batch["image"].device) if loss_variant == "corrected" else None
-        out = model(image=batch["image"], text=batch["text"], loss_variant=loss_variant, class_ids=class_ids)
-        lg = out.logits.image_text
-        n = lg.shape[0]
-        target = torch.arange(n, device=lg.device)
-        terms = {"loss": float(out.loss.detach()), "loss_uniform": 2 * math.log(n),
-                 "loss_image_text": float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())}
-        terms.update(caption_retrieval(lg, batch["text"], key="acc_image_text"))
-        return out.loss, terms
-
-    return step
-
-
-def caption_key(text) -> str:
-    """A clip's caption as one string (an AudioSet clip's labels joined by ", ")."""
-    return text if isinstance(text, str) else ", ".join(text)
-
-
-def caption_ids(keys: list[str], device=None) -> torch.Tensor:
-    """One id per distinct caption, in order of first appearance: identical captions, one class."""
-    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    return torch.tensor([ids[k] for k in keys], device=device)
-
-
-def caption_retrieval(logits: Optional[torch.Tensor], texts: list, world: int = 1,
-                      key: str = "acc_audio_text") -> dict:
-    """In-batch audio-to-caption retrieval: `acc_audio_text` (or `key`), the share of clips
-    whose best scoring caption is their own (or an identical one), and `acc_chance`, its
-    expected value when scores are random (the mean share of identical captions per clip).
-    Empty when the batch has no such logits, or in a process group (the captions are per rank)."""
-    if logits is None or world > 1:
-        return {}
-    if logits.shape[0] != len(texts) or logits.shape[1] != len(texts):
-        return {}
-    cls = caption_ids([caption_key(t) for t in texts], logits.device)
-    same = cls[:, None] == cls[None, :]
-    hit = same[torch.arange(len(texts), device=cls.device), logits.detach().argmax(1)]
-    return {key: float(hit.float().mean()), "acc_chance": float(same.float().mean())}
-
-
-def keep_frozen_in_eval(model: nn.Module) -> None:
-    """A frozen image tower keeps its BatchNorm statistics: in eval mode during training."""
-    model = _head(model)
-    if isinstance(model, AudioCLIP) and not any(p.requires_grad for p in model.visual.parameters()):
-        model.visual.eval()
-
-
-# -- one run of a stage, as data --------------------------------------------------------------
-@dataclass
-class StageSpec:
-    name: str                                  # the asset, e.g. "audioclip_esc50"
-    stage: str                                 # the paper's step, one of STAGES
-    config: dict                               # TrainConfig fields
-    workdir: str
-    tables: list[str]                          # parquet files to train on (manifest versions)
-    manifests: dict                            # name -> {"path", "sha256", "rows"}
-    class_ids: list[str] = field(default_factory=list)   # AudioSet mids (AudioSet stages)
-    classes: list[str] = field(default_factory=list)     # class names (fine-tuning)
-    init: Optional[str] = None                 # checkpoint to start from (upstream or released)
-    parent: Optional[dict] = None
-    clip_weights: Optional[str] = None
-    imagenet_weights: Optional[str] = None
-    dagster: dict = field(default_factory=dict)
-    mlflow_run_id: Optional[str] = None
-    extra_lineage: dict = field(default_factory=dict)
-    data_root: Optional[str] = None            # relative file paths in `tables` are under it
-    shards: list[str] = field(default_factory=list)      # shard sets holding the tables' files (data.shards):
-                                                         # read from them, not from the files
-
-    def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; one of {tuple(STAGES)}")
-
-    def to_json(self, path: Path) -> Path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
-        return Path(path)
-
-    @classmethod
-    def from_json(cls, path: Path) -> "StageSpec":
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
+from .spec import STAGE_NAMES, StageSpec
+from .steps import audioclip_step, classifier_step, image_text_step, keep_frozen_in_eval
 
 Built = tuple[nn.Module, object, Callable]     # model, dataset, step
 
@@ -253,13 +66,10 @@ def _audioset_data(spec: StageSpec, cfg: TrainConfig, *, with_image: bool, image
                                             image_size=image_size, with_image=with_image))
 
 
-def clipset_dataset(train_df: pd.DataFrame, cfg: TrainConfig, classes: list[str]) -> ClipSetDataset:
-    """An ESC-50 / US8K train split, augmented as `cfg` says."""
-    return ClipSetDataset(train_df, train=True, seed=cfg.seed, audio=audio_options(cfg), classes=classes)
-
-
 def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> ClipSetDataset:
-    return _read_from(spec, clipset_dataset(pd.concat(_tables(spec), ignore_index=True), cfg, spec.classes))
+    """An ESC-50 / US8K train split, augmented as `cfg` says."""
+    table = pd.concat(_tables(spec), ignore_index=True)
+    return _read_from(spec, clipset_dataset(table, spec.classes, audio_options(cfg), train=True, seed=cfg.seed))
 
 
 IMAGENET_SOURCE = ("imagenet_weights", "a torchvision resnext50_32x4d ImageNet state dict "
@@ -332,56 +142,6 @@ def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
     return model, data, image_text_step(cfg.loss_variant)
 
 
-# -- the towers stage 2 distils into ----------------------------------------------------------
-TOWERS_RECORD = "towers.json"   # in the clip_towers checkpoint folder (layout.checkpoint_dir("clip_towers"))
-
-
-def towers_record(kind: str, path: Optional[str] = None, sha256: Optional[str] = None, **more) -> dict:
-    """What stage 2's image and text towers are: ``clip_weights`` (a CLIP file - OpenAI's RN50 or
-    the release's CLIP.pt, the paper), ``standin`` (the demo's `clip_standin` checkpoint) or
-    ``random`` (neither; only with `allow_random_init`), with the file's sha256 (computed unless
-    given)."""
-    from ..files import sha256_file
-
-    if kind not in ("clip_weights", "standin", "random"):
-        raise ValueError(f"unknown kind of towers {kind!r}")
-    if kind != "random" and not path:
-        raise ValueError(f"towers of kind {kind!r} need a file")
-    return {"kind": kind, "path": str(path) if path else None,
-            "sha256": sha256 or (sha256_file(Path(path)) if path else None), **more}
-
-
-def publish_towers(layout, record: dict) -> None:
-    """Write `record` where stage 2 finds it (`layout.checkpoint_dir("clip_towers")`); a file
-    under the data root is named relative to it, so the root can move."""
-    from ..files import write_json
-
-    path = Path(record["path"]) if record.get("path") else None
-    if path is not None and path.is_relative_to(layout.root):
-        record = {**record, "path": str(path.relative_to(layout.root))}
-    write_json(record, layout.checkpoint_dir("clip_towers") / TOWERS_RECORD)
-
-
-def published_towers(layout) -> dict:
-    """The towers record `publish_towers` wrote, with an absolute path; a clear error when
-    there is none or its file is gone."""
-    path = layout.checkpoint_dir("clip_towers") / TOWERS_RECORD
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: materialise clip_towers first (or set clip_weights)")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("path") and not Path(record["path"]).is_absolute():
-        record["path"] = str(layout.root / record["path"])
-    if record.get("path") and not Path(record["path"]).is_file():
-        raise FileNotFoundError(f"clip_towers names {record['path']}, which is gone: materialise clip_towers again")
-    return record
-
-
-def verify_clip_weights(path: str, preset: str) -> None:
-    """Load `path` into the towers of `preset` strictly: a wrong or truncated file fails here,
-    before any stage trains from it."""
-    build_model(preset, clip_weights=path)
-
-
 def _esresnext_audioset(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_classifier(cfg, len(spec.class_ids), init=spec.init, imagenet=spec.imagenet_weights)
     return model, _audioset_data(spec, cfg, with_image=False), classifier_step
@@ -438,10 +198,25 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 )}
 
 
-def build_stage(spec: StageSpec):
-    """The `StageRun` of `spec`: its stage's model, dataset and step, ready for `run_stage`."""
-    from .run import StageRun
+assert tuple(STAGES) == STAGE_NAMES, "spec.STAGE_NAMES lists the stages of STAGES"
 
+
+@dataclass
+class BuiltStage:
+    """A spec made ready to train: its config, model (loaded and frozen as its stage says),
+    dataset and step, and what its lineage record adds."""
+    spec: StageSpec
+    config: TrainConfig
+    model: nn.Module
+    dataset: object
+    step: Callable
+    prepare: Callable[[nn.Module], None]
+    extra_lineage: dict
+
+
+def build_stage(spec: StageSpec) -> BuiltStage:
+    """`spec`'s stage built: its model, dataset and step, ready for `run.run_stage`, after the
+    start-up rules (initial weights, an unchanged parent)."""
     cfg = TrainConfig(**spec.config)
     if cfg.stage != spec.stage:
         raise ValueError(f"{spec.name}: the spec is for stage {spec.stage!r}, its config for {cfg.stage!r}")
@@ -450,7 +225,6 @@ def build_stage(spec: StageSpec):
     changed = ({"parent_changed": {"recorded_sha256": parent.recorded, "sha256": parent.actual}}
                if parent is not None and parent.state == MISMATCH else {})
     model, dataset, step = STAGES[spec.stage].build(spec, cfg)
-    return StageRun(spec.name, cfg, model, dataset, step, Path(spec.workdir), spec.manifests, parent=spec.parent,
-                    prepare=keep_frozen_in_eval, dagster=spec.dagster,
-                    extra_lineage={**spec.extra_lineage, "clip_weights": spec.clip_weights,
-                                   "imagenet_weights": spec.imagenet_weights, **changed})
+    return BuiltStage(spec, cfg, model, dataset, step, keep_frozen_in_eval,
+                      {**spec.extra_lineage, "clip_weights": spec.clip_weights,
+                       "imagenet_weights": spec.imagenet_weights, **changed})

@@ -197,9 +197,10 @@ def test_a_stage_that_fails_a_gate_is_set_aside_not_published(tmp_path):
     (a fine-tune, a table) can start from them; the MLflow run is FAILED; the step fails."""
     import mlflow
 
+    from assets.gates import reject
     from assets.resources import MlflowTracking
-    from assets.training import _reject
     from audioclip_core.layout import DataLayout
+    from audioclip_core.training.spec import StageResult
 
     layout = DataLayout.at(tmp_path / "data")
     folder = layout.checkpoint_dir("audioclip_full")
@@ -212,7 +213,7 @@ def test_a_stage_that_fails_a_gate_is_set_aside_not_published(tmp_path):
         run_id = run.info.run_id
     failed = [dg.AssetCheckResult(check_name="not_collapsed", passed=False, metadata={"ratio": 1.001})]
     with pytest.raises(dg.Failure, match="audioclip_full is not published: not_collapsed failed: ratio=1.001"):
-        _reject([ck, rec], tracking, layout, run_id, failed)
+        reject(StageResult(checkpoint=str(ck), lineage_path=str(rec), history=[]), tracking, layout, run_id, failed)
     assert not ck.exists() and not rec.exists()
     assert (folder / "audioclip_full.rejected.safetensors").is_file()
     assert (folder / "audioclip_full.rejected.lineage.json").is_file()

@@ -77,7 +77,7 @@ def test_the_towers_record_follows_a_moved_data_root(tmp_path):
     import shutil
 
     from audioclip_core.layout import DataLayout
-    from audioclip_core.training.stages import TOWERS_RECORD, publish_towers, published_towers, towers_record
+    from audioclip_core.training.towers import TOWERS_RECORD, publish_towers, published_towers, towers_record
 
     old = DataLayout.at(tmp_path / "old")
     ckpt = old.checkpoint("clip_towers")

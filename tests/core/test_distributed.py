@@ -27,7 +27,7 @@ def _model():
 
 def _worker(rank, init_file, out_dir):
     from audioclip_core.training.distributed import gather_features, gather_objects
-    from audioclip_core.training.stages import audioclip_step
+    from audioclip_core.training.steps import audioclip_step
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -46,7 +46,7 @@ def _worker(rank, init_file, out_dir):
 
 
 def test_unequal_shards_and_corrected_loss_match_one_process(tmp_path):
-    from audioclip_core.training.stages import audioclip_step
+    from audioclip_core.training.steps import audioclip_step
 
     mp.spawn(_worker, args=(str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

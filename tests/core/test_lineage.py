@@ -94,7 +94,7 @@ def test_clips_of_a_checkpoint_survive_a_manifest_change(tmp_path, capsys):
     """The record names the exact manifest version (kept, content-addressed): after the manifest
     is rewritten with other clips, --clips still lists what the checkpoint was trained on."""
     from audioclip_core.lineage import lineage_record, write_lineage
-    from audioclip_core.training.run import manifest_entry
+    from audioclip_core.training.assemble import manifest_entry
 
     manifest = tmp_path / "audioset" / "manifests" / "eval.parquet"
     manifest.parent.mkdir(parents=True)

@@ -1,17 +1,17 @@
 """The paper preset reproduces the numerical fixtures recorded with the original code.
 
 AUDIOCLIP_PARITY_DIR may name other fixture sets recorded the same way (os.pathsep-separated);
-by default the set in ../shared/parity is used.
+by default the set that travels with the repository, tests/fixtures/parity, is used.
 """
 import os
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
+from conftest import PARITY_DIR
 from parity_run import run_parity
 
-DIRS = [Path(p) for p in os.environ.get("AUDIOCLIP_PARITY_DIR", str(SHARED / "parity")).split(os.pathsep) if p]
+DIRS = [Path(p) for p in (os.environ.get("AUDIOCLIP_PARITY_DIR") or str(PARITY_DIR)).split(os.pathsep) if p]
 
 
 @pytest.mark.parametrize("parity_dir", DIRS, ids=[d.name for d in DIRS])

@@ -9,7 +9,8 @@ from audioclip_core.evaluation.embeddings import AudioSetEmbeddings, set_caption
 from audioclip_core.evaluation.retrieval import audioset_querying
 from audioclip_core.inference import resolve_input_scale
 from audioclip_core.training.profiles import resolve
-from audioclip_core.training.stages import InitialisationError, StageSpec, require_initialisation
+from audioclip_core.training.spec import StageSpec
+from audioclip_core.training.stages import InitialisationError, require_initialisation
 
 
 def test_one_dataset_protocol_for_training_and_evaluation():

@@ -19,7 +19,9 @@ from conftest import REPO, SMALL, materialize_stage, run_config, weights
 
 
 def test_bad_clip_mid_epoch_is_skipped_and_recorded(lineage, tmp_path):
-    from audioclip_core.training import stages
+    from audioclip_core.training import builders, steps
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training.builders import audio_options
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.loop import train
 
@@ -30,15 +32,17 @@ def test_bad_clip_mid_epoch_is_skipped_and_recorded(lineage, tmp_path):
     cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=1, batch_size=8, lr=0.01,
                       clip_seconds=2.0)
     classes = sorted(df["class_name"].unique())
-    model = stages.build_classifier(cfg, len(classes))
-    result = train(model, stages.clipset_dataset(df, cfg, classes), stages.classifier_step, cfg, tmp_path / "wd",
+    model = builders.build_classifier(cfg, len(classes))
+    result = train(model, clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed), steps.classifier_step, cfg, tmp_path / "wd",
                    log=lambda m: None)
     assert len(result.skipped_items) == 1 and "broken.wav" in result.skipped_items[0]
     assert result.history[0]["samples"] == len(df) - 1
 
 
 def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
-    from audioclip_core.training import stages
+    from audioclip_core.training import builders, steps
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training.builders import audio_options
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.loop import TrainingError, train
 
@@ -46,14 +50,14 @@ def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
     cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=2, batch_size=8, lr=0.01,
                       clip_seconds=2.0)
     classes = sorted(df["class_name"].unique())
-    model = stages.build_classifier(cfg, len(classes))
+    model = builders.build_classifier(cfg, len(classes))
 
     def nan_step(m, batch):
-        loss, terms = stages.classifier_step(m, batch)
+        loss, terms = steps.classifier_step(m, batch)
         return loss * float("nan"), terms
 
     with pytest.raises(TrainingError, match="became nan at epoch 0, step 0"):
-        train(model, stages.clipset_dataset(df, cfg, classes), nan_step, cfg, tmp_path / "wd", log=lambda m: None)
+        train(model, clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed), nan_step, cfg, tmp_path / "wd", log=lambda m: None)
 
 
 def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
@@ -61,7 +65,9 @@ def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
     exactly the epoch's weights; a fresh run clears the snapshots of an earlier one."""
     from safetensors.torch import load_file
 
-    from audioclip_core.training import stages
+    from audioclip_core.training import builders, steps
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training.builders import audio_options
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.loop import train
 
@@ -72,8 +78,8 @@ def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
     wd = tmp_path / "wd"
     (wd / "snapshots").mkdir(parents=True)
     (wd / "snapshots" / "after_009_epochs.safetensors").write_bytes(b"an earlier run's")
-    train(stages.build_classifier(cfg, len(classes)), stages.clipset_dataset(df, cfg, classes),
-          stages.classifier_step, cfg, wd, log=lambda m: None)
+    train(builders.build_classifier(cfg, len(classes)), clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
+          steps.classifier_step, cfg, wd, log=lambda m: None)
     assert sorted(p.name for p in (wd / "snapshots").iterdir()) == ["after_002_epochs.safetensors"]
     kept = load_file(str(wd / "snapshots" / "after_002_epochs.safetensors"))
     epoch1 = load_file(str(wd / "epochs" / "epoch_001" / "model.safetensors"))  # 0-based: the 2nd epoch
@@ -85,18 +91,20 @@ def test_fbsp_hook_flag_is_restored_when_training_fails(monkeypatch, tmp_path):
     that fails - here DDP cannot start without a process group - gives them back their own hook."""
     from audioclip_core.models.fbsp import LinearFBSP
     from audioclip_core.training import distributed as D
-    from audioclip_core.training import stages
+    from audioclip_core.training import builders, steps
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training.builders import audio_options
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.loop import train
 
     cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=1, batch_size=2, clip_seconds=1.0)
-    model = stages.build_classifier(cfg, 3)
+    model = builders.build_classifier(cfg, 3)
     layers = [m for m in model.modules() if isinstance(m, LinearFBSP)]
     assert layers
     monkeypatch.setattr(D, "is_distributed", lambda: True)
     monkeypatch.setattr(D, "world_size", lambda: 1)
     with pytest.raises(Exception):
-        train(model, [], stages.classifier_step, cfg, tmp_path / "wd", log=lambda m: None)
+        train(model, [], steps.classifier_step, cfg, tmp_path / "wd", log=lambda m: None)
     assert all(layer.normalize_in_hook for layer in layers)
 
 
@@ -107,8 +115,10 @@ def test_a_parent_changed_since_its_record_is_refused_unless_allowed(lineage, ti
     import audioclip_core as ac
     from audioclip_core.files import sha256_file
     from audioclip_core.lineage import lineage_record, write_lineage
-    from audioclip_core.training.run import manifest_entry, run_stage
-    from audioclip_core.training.stages import ChangedParentError, StageSpec, build_stage
+    from audioclip_core.training.assemble import manifest_entry
+    from audioclip_core.training.run import run_stage
+    from audioclip_core.training.spec import StageSpec
+    from audioclip_core.training.stages import ChangedParentError, build_stage
 
     parent = tmp_path / "audioclip_full" / "audioclip_full.safetensors"
     parent.parent.mkdir()
@@ -138,8 +148,8 @@ def test_a_parent_changed_since_its_record_is_refused_unless_allowed(lineage, ti
     assert "allow_changed_parent" in msg
 
     spec.config = {**config, "allow_changed_parent": True}
-    out = run_stage(build_stage(spec), log=lambda m: None)
-    record = json.loads(out.lineage_path.read_text())
+    out = run_stage(spec, log=lambda m: None)
+    record = out.lineage
     assert record["parent"]["sha256"] == actual
     assert record["parent_changed"] == {"recorded_sha256": recorded, "sha256": actual}
     assert record["config"]["allow_changed_parent"] is True

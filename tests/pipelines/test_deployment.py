@@ -81,18 +81,21 @@ def test_the_torchrun_step_runs_in_a_pod_through_pipes(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AUDIOCLIP_K8S_IMAGE", "registry.example/audioclip:1")
     monkeypatch.setenv("AUDIOCLIP_DATA_ROOT", "/data/root")
-    launcher = TrainingLauncher(deployment="k8s", gpus_per_pod=8)
-    launcher.run(context="ctx", entry=["pipelines.torchrun_entry", "/data/spec.json", "/data/result.json"], nproc=8,
+    from pipelines.deployment import launcher_settings
+
+    monkeypatch.setenv("AUDIOCLIP_DEPLOYMENT", "k8s")
+    launcher = TrainingLauncher(**launcher_settings(), gpus_per_pod=8)   # as pipelines/definitions.py fills it
+    launcher.run(context="ctx", entry=["assets.resources.stage_worker", "/data/spec.json", "/data/result.json"], nproc=8,
                  env={"OMP_NUM_THREADS": "2"})
     run = dict(calls)["run"]
     assert run["image"] == "registry.example/audioclip:1" and run["context"] == "ctx"
     assert run["command"][:4] == ["python", "-m", "torch.distributed.run", "--nproc_per_node=8"]
-    assert run["command"][-3:] == ["pipelines.torchrun_entry", "/data/spec.json", "/data/result.json"]
+    assert run["command"][-3:] == ["assets.resources.stage_worker", "/data/spec.json", "/data/result.json"]
     assert run["env"] == {"AUDIOCLIP_DATA_ROOT": "/data/root", "OMP_NUM_THREADS": "2"}
     container = run["base_pod_spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     with pytest.raises(ValueError, match="PyTorchJob"):
-        launcher.run(context="ctx", entry=["pipelines.torchrun_entry"], nproc=1, nnodes=2)
+        launcher.run(context="ctx", entry=["assets.resources.stage_worker"], nproc=1, nnodes=2)
 
 
 def test_torchrun_commands():

@@ -11,7 +11,7 @@ from assets import sources as source_assets
 from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
 from audioclip_core.files import Busy, exclusive
 from audioclip_core.layout import DataLayout
-from pipelines.launcher import LocalRunLauncher, fail_stale_runs, stale_runs
+from pipelines.run_health import LocalRunLauncher, fail_stale_runs, stale_runs
 
 HEADER = "# Segments csv\n# num_ytids=1\n# YTID, start_seconds, end_seconds, positive_labels\n"
 

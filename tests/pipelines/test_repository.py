@@ -142,3 +142,53 @@ def test_every_asset_check_says_what_it_checks():
     assert len(specs) >= 10
     missing = [f"{s.asset_key.to_user_string()}:{s.name}" for s in specs if not (s.description or "").strip()]
     assert not missing, missing
+
+
+def _core_graph() -> dict[str, set[str]]:
+    """module -> the core modules it imports (at the top or inside functions: an import inside a
+    function is still an arrow)."""
+    names = {n for n, _ in _modules(CORE)}
+    graph = {}
+    for name, path in _modules(CORE):
+        deps = set()
+        for imp in _imports(name, path):
+            while imp and imp not in names:
+                imp = imp.rsplit(".", 1)[0] if "." in imp else ""
+            if imp and imp != name and not name.startswith(imp + "."):   # a package's own __init__ aside
+                deps.add(imp)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_cycle_inside_the_core():
+    """Inside packages too: no module reaches itself through the core's imports (a cycle hidden
+    by an import inside a function counts)."""
+    graph = _core_graph()
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join(path + [start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+    assert not cycles, cycles[:5]
+
+
+def test_assets_never_import_pipelines():
+    """Arrows point down: pipelines/ assembles the Definitions from assets/, never the reverse
+    (the deployment's settings reach the assets as resource fields)."""
+    wrong = []
+    for path in sorted((REPO / "assets").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            wrong += [f"{path.relative_to(REPO)} imports {m}" for m in mods if m.split(".")[0] == "pipelines"]
+        if "pipelines." in path.read_text(encoding="utf-8").replace("pipelines/", ""):
+            text = path.read_text(encoding="utf-8")
+            wrong += [f"{path.relative_to(REPO)} names a pipelines module: {line.strip()}"
+                      for line in text.splitlines() if '"pipelines.' in line or "'pipelines." in line]
+    assert not wrong, wrong

@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ import pytest
 from assets import clipsets
 from assets.resources import DataRoot, DatasetSources
 from audioclip_core.data.demo_dataset import generate_esc50
+from audioclip_core.net import free_port
 from conftest import REPO
 
 ARTIFACTS = REPO / "tests" / "artifacts"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chromium() -> str:
@@ -49,7 +43,7 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
     home.mkdir()
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     generate_esc50(tmp_path / "esc50", per_fold_class=1)
-    from pipelines.lineage import env as dagster_env
+    from pipelines.backfill import env as dagster_env
 
     # the checkout importable (dagster.yaml's run launcher lives in pipelines/)
     env = dict(dagster_env(), DAGSTER_HOME=str(home), AUDIOCLIP_DATA_ROOT=str(tmp_path / "data"),
@@ -58,7 +52,7 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
         res = {"data_root": DataRoot(root=env["AUDIOCLIP_DATA_ROOT"]), "sources": DatasetSources(esc50_dir=env["AUDIOCLIP_ESC50_DIR"])}
         assert dg.materialize([clipsets.esc50_manifest], resources=res, instance=instance).success
         assert dg.materialize([clipsets.esc50_folds], resources=res, instance=instance, partition_key="1").success
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
                                "-w", "workspace.yaml"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)

@@ -13,7 +13,7 @@ DATA_ASSETS = ["dataset_sources", "audioset_segments", "audioset_downloads", "au
 
 @pytest.mark.slow
 def test_the_daemon_runs_the_audioset_lineage_as_named_runs(tmp_path, monkeypatch):
-    from pipelines.lineage import run_lineage
+    from pipelines.backfill import run_lineage
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -8,8 +8,8 @@ through the run queue, pools and quality gates. The terminal gets one line per f
 and a progress count; Dagster's own log goes to `<data root>/logs/dagster.log`. The runs are
 named job runs of the code location, so the UI can re-execute any of them.
 
-    python -m pipelines.lineage            # launch, wait, exit 0 when every run succeeded
-    python -m pipelines.lineage --no-wait  # launch and leave it to a running `make ui`
+    python -m pipelines.backfill            # launch, wait, exit 0 when every run succeeded
+    python -m pipelines.backfill --no-wait  # launch and leave it to a running `make ui`
 
 An earlier backfill of this command that a killed process left unfinished is cancelled first;
 runs whose process is gone are marked failed at start-up (pipelines/instance.py), so their
@@ -23,13 +23,14 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
+
+from audioclip_core.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "audioclip/lineage"
@@ -68,12 +69,6 @@ def env() -> dict:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _die_with_parent() -> None:
     """In the child before exec: Dagster stops when this process dies, even by SIGKILL.
     `dagster dev` maps SIGTERM to SIGINT's handler; a process started in the background by a
@@ -92,7 +87,7 @@ class LocalDagster:
     127.0.0.1, its output in `log`; stopped with its whole process group."""
 
     def __init__(self, log: Path, port: Optional[int] = None, daemon: bool = True):
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log, self.daemon = log, daemon
         self.proc: Optional[subprocess.Popen] = None
 

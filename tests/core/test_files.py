@@ -1,0 +1,48 @@
+"""One atomic folder publish (`files.publish_folder`) and one free port (`net.free_port`)."""
+import socket
+
+import pytest
+
+from audioclip_core.files import publish_folder
+from audioclip_core.net import free_port
+
+
+def test_a_folder_is_published_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "sets" / "v1"
+    with publish_folder(final, suffix=".packing") as tmp:
+        # built beside its final place, under a name the next run can recognise and sweep
+        assert tmp.parent == final.parent and tmp.name.startswith(".v1.") and tmp.name.endswith(".packing")
+        (tmp / "a.txt").write_text("one")
+        assert not final.exists()
+    assert (final / "a.txt").read_text() == "one"
+    assert final.stat().st_mode & 0o777 == 0o755   # a temporary folder is private; the published one is not
+    assert sorted(p.name for p in final.parent.iterdir()) == ["v1"]
+
+    with pytest.raises(RuntimeError, match="killed"):
+        with publish_folder(final) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("killed half-way")
+    assert (final / "a.txt").read_text() == "one"   # the failed block left the published folder as it was
+    assert sorted(p.name for p in final.parent.iterdir()) == ["v1"]
+
+
+def test_replace_or_keep_what_is_there(tmp_path):
+    final = tmp_path / "epoch_001"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="already published"):
+        with publish_folder(final, replace=False) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_001"]
+
+    with publish_folder(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+
+
+def test_free_port_can_be_bound():
+    port = free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
