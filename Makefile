@@ -12,12 +12,14 @@ export HF_HUB_OFFLINE := 1
 # the Dagster processes import this checkout (the run launcher of dagster.yaml is pipelines.run_health)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: env demo test test-fast bench ui mlflow-ui clean-env help
+.PHONY: env demo test test-fast lint format bench ui mlflow-ui clean-env help
 
 help:
 	@echo "make demo       run the main job on the built-in demo data (SEED=n: seed data and training)"
 	@echo "make test       run the whole test suite"
 	@echo "make test-fast  skip tests marked slow"
+	@echo "make lint       ruff: lint and format check (as CI runs it)"
+	@echo "make format     ruff: format the code and fix what lint can"
 	@echo "make ui         Dagster UI on 127.0.0.1:3000"
 	@echo "make mlflow-ui  MLflow UI on 127.0.0.1:5000"
 	@echo "make bench      benchmarks (ORIGINAL=DIR: side by side with a checkout of the original code)"
@@ -38,6 +40,14 @@ test: env
 
 test-fast: env
 	$(PY) -m pytest -q -m "not slow"
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: env
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: env
 	$(PY) bench/run_all.py $(if $(ORIGINAL),--original $(ORIGINAL))

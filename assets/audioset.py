@@ -11,7 +11,13 @@ from pydantic import Field
 from audioclip_core.acquisition.audioset import environment_faults, run_downloads, run_extraction
 from audioclip_core.acquisition.youtube import TRANSIENT
 from audioclip_core.data.catalog import publish_manifests
-from audioclip_core.data.manifests import MANIFEST_COLUMNS, build_manifest, clip_problems, read_partition, relative_paths
+from audioclip_core.data.manifests import (
+    MANIFEST_COLUMNS,
+    build_manifest,
+    clip_problems,
+    read_partition,
+    relative_paths,
+)
 from audioclip_core.files import exclusive, write_parquet
 
 from .metadata import markdown_table, progress_logger

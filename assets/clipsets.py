@@ -13,8 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from audioclip_core.data.catalog import publish_manifests
-from audioclip_core.data.clipsets import (SPECS, ClipSetSpec, count_warnings, fold_split, read_metadata,
-                                          validate)
+from audioclip_core.data.clipsets import SPECS, ClipSetSpec, count_warnings, fold_split, read_metadata, validate
 from audioclip_core.data.manifests import relative_paths
 from audioclip_core.files import read_version_parquet
 

@@ -12,8 +12,17 @@ from audioclip_core.layout import DataLayout
 from .audioset import audioset_manifest
 from .clipsets import MANIFESTS
 from .resources import DataRoot, DatasetSources, MlflowTracking
-from .training import (audioclip_esc50, audioclip_full, audioclip_partial, audioclip_partial_esc50,
-                       audioclip_partial_us8k, audioclip_us8k, esresnext_audioset, esresnext_esc50, esresnext_us8k)
+from .training import (
+    audioclip_esc50,
+    audioclip_full,
+    audioclip_partial,
+    audioclip_partial_esc50,
+    audioclip_partial_us8k,
+    audioclip_us8k,
+    esresnext_audioset,
+    esresnext_esc50,
+    esresnext_us8k,
+)
 
 GROUP = "evaluation"
 KINDS = {"parquet", "duckdb", "mlflow"}

@@ -10,7 +10,6 @@ from audioclip_core.layout import DataLayout
 
 from .resources import MlflowTracking
 
-
 COLLAPSE_CHECK = ("not_collapsed", "The audio pair terms (audio-text, audio-image) of the last epoch are not at their "
                   "value for uniform logits (2 ln n for a batch of n, within 1 %): a model whose audio embeddings "
                   "tell no clip of a batch from another fails and blocks what is trained or evaluated from it "

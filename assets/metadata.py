@@ -1,7 +1,12 @@
 """What the assets show in the Dagster UI: markdown previews of tables, progress in the run log."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 def progress_logger(context, label: str):

@@ -14,10 +14,10 @@ from audioclip_core.data.clipsets import SPECS
 from audioclip_core.layout import DataLayout
 
 from .audioset import audioset_manifest
+from .clipsets import FOLD_PARTITIONS, FOLDS
 from .gates import check_specs as _checks
 from .gates import gates as _gates
 from .gates import reject as _reject
-from .clipsets import FOLD_PARTITIONS, FOLDS
 from .metadata import each_partition
 from .resources import DataRoot, DatasetSources, MlflowTracking, TrainingLauncher
 from .shards import CLIPSET_SHARDS, audioset_shards
@@ -86,8 +86,8 @@ def _train_config(cfg: StageConfig, stage: str, sources: DatasetSources, layout:
 def _execute(context, spec, config: StageConfig, layout: DataLayout, tracking: MlflowTracking,
              launcher: TrainingLauncher, profile: str, partition: Optional[str] = None) -> dg.MaterializeResult:
     """Run `spec` through the launcher, tracked; its gates checked; a rejected stage set aside."""
-    from audioclip_core.training.stages import require_unchanged_parent
     from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.stages import require_unchanged_parent
 
     nproc, nnodes = config.nproc_per_node, config.nnodes
     require_unchanged_parent(spec, TrainConfig(**spec.config))  # before anything is tracked

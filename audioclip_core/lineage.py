@@ -17,7 +17,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from .errors import LineageError, is_symlink_loop
 from .files import read_version_parquet, sha256_file, write_json
@@ -182,7 +182,6 @@ def clips_of(checkpoint: Path) -> list[dict]:
     """The clips (AudioSet segment ids, ESC-50 / US8K file paths) with status ok in each
     manifest the checkpoint was trained on, read from the version its record names - the same
     list after the manifest has moved on. Rows: manifest, sha256, clip."""
-    import pandas as pd
 
     rec = read_record(checkpoint)
     out = []

@@ -13,9 +13,9 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import report, setup, timeit  # noqa: E402
 
+from audioclip_core.acquisition.media import extract_clip  # noqa: E402
 from audioclip_core.audio import ffmpeg_exe  # noqa: E402
 from audioclip_core.data.demo_dataset import CLASSES, write_video  # noqa: E402
-from audioclip_core.acquisition.media import extract_clip  # noqa: E402
 from audioclip_core.perf import tune_malloc  # noqa: E402
 
 
@@ -40,12 +40,11 @@ def main() -> None:
             {"item": "ffmpeg decode only", "seconds": t_dec}]
 
     # loader vs step, on clips like the demo's
+    from audioclip_core.data.datasets import clipset_dataset, collate
     from audioclip_core.data.demo_dataset import generate_esc50
     from audioclip_core.training import builders, steps
-    from audioclip_core.data.datasets import clipset_dataset
     from audioclip_core.training.builders import audio_options
     from audioclip_core.training.config import TrainConfig
-    from audioclip_core.data.datasets import collate
     from audioclip_core.training.loop import make_optimizer
 
     generate_esc50(work / "esc50", per_fold_class=1)

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from audioclip_core.training.builders import build_audioclip  # noqa: E402
 from audioclip_core.training.config import TrainConfig  # noqa: E402
 from audioclip_core.training.loop import make_optimizer  # noqa: E402
-from audioclip_core.training.builders import build_audioclip  # noqa: E402
 from audioclip_core.training.steps import audioclip_step  # noqa: E402
 
 CAPTIONS = [["Speech"], ["Dog", "Bark"], ["Music"], ["Siren"], ["Engine"], ["Rain"], ["Guitar"], ["Bird"]]

@@ -93,7 +93,7 @@ def main() -> None:
             measure(preset, "original+malloc", original_step(*run["orig"], run["audio"], run["images"]))
 
     rows = []
-    for preset, run in runs.items():
+    for _preset, run in runs.items():
         base = run["rows"][0]
         for r in run["rows"]:
             r[f"ratio_vs_{base['setting']}"] = base["step_s"] / r["step_s"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 from assets.resources.launcher import DATA_MOUNT, k8s_volumes
-
 from audioclip_core.data.clipsets import SPECS
 
 DEPLOYMENTS = ("local", "k8s")

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+
 def pool_limits() -> dict[str, int]:
     from audioclip_core.perf import training_slots
 

@@ -1,6 +1,6 @@
 """Runs our implementation on a parity fixture set and returns {name: array} for compare.py.
 
-Used by tests/core/test_parity.py; also runnable by hand:
+Used by tests/core/models/test_parity.py; also runnable by hand:
     python tests/parity_run.py [PARITY_DIR]      (default: tests/fixtures/parity)
 """
 from __future__ import annotations

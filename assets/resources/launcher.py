@@ -99,7 +99,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         cmd = torchrun_command(entry, nproc=nproc, nnodes=nnodes, rdzv_endpoint=endpoint, rdzv_id=rdzv_id)
         others = []
         try:
-            for node in range(1, nnodes):  # the other nodes' agents: plain processes, their ranks log nothing
+            for _node in range(1, nnodes):  # the other nodes' agents: plain processes, their ranks log nothing
                 err = tempfile.TemporaryFile()  # a file, not a pipe: a chatty agent never blocks on it
                 others.append((subprocess.Popen(cmd, cwd=str(REPO), env={**os.environ, **env},
                                                 stdout=subprocess.DEVNULL, stderr=err), err))

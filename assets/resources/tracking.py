@@ -7,7 +7,6 @@ import dagster as dg
 
 from audioclip_core.layout import DataLayout
 
-
 # the MLflow UI opens an experiment of this kind in its training view (runs, metrics, charts),
 # not the GenAI view that hides training runs
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"

@@ -23,10 +23,26 @@ from ..data.audioset import NUM_FRAMES
 from ..data.manifests import relative_path
 from ..files import folder_sizes, sha256_file
 from ..perf import add_seconds, timed
-from .media import (CUT, TAIL_TOLERANCE, EnvironmentFault, MediaError, environment_cause, extract_clip, info_columns,
-                    info_from_row, probe)
-from .youtube import (FINAL_FAILURES, PIECE_SUFFIX, TRANSIENT, DownloadOptions, DownloadResult, download_segment,
-                      finished_downloads)
+from .media import (
+    CUT,
+    TAIL_TOLERANCE,
+    EnvironmentFault,
+    MediaError,
+    environment_cause,
+    extract_clip,
+    info_columns,
+    info_from_row,
+    probe,
+)
+from .youtube import (
+    FINAL_FAILURES,
+    PIECE_SUFFIX,
+    TRANSIENT,
+    DownloadOptions,
+    DownloadResult,
+    download_segment,
+    finished_downloads,
+)
 
 Progress = Optional[Callable[[int, int], None]]
 

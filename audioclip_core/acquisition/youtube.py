@@ -29,8 +29,18 @@ from typing import Callable, Iterator, Optional
 from ..data.audioset import segment_id, validate_ytid
 from ..files import sha256_file
 from ..perf import timed
-from .media import (POST_ROLL, PRE_ROLL, TAIL_TOLERANCE, EnvironmentFault, MediaError, MediaInfo, cut_piece, environment_cause,
-                    probe, segment_problem)
+from .media import (
+    POST_ROLL,
+    PRE_ROLL,
+    TAIL_TOLERANCE,
+    EnvironmentFault,
+    MediaError,
+    MediaInfo,
+    cut_piece,
+    environment_cause,
+    probe,
+    segment_problem,
+)
 
 YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 # audio plus a small video stream (frames are resized to 224 px on the short side later)

@@ -13,9 +13,9 @@ writes is lost at the next update (it writes to a file no longer in place).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..files import file_lock, point_to, store_version
 from ..layout import DataLayout

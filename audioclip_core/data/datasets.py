@@ -29,6 +29,7 @@ from ..audio import SAMPLE_RATE, resample, to_model_input
 from ..images import load_clip_image
 from .transforms import eval_transforms, sample_generator, train_transforms
 
+
 def load_clip_audio(path, channels: int) -> torch.Tensor:
     """A file's audio as [channels, T] float32 at 44.1 kHz (`path`: a path or a file object)."""
     data, sr = sf.read(path, dtype="float32", always_2d=True)

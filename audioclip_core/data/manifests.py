@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .audioset import (NUM_FRAMES, LabelIndex, partition_file, partition_source, read_class_labels,
-                       read_segment_file)
+from .audioset import NUM_FRAMES, LabelIndex, partition_file, partition_source, read_class_labels, read_segment_file
 
 MANIFEST_COLUMNS = {
     "segment_id": "id and start in ms, the stem of the clip's files",

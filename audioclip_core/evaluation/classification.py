@@ -21,8 +21,15 @@ import torch
 
 from ..models.audioclip import AudioCLIP
 from ..models.esresnext import ESResNeXt
-from .embeddings import (ClipSetEmbeddings, AudioSetEmbeddings, audioset_dataset, protocol_dataset, embed_clipset,
-                         loadable_batches, multi_hot)
+from .embeddings import (
+    AudioSetEmbeddings,
+    ClipSetEmbeddings,
+    audioset_dataset,
+    embed_clipset,
+    loadable_batches,
+    multi_hot,
+    protocol_dataset,
+)
 from .metrics import accuracy, chance_classification_map, classification_map
 
 

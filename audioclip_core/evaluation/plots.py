@@ -78,14 +78,14 @@ def plot_embedding_map(points: dict[str, np.ndarray], labels: dict[str, Sequence
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     proj = centred @ vt[:2].T
     markers = {"audio": "o", "image": "s", "text": "*"}
-    names = sorted({l for ls in labels.values() for l in ls})
+    names = sorted({name for ls in labels.values() for name in ls})
     colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
     fig, ax = plt.subplots(figsize=(6, 5))
     start = 0
     for mod, pts in points.items():
         p = proj[start:start + len(pts)]
         start += len(pts)
-        ax.scatter(p[:, 0], p[:, 1], c=[colors[l] for l in labels[mod]], marker=markers.get(mod, "o"),
+        ax.scatter(p[:, 0], p[:, 1], c=[colors[name] for name in labels[mod]], marker=markers.get(mod, "o"),
                    s=90 if mod == "text" else 30, edgecolors="k", linewidths=0.3, label=mod)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[n], label=n) for n in names]
     ax.legend(handles=handles, fontsize=7, loc="best")

@@ -40,17 +40,29 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from ..audio import DEFAULT_INPUT_SCALE
 from ..data.audioset import LabelIndex
 from ..data.clipsets import SPECS, class_names, protocol
 from ..data.manifests import read_manifest
-from ..audio import DEFAULT_INPUT_SCALE
 from ..layout import DataLayout
-from .classification import (ClassificationResult, audioclip_classification, audioset_map, classifier_audioset_map,
-                             classifier_classification)
+from .classification import (
+    ClassificationResult,
+    audioclip_classification,
+    audioset_map,
+    classifier_audioset_map,
+    classifier_classification,
+)
 from .embeddings import embed_audioset, embed_clipset
 from .metrics import chance_accuracy, chance_classification_map, chance_retrieval
-from .retrieval import (DIRECTIONS, audio_by_text_scores, audioset_querying, audioset_querying_chance,
-                        clipset_audio_by_text, clipset_relevance, pr_curve)
+from .retrieval import (
+    DIRECTIONS,
+    audio_by_text_scores,
+    audioset_querying,
+    audioset_querying_chance,
+    clipset_audio_by_text,
+    clipset_relevance,
+    pr_curve,
+)
 
 Model = Union[str, os.PathLike, nn.Module]
 COLUMNS = ["table", "model", "task", "dataset", "metric", "fold", "value", "chance", "n", "note"]

@@ -7,6 +7,7 @@ from typing import Optional
 
 from .spec import STAGE_NAMES
 
+
 @dataclass
 class TrainConfig:
     stage: str                        # the paper's step (training.stages.STAGES)

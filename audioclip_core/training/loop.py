@@ -21,13 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import save_checkpoint
+from ..data.datasets import collate
 from ..files import publish_folder
 from ..layout import snapshot_file
 from ..models.fbsp import LinearFBSP
 from ..perf import tune_malloc
 from . import distributed as D
 from .config import TrainConfig
-from ..data.datasets import collate
 
 StepFn = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 EpochCallback = Callable[[int, dict], None]

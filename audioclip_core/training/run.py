@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
 from ..checkpoints import export_official, save_checkpoint
 from ..lineage import lineage_record, write_lineage

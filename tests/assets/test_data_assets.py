@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -11,11 +12,9 @@ import pytest
 
 from assets import audioset, clipsets
 from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
+from audioclip_core.acquisition.media_server import MediaServer, _RangeHandler
 from audioclip_core.audio import ffmpeg_exe
 from audioclip_core.data.demo_dataset import generate_esc50, generate_us8k
-from functools import partial
-
-from audioclip_core.acquisition.media_server import MediaServer, _RangeHandler
 from audioclip_core.data.manifests import read_manifest
 from audioclip_core.layout import DataLayout
 

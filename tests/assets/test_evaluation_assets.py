@@ -1,20 +1,8 @@
 """The four table assets from trained checkpoints and from released-layout checkpoint files."""
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pytest
 import torch
-
-from assets import training
-from assets.resources import DataRoot
-from conftest import REPO, SMALL, materialize_stage, run_config, weights
 
 
 def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_outputs, tmp_path,

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 import pytest
 import torch
+from conftest import REPO, materialize_stage, run_config, weights
 
 from assets import training
 from assets.resources import DataRoot
-from conftest import REPO, SMALL, materialize_stage, run_config, weights
 
 
 def test_every_stage_runs_and_its_loss_falls(stage_outputs):

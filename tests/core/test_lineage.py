@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from audioclip_core.lineage import chain, checkpoints_for_clip, format_chain, record_name
 from audioclip_core.cli import main
-from audioclip_core.files import sha256_file
 from audioclip_core.errors import LineageError
+from audioclip_core.files import sha256_file
+from audioclip_core.lineage import chain, checkpoints_for_clip, format_chain, record_name
 
 ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
 

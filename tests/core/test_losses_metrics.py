@@ -3,9 +3,16 @@ import math
 import pytest
 import torch
 
+from audioclip_core.evaluation.metrics import (
+    accuracy,
+    average_precision,
+    classification_map,
+    mean_average_precision,
+    precision_at_1,
+    recall_at_1,
+    retrieval_metrics,
+)
 from audioclip_core.losses import contrastive_loss
-from audioclip_core.evaluation.metrics import (accuracy, average_precision, classification_map, mean_average_precision,
-                                    precision_at_1, recall_at_1, retrieval_metrics)
 
 
 def test_reference_normalisation_by_pairs_factorial():

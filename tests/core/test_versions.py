@@ -13,8 +13,8 @@ from audioclip_core.cli import main
 from audioclip_core.data.manifests import absolute_paths, read_manifest, relative_paths
 from audioclip_core.files import CorruptVersion, keep_version, publish_version, sha256_file
 from audioclip_core.lineage import lineage_record, write_lineage
-from audioclip_core.training.health import at_chance
 from audioclip_core.training.assemble import manifest_entry
+from audioclip_core.training.health import at_chance
 from audioclip_core.training.steps import caption_retrieval
 
 

@@ -5,7 +5,6 @@ import shutil
 
 import dagster as dg
 import pytest
-
 from conftest import REPO
 
 DATA_ASSETS = ["dataset_sources", "audioset_segments", "audioset_downloads", "audioset_clips", "audioset_manifest"]

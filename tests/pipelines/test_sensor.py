@@ -1,22 +1,12 @@
 """Scheduled re-training: the sensor that watches the manifests the AudioSet stages trained on."""
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pytest
-import torch
-
-from audioclip_core.files import publish_version
+from conftest import run_config
 
 from assets import training
 from assets.resources import DataRoot
-from conftest import REPO, SMALL, materialize_stage, run_config, weights
+from audioclip_core.files import publish_version
 
 
 def test_retraining_sensor_fires_once_when_a_manifest_changes(lineage, tmp_path):

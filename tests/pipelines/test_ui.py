@@ -10,12 +10,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import REPO
 
 from assets import clipsets
 from assets.resources import DataRoot, DatasetSources
 from audioclip_core.data.demo_dataset import generate_esc50
 from audioclip_core.net import free_port
-from conftest import REPO
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 

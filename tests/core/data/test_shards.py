@@ -3,7 +3,6 @@ dataset's items bit for bit, the stream covers every item once per epoch in a de
 order whatever the number of workers, and resumes at any batch."""
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,8 +18,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from audioclip_core.data.datasets import AudioOptions, AudioSetDataset, ClipSetDataset
-from audioclip_core.data.shards import (INDEX, DigestMismatch, ShardStore, ShardStream, publish_shards,
-                                        remove_abandoned, verify_shards, write_shards)
+from audioclip_core.data.shards import (
+    INDEX,
+    DigestMismatch,
+    ShardStore,
+    ShardStream,
+    publish_shards,
+    remove_abandoned,
+    verify_shards,
+    write_shards,
+)
 from audioclip_core.files import CorruptVersion, file_lock
 from audioclip_core.layout import DataLayout
 
@@ -298,7 +305,7 @@ def test_a_killed_packer_leaves_a_folder_the_next_packing_removes(clips, tmp_pat
     parent = root / "shards" / "killed"
     out = parent / "v1"
     run = subprocess.run([sys.executable, "-c", KILLER, str(manifest_file), str(root), str(out)],
-                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+                         cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True)
     assert run.returncode == -signal.SIGKILL, run.stderr
     left = [p for p in parent.iterdir() if p.name.endswith(".packing")]
     assert len(left) == 1 and left[0].name.startswith(".v1.") and any(left[0].iterdir())

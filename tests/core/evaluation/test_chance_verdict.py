@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from audioclip_core.evaluation import verdict
-from audioclip_core.evaluation.metrics import (accuracy, average_precision, chance_accuracy, chance_classification_map,
-                                               chance_retrieval, expected_average_precision, precision_at_1,
-                                               recall_at_1)
+from audioclip_core.evaluation.metrics import (
+    accuracy,
+    average_precision,
+    chance_accuracy,
+    chance_classification_map,
+    chance_retrieval,
+    expected_average_precision,
+    precision_at_1,
+    recall_at_1,
+)
 
 
 def _rankings(n: int):

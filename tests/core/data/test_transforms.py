@@ -2,8 +2,16 @@ import math
 
 import torch
 
-from audioclip_core.data.transforms import (RandomCrop, RandomNoise, RandomPadding, TimeInversion, eval_transforms,
-                                            sample_generator, time_scale, train_transforms)
+from audioclip_core.data.transforms import (
+    RandomCrop,
+    RandomNoise,
+    RandomPadding,
+    TimeInversion,
+    eval_transforms,
+    sample_generator,
+    time_scale,
+    train_transforms,
+)
 
 
 def _g(seed=0):

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import PARITY_DIR
 from parity_run import run_parity
 

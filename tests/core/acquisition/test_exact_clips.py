@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from timecoded import ENCODINGS, FPS, audio_offset, frame_number, make_sources
 
-from audioclip_core.acquisition.media import (EnvironmentFault, MediaError, extract_clip, probe, run_ffmpeg,
-                                              segment_problem)
+from audioclip_core.acquisition.media import (
+    EnvironmentFault,
+    MediaError,
+    extract_clip,
+    probe,
+    run_ffmpeg,
+    segment_problem,
+)
 from audioclip_core.acquisition.media_server import MediaServer
 from audioclip_core.acquisition.youtube import DownloadOptions, download_segment
-from timecoded import ENCODINGS, FPS, audio_offset, frame_number, make_sources
 
 DURATION = 20.0
 AUDIO_TOLERANCE = 0.040   # an AAC frame of encoder delay

@@ -1,7 +1,6 @@
 """Downloads against a server that misbehaves: a page linking to other media, a body cut short,
 a body that stalls, a WebM without a duration header. Each ends in bounded time with the right
 status, and nothing short is recorded `ok`."""
-import shutil
 import subprocess
 import threading
 import time

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from audioclip_core.audio import ffmpeg_exe
 from audioclip_core.acquisition.media import MediaError, extract_clip
 from audioclip_core.acquisition.media_server import MediaServer
 from audioclip_core.acquisition.youtube import DownloadOptions, classify_error, download_segment
+from audioclip_core.audio import ffmpeg_exe
 
 
 @pytest.fixture(scope="module")

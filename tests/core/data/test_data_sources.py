@@ -1,8 +1,16 @@
 """AudioSet lists, ESC-50 / UrbanSound8K metadata and folds, on the real files."""
 import pytest
 
-from audioclip_core.data.audioset import (PARTITIONS, InvalidYoutubeId, partition_source, read_class_labels,
-                                          read_ontology, read_segment_file, segment_id, validate_ytid)
+from audioclip_core.data.audioset import (
+    PARTITIONS,
+    InvalidYoutubeId,
+    partition_source,
+    read_class_labels,
+    read_ontology,
+    read_segment_file,
+    segment_id,
+    validate_ytid,
+)
 from audioclip_core.data.clipsets import ESC50, US8K, count_warnings, fold_split, read_metadata, validate
 
 
