@@ -1,4 +1,5 @@
 """Dagster assets and asset checks, one module per step of the lineage."""
+
 import warnings
 
 import dagster as dg

@@ -7,6 +7,7 @@ static partition per official fold, from the spec's fold count) and, in `assets/
 `DatasetSources.clipset`; `clipset_assets(specs)` builds them for a spec entered in `SPECS`
 after this module was imported (as a test does).
 """
+
 from typing import Iterable
 
 import dagster as dg
@@ -41,18 +42,38 @@ def _manifest(spec: ClipSetSpec, context, data_root: DataRoot, sources: DatasetS
     ok = df[df["status"] == "ok"]
     warnings = count_warnings(spec, rows)
     checks = [
-        dg.AssetCheckResult(check_name="every_row_has_its_file", passed=not report["missing"] and not report["unreadable"],
-                            metadata={"missing": len(report["missing"]), "unreadable": len(report["unreadable"]),
-                                      "extra": len(report["extra"]), "examples": (report["missing"] + report["unreadable"])[:10]}),
-        dg.AssetCheckResult(check_name="published_counts", passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"differences": warnings[:20] or ["none"]}),
+        dg.AssetCheckResult(
+            check_name="every_row_has_its_file",
+            passed=not report["missing"] and not report["unreadable"],
+            metadata={
+                "missing": len(report["missing"]),
+                "unreadable": len(report["unreadable"]),
+                "extra": len(report["extra"]),
+                "examples": (report["missing"] + report["unreadable"])[:10],
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="published_counts",
+            passed=not warnings,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"differences": warnings[:20] or ["none"]},
+        ),
     ]
     return dg.MaterializeResult(
-        metadata={"clips": len(df), "ok": len(ok), "classes": int(df["class_id"].nunique()), "source": str(root),
-                  "sha256": digest, "path": dg.MetadataValue.path(str(out)), "duckdb_view": name,
-                  "version": dg.MetadataValue.path(str(version)),
-                  "preview": dg.MetadataValue.md(markdown_table(df[["path", "fold", "class_name", "status", "duration"]]))},
-        data_version=dg.DataVersion(digest[:16]), check_results=checks)
+        metadata={
+            "clips": len(df),
+            "ok": len(ok),
+            "classes": int(df["class_id"].nunique()),
+            "source": str(root),
+            "sha256": digest,
+            "path": dg.MetadataValue.path(str(out)),
+            "duckdb_view": name,
+            "version": dg.MetadataValue.path(str(version)),
+            "preview": dg.MetadataValue.md(markdown_table(df[["path", "fold", "class_name", "status", "duration"]])),
+        },
+        data_version=dg.DataVersion(digest[:16]),
+        check_results=checks,
+    )
 
 
 def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
@@ -65,29 +86,55 @@ def _fold(name: str, fold: int, data_root: DataRoot) -> dg.MaterializeResult:
     usable = df[df["status"] == "ok"]
     train, test = fold_split(usable.to_dict("records"), fold)
     train_path, test_path = layout.fold(name, fold, "train"), layout.fold(name, fold, "test")
-    published = publish_manifests(layout, {f"{name}_fold{fold}_train": (pd.DataFrame(train, columns=df.columns), train_path),
-                                           f"{name}_fold{fold}_test": (pd.DataFrame(test, columns=df.columns), test_path)})
+    published = publish_manifests(
+        layout,
+        {
+            f"{name}_fold{fold}_train": (pd.DataFrame(train, columns=df.columns), train_path),
+            f"{name}_fold{fold}_test": (pd.DataFrame(test, columns=df.columns), test_path),
+        },
+    )
     (d_train, _), (d_test, _) = published.values()
     train_ids = {r["path"] for r in train}
     test_ids = {r["path"] for r in test}
     check = dg.AssetCheckResult(
-        check_name="disjoint_and_covering", passed=not (train_ids & test_ids) and len(train_ids | test_ids) == len(usable),
-        metadata={"train": len(train_ids), "test": len(test_ids), "usable": len(usable), "overlap": len(train_ids & test_ids)})
+        check_name="disjoint_and_covering",
+        passed=not (train_ids & test_ids) and len(train_ids | test_ids) == len(usable),
+        metadata={
+            "train": len(train_ids),
+            "test": len(test_ids),
+            "usable": len(usable),
+            "overlap": len(train_ids & test_ids),
+        },
+    )
     return dg.MaterializeResult(
-        metadata={"fold": fold, "train": len(train), "test": len(test),
-                  "test_classes": len({r["class_id"] for r in test}),
-                  "train_path": dg.MetadataValue.path(str(train_path)),
-                  "test_path": dg.MetadataValue.path(str(test_path))},
-        data_version=dg.DataVersion(f"{d_train[:8]}{d_test[:8]}"), check_results=[check])
+        metadata={
+            "fold": fold,
+            "train": len(train),
+            "test": len(test),
+            "test_classes": len({r["class_id"] for r in test}),
+            "train_path": dg.MetadataValue.path(str(train_path)),
+            "test_path": dg.MetadataValue.path(str(test_path)),
+        },
+        data_version=dg.DataVersion(f"{d_train[:8]}{d_test[:8]}"),
+        check_results=[check],
+    )
 
 
 def _manifest_checks(name: str) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec("every_row_has_its_file", asset=name,
-                              description="Every metadata row has a readable audio file (rows without one are left "
-                                          "out of the folds and listed)"),
-            dg.AssetCheckSpec("published_counts", asset=name,
-                              description="Clip, fold and class counts against the published ones (a warning when "
-                                          "they differ, as for a subset)")]
+    return [
+        dg.AssetCheckSpec(
+            "every_row_has_its_file",
+            asset=name,
+            description="Every metadata row has a readable audio file (rows without one are left "
+            "out of the folds and listed)",
+        ),
+        dg.AssetCheckSpec(
+            "published_counts",
+            asset=name,
+            description="Clip, fold and class counts against the published ones (a warning when "
+            "they differ, as for a subset)",
+        ),
+    ]
 
 
 # all folds of a backfill in one run: writing a split takes less than starting a run
@@ -106,27 +153,38 @@ def manifest_asset(spec: ClipSetSpec) -> dg.AssetsDefinition:
     `DatasetSources.clipset` resolves."""
     name = f"{spec.name}_manifest"
 
-    @dg.asset(name=name, group_name=GROUP, kinds={"parquet", "duckdb"}, check_specs=_manifest_checks(name),
-              deps=[dataset_sources],
-              description=f"{spec.title} ({spec.metadata} + {spec.audio_layout}) validated file by file: sample "
-                          "rate, channels, duration.")
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        kinds={"parquet", "duckdb"},
+        check_specs=_manifest_checks(name),
+        deps=[dataset_sources],
+        description=f"{spec.title} ({spec.metadata} + {spec.audio_layout}) validated file by file: sample "
+        "rate, channels, duration.",
+    )
     def _asset(context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources):
         return _manifest(spec, context, data_root, sources)
 
     return _asset
 
 
-def folds_asset(spec: ClipSetSpec, manifest: dg.AssetsDefinition,
-                partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
+def folds_asset(
+    spec: ClipSetSpec, manifest: dg.AssetsDefinition, partitions: dg.StaticPartitionsDefinition
+) -> dg.AssetsDefinition:
     """`<name>_folds`: fold k's train and test splits of `manifest`, one partition per fold."""
     name, others = f"{spec.name}_folds", spec.num_folds - 1
 
-    @dg.asset(name=name, group_name=GROUP, partitions_def=partitions, deps=[manifest], kinds={"parquet"},
-              backfill_policy=ALL_FOLDS_IN_ONE_RUN,
-              check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset=name, blocking=True,
-                                             description=_FOLD_CHECK)],
-              description=f"Official {spec.title} fold k: test = fold k, train = the other "
-                          f"{_COUNTS[others] if others < len(_COUNTS) else others}.")
+    @dg.asset(
+        name=name,
+        group_name=GROUP,
+        partitions_def=partitions,
+        deps=[manifest],
+        kinds={"parquet"},
+        backfill_policy=ALL_FOLDS_IN_ONE_RUN,
+        check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset=name, blocking=True, description=_FOLD_CHECK)],
+        description=f"Official {spec.title} fold k: test = fold k, train = the other "
+        f"{_COUNTS[others] if others < len(_COUNTS) else others}.",
+    )
     def _asset(context: dg.AssetExecutionContext, data_root: DataRoot):
         return _folds(spec.name, context, data_root)
 

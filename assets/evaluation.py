@@ -1,5 +1,6 @@
 """The paper's four evaluation tables (audioclip_core.evaluation.tables), from the trained
 checkpoints or from released weights, published as parquet, DuckDB, markdown and MLflow."""
+
 import os
 import re
 from typing import Optional
@@ -41,38 +42,60 @@ class EvalConfig(dg.Config):
 
     partial_checkpoint: str = Field(default="", description="e.g. AudioCLIP-Partial-Training.pt")
     full_checkpoint: str = Field(default="", description="e.g. AudioCLIP-Full-Training.pt")
-    preset: str = Field(default="", description="architecture of checkpoint files without metadata "
-                                               "(default audioclip-rn50, the released weights')")
+    preset: str = Field(
+        default="",
+        description="architecture of checkpoint files without metadata (default audioclip-rn50, the released weights')",
+    )
     esresnext_checkpoints: dict[str, str] = Field(
-        default_factory=dict, description="Table 1: more ESResNeXt AudioSet classifiers, label -> file (e.g. "
-        "{'ESResNeXt (released)': 'ESRNXFBSP.pt', 'ESResNeXt (5 epochs)': '...safetensors'}); each gets a row")
-    include_trained: bool = Field(default=True, description="Table 1: a row for the trained esresnext_audioset "
-                                  "checkpoint (evaluate_released turns it off)")
+        default_factory=dict,
+        description="Table 1: more ESResNeXt AudioSet classifiers, label -> file (e.g. "
+        "{'ESResNeXt (released)': 'ESRNXFBSP.pt', 'ESResNeXt (5 epochs)': '...safetensors'}); each gets a row",
+    )
+    include_trained: bool = Field(
+        default=True,
+        description="Table 1: a row for the trained esresnext_audioset checkpoint (evaluate_released turns it off)",
+    )
     template: str = Field(default="{}", description="prompt template for class names ('{}' = bare, as the original)")
-    input_scale: str = Field(default="", description="int16 | minmax | unit for every model and set; empty: the "
-                             "checkpoint's own, else the dataset's published loader (ESC-50 int16, US8K minmax), "
-                             "else int16 - the rule `audioclip classify` applies")
-    query_rule: str = Field(default="same_labels", description="AudioSet querying relevance: same_labels (the "
-                            "paper: text queries are the clips' label sets, relevant = the same set) or any_label")
+    input_scale: str = Field(
+        default="",
+        description="int16 | minmax | unit for every model and set; empty: the "
+        "checkpoint's own, else the dataset's published loader (ESC-50 int16, US8K minmax), "
+        "else int16 - the rule `audioclip classify` applies",
+    )
+    query_rule: str = Field(
+        default="same_labels",
+        description="AudioSet querying relevance: same_labels (the "
+        "paper: text queries are the clips' label sets, relevant = the same set) or any_label",
+    )
     audioset_partition: str = "eval"
     audioset_clip_seconds: Optional[float] = None
     imagenet_dir: str = Field(default="", description="ImageNet-layout folder; AUDIOCLIP_IMAGENET_DIR")
     imagenet_per_class: Optional[int] = None
-    fast_inference: bool = Field(default=False, description="compile the audio backbone of the AudioSet-evaluated "
-                                                           "models (ESResNeXt, AudioCLIP partial/full) with frozen "
-                                                           "weights: about 2x the clips/s on a CPU after a ~40 s "
-                                                           "compilation per model. Fine-tuned fold models stay eager.")
+    fast_inference: bool = Field(
+        default=False,
+        description="compile the audio backbone of the AudioSet-evaluated "
+        "models (ESResNeXt, AudioCLIP partial/full) with frozen "
+        "weights: about 2x the clips/s on a CPU after a ~40 s "
+        "compilation per model. Fine-tuned fold models stay eager.",
+    )
 
     def settings(self):
-        return _tables().Settings(template=self.template, input_scale=self.input_scale or None,
-                               query_rule=self.query_rule, preset=self.preset or None,
-                               audioset_clip_seconds=self.audioset_clip_seconds, fast_inference=self.fast_inference,
-                               imagenet_dir=self.imagenet_dir or os.environ.get("AUDIOCLIP_IMAGENET_DIR") or None,
-                               imagenet_per_class=self.imagenet_per_class)
+        return _tables().Settings(
+            template=self.template,
+            input_scale=self.input_scale or None,
+            query_rule=self.query_rule,
+            preset=self.preset or None,
+            audioset_clip_seconds=self.audioset_clip_seconds,
+            fast_inference=self.fast_inference,
+            imagenet_dir=self.imagenet_dir or os.environ.get("AUDIOCLIP_IMAGENET_DIR") or None,
+            imagenet_per_class=self.imagenet_per_class,
+        )
 
     def audioclip_models(self, layout: DataLayout) -> dict:
-        return {"partial": self.partial_checkpoint or _tables().existing(layout.checkpoint("audioclip_partial")),
-                "full": self.full_checkpoint or _tables().existing(layout.checkpoint("audioclip_full"))}
+        return {
+            "partial": self.partial_checkpoint or _tables().existing(layout.checkpoint("audioclip_partial")),
+            "full": self.full_checkpoint or _tables().existing(layout.checkpoint("audioclip_full")),
+        }
 
     def esresnext_models(self, layout: DataLayout) -> dict:
         """Table 1's AudioSet classifiers: the trained stage and its kept shorter-trained weights
@@ -118,8 +141,9 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
     with atomic_write(layout.table(name, ".md")) as tmp:
         tmp.write_text(f"# {name}\n\n{md}\n", encoding="utf-8")
     images = render_figures(result.figures, layout.plots_dir)
-    with tracking.start_run(layout, name, {"dagster.run_id": context.run_id, "dagster.asset_key": name,
-                                           "kind": "evaluation"}) as run:
+    with tracking.start_run(
+        layout, name, {"dagster.run_id": context.run_id, "dagster.asset_key": name, "kind": "evaluation"}
+    ) as run:
         import mlflow
 
         for r in df[df["fold"] == "mean"].itertuples():
@@ -133,59 +157,118 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
             mlflow.log_artifact(str(art))
         link = tracking.run_link(run)
         plot_links = [tracking.artifact_link(run, img.name) for img in images]
-    meta = {"table": dg.MetadataValue.md(md), "rows": len(df), "path": dg.MetadataValue.path(str(out)),
-            "duckdb_table": name, "sha256": digest, "mlflow_run": dg.MetadataValue.url(link),
-            "protocol": dg.MetadataValue.json(result.protocol)}
+    meta = {
+        "table": dg.MetadataValue.md(md),
+        "rows": len(df),
+        "path": dg.MetadataValue.path(str(out)),
+        "duckdb_table": name,
+        "sha256": digest,
+        "mlflow_run": dg.MetadataValue.url(link),
+        "protocol": dg.MetadataValue.json(result.protocol),
+    }
     for img, url in list(zip(images, plot_links))[:6]:  # served by the MLflow UI (make mlflow-ui)
         meta[f"plot_{img.stem}"] = dg.MetadataValue.url(url)
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(digest[:16]))
 
 
-@dg.asset(group_name=GROUP, deps=[esresnext_audioset, esresnext_esc50, esresnext_us8k, audioset_manifest], kinds=KINDS,
-          description="Table 1: ESResNeXt alone - AudioSet mAP of the trained stage and of every checkpoint given "
-                      "(esresnext_checkpoints: a shorter-trained one, the released ESRNXFBSP.pt); fine-tuned ESC-50 "
-                      "and US8K accuracy per fold and mean.")
-def table1_esresnext(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
-                     sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[esresnext_audioset, esresnext_esc50, esresnext_us8k, audioset_manifest],
+    kinds=KINDS,
+    description="Table 1: ESResNeXt alone - AudioSet mAP of the trained stage and of every checkpoint given "
+    "(esresnext_checkpoints: a shorter-trained one, the released ESRNXFBSP.pt); fine-tuned ESC-50 "
+    "and US8K accuracy per fold and mean.",
+)
+def table1_esresnext(
+    context: dg.AssetExecutionContext,
+    config: EvalConfig,
+    data_root: DataRoot,
+    sources: DatasetSources,
+    tracking: MlflowTracking,
+) -> dg.MaterializeResult:
     layout, t = _layout(data_root), _tables()
     result = t.table1_esresnext(
-        config.esresnext_models(layout), t.audioset_table(layout, config.audioset_partition),
-        _labels(sources, layout).mids, [t.finetuned_from_layout(layout, f"esresnext_{n}", n) for n in t.CLIPSETS],
-        config.settings())
+        config.esresnext_models(layout),
+        t.audioset_table(layout, config.audioset_partition),
+        _labels(sources, layout).mids,
+        [t.finetuned_from_layout(layout, f"esresnext_{n}", n) for n in t.CLIPSETS],
+        config.settings(),
+    )
     return _publish(context, result, layout, tracking)
 
 
-@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioclip_full, audioclip_esc50, audioclip_us8k,
-                                  audioclip_partial_esc50, audioclip_partial_us8k, audioset_manifest],
-          kinds=KINDS, description="Table 2: AudioCLIP after partial and full training - AudioSet mAP (audio, image, "
-                                   "both); ESC-50 / US8K accuracy after cooperative fine-tuning from each.")
-def table2_audioclip(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
-                     sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[
+        audioclip_partial,
+        audioclip_full,
+        audioclip_esc50,
+        audioclip_us8k,
+        audioclip_partial_esc50,
+        audioclip_partial_us8k,
+        audioset_manifest,
+    ],
+    kinds=KINDS,
+    description="Table 2: AudioCLIP after partial and full training - AudioSet mAP (audio, image, "
+    "both); ESC-50 / US8K accuracy after cooperative fine-tuning from each.",
+)
+def table2_audioclip(
+    context: dg.AssetExecutionContext,
+    config: EvalConfig,
+    data_root: DataRoot,
+    sources: DatasetSources,
+    tracking: MlflowTracking,
+) -> dg.MaterializeResult:
     layout, t = _layout(data_root), _tables()
     result = t.table2_audioclip(
-        config.audioclip_models(layout), t.audioset_table(layout, config.audioset_partition),
-        _labels(sources, layout), [t.finetuned_from_layout(layout, t.finetune_asset(start, n), n, start)
-                                   for start in ("partial", "full") for n in t.CLIPSETS],
-        config.settings())
+        config.audioclip_models(layout),
+        t.audioset_table(layout, config.audioset_partition),
+        _labels(sources, layout),
+        [
+            t.finetuned_from_layout(layout, t.finetune_asset(start, n), n, start)
+            for start in ("partial", "full")
+            for n in t.CLIPSETS
+        ],
+        config.settings(),
+    )
     return _publish(context, result, layout, tracking)
 
 
-@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioclip_full, *MANIFESTS.values()], kinds=KINDS,
-          description="Table 3: zero-shot ESC-50 and US8K accuracy without training on them (all clips, and per fold).")
-def table3_zero_shot(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
-                     tracking: MlflowTracking) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[audioclip_partial, audioclip_full, *MANIFESTS.values()],
+    kinds=KINDS,
+    description="Table 3: zero-shot ESC-50 and US8K accuracy without training on them (all clips, and per fold).",
+)
+def table3_zero_shot(
+    context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot, tracking: MlflowTracking
+) -> dg.MaterializeResult:
     layout, t = _layout(data_root), _tables()
     result = t.table3_zero_shot(config.audioclip_models(layout), _clipsets(layout), config.settings())
     return _publish(context, result, layout, tracking)
 
 
-@dg.asset(group_name=GROUP, deps=[audioclip_partial, audioclip_full, audioset_manifest, *MANIFESTS.values()],
-          kinds=KINDS, description="Table 4: querying - P@1, R@1, mAP for image by text (ImageNet, AudioSet), audio "
-                                   "by text (AudioSet, US8K, ESC-50), audio by image and image by audio (AudioSet).")
-def table4_querying(context: dg.AssetExecutionContext, config: EvalConfig, data_root: DataRoot,
-                    sources: DatasetSources, tracking: MlflowTracking) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[audioclip_partial, audioclip_full, audioset_manifest, *MANIFESTS.values()],
+    kinds=KINDS,
+    description="Table 4: querying - P@1, R@1, mAP for image by text (ImageNet, AudioSet), audio "
+    "by text (AudioSet, US8K, ESC-50), audio by image and image by audio (AudioSet).",
+)
+def table4_querying(
+    context: dg.AssetExecutionContext,
+    config: EvalConfig,
+    data_root: DataRoot,
+    sources: DatasetSources,
+    tracking: MlflowTracking,
+) -> dg.MaterializeResult:
     layout, t = _layout(data_root), _tables()
-    result = t.table4_querying(config.audioclip_models(layout), t.audioset_table(layout, config.audioset_partition),
-                                    _labels(sources, layout), _clipsets(layout), config.settings(),
-                                    audioset_partition=config.audioset_partition)
+    result = t.table4_querying(
+        config.audioclip_models(layout),
+        t.audioset_table(layout, config.audioset_partition),
+        _labels(sources, layout),
+        _clipsets(layout),
+        config.settings(),
+        audioset_partition=config.audioset_partition,
+    )
     return _publish(context, result, layout, tracking)

@@ -1,4 +1,5 @@
 """What the assets show in the Dagster UI: markdown previews of tables, progress in the run log."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -58,12 +59,22 @@ def each_partition(context, materialize) -> "dg.MaterializeResult":
     for key, res in zip(keys, results):
         for c in res.check_results or []:
             checks.setdefault(c.check_name, []).append((key, c))
-    merged = [dg.AssetCheckResult(check_name=name, passed=all(c.passed for _, c in got),
-                                  metadata={f"partition {k}": dg.MetadataValue.json({"passed": c.passed, **plain(c.metadata)})
-                                            for k, c in got})
-              for name, got in checks.items()]
+    merged = [
+        dg.AssetCheckResult(
+            check_name=name,
+            passed=all(c.passed for _, c in got),
+            metadata={
+                f"partition {k}": dg.MetadataValue.json({"passed": c.passed, **plain(c.metadata)}) for k, c in got
+            },
+        )
+        for name, got in checks.items()
+    ]
     versions = "".join(r.data_version.value if r.data_version else "" for r in results)
     return dg.MaterializeResult(
-        metadata={"partitions": keys, **{f"partition {k}": dg.MetadataValue.json(plain(r.metadata))
-                                         for k, r in zip(keys, results)}},
-        check_results=merged, data_version=dg.DataVersion(hashlib.sha256(versions.encode()).hexdigest()[:16]))
+        metadata={
+            "partitions": keys,
+            **{f"partition {k}": dg.MetadataValue.json(plain(r.metadata)) for k, r in zip(keys, results)},
+        },
+        check_results=merged,
+        data_version=dg.DataVersion(hashlib.sha256(versions.encode()).hexdigest()[:16]),
+    )

@@ -4,6 +4,7 @@ millions of small files. Packing checks every clip's audio against the SHA-256 i
 recorded (a clip changed since extraction fails the step, naming it). A blocking check
 compares every shard with the digest its record gives (re-hashing a set kept from an earlier
 run)."""
+
 import dagster as dg
 
 from audioclip_core.data.clipsets import SPECS, ClipSetSpec
@@ -18,11 +19,17 @@ GROUP = "shards"
 
 
 def _check(name: str) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec("shards_match_record", asset=name, blocking=True,
-                              description="Every shard and the index are present and hash to the SHA-256 their "
-                                          "record gives (a set packed now was hashed as written, from clips "
-                                          "checked against their manifest's SHA-256; a set kept from an earlier "
-                                          "run is re-hashed); blocks the training stages that read them")]
+    return [
+        dg.AssetCheckSpec(
+            "shards_match_record",
+            asset=name,
+            blocking=True,
+            description="Every shard and the index are present and hash to the SHA-256 their "
+            "record gives (a set packed now was hashed as written, from clips "
+            "checked against their manifest's SHA-256; a set kept from an earlier "
+            "run is re-hashed); blocks the training stages that read them",
+        )
+    ]
 
 
 def _materialize(context, layout, name: str, manifest_path) -> dg.MaterializeResult:
@@ -33,21 +40,40 @@ def _materialize(context, layout, name: str, manifest_path) -> dg.MaterializeRes
     # digests (a mismatch raised); a set kept from before is hashed again
     problems = [] if fresh else verify_shards(folder)
     return dg.MaterializeResult(
-        metadata={"samples": record["samples"], "shards": len(record["shards"]), "bytes": record["bytes"],
-                  "packed_now": fresh, "folder": dg.MetadataValue.path(str(folder)),
-                  "record": dg.MetadataValue.path(str(folder / "shards.json")),
-                  "manifest_sha256": record["source_sha256"], "index_sha256": record["index_sha256"]},
+        metadata={
+            "samples": record["samples"],
+            "shards": len(record["shards"]),
+            "bytes": record["bytes"],
+            "packed_now": fresh,
+            "folder": dg.MetadataValue.path(str(folder)),
+            "record": dg.MetadataValue.path(str(folder / "shards.json")),
+            "manifest_sha256": record["source_sha256"],
+            "index_sha256": record["index_sha256"],
+        },
         data_version=dg.DataVersion(record["index_sha256"][:16]),
-        check_results=[dg.AssetCheckResult(check_name="shards_match_record", passed=not problems,
-                                           metadata={"problems": problems[:20],
-                                                     "how": "clips verified and hashed as packed" if fresh else "re-hashed"})])
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="shards_match_record",
+                passed=not problems,
+                metadata={
+                    "problems": problems[:20],
+                    "how": "clips verified and hashed as packed" if fresh else "re-hashed",
+                },
+            )
+        ],
+    )
 
 
-@dg.asset(partitions_def=audioset_partitions, group_name=GROUP, deps=[audioset_manifest], kinds={"tar", "parquet"},
-          check_specs=_check("audioset_shards"),
-          description="The partition's usable clips (WAV, 10 JPEG frames, labels) packed into WebDataset-style tar "
-                      "shards with an index (member offsets, clip ids) and a record of digests; a new manifest "
-                      "version gets new shards, the same version is not packed twice.")
+@dg.asset(
+    partitions_def=audioset_partitions,
+    group_name=GROUP,
+    deps=[audioset_manifest],
+    kinds={"tar", "parquet"},
+    check_specs=_check("audioset_shards"),
+    description="The partition's usable clips (WAV, 10 JPEG frames, labels) packed into WebDataset-style tar "
+    "shards with an index (member offsets, clip ids) and a record of digests; a new manifest "
+    "version gets new shards, the same version is not packed twice.",
+)
 def audioset_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     layout = data_root.layout
     p = context.partition_key
@@ -59,10 +85,15 @@ def clipset_shards(spec: ClipSetSpec) -> dg.AssetsDefinition:
     imported: `assets/clipsets.py` builds the manifest, and `clipset_assets` these shards beside it."""
     dataset = spec.name
 
-    @dg.asset(name=f"{dataset}_shards", group_name=GROUP, deps=[dg.AssetKey(f"{dataset}_manifest")],
-              kinds={"tar", "parquet"}, check_specs=_check(f"{dataset}_shards"),
-              description=f"The {dataset} manifest's clips packed into tar shards with an index and digests; the "
-                          "fold fine-tunes read their split's clips from them.")
+    @dg.asset(
+        name=f"{dataset}_shards",
+        group_name=GROUP,
+        deps=[dg.AssetKey(f"{dataset}_manifest")],
+        kinds={"tar", "parquet"},
+        check_specs=_check(f"{dataset}_shards"),
+        description=f"The {dataset} manifest's clips packed into tar shards with an index and digests; the "
+        "fold fine-tunes read their split's clips from them.",
+    )
     def _asset(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
         layout = data_root.layout
         return _materialize(context, layout, dataset, layout.clipset_manifest(dataset))

@@ -9,6 +9,7 @@ unbalanced list - so nothing runs, or fails, for a list that is absent. The sens
 `audioset_partitions_from_sources` (running by default) registers the partitions of a list
 added later, e.g. `unbalanced_train_segments.csv`.
 """
+
 import hashlib
 import json
 
@@ -22,13 +23,17 @@ GROUP = "sources"
 audioset_partitions = dg.DynamicPartitionsDefinition(name="audioset_partition")
 
 
-def missing_audioset_partitions(instance: dg.DagsterInstance, sources: DatasetSources, data_root: DataRoot) -> list[str]:
+def missing_audioset_partitions(
+    instance: dg.DagsterInstance, sources: DatasetSources, data_root: DataRoot
+) -> list[str]:
     """The partitions of the segment lists that exist and are not registered yet."""
     known = set(instance.get_dynamic_partitions(audioset_partitions.name))
     return [p for p in sources.audioset_partitions(data_root.layout) if p not in known]
 
 
-def register_audioset_partitions(instance: dg.DagsterInstance, sources: DatasetSources, data_root: DataRoot) -> list[str]:
+def register_audioset_partitions(
+    instance: dg.DagsterInstance, sources: DatasetSources, data_root: DataRoot
+) -> list[str]:
     """Add the partitions of the segment lists that exist; returns the ones added."""
     new = missing_audioset_partitions(instance, sources, data_root)
     if new:
@@ -36,11 +41,15 @@ def register_audioset_partitions(instance: dg.DagsterInstance, sources: DatasetS
     return new
 
 
-@dg.asset(group_name=GROUP, kinds={"csv"},
-          description="The source folders (AudioSet lists, ESC-50, UrbanSound8K; the built-in demo dataset, generated "
-                      "once under a lock, when none is configured) and the AudioSet partitions they hold.")
-def dataset_sources(context: dg.AssetExecutionContext, data_root: DataRoot,
-                    sources: DatasetSources) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    kinds={"csv"},
+    description="The source folders (AudioSet lists, ESC-50, UrbanSound8K; the built-in demo dataset, generated "
+    "once under a lock, when none is configured) and the AudioSet partitions they hold.",
+)
+def dataset_sources(
+    context: dg.AssetExecutionContext, data_root: DataRoot, sources: DatasetSources
+) -> dg.MaterializeResult:
     from audioclip_core.data.audioset import partition_file
     from audioclip_core.data.clipsets import SPECS
 
@@ -56,17 +65,23 @@ def dataset_sources(context: dg.AssetExecutionContext, data_root: DataRoot,
         if name not in digests:
             digests[name] = sha256_file(folders["audioset"] / name)
     return dg.MaterializeResult(
-        metadata={**{name: dg.MetadataValue.path(str(folder)) for name, folder in folders.items()},
-                  "demo": sources.audioset_is_demo(), "audioset_partitions": partitions,
-                  "segment_lists": digests},
-        data_version=dg.DataVersion(hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]))
+        metadata={
+            **{name: dg.MetadataValue.path(str(folder)) for name, folder in folders.items()},
+            "demo": sources.audioset_is_demo(),
+            "audioset_partitions": partitions,
+            "segment_lists": digests,
+        },
+        data_version=dg.DataVersion(hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]),
+    )
 
 
-@dg.sensor(default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
-           description="Registers an AudioSet partition for every segment list found in the AudioSet folder "
-                       "(e.g. the shards of a newly added unbalanced_train_segments.csv).")
-def audioset_partitions_from_sources(context: dg.SensorEvaluationContext, data_root: DataRoot,
-                                     sources: DatasetSources):
+@dg.sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Registers an AudioSet partition for every segment list found in the AudioSet folder "
+    "(e.g. the shards of a newly added unbalanced_train_segments.csv).",
+)
+def audioset_partitions_from_sources(context: dg.SensorEvaluationContext, data_root: DataRoot, sources: DatasetSources):
     new = missing_audioset_partitions(context.instance, sources, data_root)
     if not new:
         return dg.SkipReason("every AudioSet segment list present has its partition")

@@ -9,17 +9,29 @@ Imports no Dagster; usable alone from a notebook or a script::
 The names below are imported on first use, so the data tools (`audioclip_core.data`,
 `.youtube`, `.media`) load without torch.
 """
+
 import importlib
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CheckpointError": "checkpoints", "build_model": "checkpoints", "convert": "checkpoints",
-    "export_official": "checkpoints", "load_audio_classifier": "checkpoints", "load_model": "checkpoints",
-    "read_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
-    "contrastive_loss": "losses", "InputError": "errors",
-    "AudioCLIP": "models", "AudioCLIPOutput": "models", "AudioConfig": "models", "ESResNeXt": "models",
-    "LinearFBSP": "models", "available_presets": "models", "get_preset": "models",
+    "CheckpointError": "checkpoints",
+    "build_model": "checkpoints",
+    "convert": "checkpoints",
+    "export_official": "checkpoints",
+    "load_audio_classifier": "checkpoints",
+    "load_model": "checkpoints",
+    "read_checkpoint": "checkpoints",
+    "save_checkpoint": "checkpoints",
+    "contrastive_loss": "losses",
+    "InputError": "errors",
+    "AudioCLIP": "models",
+    "AudioCLIPOutput": "models",
+    "AudioConfig": "models",
+    "ESResNeXt": "models",
+    "LinearFBSP": "models",
+    "available_presets": "models",
+    "get_preset": "models",
     "tokenize": "text",
 }
 

@@ -17,6 +17,7 @@ trained with, metadata ``input_scale``); else the dataset protocol's when the cl
 ESC-50 (``int16``) or UrbanSound8K (``minmax``) - the published loaders, which the paper's
 figures come from; else ``int16``. The tables and the CLI (``--protocol``) apply the same rule.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,7 @@ import soundfile as sf
 SAMPLE_RATE = 44100
 INPUT_SCALES = ("int16", "minmax", "unit")
 DEFAULT_INPUT_SCALE = "int16"
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".webm", ".mp4",
-                    ".mkv", ".aiff", ".aif"}
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".webm", ".mp4", ".mkv", ".aiff", ".aif"}
 
 
 from .errors import AudioDecodeError, check_input_file  # noqa: E402  (AudioDecodeError re-exported)
@@ -50,8 +50,23 @@ def ffmpeg_exe() -> str:
 def _ffmpeg_to_wav(path: Path, out: Path) -> None:
     """Decode any file ffmpeg reads to a float32 WAV (RF64 past 4 GB) at its own rate."""
     proc = subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-acodec", "pcm_f32le",
-         "-rf64", "auto", str(out)], capture_output=True, text=True)
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-vn",
+            "-acodec",
+            "pcm_f32le",
+            "-rf64",
+            "auto",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0 or not out.exists():
         msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no audio stream"
         raise AudioDecodeError(f"{path}: ffmpeg could not decode audio: {msg}")
@@ -106,8 +121,9 @@ def to_model_input(wave: torch.Tensor, input_scale: str = DEFAULT_INPUT_SCALE) -
     return wave
 
 
-def prepare_waveform(wave: Union["torch.Tensor", np.ndarray], sample_rate: int, *,
-                     input_scale: str = DEFAULT_INPUT_SCALE) -> torch.Tensor:
+def prepare_waveform(
+    wave: Union["torch.Tensor", np.ndarray], sample_rate: int, *, input_scale: str = DEFAULT_INPUT_SCALE
+) -> torch.Tensor:
     """Any-rate, any-channel waveform in [-1, 1] (`[T]` or `[C, T]`) -> `[C, T]` at 44.1 kHz, scaled."""
     import torch
 
@@ -130,7 +146,7 @@ def windows(wave: torch.Tensor, window: int, hop: int) -> torch.Tensor:
     starts = list(range(0, length - window + 1, hop))
     if starts[-1] + window < length:
         starts.append(length - window)
-    return torch.stack([wave[:, s:s + window] for s in starts])
+    return torch.stack([wave[:, s : s + window] for s in starts])
 
 
 # -- streaming: long files in bounded memory ------------------------------------------------
@@ -194,7 +210,11 @@ class AudioStream:
         except (sf.LibsndfileError, RuntimeError) as exc:
             self.close()
             raise AudioDecodeError(f"{self.name}: cannot decode audio: {exc}") from exc
-        self.input_rate, self.channels, self.input_frames = self._file.samplerate, self._file.channels, self._file.frames
+        self.input_rate, self.channels, self.input_frames = (
+            self._file.samplerate,
+            self._file.channels,
+            self._file.frames,
+        )
 
     def _read_input(self, start: int, stop: int):
         """`[C, stop - start]` input-rate samples, zeros outside the file; non-finite ones refused."""
@@ -205,15 +225,18 @@ class AudioStream:
             data = self._wave[:, lo:hi]
         else:
             self._file.seek(lo)
-            data = torch.from_numpy(np.ascontiguousarray(
-                self._file.read(max(hi - lo, 0), dtype="float32", always_2d=True).T))
+            data = torch.from_numpy(
+                np.ascontiguousarray(self._file.read(max(hi - lo, 0), dtype="float32", always_2d=True).T)
+            )
             if data.shape[1] != max(hi - lo, 0):
-                raise AudioDecodeError(f"{self.name}: ended after {lo + data.shape[1]} of "
-                                       f"{self.input_frames} samples (truncated?)")
+                raise AudioDecodeError(
+                    f"{self.name}: ended after {lo + data.shape[1]} of {self.input_frames} samples (truncated?)"
+                )
         if data.numel() and not torch.isfinite(data).all():
             bad = int((~torch.isfinite(data)).sum())
-            raise AudioDecodeError(f"{self.name}: {bad} non-finite (NaN/Inf) samples from "
-                                   f"{lo / self.input_rate:.2f} s on: not audio")
+            raise AudioDecodeError(
+                f"{self.name}: {bad} non-finite (NaN/Inf) samples from {lo / self.input_rate:.2f} s on: not audio"
+            )
         if lo - start or stop - hi:
             data = torch.nn.functional.pad(data, (lo - start, stop - hi))
         return data
@@ -251,7 +274,7 @@ class AudioStream:
             self._kernel[x.dtype] = self._make_kernel(x.dtype)[0]
         kernel = self._kernel[x.dtype]
         y = torch.nn.functional.conv1d(x[:, None], kernel, stride=o).transpose(1, 2).reshape(self.channels, -1)
-        y = y[:, start - f0 * n: stop_in - f0 * n]
+        y = y[:, start - f0 * n : stop_in - f0 * n]
         return torch.nn.functional.pad(y, (0, stop - stop_in)) if stop > stop_in else y
 
     def window_starts(self, window: int, hop: int) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ leading ``module.`` (DataParallel) is stripped. A missing, unexpected or mis-sha
 reported in one error listing all of them. Our own checkpoints are safetensors files with
 a JSON metadata record (preset, architecture, and lineage when a training stage wrote them).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,9 +74,18 @@ def _to_tensor(key: str, value: Any) -> torch.Tensor:
     raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor or array")
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -101,8 +111,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             start, end = (int(o) for o in info["data_offsets"])
             nbytes = tensor.numel() * tensor.element_size()
             if end - start != nbytes or base + end > size:
-                raise ValueError(f"{name}: bytes {start}..{end} do not hold a {info['dtype']} tensor of shape "
-                                 f"{info['shape']} inside the {size - base}-byte data section")
+                raise ValueError(
+                    f"{name}: bytes {start}..{end} do not hold a {info['dtype']} tensor of shape "
+                    f"{info['shape']} inside the {size - base}-byte data section"
+                )
             f.seek(base + start)
             view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if nbytes else memoryview(b"")
             got = 0
@@ -127,13 +139,16 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
         return _clean_keys({str(k): _to_tensor(str(k), v) for k, v in source.items()}), {}
     path = Path(source)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; pass the checkpoint file inside it "
-                              "(.pt or .safetensors)")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a directory; pass the checkpoint file inside it (.pt or .safetensors)"
+        )
     if is_symlink_loop(path):
         raise CheckpointError(f"checkpoint {str(path)!r} is a symbolic link loop; give the checkpoint file itself")
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist. Weights are not shipped: "
-                              f"download {RELEASES} and pass the file's path.")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist. Weights are not shipped: "
+            f"download {RELEASES} and pass the file's path."
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a regular file")
     try:
@@ -160,8 +175,10 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{path}: TorchScript archive could not be read (truncated?): {exc}") from exc
         return _clean_keys(sd), {"source_format": "torchscript"}
     if not zipfile.is_zipfile(path) and head[0] != 0x80:  # torch.save: a zip, or (legacy) a pickle
-        raise CheckpointError(f"{path}: could not be read - not a PyTorch checkpoint or safetensors file "
-                              "(neither a zip archive nor a pickle: another format, or damaged)")
+        raise CheckpointError(
+            f"{path}: could not be read - not a PyTorch checkpoint or safetensors file "
+            "(neither a zip archive nor a pickle: another format, or damaged)"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -170,8 +187,10 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
             f"loaded (only tensors and plain containers are accepted): {str(exc).splitlines()[0]}"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: could not be read - truncated or not a PyTorch checkpoint: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise CheckpointError(
+            f"{path}: could not be read - truncated or not a PyTorch checkpoint: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -181,7 +200,7 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _clean_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module."):]: v for k, v in sd.items()}
+        return {k[len("module.") :]: v for k, v in sd.items()}
     return dict(sd)
 
 
@@ -213,8 +232,14 @@ def non_finite_tensors(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
     return bad
 
 
-def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
-                allow_non_finite: bool = False, assign: bool = False) -> None:
+def load_strict(
+    module: nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    *,
+    what: str,
+    allow_non_finite: bool = False,
+    assign: bool = False,
+) -> None:
     """`module.load_state_dict(sd, strict=True)` with ONE error that lists every problem.
     Tensors holding NaN or Inf are refused, named, unless `allow_non_finite` (for debugging).
     `assign=True` makes the module's tensors those of `sd` (see `_build_loaded`)."""
@@ -222,20 +247,26 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
     given = dict(sd)
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
     if missing or unexpected or mismatched:
-        parts = [f"{what}: the checkpoint does not match the model "
-                 f"({len(given)} keys given, {len(expected)} expected)."]
-        for label, items in (("missing", missing), ("unexpected", unexpected),
-                             ("wrong shape", mismatched)):
+        parts = [
+            f"{what}: the checkpoint does not match the model ({len(given)} keys given, {len(expected)} expected)."
+        ]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if items:
                 shown = ", ".join(items[:MAX_LISTED])
                 more = f", ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
                 parts.append(f"{len(items)} {label}: {shown}{more}")
         if len(mismatched) > MAX_LISTED // 2:
-            parts.append("Many shapes differ: is the preset right? (--preset / preset=; presets: "
-                         + ", ".join(available_presets()) + ")")
+            parts.append(
+                "Many shapes differ: is the preset right? (--preset / preset=; presets: "
+                + ", ".join(available_presets())
+                + ")"
+            )
         raise CheckpointError("\n".join(parts))
     for k, v in given.items():
         if v.is_floating_point() != expected[k].is_floating_point():
@@ -244,14 +275,23 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str,
     if bad:
         shown = ", ".join(f"{k} ({n} of {given[k].numel()})" for k, n in list(bad.items())[:MAX_LISTED])
         more = f", ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        raise CheckpointError(f"{what}: {len(bad)} tensors hold NaN/Inf values: {shown}{more}. The file is "
-                              "damaged or comes from a diverged run (allow_non_finite=True / "
-                              "--allow-non-finite-weights loads it anyway, for debugging)")
+        raise CheckpointError(
+            f"{what}: {len(bad)} tensors hold NaN/Inf values: {shown}{more}. The file is "
+            "damaged or comes from a diverged run (allow_non_finite=True / "
+            "--allow-non-finite-weights loads it anyway, for debugging)"
+        )
     module.load_state_dict(given, strict=True, assign=assign)
 
 
-def _build_loaded(build, sd: dict[str, torch.Tensor], *, what: str, allow_non_finite: bool,
-                  dtype: Optional[torch.dtype] = None, owned: bool = True) -> nn.Module:
+def _build_loaded(
+    build,
+    sd: dict[str, torch.Tensor],
+    *,
+    what: str,
+    allow_non_finite: bool,
+    dtype: Optional[torch.dtype] = None,
+    owned: bool = True,
+) -> nn.Module:
     """`build()` filled strictly from `sd`, peak memory one copy of the weights.
 
     The module is built on the meta device (no memory, no random initialisation) and takes
@@ -314,9 +354,9 @@ def _check_layout(sd: Mapping[str, torch.Tensor], wanted: str, what: str) -> Non
         return
     hints = {
         "clip": "it is a CLIP-only checkpoint (image and text towers); build a model with "
-                "build_model(preset, clip_weights=PATH) and add the audio head separately",
+        "build_model(preset, clip_weights=PATH) and add the audio head separately",
         "esrnxfbsp": "it is a stand-alone ESResNeXt-fbsp audio classifier; load it with "
-                     "load_audio_classifier(PATH) or use it as build_model(preset, audio_weights=PATH)",
+        "load_audio_classifier(PATH) or use it as build_model(preset, audio_weights=PATH)",
         "audioclip": "it is a whole AudioCLIP checkpoint; load it with load_model(PATH)",
         "unknown": f"its keys match no known layout (first keys: {list(sd)[:5]})",
     }
@@ -324,8 +364,9 @@ def _check_layout(sd: Mapping[str, torch.Tensor], wanted: str, what: str) -> Non
 
 
 # -- public API ------------------------------------------------------------------------------
-def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite: bool = False,
-               dtype: Optional[torch.dtype] = None) -> AudioCLIP:
+def load_model(
+    source: Source, *, preset: Optional[str] = None, allow_non_finite: bool = False, dtype: Optional[torch.dtype] = None
+) -> AudioCLIP:
     """An AudioCLIP from a checkpoint in the official 861-key layout, our safetensors format, or a
     mapping of tensors/arrays in the official layout; strict; returned in eval mode. Weights
     holding NaN/Inf are refused (naming the tensors) unless `allow_non_finite`. `dtype`
@@ -337,20 +378,26 @@ def load_model(source: Source, *, preset: Optional[str] = None, allow_non_finite
     what = str(source) if not isinstance(source, Mapping) else "state dict"
     sd, meta = read_checkpoint(source)
     if meta.get("kind") not in (None, "audioclip"):
-        raise CheckpointError(f"{what}: holds a {meta.get('kind')!r} model, not AudioCLIP; "
-                              "use load_audio_classifier for audio classifiers")
+        raise CheckpointError(
+            f"{what}: holds a {meta.get('kind')!r} model, not AudioCLIP; "
+            "use load_audio_classifier for audio classifiers"
+        )
     _check_layout(sd, "audioclip", what)
     preset = preset or meta.get("preset") or "audioclip-rn50"
-    model = _build_loaded(lambda: build_from_preset(preset), sd, what=f"{what} (preset {preset})",
-                          allow_non_finite=allow_non_finite, dtype=dtype,
-                          owned=not isinstance(source, Mapping) and dtype is None)
+    model = _build_loaded(
+        lambda: build_from_preset(preset),
+        sd,
+        what=f"{what} (preset {preset})",
+        allow_non_finite=allow_non_finite,
+        dtype=dtype,
+        owned=not isinstance(source, Mapping) and dtype is None,
+    )
     del sd
     model.checkpoint_metadata = meta
     return model.eval()
 
 
-def load_audio_classifier(source: Source, *, preset: Optional[str] = None,
-                          allow_non_finite: bool = False) -> ESResNeXt:
+def load_audio_classifier(source: Source, *, preset: Optional[str] = None, allow_non_finite: bool = False) -> ESResNeXt:
     """A stand-alone ESResNeXt-fbsp from the ESRNXFBSP layout (or ours); classes from `fc`.
     Weights holding NaN/Inf are refused unless `allow_non_finite`."""
     what = str(source) if not isinstance(source, Mapping) else "state dict"
@@ -359,10 +406,14 @@ def load_audio_classifier(source: Source, *, preset: Optional[str] = None,
     if "fc.weight" not in sd:
         raise CheckpointError(f"{what}: missing fc.weight, cannot tell the number of classes")
     preset = preset or meta.get("preset") or "audioclip-rn50"
-    config = AudioConfig.from_dict({**get_preset(preset)["audio_cfg"],
-                                    "num_classes": int(sd["fc.weight"].shape[0])})
-    model = _build_loaded(lambda: ESResNeXt(config), sd, what=f"{what} (audio classifier, preset {preset})",
-                          allow_non_finite=allow_non_finite, owned=not isinstance(source, Mapping))
+    config = AudioConfig.from_dict({**get_preset(preset)["audio_cfg"], "num_classes": int(sd["fc.weight"].shape[0])})
+    model = _build_loaded(
+        lambda: ESResNeXt(config),
+        sd,
+        what=f"{what} (audio classifier, preset {preset})",
+        allow_non_finite=allow_non_finite,
+        owned=not isinstance(source, Mapping),
+    )
     del sd
     model.checkpoint_metadata, model.preset = {**meta, "preset": preset}, preset
     return model.eval()
@@ -392,7 +443,7 @@ def load_audio_head(model: AudioCLIP, source: Source, *, include_fc: bool = Fals
     what = str(source) if not isinstance(source, Mapping) else "state dict"
     sd, _ = read_checkpoint(source)
     if detect_layout(sd) == "audioclip":
-        sd = {k[len(AUDIO_PREFIX):]: v for k, v in sd.items() if k.startswith(AUDIO_PREFIX)}
+        sd = {k[len(AUDIO_PREFIX) :]: v for k, v in sd.items() if k.startswith(AUDIO_PREFIX)}
     _check_layout(sd, "esrnxfbsp", what)
     if not include_fc:
         current = model.audio.state_dict()
@@ -400,8 +451,13 @@ def load_audio_head(model: AudioCLIP, source: Source, *, include_fc: bool = Fals
     load_strict(model.audio, sd, what=f"{what} (audio head)")
 
 
-def build_model(preset: str = "audioclip-rn50", *, clip_weights: Optional[Source] = None,
-                audio_weights: Optional[Source] = None, dtype: Optional[torch.dtype] = None) -> AudioCLIP:
+def build_model(
+    preset: str = "audioclip-rn50",
+    *,
+    clip_weights: Optional[Source] = None,
+    audio_weights: Optional[Source] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> AudioCLIP:
     """A fresh AudioCLIP, optionally with CLIP towers and/or an audio head from weights files
     (the starting point of cooperative training). Returned in train mode. `dtype` builds it in
     that dtype before loading (float64 weights stay exact)."""
@@ -426,17 +482,17 @@ def official_state_dict(module: nn.Module, layout: Optional[str] = None) -> dict
         if layout == "clip":
             return {k: v for k, v in sd.items() if not k.startswith(AUDIO_PREFIX) and k not in AUDIO_SCALES}
         if layout == "esrnxfbsp":
-            return {k[len(AUDIO_PREFIX):]: v for k, v in sd.items() if k.startswith(AUDIO_PREFIX)}
+            return {k[len(AUDIO_PREFIX) :]: v for k, v in sd.items() if k.startswith(AUDIO_PREFIX)}
     elif isinstance(module, ESResNeXt):
         if layout not in (None, "esrnxfbsp"):
             raise CheckpointError(f"an ESResNeXt can only be exported in the 'esrnxfbsp' layout, not {layout!r}")
         return dict(sd)
-    raise CheckpointError(f"cannot export a {type(module).__name__} in layout {layout!r}; "
-                          f"layouts: {', '.join(LAYOUTS)}")
+    raise CheckpointError(
+        f"cannot export a {type(module).__name__} in layout {layout!r}; layouts: {', '.join(LAYOUTS)}"
+    )
 
 
-def export_official(module: nn.Module, path: Union[str, os.PathLike],
-                    layout: Optional[str] = None) -> Path:
+def export_official(module: nn.Module, path: Union[str, os.PathLike], layout: Optional[str] = None) -> Path:
     """Write the official `.pt` layout (plain `torch.save` of the state dict), atomically."""
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous() for k, v in official_state_dict(module, layout).items()}
@@ -445,8 +501,9 @@ def export_official(module: nn.Module, path: Union[str, os.PathLike],
     return path
 
 
-def save_checkpoint(module: nn.Module, path: Union[str, os.PathLike], *,
-                    metadata: Optional[Mapping[str, Any]] = None) -> Path:
+def save_checkpoint(
+    module: nn.Module, path: Union[str, os.PathLike], *, metadata: Optional[Mapping[str, Any]] = None
+) -> Path:
     """Our own format: safetensors (loads without executing code) plus a metadata record."""
     from safetensors.torch import save_file
 
@@ -460,8 +517,7 @@ def save_checkpoint(module: nn.Module, path: Union[str, os.PathLike], *,
         arch = {"audio_cfg": module.config.to_dict()}
     else:
         raise CheckpointError(f"cannot save a {type(module).__name__}")
-    record = {"format": FORMAT, "kind": kind, "preset": preset, "architecture": arch,
-              **dict(metadata or {})}
+    record = {"format": FORMAT, "kind": kind, "preset": preset, "architecture": arch, **dict(metadata or {})}
     meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in record.items()}
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_write(path) as tmp:
@@ -469,8 +525,14 @@ def save_checkpoint(module: nn.Module, path: Union[str, os.PathLike], *,
     return path
 
 
-def convert(src: Source, dst: Union[str, os.PathLike], *, layout: Optional[str] = None,
-            preset: Optional[str] = None, allow_non_finite: bool = False) -> tuple[Path, str]:
+def convert(
+    src: Source,
+    dst: Union[str, os.PathLike],
+    *,
+    layout: Optional[str] = None,
+    preset: Optional[str] = None,
+    allow_non_finite: bool = False,
+) -> tuple[Path, str]:
     """Convert between layouts: `.safetensors` destination = our format, `.pt` = official."""
     sd, meta = read_checkpoint(src)
     kind = detect_layout(sd)
@@ -486,6 +548,8 @@ def convert(src: Source, dst: Union[str, os.PathLike], *, layout: Optional[str] 
     else:
         raise CheckpointError(f"{src}: its keys match no known layout")
     if str(dst).endswith(".safetensors"):
-        return save_checkpoint(module, dst, metadata={"converted_from": str(src) if not isinstance(src, Mapping) else "mapping"}), "safetensors"
+        return save_checkpoint(
+            module, dst, metadata={"converted_from": str(src) if not isinstance(src, Mapping) else "mapping"}
+        ), "safetensors"
     out_layout = layout or ("audioclip" if kind == "audioclip" else "esrnxfbsp")
     return export_official(module, dst, out_layout), out_layout

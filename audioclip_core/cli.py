@@ -12,6 +12,7 @@ Exit status: 0 every input answered, 1 an error (nothing answered), 2 wrong argu
 checkpoint, 3 some inputs failed (each has a row saying why; the others are answered),
 4 `lineage`: a checkpoint of the chain differs from its record (MISMATCH).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,11 @@ Checkpoints written by this project's training stages (.safetensors) work too.
 OUTPUT_FORMATS = (".json", ".csv", ".parquet")
 
 # exit statuses (also in the README)
-EXIT_OK = 0          # every input answered
-EXIT_ERROR = 1       # nothing answered: a bad checkpoint, labels, output path, ...
-EXIT_USAGE = 2       # wrong arguments (argparse's own status), or no checkpoint given
-EXIT_PARTIAL = 3     # some inputs failed: their rows say why; every other input is answered
-EXIT_MISMATCH = 4    # `lineage`: a checkpoint's bytes differ from its lineage record (the chain is printed)
+EXIT_OK = 0  # every input answered
+EXIT_ERROR = 1  # nothing answered: a bad checkpoint, labels, output path, ...
+EXIT_USAGE = 2  # wrong arguments (argparse's own status), or no checkpoint given
+EXIT_PARTIAL = 3  # some inputs failed: their rows say why; every other input is answered
+EXIT_MISMATCH = 4  # `lineage`: a checkpoint's bytes differ from its lineage record (the chain is printed)
 
 
 def _finite(obj):
@@ -125,8 +126,9 @@ def _labels(args) -> list[str]:
         try:
             text = Path(args.labels_file).read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{args.labels_file}: labels file is not UTF-8 text ({exc.reason} at byte "
-                             f"{exc.start})") from exc
+            raise InputError(
+                f"{args.labels_file}: labels file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from exc
         labels += [s.strip() for s in text.splitlines() if s.strip()]
     if not labels:
         raise UserError("give class names with --labels a,b,c or --labels-file FILE")
@@ -136,15 +138,22 @@ def _labels(args) -> list[str]:
 def _audio_options(args, model) -> dict:
     from .inference import resolve_input_scale
 
-    return {"input_scale": resolve_input_scale(model, args.protocol, args.input_scale), "window_seconds": args.window,
-            "hop_seconds": args.hop, "batch_size": args.batch_size}
+    return {
+        "input_scale": resolve_input_scale(model, args.protocol, args.input_scale),
+        "window_seconds": args.window,
+        "hop_seconds": args.hop,
+        "batch_size": args.batch_size,
+    }
 
 
 def _report(res, args) -> None:
     """Name the failed inputs on stderr; the exit status then says some failed."""
     if res.failed:
-        print(f"audioclip: {len(res.failed)} of {len(res.paths)} inputs failed (their rows say why; "
-              f"exit status {EXIT_PARTIAL}):", file=sys.stderr)
+        print(
+            f"audioclip: {len(res.failed)} of {len(res.paths)} inputs failed (their rows say why; "
+            f"exit status {EXIT_PARTIAL}):",
+            file=sys.stderr,
+        )
         for i in res.failed:
             print(f"  {res.errors[i]}", file=sys.stderr)
         args.partial = True
@@ -163,13 +172,16 @@ def cmd_embed(args) -> None:
     rows = []
     if args.files:
         res = try_embed_files(model, args.files, **_audio_options(args, model))
-        rows += [{"item": f, "modality": k, **_status(err), "embedding": None if err else e.tolist()}
-                 for f, k, e, err in zip(res.paths, res.kinds, res.embeddings, res.errors)]
+        rows += [
+            {"item": f, "modality": k, **_status(err), "embedding": None if err else e.tolist()}
+            for f, k, e, err in zip(res.paths, res.kinds, res.embeddings, res.errors)
+        ]
         _report(res, args)
     if args.text:
         emb = embed_texts(model, args.text, template=args.template, truncate=args.truncate)
-        rows += [{"item": t, "modality": "text", **_status(None), "embedding": e.tolist()}
-                 for t, e in zip(args.text, emb)]
+        rows += [
+            {"item": t, "modality": "text", **_status(None), "embedding": e.tolist()} for t, e in zip(args.text, emb)
+        ]
     _write_rows(rows, args.out)
 
 
@@ -183,15 +195,23 @@ def cmd_classify(args) -> None:
     rows = []
     for f, kind, e, err in zip(res.paths, res.kinds, res.embeddings, res.errors):
         if err is not None:
-            rows.append({"file": f, "modality": kind, **_status(err), "label": None, "probability": None,
-                         "top": None})
+            rows.append({"file": f, "modality": kind, **_status(err), "label": None, "probability": None, "top": None})
             continue
         probs = zero_shot_probabilities(model, e[None], label_emb, modality=kind)[0]
         top = probs.topk(min(args.top_k, len(labels)))
-        rows.append({"file": f, "modality": kind, **_status(None), "label": labels[int(top.indices[0])],
-                     "probability": round(float(top.values[0]), 6),
-                     "top": [{"label": labels[int(i)], "probability": round(float(p), 6)}
-                             for p, i in zip(top.values, top.indices)]})
+        rows.append(
+            {
+                "file": f,
+                "modality": kind,
+                **_status(None),
+                "label": labels[int(top.indices[0])],
+                "probability": round(float(top.values[0]), 6),
+                "top": [
+                    {"label": labels[int(i)], "probability": round(float(p), 6)}
+                    for p, i in zip(top.values, top.indices)
+                ],
+            }
+        )
     if args.out and Path(args.out).suffix.lower() in (".csv", ".parquet"):
         for r in rows:
             r["top"] = None if r["top"] is None else json.dumps(_finite(r["top"]), ensure_ascii=False)
@@ -206,15 +226,33 @@ def cmd_query(args) -> None:
         raise UserError("query: give --text or --query-file")
     model = _load(args)
     cand = try_embed_files(model, args.files, **_audio_options(args, model))
-    rows = [{"query": None, "rank": None, "item": cand.paths[i], "modality": cand.kinds[i], "score": None,
-             **_status(cand.errors[i])} for i in cand.failed]
+    rows = [
+        {
+            "query": None,
+            "rank": None,
+            "item": cand.paths[i],
+            "modality": cand.kinds[i],
+            "score": None,
+            **_status(cand.errors[i]),
+        }
+        for i in cand.failed
+    ]
     _report(cand, args)
     if args.text:
         queries, names = embed_texts(model, args.text, template=args.template, truncate=args.truncate), list(args.text)
     else:
         q = try_embed_files(model, args.query_file, **_audio_options(args, model))
-        rows += [{"query": q.paths[i], "rank": None, "item": None, "modality": q.kinds[i], "score": None,
-                  **_status(q.errors[i])} for i in q.failed]
+        rows += [
+            {
+                "query": q.paths[i],
+                "rank": None,
+                "item": None,
+                "modality": q.kinds[i],
+                "score": None,
+                **_status(q.errors[i]),
+            }
+            for i in q.failed
+        ]
         _report(q, args)
         queries, names = q.embeddings[q.ok], [q.paths[i] for i in q.ok]
     ok = cand.ok
@@ -223,8 +261,16 @@ def cmd_query(args) -> None:
         for qi, name in enumerate(names):
             for r, (s, i) in enumerate(zip(scores[qi], idx[qi]), start=1):
                 j = ok[int(i)]
-                rows.append({"query": name, "rank": r, "item": cand.paths[j], "modality": cand.kinds[j],
-                             "score": round(float(s), 6), **_status(None)})
+                rows.append(
+                    {
+                        "query": name,
+                        "rank": r,
+                        "item": cand.paths[j],
+                        "modality": cand.kinds[j],
+                        "score": round(float(s), 6),
+                        **_status(None),
+                    }
+                )
     _write_rows(rows, args.out)
 
 
@@ -235,10 +281,13 @@ def cmd_convert(args) -> None:
     if dst.is_dir():
         raise UserError(f"convert: {dst} is a directory; give the output file's name (.safetensors or .pt)")
     if dst.suffix.lower() not in (".safetensors", ".pt", ".pth"):
-        raise UserError(f"convert: unknown output format {dst.suffix or '(none)'!r} for {dst}; "
-                        "use .safetensors (this project's format) or .pt (the official layout)")
-    path, layout = convert(args.src, args.dst, layout=args.layout, preset=args.preset,
-                           allow_non_finite=args.allow_non_finite_weights)
+        raise UserError(
+            f"convert: unknown output format {dst.suffix or '(none)'!r} for {dst}; "
+            "use .safetensors (this project's format) or .pt (the official layout)"
+        )
+    path, layout = convert(
+        args.src, args.dst, layout=args.layout, preset=args.preset, allow_non_finite=args.allow_non_finite_weights
+    )
     _warn_if_changed(args.src)
     print(f"wrote {path} ({layout})")
 
@@ -263,8 +312,10 @@ def cmd_lineage(args) -> None:
         if args.out:
             _write_rows(rows, args.out)
         else:
-            print(f"{len(hits)} checkpoints trained on {args.clip} (searched {root} in "
-                  f"{time.perf_counter() - start:.2f} s):")
+            print(
+                f"{len(hits)} checkpoints trained on {args.clip} (searched {root} in "
+                f"{time.perf_counter() - start:.2f} s):"
+            )
             for h in hits:
                 print(f"  {h.name:<22s} {h.checkpoint}  ({h.via})")
         return
@@ -324,11 +375,13 @@ def _output_file(text: str) -> str:
         return text
     path = Path(text)
     if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name ending in "
-                                         + ", ".join(OUTPUT_FORMATS))
+        raise argparse.ArgumentTypeError(
+            f"{text} is a directory; give a file name ending in " + ", ".join(OUTPUT_FORMATS)
+        )
     if path.suffix.lower() not in OUTPUT_FORMATS:
-        raise argparse.ArgumentTypeError(f"unknown output format {path.suffix or '(none)'!r}; use "
-                                         + ", ".join(OUTPUT_FORMATS))
+        raise argparse.ArgumentTypeError(
+            f"unknown output format {path.suffix or '(none)'!r}; use " + ", ".join(OUTPUT_FORMATS)
+        )
     return text
 
 
@@ -340,40 +393,72 @@ AUDIOCLIP_DEBUG=1 shows tracebacks."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="audioclip", description="AudioCLIP: embed, classify, query, convert",
-                                epilog=EPILOG)
+    p = argparse.ArgumentParser(
+        prog="audioclip", description="AudioCLIP: embed, classify, query, convert", epilog=EPILOG
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp):
         sp.add_argument("--checkpoint", "-c", help="checkpoint file (official .pt or .safetensors)")
-        sp.add_argument("--preset", default=None, help="architecture preset (default: from the checkpoint, else audioclip-rn50)")
-        sp.add_argument("--input-scale", choices=INPUT_SCALES, default=None,
-                        help="how [-1,1] audio is fed: 'int16' (x32768), 'minmax' (each clip min-max scaled to the "
-                             "int16 range) or 'unit' (unscaled). Default: what the checkpoint records, else the "
-                             "--protocol's, else int16 - the rule the evaluation tables apply")
-        sp.add_argument("--protocol", choices=("esc50", "us8k"), default=None,
-                        help="the files are clips of this dataset: use its published loader's input scale "
-                             "(ESC-50 int16, UrbanSound8K minmax) when the checkpoint records none, as Table 3 does")
-        sp.add_argument("--window", type=_positive_float, default=10.0,
-                        help="longer audio is embedded in windows of this many seconds")
+        sp.add_argument(
+            "--preset", default=None, help="architecture preset (default: from the checkpoint, else audioclip-rn50)"
+        )
+        sp.add_argument(
+            "--input-scale",
+            choices=INPUT_SCALES,
+            default=None,
+            help="how [-1,1] audio is fed: 'int16' (x32768), 'minmax' (each clip min-max scaled to the "
+            "int16 range) or 'unit' (unscaled). Default: what the checkpoint records, else the "
+            "--protocol's, else int16 - the rule the evaluation tables apply",
+        )
+        sp.add_argument(
+            "--protocol",
+            choices=("esc50", "us8k"),
+            default=None,
+            help="the files are clips of this dataset: use its published loader's input scale "
+            "(ESC-50 int16, UrbanSound8K minmax) when the checkpoint records none, as Table 3 does",
+        )
+        sp.add_argument(
+            "--window",
+            type=_positive_float,
+            default=10.0,
+            help="longer audio is embedded in windows of this many seconds",
+        )
         sp.add_argument("--hop", type=_positive_float, default=5.0, help="hop between windows, seconds")
-        sp.add_argument("--batch-size", type=_positive_int, default=2,
-                        help="windows of a long file (and images) embedded at once (default 2: the "
-                             "model plus ~0.25 GB per window for the paper preset); memory grows "
-                             "with it, never with the length of the file")
+        sp.add_argument(
+            "--batch-size",
+            type=_positive_int,
+            default=2,
+            help="windows of a long file (and images) embedded at once (default 2: the "
+            "model plus ~0.25 GB per window for the paper preset); memory grows "
+            "with it, never with the length of the file",
+        )
         sp.add_argument("--template", default="{}", help="prompt template for texts, e.g. 'the sound of {}'")
-        sp.add_argument("--truncate", action="store_true",
-                        help="cut texts longer than the text tower's 77 tokens (default: refuse them)")
-        sp.add_argument("--out", "-o", type=_output_file,
-                        help="output file (.json, .csv, .parquet); default: JSON on stdout")
-        sp.add_argument("--fast", action="store_true",
-                        help="compile the audio backbone (about 2x the clips/s on a CPU after a one-off "
-                             "30-40 s compilation: worth it from a few hundred clips)")
-        sp.add_argument("--bf16", action="store_true",
-                        help="like --fast, with the backbone in bfloat16 (about 5x; embeddings within "
-                             "cosine 0.9999 of float32; the fbsp front end stays float32)")
-        sp.add_argument("--allow-non-finite-weights", action="store_true",
-                        help="load a checkpoint even if some weights are NaN/Inf (for debugging)")
+        sp.add_argument(
+            "--truncate",
+            action="store_true",
+            help="cut texts longer than the text tower's 77 tokens (default: refuse them)",
+        )
+        sp.add_argument(
+            "--out", "-o", type=_output_file, help="output file (.json, .csv, .parquet); default: JSON on stdout"
+        )
+        sp.add_argument(
+            "--fast",
+            action="store_true",
+            help="compile the audio backbone (about 2x the clips/s on a CPU after a one-off "
+            "30-40 s compilation: worth it from a few hundred clips)",
+        )
+        sp.add_argument(
+            "--bf16",
+            action="store_true",
+            help="like --fast, with the backbone in bfloat16 (about 5x; embeddings within "
+            "cosine 0.9999 of float32; the fbsp front end stays float32)",
+        )
+        sp.add_argument(
+            "--allow-non-finite-weights",
+            action="store_true",
+            help="load a checkpoint even if some weights are NaN/Inf (for debugging)",
+        )
 
     def sub_parser(name, help):
         return sub.add_parser(name, help=help, epilog=EPILOG)
@@ -400,14 +485,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=_positive_int, default=5)
     sp.set_defaults(func=cmd_query)
 
-    sp = sub_parser("lineage", "trace a checkpoint to its data and code (each checkpoint file of the chain "
-                    "VERIFIED or MISMATCH against its record), or a clip to its checkpoints")
+    sp = sub_parser(
+        "lineage",
+        "trace a checkpoint to its data and code (each checkpoint file of the chain "
+        "VERIFIED or MISMATCH against its record), or a clip to its checkpoints",
+    )
     sp.add_argument("checkpoint", nargs="?", help="a checkpoint written by a training stage")
     sp.add_argument("--clip", help="an AudioSet YouTube id (or segment id, or ESC-50/US8K file name)")
-    sp.add_argument("--clips", action="store_true", help="list the clips CHECKPOINT was trained on, from the manifest "
-                    "versions its record names (unchanged after the manifests move on)")
-    sp.add_argument("--data-root", help="where to look for checkpoints (default AUDIOCLIP_DATA_ROOT, else data/ of the "
-                    "checkout, as the pipeline)")
+    sp.add_argument(
+        "--clips",
+        action="store_true",
+        help="list the clips CHECKPOINT was trained on, from the manifest "
+        "versions its record names (unchanged after the manifests move on)",
+    )
+    sp.add_argument(
+        "--data-root",
+        help="where to look for checkpoints (default AUDIOCLIP_DATA_ROOT, else data/ of the checkout, as the pipeline)",
+    )
     sp.add_argument("--out", "-o", type=_output_file, help="write JSON/CSV/parquet instead of text")
     sp.set_defaults(func=cmd_lineage)
 
@@ -416,8 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dst", help=".safetensors (our format, with metadata) or .pt (official layout)")
     sp.add_argument("--layout", choices=("audioclip", "clip", "esrnxfbsp"), default=None)
     sp.add_argument("--preset", default=None)
-    sp.add_argument("--allow-non-finite-weights", action="store_true",
-                    help="convert even if some weights are NaN/Inf (for debugging)")
+    sp.add_argument(
+        "--allow-non-finite-weights",
+        action="store_true",
+        help="convert even if some weights are NaN/Inf (for debugging)",
+    )
     sp.set_defaults(func=cmd_convert)
     return p
 
@@ -431,8 +528,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.func(args)
     except TextTooLongError as exc:
-        return _fail(f"text {exc.text[:60]!r} is {exc.tokens} tokens long, more than the text tower's "
-                     f"{exc.context_length}: shorten it, or pass --truncate to cut it", exc)
+        return _fail(
+            f"text {exc.text[:60]!r} is {exc.tokens} tokens long, more than the text tower's "
+            f"{exc.context_length}: shorten it, or pass --truncate to cut it",
+            exc,
+        )
     except (CheckpointError, InputError, LineageError, UserError, OSError, ValueError) as exc:
         # ValueError: what the library says of a bad value (an unknown preset, ...)
         return _fail(str(exc), exc)

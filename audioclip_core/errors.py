@@ -20,8 +20,10 @@ class TextTooLongError(InputError):
     def __init__(self, text: str, tokens: int, context_length: int):
         self.text, self.tokens, self.context_length = text, tokens, context_length
         shown = text if len(text) <= 60 else text[:57] + "..."
-        super().__init__(f"text {shown!r} is {tokens} tokens long, more than the context length "
-                         f"{context_length} (pass truncate=True to cut it)")
+        super().__init__(
+            f"text {shown!r} is {tokens} tokens long, more than the context length "
+            f"{context_length} (pass truncate=True to cut it)"
+        )
 
 
 class LineageError(ValueError):

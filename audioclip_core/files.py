@@ -11,6 +11,7 @@ Tables, records, checkpoints and CLI outputs are written through `atomic_write`:
 temporary file beside the target, renamed into place only once complete, so a killed process
 never leaves half a file (media steps rename their own finished files the same way); folders
 (an epoch checkpoint, a shard set, the demo dataset) through `publish_folder`, the same way."""
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,9 @@ def publish_folder(final: os.PathLike | str, *, suffix: str = "", replace: bool 
         except OSError as e:
             if replace or e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-            raise FileExistsError(errno.EEXIST, "already published; the temporary folder is discarded",
-                                  str(final)) from e
+            raise FileExistsError(
+                errno.EEXIST, "already published; the temporary folder is discarded", str(final)
+            ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -133,8 +135,9 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            raise Busy(f"{what} is being processed by another process (pid {holder}); "
-                       "wait for it to finish, or stop it") from None
+            raise Busy(
+                f"{what} is being processed by another process (pid {holder}); wait for it to finish, or stop it"
+            ) from None
         try:
             f.seek(0)
             f.truncate()
@@ -150,9 +153,11 @@ class CorruptVersion(ValueError):
 
     def __init__(self, path: Path, expected: str, actual: str):
         self.path, self.expected, self.actual = Path(path), expected, actual
-        super().__init__(f"{path}: manifest version changed in place - its name says sha256 {expected}, its bytes "
-                         f"hash to {actual}. Re-materialise the asset that publishes it (the version is written "
-                         "again), or restore the file")
+        super().__init__(
+            f"{path}: manifest version changed in place - its name says sha256 {expected}, its bytes "
+            f"hash to {actual}. Re-materialise the asset that publishes it (the version is written "
+            "again), or restore the file"
+        )
 
 
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
@@ -230,8 +235,12 @@ def _into_store(tmp: Path, store: Path, suffix: str) -> tuple[str, Path]:
         actual = sha256_file(final)
         if actual == sha:
             return sha, final
-        log.warning("%s: version changed in place (its bytes hash to %s, not to its name); replaced by the "
-                    "content its name says", final, actual)
+        log.warning(
+            "%s: version changed in place (its bytes hash to %s, not to its name); replaced by the "
+            "content its name says",
+            final,
+            actual,
+        )
     tmp.chmod(0o444)
     os.replace(tmp, final)
     return sha, final

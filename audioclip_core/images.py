@@ -4,6 +4,7 @@ Exactly OpenAI's (and open_clip's) evaluation transform: the short side resized 
 tower's input size (bicubic, antialiased), a centre crop, [0, 1] RGB, then normalised with
 CLIP's mean and std. Training draws the crop's position at random instead of centring it.
 """
+
 from __future__ import annotations
 
 from typing import Optional

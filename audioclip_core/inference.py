@@ -3,6 +3,7 @@ classification; cross-modal querying over collections.
 
 All embeddings returned here are L2-normalised, so `a @ b.T` is the cosine similarity.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,18 +78,27 @@ class AudioEmbedder:
 
     @torch.no_grad()
     def embed_stream(self, stream: AudioStream, *, progress: bool = False) -> torch.Tensor:
-        spans = stream.window_starts(int(round(self.window_seconds * SAMPLE_RATE)),
-                                     int(round(self.hop_seconds * SAMPLE_RATE)))
+        spans = stream.window_starts(
+            int(round(self.window_seconds * SAMPLE_RATE)), int(round(self.hop_seconds * SAMPLE_RATE))
+        )
         pooled = None
-        with tqdm(total=len(spans), desc=Path(stream.name).name, unit="window", leave=False,
-                  disable=not progress or len(spans) <= 4 * self.batch_size) as bar:
+        with tqdm(
+            total=len(spans),
+            desc=Path(stream.name).name,
+            unit="window",
+            leave=False,
+            disable=not progress or len(spans) <= 4 * self.batch_size,
+        ) as bar:
             for i in range(0, len(spans), self.batch_size):
-                chunk = torch.stack([to_model_input(stream.read(a, b), self.input_scale)
-                                     for a, b in spans[i:i + self.batch_size]])
+                chunk = torch.stack(
+                    [to_model_input(stream.read(a, b), self.input_scale) for a, b in spans[i : i + self.batch_size]]
+                )
                 emb = F.normalize(self.model.encode_audio(chunk), dim=-1)
                 if not torch.isfinite(emb).all():
-                    raise InputError(f"{stream.name}: the model's audio embedding is not finite "
-                                     "(non-finite weights, or input far outside the audio range)")
+                    raise InputError(
+                        f"{stream.name}: the model's audio embedding is not finite "
+                        "(non-finite weights, or input far outside the audio range)"
+                    )
                 if self.pooling == "mean":  # the mean's scale goes in the final normalisation
                     part = emb.sum(0)
                     pooled = part if pooled is None else pooled + part
@@ -107,8 +117,10 @@ class AudioEmbedder:
             return self.embed_stream(stream, progress=progress)
 
     def embed_files(self, paths: Sequence[PathLike], *, progress: bool = True) -> torch.Tensor:
-        out = [self.embed_file(p, progress=progress)
-               for p in tqdm(list(paths), desc="audio", unit="file", disable=not progress or len(paths) < 2)]
+        out = [
+            self.embed_file(p, progress=progress)
+            for p in tqdm(list(paths), desc="audio", unit="file", disable=not progress or len(paths) < 2)
+        ]
         return torch.stack(out) if out else torch.empty(0, self.model.embed_dim)
 
 
@@ -133,33 +145,46 @@ def load_image(path: PathLike, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_images(model: AudioCLIP, paths: Sequence[PathLike], *, batch_size: int = 8,
-                 progress: bool = True) -> torch.Tensor:
+def embed_images(
+    model: AudioCLIP, paths: Sequence[PathLike], *, batch_size: int = 8, progress: bool = True
+) -> torch.Tensor:
     """`[N, embed_dim]` for N image files; the first unreadable one raises `InputError`."""
     out = []
     paths = list(paths)
-    for i in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch",
-                  disable=not progress or len(paths) <= batch_size):
-        batch = [load_image(p, model.visual.image_size) for p in paths[i:i + batch_size]]
+    for i in tqdm(
+        range(0, len(paths), batch_size), desc="images", unit="batch", disable=not progress or len(paths) <= batch_size
+    ):
+        batch = [load_image(p, model.visual.image_size) for p in paths[i : i + batch_size]]
         out.append(model.encode_image(torch.stack(batch), normalize=True))
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 
 @torch.no_grad()
-def embed_texts(model: AudioCLIP, texts: Sequence[Union[str, Sequence[str]]], *,
-                template: str = "{}", batch_size: int = 64, truncate: bool = False) -> torch.Tensor:
+def embed_texts(
+    model: AudioCLIP,
+    texts: Sequence[Union[str, Sequence[str]]],
+    *,
+    template: str = "{}",
+    batch_size: int = 64,
+    truncate: bool = False,
+) -> torch.Tensor:
     """Normalised text embeddings. A text over the context length raises `TextTooLongError`
     (naming it and its token count) unless `truncate`, which cuts it, keeping end-of-text."""
     prompts = apply_template(list(texts), template)
-    parts = [model.encode_text(tokenize(prompts[i:i + batch_size], context_length=model.context_length,
-                                        truncate=truncate), normalize=True)
-             for i in range(0, len(prompts), batch_size)]
+    parts = [
+        model.encode_text(
+            tokenize(prompts[i : i + batch_size], context_length=model.context_length, truncate=truncate),
+            normalize=True,
+        )
+        for i in range(0, len(prompts), batch_size)
+    ]
     return torch.cat(parts) if parts else torch.empty(0, model.embed_dim)
 
 
 @torch.no_grad()
-def zero_shot_probabilities(model: AudioCLIP, embeddings: torch.Tensor, label_embeddings: torch.Tensor,
-                            *, modality: str = "audio") -> torch.Tensor:
+def zero_shot_probabilities(
+    model: AudioCLIP, embeddings: torch.Tensor, label_embeddings: torch.Tensor, *, modality: str = "audio"
+) -> torch.Tensor:
     """Softmax over labels of scale * cos, the scale of the modality pair (audio-text or image-text)."""
     s_it, _, s_at = model.logit_scales()
     scale = s_at if modality == "audio" else s_it
@@ -202,8 +227,9 @@ class FileEmbeddings:
 
 
 @torch.no_grad()
-def try_embed_files(model: AudioCLIP, paths: Iterable[PathLike], *, progress: bool = True,
-                    **audio_options) -> FileEmbeddings:
+def try_embed_files(
+    model: AudioCLIP, paths: Iterable[PathLike], *, progress: bool = True, **audio_options
+) -> FileEmbeddings:
     """Embed a mixed list of audio and image files (by extension), in the given order. A file
     that cannot be used (missing, a directory, unreadable, corrupt, non-finite samples or
     pixels, a non-finite embedding) gets its reason in `errors`; every other file is answered."""
@@ -214,10 +240,14 @@ def try_embed_files(model: AudioCLIP, paths: Iterable[PathLike], *, progress: bo
     img_idx = [i for i, k in enumerate(kinds) if k == "image"]
     if img_idx:
         batch_size = int(audio_options.get("batch_size", 8))  # images: 8 at once unless told
-        for start in tqdm(range(0, len(img_idx), batch_size), desc="images", unit="batch",
-                          disable=not progress or len(img_idx) <= batch_size):
+        for start in tqdm(
+            range(0, len(img_idx), batch_size),
+            desc="images",
+            unit="batch",
+            disable=not progress or len(img_idx) <= batch_size,
+        ):
             good, tensors = [], []
-            for i in img_idx[start:start + batch_size]:
+            for i in img_idx[start : start + batch_size]:
                 try:
                     tensors.append(load_image(paths[i], model.visual.image_size))
                     good.append(i)
@@ -229,8 +259,7 @@ def try_embed_files(model: AudioCLIP, paths: Iterable[PathLike], *, progress: bo
                     if torch.isfinite(e).all():
                         result[i] = e
                     else:
-                        errors[i] = (f"{paths[i]}: the model's image embedding is not finite "
-                                     "(non-finite weights?)")
+                        errors[i] = f"{paths[i]}: the model's image embedding is not finite (non-finite weights?)"
     aud_idx = [i for i, k in enumerate(kinds) if k == "audio"]
     if aud_idx:
         embedder = AudioEmbedder(model, **audio_options)

@@ -23,6 +23,7 @@ when the package is installed elsewhere); the CLI and the pipeline's resources s
       versions/<sha256>.parquet       every manifest version (immutable; the manifests point at one)
       catalog.duckdb                  mlflow/mlflow.db   mlflow/artifacts/   logs/
 """
+
 from __future__ import annotations
 
 import os
@@ -144,11 +145,10 @@ class DataLayout:
         folder = self.checkpoint_dir(name) / "snapshots"
         found = {}
         for p in sorted(folder.glob("after_*_epochs.safetensors")) if folder.is_dir() else []:
-            count = p.name[len("after_"):-len("_epochs.safetensors")]
+            count = p.name[len("after_") : -len("_epochs.safetensors")]
             if count.isdigit():
                 found[int(count)] = p
         return found
-
 
     # -- results and stores ----------------------------------------------------------------
     @property

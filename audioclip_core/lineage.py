@@ -11,6 +11,7 @@ A checkpoint is checked against its record where it is used (`verify_checkpoint`
 warns when its bytes differ, `audioclip lineage` says VERIFIED or MISMATCH for every file of
 the chain, and a training stage refuses a parent that differs (`stages.require_unchanged_parent`).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def code_version(repo: Path = REPO_ROOT) -> dict:
     """Git commit and whether the working tree had uncommitted changes."""
+
     def git(*args: str) -> Optional[str]:
         try:
             out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
@@ -38,13 +40,25 @@ def code_version(repo: Path = REPO_ROOT) -> dict:
     status = git("status", "--porcelain", "--untracked-files=no")
     from . import __version__
 
-    return {"git_commit": commit or "unknown", "git_dirty": bool(status) if status is not None else None,
-            "package_version": __version__}
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": bool(status) if status is not None else None,
+        "package_version": __version__,
+    }
 
 
-def lineage_record(*, name: str, stage: str, checkpoint: Path, config: dict, manifests: dict[str, dict],
-                   parent: Optional[dict] = None, dagster: Optional[dict] = None,
-                   mlflow_run_id: Optional[str] = None, extra: Optional[dict] = None) -> dict:
+def lineage_record(
+    *,
+    name: str,
+    stage: str,
+    checkpoint: Path,
+    config: dict,
+    manifests: dict[str, dict],
+    parent: Optional[dict] = None,
+    dagster: Optional[dict] = None,
+    mlflow_run_id: Optional[str] = None,
+    extra: Optional[dict] = None,
+) -> dict:
     """`name`: the asset that wrote `checkpoint`; `stage`: the paper's step it ran;
     `manifests`: name -> {"path", "sha256", "rows"}; `parent`: {"path", "sha256", "name"}."""
     return {
@@ -88,8 +102,10 @@ def read_record(checkpoint: Path) -> dict:
     if not path.is_file():
         if not checkpoint.exists():
             raise LineageError(f"{checkpoint}: no such checkpoint, and no lineage record ({path.name}) beside it")
-        raise LineageError(f"{checkpoint}: no lineage record ({path.name}); only checkpoints written by this "
-                           "project's training stages carry one")
+        raise LineageError(
+            f"{checkpoint}: no lineage record ({path.name}); only checkpoints written by this "
+            "project's training stages carry one"
+        )
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -115,8 +131,10 @@ class Verification:
 
     def __str__(self) -> str:
         if self.state == MISMATCH:
-            return (f"{self.path}: MISMATCH - its sha256 is {self.actual}, its lineage record says "
-                    f"{self.recorded}: the file changed after it was recorded (damaged or replaced)")
+            return (
+                f"{self.path}: MISMATCH - its sha256 is {self.actual}, its lineage record says "
+                f"{self.recorded}: the file changed after it was recorded (damaged or replaced)"
+            )
         if self.state == VERIFIED:
             return f"{self.path}: VERIFIED - its sha256 {self.actual} is the one its lineage record says"
         return f"{self.path}: UNRECORDED - no lineage record to compare it with"
@@ -143,8 +161,7 @@ def verify_chain(checkpoint: Path, records: list[dict]) -> list[Optional[Verific
     against the digest the entry shows - a parent without a record of its own against what its
     child recorded of it; None where the file is gone."""
     files = [Path(checkpoint)] + [Path(r["parent"]["path"]) for r in records[:-1]]
-    return [compare_checkpoint(f, r["checkpoint"]["sha256"]) if f.is_file() else None
-            for f, r in zip(files, records)]
+    return [compare_checkpoint(f, r["checkpoint"]["sha256"]) if f.is_file() else None for f, r in zip(files, records)]
 
 
 def chain(checkpoint: Path) -> list[dict]:
@@ -161,8 +178,13 @@ def chain(checkpoint: Path) -> list[dict]:
         parent = rec.get("parent")
         current = Path(parent["path"]) if parent and record_path(Path(parent["path"])).is_file() else None
         if parent and current is None:
-            out.append({"name": record_name(parent), "checkpoint": {"path": parent["path"],
-                        "sha256": parent["sha256"]}, "external": True})
+            out.append(
+                {
+                    "name": record_name(parent),
+                    "checkpoint": {"path": parent["path"], "sha256": parent["sha256"]},
+                    "external": True,
+                }
+            )
     return out
 
 
@@ -188,8 +210,10 @@ def clips_of(checkpoint: Path) -> list[dict]:
     for name, m in (rec.get("manifests") or {}).items():
         src = manifest_file(m)
         if src is None:
-            raise LineageError(f"{name}: the manifest version {m['sha256'][:16]} is no longer on disk "
-                               f"({m.get('version') or m['path']}); the record predates kept versions")
+            raise LineageError(
+                f"{name}: the manifest version {m['sha256'][:16]} is no longer on disk "
+                f"({m.get('version') or m['path']}); the record predates kept versions"
+            )
         df = read_version_parquet(src)
         if "status" in df:
             df = df[df["status"] == "ok"]
@@ -221,33 +245,40 @@ def format_chain(records: list[dict], checks: Optional[list[Optional[Verificatio
         ck = rec["checkpoint"]
         state = f"  {_file_state(checks[depth])}" if checks is not None else ""
         if rec.get("external"):
-            lines.append(f"{pad}<- {record_name(rec)}: {ck['path']}  sha256 {ck['sha256'][:16]}  (no lineage record)"
-                         + state)
+            lines.append(
+                f"{pad}<- {record_name(rec)}: {ck['path']}  sha256 {ck['sha256'][:16]}  (no lineage record)" + state
+            )
             continue
         arrow = "" if depth == 0 else "<- "
         lines.append(f"{pad}{arrow}{record_name(rec)}: {ck['path']}")
         lines.append(f"{pad}   sha256 {ck['sha256']}{state}")
         dag = rec.get("dagster") or {}
-        lines.append(f"{pad}   dagster run {dag.get('run_id')}  asset {dag.get('asset_key')}"
-                     + (f" [{dag['partition']}]" if dag.get("partition") else "")
-                     + f"  mlflow run {rec.get('mlflow_run_id')}")
+        lines.append(
+            f"{pad}   dagster run {dag.get('run_id')}  asset {dag.get('asset_key')}"
+            + (f" [{dag['partition']}]" if dag.get("partition") else "")
+            + f"  mlflow run {rec.get('mlflow_run_id')}"
+        )
         code = rec.get("code") or {}
         cfg = rec.get("config") or {}
-        lines.append(f"{pad}   code {code.get('git_commit')}{' (dirty)' if code.get('git_dirty') else ''}  "
-                     f"preset {cfg.get('preset')}  seed {rec.get('seed')}  epochs {cfg.get('epochs')}")
+        lines.append(
+            f"{pad}   code {code.get('git_commit')}{' (dirty)' if code.get('git_dirty') else ''}  "
+            f"preset {cfg.get('preset')}  seed {rec.get('seed')}  epochs {cfg.get('epochs')}"
+        )
         for name, m in (rec.get("manifests") or {}).items():
             kept = "  (version kept)" if m.get("version") and Path(m["version"]).is_file() else ""
-            lines.append(f"{pad}   data {name}: {m['rows']} clips  sha256 {m['sha256'][:16]}  {m['path']}  "
-                         f"[{_manifest_status(m)}]{kept}")
+            lines.append(
+                f"{pad}   data {name}: {m['rows']} clips  sha256 {m['sha256'][:16]}  {m['path']}  "
+                f"[{_manifest_status(m)}]{kept}"
+            )
     return "\n".join(lines)
 
 
 @dataclass
 class ClipHit:
     checkpoint: str
-    name: str         # the asset that wrote the checkpoint
+    name: str  # the asset that wrote the checkpoint
     sha256: str
-    via: str          # "trained on it" or "descends from <checkpoint>"
+    via: str  # "trained on it" or "descends from <checkpoint>"
 
 
 def find_records(root: Path, skipped: Optional[list[str]] = None) -> list[tuple[Path, dict]]:
@@ -259,7 +290,7 @@ def find_records(root: Path, skipped: Optional[list[str]] = None) -> list[tuple[
     out = []
     for p in sorted(root.rglob("*.lineage.json")):
         try:
-            out.append((p, read_record(p.with_name(p.name[:-len(".lineage.json")] + ".safetensors"))))
+            out.append((p, read_record(p.with_name(p.name[: -len(".lineage.json")] + ".safetensors"))))
         except LineageError as exc:
             if skipped is None:
                 raise
@@ -282,8 +313,7 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
         try:
             for path in manifests:
                 try:
-                    cols = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)",
-                                                          [path]).fetchall()}
+                    cols = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()}
                 except duckdb.Error as exc:
                     if skipped is None:
                         raise LineageError(f"{path}: manifest cannot be read: {exc}") from exc
@@ -305,10 +335,16 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
         finally:
             con.close()
     by_sha = {r["checkpoint"]["sha256"]: (p, r) for p, r in records}
-    direct = {sha for sha, (_, r) in by_sha.items()
-              if any(str(files.get(id(m))) in hit_paths for m in (r.get("manifests") or {}).values())}
-    hits = [ClipHit(r["checkpoint"]["path"], record_name(r), sha, "trained on it") for sha, (_, r) in by_sha.items()
-            if sha in direct]
+    direct = {
+        sha
+        for sha, (_, r) in by_sha.items()
+        if any(str(files.get(id(m))) in hit_paths for m in (r.get("manifests") or {}).values())
+    }
+    hits = [
+        ClipHit(r["checkpoint"]["path"], record_name(r), sha, "trained on it")
+        for sha, (_, r) in by_sha.items()
+        if sha in direct
+    ]
     for sha, (_, r) in by_sha.items():
         if sha in direct:
             continue
@@ -317,8 +353,14 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
         while parent and parent in by_sha:
             trail.append(parent)
             if parent in direct:
-                hits.append(ClipHit(r["checkpoint"]["path"], record_name(r), sha,
-                                    f"descends from {record_name(by_sha[parent][1])} ({parent[:12]})"))
+                hits.append(
+                    ClipHit(
+                        r["checkpoint"]["path"],
+                        record_name(r),
+                        sha,
+                        f"descends from {record_name(by_sha[parent][1])} ({parent[:12]})",
+                    )
+                )
                 break
             parent = (by_sha[parent][1].get("parent") or {}).get("sha256")
             if parent in trail:

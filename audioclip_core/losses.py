@@ -9,6 +9,7 @@ The ``"corrected"`` variant averages the 2 * pairs directional terms (one scale 
 number of modalities) and, when ``class_ids`` are given, treats same-class items as
 positives (soft targets spread over them) instead of false negatives.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,10 +26,13 @@ def _soft_targets(class_ids: torch.Tensor) -> torch.Tensor:
     return same / same.sum(dim=1, keepdim=True)
 
 
-def contrastive_loss(logits: Sequence[Optional[torch.Tensor]], *,
-                     sample_weights: Optional[torch.Tensor] = None,
-                     variant: str = "reference",
-                     class_ids: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+def contrastive_loss(
+    logits: Sequence[Optional[torch.Tensor]],
+    *,
+    sample_weights: Optional[torch.Tensor] = None,
+    variant: str = "reference",
+    class_ids: Optional[torch.Tensor] = None,
+) -> Optional[torch.Tensor]:
     """Loss over the given logit matrices (None entries are skipped); None if none given."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown loss variant {variant!r}; choose one of {VARIANTS}")

@@ -1,4 +1,5 @@
 """Network helpers shared by the library, the Dagster resources and the tests."""
+
 from __future__ import annotations
 
 import socket

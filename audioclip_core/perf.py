@@ -10,6 +10,7 @@ memory that stays near its peak (8.1 GB instead of 6.5 GB for a batch-8 training
 Applied by `training.loop.train`, the evaluation assets, the `audioclip` CLI and
 `ESResNeXt.enable_fast_inference`; a library user calls it where the process is theirs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,6 @@ from typing import Optional
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30  # free memory above this at the top of the heap still goes back
-
 
 
 def tune_malloc() -> bool:
@@ -63,7 +63,7 @@ def share_cpu_threads() -> int:
     that way against 5.3 s alone. Returns the thread count set."""
     import torch
 
-    if os.environ.get("OMP_NUM_THREADS") or torch.cuda.is_available():   # told, or the work is on the GPUs
+    if os.environ.get("OMP_NUM_THREADS") or torch.cuda.is_available():  # told, or the work is on the GPUs
         return torch.get_num_threads()
     threads = max(1, (os.cpu_count() or 1) // training_slots())
     torch.set_num_threads(threads)

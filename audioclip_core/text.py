@@ -7,6 +7,7 @@ the first 48,894 merges, `<|startoftext|>` = 49406 and `<|endoftext|>` = 49407, 
 padding to 77 and - unlike open_clip, which truncates silently - an error for a text
 that does not fit (set ``truncate=True`` to cut it and keep the end-of-text token).
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,8 +36,9 @@ def _vocab_path() -> str:
 def _byte_alphabet() -> dict[int, str]:
     # Printable bytes map to themselves; the rest are shifted past 255 so that every
     # byte has a visible, non-whitespace stand-in the BPE merges can refer to.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = list(printable)
     extra = 0
     for b in range(256):
@@ -59,7 +61,7 @@ class Tokenizer:
     def __init__(self, vocab_path: str | None = None):
         with gzip.open(vocab_path or _vocab_path(), "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
-        merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
+        merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
         self.byte_encoder = _byte_alphabet()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         vocab = list(self.byte_encoder.values())
@@ -114,8 +116,9 @@ class Tokenizer:
         raw = bytearray(self.byte_decoder[c] for c in text)
         return raw.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
-    def __call__(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH,
-                 truncate: bool = False) -> torch.Tensor:
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = False
+    ) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
         result = torch.zeros(len(texts), context_length, dtype=torch.long)
@@ -126,7 +129,7 @@ class Tokenizer:
                     raise TextTooLongError(text, len(ids), context_length)
                 ids = ids[:context_length]
                 ids[-1] = self.eot_id
-            result[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            result[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return result
 
 
@@ -135,8 +138,7 @@ def get_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH,
-             truncate: bool = False) -> torch.Tensor:
+def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = False) -> torch.Tensor:
     """`LongTensor[N, context_length]`, identical to OpenAI's `clip.tokenize`."""
     return get_tokenizer()(texts, context_length=context_length, truncate=truncate)
 

@@ -9,6 +9,7 @@ archive's storages, and the parameter and buffer names of a class are read from 
 never executed). A class whose pickled state is not a plain attribute dict (a custom
 ``__getstate__``) has no names to read: the archive is refused.
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,15 +36,17 @@ def _passthrough(value: Any, *_: Any) -> Any:
     return value  # restore_type_tag / build_*list: the value itself, the type tag dropped
 
 
-_HELPERS = [(_passthrough, f"torch.jit._pickle.{name}") for name in (
-    "restore_type_tag", "build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")]
+_HELPERS = [
+    (_passthrough, f"torch.jit._pickle.{name}")
+    for name in ("restore_type_tag", "build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
+]
 
 
 def _archive_prefix(names: list[str]) -> str:
     pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
     if len(pickles) != 1:
         raise CheckpointError("not a TorchScript archive: no single <name>/data.pkl in it")
-    return pickles[0][:-len("data.pkl")]
+    return pickles[0][: -len("data.pkl")]
 
 
 def _slots(zf: zipfile.ZipFile, prefix: str) -> dict[str, set[str]]:
@@ -52,7 +55,7 @@ def _slots(zf: zipfile.ZipFile, prefix: str) -> dict[str, set[str]]:
     for name in zf.namelist():
         if not (name.startswith(prefix + "code/") and name.endswith(".py")):
             continue
-        module = name[len(prefix + "code/"):-len(".py")].replace("/", ".")
+        module = name[len(prefix + "code/") : -len(".py")].replace("/", ".")
         try:
             tree = ast.parse(zf.read(name).decode("utf-8"))
         except (SyntaxError, UnicodeDecodeError):
@@ -62,8 +65,12 @@ def _slots(zf: zipfile.ZipFile, prefix: str) -> dict[str, set[str]]:
                 continue
             names: set[str] = set()
             for stmt in node.body:
-                if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
-                        and stmt.targets[0].id in ("__parameters__", "__buffers__")):
+                if (
+                    isinstance(stmt, ast.Assign)
+                    and len(stmt.targets) == 1
+                    and isinstance(stmt.targets[0], ast.Name)
+                    and stmt.targets[0].id in ("__parameters__", "__buffers__")
+                ):
                     try:
                         names.update(str(x) for x in ast.literal_eval(stmt.value))
                     except ValueError:
@@ -93,8 +100,10 @@ def read_torchscript_state(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: a {order}-endian TorchScript archive is not supported")
         data = zf.read(prefix + "data.pkl")
         slots = _slots(zf, prefix)
-        stand_ins = {name: type(name.rsplit(".", 1)[-1], (ScriptObject,), {"qualified_name": name})
-                     for name in _script_globals(data)}
+        stand_ins = {
+            name: type(name.rsplit(".", 1)[-1], (ScriptObject,), {"qualified_name": name})
+            for name in _script_globals(data)
+        }
 
         def persistent_load(pid):
             _, storage_type, key, _location, numel = pid
@@ -103,8 +112,9 @@ def read_torchscript_state(path: Path) -> dict[str, torch.Tensor]:
             untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
             expected = int(numel) * torch._utils._element_size(dtype)
             if untyped.nbytes() != expected:
-                raise CheckpointError(f"{path}: storage {key} holds {untyped.nbytes()} bytes, {expected} expected "
-                                      "(truncated archive?)")
+                raise CheckpointError(
+                    f"{path}: storage {key} holds {untyped.nbytes()} bytes, {expected} expected (truncated archive?)"
+                )
             return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
         import io
@@ -118,8 +128,10 @@ def read_torchscript_state(path: Path) -> dict[str, torch.Tensor]:
         except CheckpointError:
             raise
         except Exception as exc:  # UnpicklingError and what a malformed pickle raises
-            raise CheckpointError(f"{path}: refused - the TorchScript archive holds more than tensors and modules: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise CheckpointError(
+                f"{path}: refused - the TorchScript archive holds more than tensors and modules: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
     if not isinstance(root, ScriptObject):
         raise CheckpointError(f"{path}: the TorchScript archive's root is a {type(root).__name__}, not a module")
     out: dict[str, torch.Tensor] = {}
@@ -132,7 +144,8 @@ def _collect(obj: ScriptObject, prefix: str, slots: dict[str, set[str]], out: di
     if not isinstance(state, dict):
         raise CheckpointError(
             f"{path}: refused - {obj.qualified_name} has a custom __getstate__/__setstate__; its state "
-            f"({type(state).__name__}) names no tensors and reading it would mean running the archive's code")
+            f"({type(state).__name__}) names no tensors and reading it would mean running the archive's code"
+        )
     names = slots.get(obj.qualified_name)
     for key, value in state.items():
         if isinstance(value, ScriptObject):

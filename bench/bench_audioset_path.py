@@ -18,6 +18,7 @@ segment, media fetched twice, peak memory of the CLI process tree, and the no-op
 
     .venv/bin/python bench/bench_audioset_path.py --segments 300
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ LABELS = ["/m/09x0r", "/m/04rlf", "/m/0jbk", "/m/07yv9", "/m/015p6"]
 class _Served(_RangeHandler):
     """`/<ytid>` -> one of the media files (with its own Content-Type); missing ids 404; stalled ids
     stop mid-body."""
+
     media: dict[str, Path] = {}
     stalled: set[str] = set()
     requests: Counter = Counter()
@@ -94,8 +96,30 @@ class _Served(_RangeHandler):
             self.bytes_sent[ytid] += source.tell() - pos
 
 
-YOUTUBE_360P = ["-c:v", "libx264", "-profile:v", "high", "-preset", "fast", "-b:v", "500k", "-maxrate", "600k",
-                "-bufsize", "1200k", "-g", "50", "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart"]
+YOUTUBE_360P = [
+    "-c:v",
+    "libx264",
+    "-profile:v",
+    "high",
+    "-preset",
+    "fast",
+    "-b:v",
+    "500k",
+    "-maxrate",
+    "600k",
+    "-bufsize",
+    "1200k",
+    "-g",
+    "50",
+    "-c:a",
+    "aac",
+    "-b:a",
+    "128k",
+    "-ac",
+    "2",
+    "-movflags",
+    "+faststart",
+]
 
 
 def make_media(folder: Path, n: int, seconds: float) -> list[Path]:
@@ -106,13 +130,22 @@ def make_media(folder: Path, n: int, seconds: float) -> list[Path]:
     raw = [folder / f"raw{i:02d}.mp4" for i in range(n)]
     paths = [folder / f"yt360p{i:02d}.mp4" for i in range(n)]
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        futs = [write_video(r, [CLASSES[i % len(CLASSES)]], seconds, rng, fps=25, size=(360, 640), encoder=pool)
-                for i, (r, p) in enumerate(zip(raw, paths)) if not p.is_file()]
+        futs = [
+            write_video(r, [CLASSES[i % len(CLASSES)]], seconds, rng, fps=25, size=(360, 640), encoder=pool)
+            for i, (r, p) in enumerate(zip(raw, paths))
+            if not p.is_file()
+        ]
         for f in futs:
             f.result()
         todo = [(r, p) for r, p in zip(raw, paths) if not p.is_file()]
-        list(pool.map(lambda rp: subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(rp[0]), *YOUTUBE_360P,
-                                                 str(rp[1])], check=True), todo))
+        list(
+            pool.map(
+                lambda rp: subprocess.run(
+                    [ffmpeg_exe(), "-v", "error", "-y", "-i", str(rp[0]), *YOUTUBE_360P, str(rp[1])], check=True
+                ),
+                todo,
+            )
+        )
     for r in raw:
         r.unlink(missing_ok=True)
     return paths
@@ -126,10 +159,13 @@ def write_partition(folder: Path, n: int, media: list[Path], missing: float, sta
     rng = np.random.default_rng(1)
     ids = [ytid_of(i) for i in range(n)]
     n_missing = int(round(n * missing))
-    missing_ids = set(ids[1:1 + n_missing])
-    stalled_ids = set(ids[1 + n_missing:1 + n_missing + stalled])
-    lines = ["# Segments csv created by bench_audioset_path", f"# num_ytids={n}, num_segs={n}",
-             "# YTID, start_seconds, end_seconds, positive_labels"]
+    missing_ids = set(ids[1 : 1 + n_missing])
+    stalled_ids = set(ids[1 + n_missing : 1 + n_missing + stalled])
+    lines = [
+        "# Segments csv created by bench_audioset_path",
+        f"# num_ytids={n}, num_segs={n}",
+        "# YTID, start_seconds, end_seconds, positive_labels",
+    ]
     served = {}
     for i, y in enumerate(ids):
         start = float(rng.choice([0.0, 2.5, 5.0, 7.5])) if seconds >= 20 else 0.0
@@ -156,8 +192,13 @@ def run_cli(env: dict) -> tuple[float, str]:
     dagster = str(Path(py).parent / "dagster")
     t = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([dagster, "asset", "materialize", "-m", "pipelines.definitions", "--select", ASSETS,
-                                 "--partition", "eval"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [dagster, "asset", "materialize", "-m", "pipelines.definitions", "--select", ASSETS, "--partition", "eval"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -203,8 +244,9 @@ def main() -> None:
         print(f"media: {len(media)} files in {cache} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
     for sub in ("audioset", "data", "dagster_home"):
         shutil.rmtree(work / sub, ignore_errors=True)
-    served, missing, stalled = write_partition(work / "audioset", args.segments, media, args.missing, args.stalled,
-                                               args.media_seconds)
+    served, missing, stalled = write_partition(
+        work / "audioset", args.segments, media, args.missing, args.stalled, args.media_seconds
+    )
     home = work / "dagster_home"
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
@@ -213,9 +255,14 @@ def main() -> None:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Served)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "AUDIOCLIP_DATA_ROOT": str(work / "data"),
-           "AUDIOCLIP_AUDIOSET_DIR": str(work / "audioset"), "PYTHONPATH": str(REPO),
-           "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": f"http://127.0.0.1:{httpd.server_address[1]}/{{ytid}}"}  # type from the header
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "AUDIOCLIP_DATA_ROOT": str(work / "data"),
+        "AUDIOCLIP_AUDIOSET_DIR": str(work / "audioset"),
+        "PYTHONPATH": str(REPO),
+        "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": f"http://127.0.0.1:{httpd.server_address[1]}/{{ytid}}",
+    }  # type from the header
     subprocess.run([sys.executable, "-m", "pipelines.instance"], cwd=REPO, env=env, check=True, capture_output=True)
 
     first, peak_mb = run_cli(env)
@@ -233,12 +280,19 @@ def main() -> None:
     ok = m.get("audioset_manifest", {}).get("ok")
     phases = {}
     for key in ("audioset_downloads", "audioset_clips"):
-        phases.update({f"{key.split('_')[1]}.{k}": v for k, v in (m.get(key, {}).get("seconds_by_phase", {}) or {}).items()})
+        phases.update(
+            {f"{key.split('_')[1]}.{k}": v for k, v in (m.get(key, {}).get("seconds_by_phase", {}) or {}).items()}
+        )
     fetched_twice = sorted(y for y in bytes2 if bytes2[y] > 0 and y not in stalled)
     out = {
-        "bench": "audioset_path", "segments": n, "cpus": os.cpu_count(), "media_kbps": round(kbps),
+        "bench": "audioset_path",
+        "segments": n,
+        "cpus": os.cpu_count(),
+        "media_kbps": round(kbps),
         "served_missing": len(missing),
-        "stalled": len(stalled), "ok": ok, "first_run_s": round(first, 1),
+        "stalled": len(stalled),
+        "ok": ok,
+        "first_run_s": round(first, 1),
         "segments_per_s": round(n / first, 2),
         "step_s": {k: round(v, 1) for k, v in stats1["steps"].items()},
         "seconds_by_phase": {k: round(float(v), 1) for k, v in phases.items()},
@@ -246,7 +300,8 @@ def main() -> None:
         "peak_rss_mb": round(peak_mb),
         "noop_rerun_s": round(second, 1),
         "noop_step_s": {k: round(v, 1) for k, v in stats2["steps"].items()},
-        "noop_requests": sum(requests2.values()), "fetched_twice": len(fetched_twice),
+        "noop_requests": sum(requests2.values()),
+        "fetched_twice": len(fetched_twice),
     }
     print(f"\n== AudioSet data path, {n} segments of 10 s, {os.cpu_count()} CPUs, media at {kbps:.0f} kb/s ==")
     print(f"first run     {first:7.1f} s   {n / first:5.2f} segments/s   {ok} ok clips")

@@ -1,6 +1,7 @@
 """Data path: clip extraction (audio + 10 frames, one ffmpeg pass) per segment against
 ffmpeg's decode-only time of the same file, and the training loader's samples/s against
 what a training step consumes (tiny preset, demo data). CPU, 2 threads."""
+
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,10 @@ def main() -> None:
         subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(video), "-f", "null", "-"], check=True)
 
     t_ex, t_dec = timeit(extract, repeats=5), timeit(decode_only, repeats=5)
-    rows = [{"item": "extract audio + 10 frames (10 s, 640x360)", "seconds": t_ex, "ratio_vs_decode_only": t_ex / t_dec},
-            {"item": "ffmpeg decode only", "seconds": t_dec}]
+    rows = [
+        {"item": "extract audio + 10 frames (10 s, 640x360)", "seconds": t_ex, "ratio_vs_decode_only": t_ex / t_dec},
+        {"item": "ffmpeg decode only", "seconds": t_dec},
+    ]
 
     # loader vs step, on clips like the demo's
     from audioclip_core.data.datasets import clipset_dataset, collate
@@ -49,9 +52,15 @@ def main() -> None:
 
     generate_esc50(work / "esc50", per_fold_class=1)
     meta = pd.read_csv(work / "esc50" / "meta" / "esc50.csv")
-    df = pd.DataFrame({"audio_path": [str(work / "esc50" / "audio" / f) for f in meta["filename"]],
-                       "class_name": meta["category"].str.replace("_", " "), "class_id": meta["target"],
-                       "path": meta["filename"], "status": "ok"})
+    df = pd.DataFrame(
+        {
+            "audio_path": [str(work / "esc50" / "audio" / f) for f in meta["filename"]],
+            "class_name": meta["category"].str.replace("_", " "),
+            "class_id": meta["target"],
+            "path": meta["filename"],
+            "status": "ok",
+        }
+    )
     cfg = TrainConfig(stage="audioclip_finetune", preset="audioclip-tiny", batch_size=12, clip_seconds=4.0)
     classes = sorted(df["class_name"].unique())
     ds = clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed)
@@ -70,8 +79,13 @@ def main() -> None:
         opt.step()
 
     t_step = timeit(step, repeats=3)
-    rows.append({"item": "loader, 1 process (tiny preset, 4 s clips)", "samples_per_s": 12 / t_load,
-                 "ratio_vs_step": t_step / t_load})
+    rows.append(
+        {
+            "item": "loader, 1 process (tiny preset, 4 s clips)",
+            "samples_per_s": 12 / t_load,
+            "ratio_vs_step": t_step / t_load,
+        }
+    )
     rows.append({"item": "training step consumes", "samples_per_s": 12 / t_step})
     report("data path", rows)
 

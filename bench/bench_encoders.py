@@ -16,6 +16,7 @@ cosine against the original (else reference-path). GFLOP per clip is counted wit
 FlopCounterMode; the matmul peaks (fp32, bf16) are measured here, so the distance to the
 limit is printed (the bf16 row against the bf16 peak).
 """
+
 import sys
 
 import torch
@@ -29,8 +30,16 @@ from original import load_original, original_dir  # noqa: E402
 import audioclip_core as ac  # noqa: E402
 from audioclip_core.perf import tune_malloc  # noqa: E402
 
-TEXTS = ["a dog barking", "rain on a roof", "a car horn", "church bells", "a crying baby", "thunder",
-         "a clock ticking", "people talking in a cafe"]
+TEXTS = [
+    "a dog barking",
+    "rain on a roof",
+    "a car horn",
+    "church bells",
+    "a crying baby",
+    "thunder",
+    "a clock ticking",
+    "people talking in a cafe",
+]
 
 
 def main() -> None:
@@ -76,18 +85,28 @@ def main() -> None:
         for name, t, out in modes:
             # against the peak of the dtype the backbone computes in
             row_peak = peak_bf16 if name.endswith("bf16") else peak
-            rows.append({"item": f"encode_audio[{name}]", "items_per_s": 8 / t,
-                         f"ratio_vs_{base_name}": t_base / t,
-                         "gflop_per_s": 8 * gflop_clip / t, "share_of_matmul_peak": 8 * gflop_clip / t / row_peak,
-                         "max_abs_diff": float((out - base).abs().max()),
-                         "min_cosine": float(F.cosine_similarity(out, base).min())})
+            rows.append(
+                {
+                    "item": f"encode_audio[{name}]",
+                    "items_per_s": 8 / t,
+                    f"ratio_vs_{base_name}": t_base / t,
+                    "gflop_per_s": 8 * gflop_clip / t,
+                    "share_of_matmul_peak": 8 * gflop_clip / t / row_peak,
+                    "max_abs_diff": float((out - base).abs().max()),
+                    "min_cosine": float(F.cosine_similarity(out, base).min()),
+                }
+            )
 
         tokens = model.tokenize(TEXTS)
-        encoders = [("encode_image", lambda: model.encode_image(images)),
-                    ("encode_text", lambda: model.encode_text(TEXTS))]
+        encoders = [
+            ("encode_image", lambda: model.encode_image(images)),
+            ("encode_text", lambda: model.encode_text(TEXTS)),
+        ]
         if orig is not None:
-            encoders += [("encode_image[original]", lambda: orig.encode_image(images)),
-                         ("encode_text[original]", lambda: orig.encode_text([[t] for t in TEXTS]))]
+            encoders += [
+                ("encode_image[original]", lambda: orig.encode_image(images)),
+                ("encode_text[original]", lambda: orig.encode_text([[t] for t in TEXTS])),
+            ]
         for name, fn in encoders:
             t = timeit(fn, repeats=3)
             rows.append({"item": name, "items_per_s": 8 / t})
@@ -96,11 +115,19 @@ def main() -> None:
             d_txt = float((model.encode_text(tokens) - orig.encode_text([[t] for t in TEXTS])).abs().max())
         else:
             d_img = d_txt = None
-    report("encoders (paper preset, 8 items)", rows,
-           {"audio_gflop_per_clip": gflop_clip, "matmul_peak_gflops": peak,
-            "bf16_matmul_peak_gflops": peak_bf16, "malloc_tuned": malloc,
+    report(
+        "encoders (paper preset, 8 items)",
+        rows,
+        {
+            "audio_gflop_per_clip": gflop_clip,
+            "matmul_peak_gflops": peak,
+            "bf16_matmul_peak_gflops": peak_bf16,
+            "malloc_tuned": malloc,
             "original": str(odir) if odir else None,
-            "image_max_abs_diff_vs_original": d_img, "text_max_abs_diff_vs_original": d_txt})
+            "image_max_abs_diff_vs_original": d_img,
+            "text_max_abs_diff_vs_original": d_txt,
+        },
+    )
     if orig is None:
         print("(no --original DIR / AUDIOCLIP_ORIGINAL_DIR: ratios are against reference-path)")
 

@@ -10,6 +10,7 @@ audioclip-tiny --steps 2` checks that it works) and the MFU is against the peak 
 
     .venv/bin/python bench/bench_gpu.py [--batch-size 64] [--steps 20] [--compile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ def batch(n: int, seconds: float, size: int, device: torch.device) -> dict:
     image = torch.randn(n, 3, size, size, generator=g)
     if device.type == "cuda":
         audio, image = audio.pin_memory(), image.pin_memory()
-    return {"audio": audio.to(device, non_blocking=True), "image": image.to(device, non_blocking=True),
-            "text": [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]}
+    return {
+        "audio": audio.to(device, non_blocking=True),
+        "image": image.to(device, non_blocking=True),
+        "text": [CAPTIONS[i % len(CAPTIONS)] for i in range(n)],
+    }
 
 
 def forward_flops(model, b: dict) -> float:
@@ -52,8 +56,13 @@ def forward_flops(model, b: dict) -> float:
 
 
 def run(mode: str, args, device: torch.device) -> dict:
-    cfg = TrainConfig(stage="audioclip_full", preset=args.preset, batch_size=args.batch_size, allow_random_init=True,
-                      compile=mode.endswith("compile"))
+    cfg = TrainConfig(
+        stage="audioclip_full",
+        preset=args.preset,
+        batch_size=args.batch_size,
+        allow_random_init=True,
+        compile=mode.endswith("compile"),
+    )
     model = build_audioclip(cfg).to(device)
     fast = mode != "fp32"
     if fast:
@@ -86,9 +95,14 @@ def run(mode: str, args, device: torch.device) -> dict:
     dt = time.perf_counter() - t
     rate = args.steps * args.batch_size / dt
     mfu = 3 * flops * rate / (args.peak_tflops * 1e12)
-    return {"mode": mode, "samples_per_s": round(rate, 1), "step_ms": round(1000 * dt / args.steps, 1),
-            "train_gflop_per_sample": round(3 * flops / 1e9, 1), "mfu": round(mfu, 4),
-            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 1) if device.type == "cuda" else None}
+    return {
+        "mode": mode,
+        "samples_per_s": round(rate, 1),
+        "step_ms": round(1000 * dt / args.steps, 1),
+        "train_gflop_per_sample": round(3 * flops / 1e9, 1),
+        "mfu": round(mfu, 4),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -112,12 +126,24 @@ def main() -> None:
     for mode in modes:
         r = run(mode, args, device)
         rows.append(r)
-        print(f"{mode:28s} {r['samples_per_s']:8.1f} samples/s  {r['step_ms']:8.1f} ms/step  MFU {r['mfu']:.1%}",
-              flush=True)
+        print(
+            f"{mode:28s} {r['samples_per_s']:8.1f} samples/s  {r['step_ms']:8.1f} ms/step  MFU {r['mfu']:.1%}",
+            flush=True,
+        )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(json.dumps({"bench": "gpu_full_stage", "device": name, "preset": args.preset, "batch_size": args.batch_size,
-                      "peak_tflops": args.peak_tflops, "rows": rows,
-                      "speedup": round(rows[-1]["samples_per_s"] / rows[0]["samples_per_s"], 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "gpu_full_stage",
+                "device": name,
+                "preset": args.preset,
+                "batch_size": args.batch_size,
+                "peak_tflops": args.peak_tflops,
+                "rows": rows,
+                "speedup": round(rows[-1]["samples_per_s"] / rows[0]["samples_per_s"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ Clips as the pipeline makes them (10 s, 44.1 kHz stereo 16-bit WAV, 10 JPEG fram
 augmentations (time scaling, inversion, crop to 5 s, noise), one frame decoded, cropped and
 resized to 224 - with 1, 2 and N DataLoader workers, from the files, from the shards
 (positioned reads), and as the shard stream. Printed: clips/s and clips/s per worker for
-each (steady state: workers started, one epoch read first), then the cores one GPU step needs: the model's FLOPs per training sample (counted
+each (steady state: workers started, one epoch read first), then the cores one GPU step needs:
+the model's FLOPs per training sample (counted
 here, paper preset, 5 s audio + one image + its caption, forward x 3 for a training step)
 against a stated GPU throughput (H200 bf16 dense peak 989 TFLOP/s at 40 % utilisation, both
 `--gpu-tflops` / `--mfu`), divided by the best per-worker rate. One JSON line at the end.
 
     .venv/bin/python bench/bench_loader.py [--clips 48] [--workers 1 2 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +55,17 @@ def make_clips(root: Path, n: int) -> pd.DataFrame:
         for k in range(10):
             Image.fromarray(np.roll(base_img, 7 * (i + k), axis=1)).save(folder / f"{sid}_f{k:02d}.jpg", quality=85)
             frames.append(str(folder / f"{sid}_f{k:02d}.jpg"))
-        rows.append({"segment_id": sid, "status": "ok", "audio_path": str(folder / f"{sid}.wav"), "frame_paths": frames,
-                     "label_ids": ["/m/09x0r"], "label_names": ["Speech"],
-                     "sha256": sha256_file(folder / f"{sid}.wav")})
+        rows.append(
+            {
+                "segment_id": sid,
+                "status": "ok",
+                "audio_path": str(folder / f"{sid}.wav"),
+                "frame_paths": frames,
+                "label_ids": ["/m/09x0r"],
+                "label_names": ["Speech"],
+                "sha256": sha256_file(folder / f"{sid}.wav"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -75,6 +85,7 @@ def flops_per_sample() -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     import audioclip_core as ac
+
     model = ac.build_model("audioclip-rn50").eval()
     audio = torch.randn(1, 1, 5 * 44100)
     image = torch.randn(1, 3, 224, 224)
@@ -99,7 +110,7 @@ def main() -> None:
     try:
         df = make_clips(work, args.clips)
         shards_dir = work / "shards"
-        write_shards(df, work, shards_dir, target_bytes=64 * 1024 ** 2)
+        write_shards(df, work, shards_dir, target_bytes=64 * 1024**2)
         opts = AudioOptions(clip_seconds=5.0, channels=1, augment=True)
 
         def dataset(store=None):
@@ -113,15 +124,28 @@ def main() -> None:
                 store = ShardStore(shards_dir, work) if source != "files" else None
                 ds = dataset(store)
                 if source == "shard_stream":
-                    stream = ShardStream(ds, [store.shard_of(p) for p in ds.df["audio_path"]],
-                                         batch_size=args.batch_size, seed=0)
+                    stream = ShardStream(
+                        ds, [store.shard_of(p) for p in ds.df["audio_path"]], batch_size=args.batch_size, seed=0
+                    )
                     loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=True)
                 else:
-                    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                                        num_workers=workers, persistent_workers=True)
+                    loader = DataLoader(
+                        ds,
+                        batch_size=args.batch_size,
+                        shuffle=True,
+                        collate_fn=collate,
+                        num_workers=workers,
+                        persistent_workers=True,
+                    )
                 r = rate(loader, args.epochs)
-                rows.append({"source": source, "workers": workers, "clips_per_s": round(r, 1),
-                             "clips_per_s_per_worker": round(r / workers, 1)})
+                rows.append(
+                    {
+                        "source": source,
+                        "workers": workers,
+                        "clips_per_s": round(r, 1),
+                        "clips_per_s_per_worker": round(r / workers, 1),
+                    }
+                )
                 print(f"{source:13s} {workers} worker(s): {r:7.1f} clips/s, {r / workers:6.1f} per worker", flush=True)
 
         flops = flops_per_sample()
@@ -129,14 +153,22 @@ def main() -> None:
         gpu_rate = args.gpu_tflops * 1e12 * args.mfu / step_flops
         best = max(r["clips_per_s_per_worker"] for r in rows if r["workers"] == 1)
         single = {r["source"]: r["clips_per_s_per_worker"] for r in rows if r["workers"] == 1}
-        out = {"bench": "loader", "clips": args.clips, "cpus": os.cpu_count(), "rows": rows,
-               "clips_per_s_per_worker": single,
-               "forward_gflop_per_sample": round(flops / 1e9, 2),
-               "assumed_gpu": {"tflops_bf16": args.gpu_tflops, "mfu": args.mfu},
-               "gpu_samples_per_s": round(gpu_rate), "cpu_cores_per_gpu": round(gpu_rate / best, 1)}
-        print(f"\nforward {flops / 1e9:.1f} GFLOP per sample (paper preset), training step x3 -> one GPU at "
-              f"{args.gpu_tflops:g} TFLOP/s x {args.mfu:.0%} takes {gpu_rate:.0f} samples/s; at {best:.1f} clips/s "
-              f"per worker that is {gpu_rate / best:.0f} CPU cores of loading")
+        out = {
+            "bench": "loader",
+            "clips": args.clips,
+            "cpus": os.cpu_count(),
+            "rows": rows,
+            "clips_per_s_per_worker": single,
+            "forward_gflop_per_sample": round(flops / 1e9, 2),
+            "assumed_gpu": {"tflops_bf16": args.gpu_tflops, "mfu": args.mfu},
+            "gpu_samples_per_s": round(gpu_rate),
+            "cpu_cores_per_gpu": round(gpu_rate / best, 1),
+        }
+        print(
+            f"\nforward {flops / 1e9:.1f} GFLOP per sample (paper preset), training step x3 -> one GPU at "
+            f"{args.gpu_tflops:g} TFLOP/s x {args.mfu:.0%} takes {gpu_rate:.0f} samples/s; at {best:.1f} clips/s "
+            f"per worker that is {gpu_rate / best:.0f} CPU cores of loading"
+        )
         print(json.dumps(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,7 @@ batch at a time (`AudioEmbedder`), so that column should not grow with the lengt
     python bench/bench_long_audio.py                      # tiny: 1, 20, 180 min; rn50: 20 min
     python bench/bench_long_audio.py --preset audioclip-rn50 --minutes 1,20,180
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ from common import report  # noqa: E402
 
 RATE = 48000
 # a child process that runs the CLI and prints its own peak RSS (ru_maxrss is in KiB on Linux)
-CHILD = ("import resource, sys; from audioclip_core.cli import main; rc = main(sys.argv[1:]); "
-         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)")
+CHILD = (
+    "import resource, sys; from audioclip_core.cli import main; rc = main(sys.argv[1:]); "
+    "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)"
+)
 
 
 def write_wav(path: Path, minutes: float) -> None:
@@ -47,8 +50,24 @@ def write_wav(path: Path, minutes: float) -> None:
 def measure(checkpoint: Path, audio: Path, batch_size: int) -> tuple[float, float]:
     out = audio.with_suffix(".json")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, "embed", "-c", str(checkpoint), str(audio), "-o", str(out),
-                           "--batch-size", str(batch_size)], capture_output=True, text=True, cwd=HERE.parent)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            "embed",
+            "-c",
+            str(checkpoint),
+            str(audio),
+            "-o",
+            str(out),
+            "--batch-size",
+            str(batch_size),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+    )
     seconds = time.perf_counter() - start
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_KIB")]
     if proc.returncode != 0 or not line or line[0].split()[2] != "0":
@@ -88,14 +107,25 @@ def main() -> None:
                     write_wav(wav, minutes)
                     files[minutes] = wav
                 peak, seconds = measure(ckpt, wav, args.batch_size)
-                rows.append({"preset": preset, "minutes": minutes, "file_MB": round(wav.stat().st_size / 2**20),
-                             "peak_RSS_MB": round(peak), "model_only_MB": round(base),
-                             "above_model_MB": round(peak - base), "seconds": round(seconds, 1),
-                             "audio_x_realtime": round(minutes * 60 / seconds, 1)})
+                rows.append(
+                    {
+                        "preset": preset,
+                        "minutes": minutes,
+                        "file_MB": round(wav.stat().st_size / 2**20),
+                        "peak_RSS_MB": round(peak),
+                        "model_only_MB": round(base),
+                        "above_model_MB": round(peak - base),
+                        "seconds": round(seconds, 1),
+                        "audio_x_realtime": round(minutes * 60 / seconds, 1),
+                    }
+                )
                 print(rows[-1], flush=True)
             ckpt.unlink()
-    report("long audio: peak RSS of `audioclip embed` vs file length", rows,
-           {"batch_size": args.batch_size, "rate": RATE, "channels": 2})
+    report(
+        "long audio: peak RSS of `audioclip embed` vs file length",
+        rows,
+        {"batch_size": args.batch_size, "rate": RATE, "channels": 2},
+    )
 
 
 if __name__ == "__main__":

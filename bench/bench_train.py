@@ -12,6 +12,7 @@ rows without it come first):
 Ratios are against the original when it is given, else against contiguous. The first
 step's loss of both implementations on the same weights and batch is printed.
 """
+
 import sys
 
 import torch
@@ -35,6 +36,7 @@ def ours_step(model, opt, audio, images, bf16=False):
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+
     return step
 
 
@@ -46,6 +48,7 @@ def original_step(model, opt, audio, images):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -56,15 +59,22 @@ def main() -> None:
     runs = {}
     for preset, seconds in (("audioclip-rn50", 5.0), ("audioclip-tiny", 4.0)):
         model = ac.build_model(preset).train()
-        run = {"model": model, "audio": torch.randn(8, 1, int(44100 * seconds)) * 3000,
-               "images": torch.randn(8, 3, 224, 224), "rows": []}
+        run = {
+            "model": model,
+            "audio": torch.randn(8, 1, int(44100 * seconds)) * 3000,
+            "images": torch.randn(8, 3, 224, 224),
+            "rows": [],
+        }
         if odir and preset == "audioclip-rn50":
             orig = load_original(odir, model)
             with torch.no_grad():
-                _, loss_orig = orig(audio=run["audio"], image=run["images"], text=TEXTS,
-                                    batch_indices=torch.arange(len(TEXTS)))
-                run["first_loss"] = {"original": float(loss_orig),
-                                     "ours": float(model(audio=run["audio"], image=run["images"], text=TEXTS).loss)}
+                _, loss_orig = orig(
+                    audio=run["audio"], image=run["images"], text=TEXTS, batch_indices=torch.arange(len(TEXTS))
+                )
+                run["first_loss"] = {
+                    "original": float(loss_orig),
+                    "ours": float(model(audio=run["audio"], image=run["images"], text=TEXTS).loss),
+                }
             run["orig"] = (orig, make_optimizer(orig, cfg))
         run["opt"] = make_optimizer(model, cfg)
         runs[preset] = run
@@ -87,8 +97,11 @@ def main() -> None:
     for preset, run in runs.items():
         images = channels_last(run)
         measure(preset, "channels_last+malloc", ours_step(run["model"], run["opt"], run["audio"], images))
-        measure(preset, "channels_last+malloc+bf16 autocast",
-                ours_step(run["model"], run["opt"], run["audio"], images, bf16=True))
+        measure(
+            preset,
+            "channels_last+malloc+bf16 autocast",
+            ours_step(run["model"], run["opt"], run["audio"], images, bf16=True),
+        )
         if "orig" in run:
             measure(preset, "original+malloc", original_step(*run["orig"], run["audio"], run["images"]))
 
@@ -98,9 +111,15 @@ def main() -> None:
         for r in run["rows"]:
             r[f"ratio_vs_{base['setting']}"] = base["step_s"] / r["step_s"]
             rows.append(r)
-    report("training step, full tri-modal stage, batch 8", rows,
-           {"malloc_tuned": malloc, "original": str(odir) if odir else None,
-            "first_step_loss": runs["audioclip-rn50"].get("first_loss")})
+    report(
+        "training step, full tri-modal stage, batch 8",
+        rows,
+        {
+            "malloc_tuned": malloc,
+            "original": str(odir) if odir else None,
+            "first_step_loss": runs["audioclip-rn50"].get("first_loss"),
+        },
+    )
     if not odir:
         print("(no --original DIR / AUDIOCLIP_ORIGINAL_DIR: ratios are against contiguous)")
 

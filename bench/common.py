@@ -1,4 +1,5 @@
 """Shared helpers for the benchmarks: timing (warm-up, then the median of repeats), output."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.floa
     """GFLOP/s of a large matmul (fp32 unless told) on this machine and thread count."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     t = timeit(lambda: a @ b, repeats=repeats)
-    return 2 * n ** 3 / t / 1e9
+    return 2 * n**3 / t / 1e9
 
 
 def report(name: str, rows: list[dict], extra: dict | None = None) -> None:

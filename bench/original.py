@@ -12,6 +12,7 @@ two empty base classes), the dataset loaders (`utils.datasets`), and the BPE voc
 used). The model is built with `pretrained=False` and given our weights in the official
 layout with `strict=True`, so both implementations compute with identical parameters.
 """
+
 from __future__ import annotations
 
 import abc
@@ -37,8 +38,9 @@ def original_dir(argv: Optional[list[str]] = None) -> Optional[Path]:
         return None
     path = Path(value).expanduser().resolve()
     if not (path / "model" / "audioclip.py").is_file():
-        raise SystemExit(f"{path}: no model/audioclip.py there; --original wants a checkout of the "
-                         "published AudioCLIP code")
+        raise SystemExit(
+            f"{path}: no model/audioclip.py there; --original wants a checkout of the published AudioCLIP code"
+        )
     return path
 
 
@@ -119,8 +121,11 @@ def load_original(path: Path, ours: torch.nn.Module) -> torch.nn.Module:
     from audioclip_core.checkpoints import official_state_dict
 
     audioclip_cls = _import_audioclip(path)
-    print(f"original code: {path}; stood in for what a forward/backward never calls: "
-          + ("; ".join(STAND_INS) if STAND_INS else "nothing"), flush=True)
+    print(
+        f"original code: {path}; stood in for what a forward/backward never calls: "
+        + ("; ".join(STAND_INS) if STAND_INS else "nothing"),
+        flush=True,
+    )
     model = audioclip_cls(pretrained=False)
     model.load_state_dict({k: v.detach().clone() for k, v in official_state_dict(ours).items()}, strict=True)
     return model.train(ours.training)

@@ -10,6 +10,7 @@ each on 2 cores).
 Prints a table per demo table and one JSON line ({"seeds", "minutes", "verdict", "cells"}).
 `--reuse` reads the tables of seeds already run under --out instead of running them again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,21 +38,35 @@ def run_seed(seed: int, out: Path, reuse: bool) -> dict:
         shutil.rmtree(root, ignore_errors=True)
         home.mkdir(parents=True)
         shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-        env = {**os.environ, "AUDIOCLIP_DATA_ROOT": str(data), "DAGSTER_HOME": str(home),
-               "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "AUDIOCLIP_DATA_ROOT": str(data),
+            "DAGSTER_HOME": str(home),
+            "PYTHONPATH": str(REPO),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "HF_HUB_OFFLINE": "1",
+        }
         env.pop("DAGSTER_PORT", None)
         start = time.time()
         with open(root / "demo.log", "w") as log:
-            rc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--seed", str(seed)], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(
+                [sys.executable, "-m", "pipelines.demo", "--seed", str(seed)],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ).returncode
         minutes = (time.time() - start) / 60
         print(f"seed {seed}: exit {rc}, {minutes:.1f} min (log: {root / 'demo.log'})", flush=True)
         if rc != 0:
             return {"seed": seed, "minutes": minutes, "failed": True}
     import pandas as pd
 
-    return {"seed": seed, "minutes": minutes,
-            "tables": {t: pd.read_parquet(data / "tables" / f"{t}.parquet") for t in TABLES}}
+    return {
+        "seed": seed,
+        "minutes": minutes,
+        "tables": {t: pd.read_parquet(data / "tables" / f"{t}.parquet") for t in TABLES},
+    }
 
 
 def main(argv=None) -> int:
@@ -71,11 +86,13 @@ def main(argv=None) -> int:
         verdicts[r["seed"]] = {c.text: c.holds for c in claims}
         for name, df in r["tables"].items():
             for row in df[(df["fold"] == "mean") & df["value"].notna()].itertuples():
-                cell = cells.setdefault((name, row.model, row.task, row.dataset, row.metric),
-                                        {"values": [], "chance": []})
+                cell = cells.setdefault(
+                    (name, row.model, row.task, row.dataset, row.metric), {"values": [], "chance": []}
+                )
                 cell["values"].append(float(row.value))
-                cell["chance"].append(float(row.chance) if row.chance == row.chance and row.chance is not None
-                                      else float("nan"))
+                cell["chance"].append(
+                    float(row.chance) if row.chance == row.chance and row.chance is not None else float("nan")
+                )
     summary = []
     for name in TABLES:
         keys = [k for k in cells if k[0] == name]
@@ -86,21 +103,41 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|---|---|---|")
         for k in keys:
             v, c = cells[k]["values"], cells[k]["chance"]
-            entry = {"table": k[0], "model": k[1], "task": k[2], "dataset": k[3], "metric": k[4],
-                     "min": min(v), "median": statistics.median(v), "max": max(v), "chance": max(c), "n": len(v)}
+            entry = {
+                "table": k[0],
+                "model": k[1],
+                "task": k[2],
+                "dataset": k[3],
+                "metric": k[4],
+                "min": min(v),
+                "median": statistics.median(v),
+                "max": max(v),
+                "chance": max(c),
+                "n": len(v),
+            }
             summary.append(entry)
-            print(f"| {k[1]} | {k[2]} | {k[3]} | {k[4]} | {100 * min(v):.1f} | {100 * statistics.median(v):.1f} | "
-                  f"{100 * max(v):.1f} | {100 * max(c):.1f} |")
+            print(
+                f"| {k[1]} | {k[2]} | {k[3]} | {k[4]} | {100 * min(v):.1f} | {100 * statistics.median(v):.1f} | "
+                f"{100 * max(v):.1f} | {100 * max(c):.1f} |"
+            )
     print("\nverdict per seed:")
     for seed, v in verdicts.items():
         print(f"  seed {seed}: " + "; ".join(f"{'holds' if ok else 'FAILS'}: {t}" for t, ok in v.items()))
     for r in results:
         if r.get("failed"):
             print(f"  seed {r['seed']}: the demo failed (see its log)")
-    print(json.dumps({"bench": "seed_study", "seeds": args.seeds,
-                      "minutes": {r["seed"]: r["minutes"] for r in results},
-                      "failed": [r["seed"] for r in results if r.get("failed")],
-                      "verdict": verdicts, "cells": summary}))
+    print(
+        json.dumps(
+            {
+                "bench": "seed_study",
+                "seeds": args.seeds,
+                "minutes": {r["seed"]: r["minutes"] for r in results},
+                "failed": [r["seed"] for r in results if r.get("failed")],
+                "verdict": verdicts,
+                "cells": summary,
+            }
+        )
+    )
     return 0 if good and len(good) == len(results) and all(all(v.values()) for v in verdicts.values()) else 1
 
 

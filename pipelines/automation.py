@@ -8,6 +8,7 @@ ESC-50 folder - it requests one run of the `retrain_audioset_chain` job (the CLI
 zero-shot and querying tables). The digests it acted on are kept in the cursor, so one change
 triggers one run.
 """
+
 import hashlib
 import json
 from pathlib import Path
@@ -17,13 +18,21 @@ import dagster as dg
 from assets import evaluation, training
 from assets.resources import DataRoot
 
-CHAIN = [training.clip_towers, training.esresnext_audioset, training.audioclip_partial, training.audioclip_full,
-         evaluation.table3_zero_shot, evaluation.table4_querying]
+CHAIN = [
+    training.clip_towers,
+    training.esresnext_audioset,
+    training.audioclip_partial,
+    training.audioclip_full,
+    evaluation.table3_zero_shot,
+    evaluation.table4_querying,
+]
 
 retrain_audioset_chain = dg.define_asset_job(
-    "retrain_audioset_chain", selection=dg.AssetSelection.assets(*CHAIN),
+    "retrain_audioset_chain",
+    selection=dg.AssetSelection.assets(*CHAIN),
     description="The CLIP towers (the demo's stand-in trains on AudioSet frames), AudioSet training "
-                "stages 1-3 and the tables that read them")
+    "stages 1-3 and the tables that read them",
+)
 
 WATCHED = ("clip_towers", "esresnext_audioset", "audioclip_partial", "audioclip_full")
 
@@ -50,8 +59,12 @@ def changed_manifests(instance: dg.DagsterInstance) -> dict[str, dict]:
     return out
 
 
-@dg.sensor(job=retrain_audioset_chain, default_status=dg.DefaultSensorStatus.STOPPED, minimum_interval_seconds=3600,
-           description="Re-train the AudioSet chain when a manifest it was trained on changed (off by default).")
+@dg.sensor(
+    job=retrain_audioset_chain,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=3600,
+    description="Re-train the AudioSet chain when a manifest it was trained on changed (off by default).",
+)
 def retrain_on_new_data(context: dg.SensorEvaluationContext, data_root: DataRoot):
     changes = changed_manifests(context.instance)
     if not changes:

@@ -16,6 +16,7 @@ runs whose process is gone are marked failed at start-up (pipelines/instance.py)
 pool slots come back. Completed work is kept: downloads, clips and epochs already on disk are
 not redone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,12 +98,20 @@ class LocalDagster:
 
     def __enter__(self) -> "LocalDagster":
         bindir = Path(sys.executable).parent
-        cmd = ([str(bindir / "dagster"), "dev"] if self.daemon else [str(bindir / "dagster-webserver")])
+        cmd = [str(bindir / "dagster"), "dev"] if self.daemon else [str(bindir / "dagster-webserver")]
         cmd += ["-h", "127.0.0.1", "-p", str(self.port), "-w", str(REPO / "workspace.yaml")]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         out.close()
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -127,8 +136,11 @@ class LocalDagster:
             self.proc.wait()
 
     def graphql(self, query: str, variables: dict) -> dict:
-        req = urllib.request.Request(f"{self.url}/graphql", data=json.dumps({"query": query, "variables": variables})
-                                     .encode(), headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=120) as resp:
             body = json.loads(resp.read())
         if body.get("errors"):
@@ -139,6 +151,7 @@ class LocalDagster:
 def daemon_running(instance, interval: float = 20.0) -> bool:
     """Whether a dagster-daemon serves this instance now (e.g. `make ui` is up): its heartbeat
     (sent every 20 s) is recent and advances; a killed daemon's last one does not."""
+
     def newest() -> float:
         beats = instance.get_daemon_heartbeats()
         return max((b.timestamp for b in beats.values()), default=0.0)
@@ -158,8 +171,11 @@ def asset_keys() -> list[list[str]]:
     from pipelines.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    return [list(k.path) for k in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string())
-            if graph.get(k).is_materializable]
+    return [
+        list(k.path)
+        for k in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string())
+        if graph.get(k).is_materializable
+    ]
 
 
 def cancel_unfinished(instance, dagster: LocalDagster, say: Callable[[str], None]) -> None:
@@ -170,19 +186,27 @@ def cancel_unfinished(instance, dagster: LocalDagster, say: Callable[[str], None
     for b in instance.get_backfills(status=BulkActionStatus.REQUESTED):
         if b.tags.get(TAG):
             dagster.graphql(CANCEL, {"id": b.backfill_id})
-            queued = instance.get_runs(RunsFilter(tags={"dagster/backfill": b.backfill_id},
-                                                  statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]))
+            queued = instance.get_runs(
+                RunsFilter(
+                    tags={"dagster/backfill": b.backfill_id},
+                    statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED],
+                )
+            )
             for run in queued:
                 instance.report_run_canceled(run, "its backfill was cancelled: an earlier lineage command stopped")
             say(f"cancelled the unfinished backfill {b.backfill_id} of an earlier run ({len(queued)} queued runs)")
 
 
-def launch(dagster: LocalDagster, label: str, selection: Optional[list[str]] = None,
-           tags: Optional[dict] = None) -> str:
+def launch(
+    dagster: LocalDagster, label: str, selection: Optional[list[str]] = None, tags: Optional[dict] = None
+) -> str:
     keys = [[k] for k in selection] if selection else asset_keys()
-    params = {"assetSelection": [{"path": p} for p in keys], "allPartitions": True,
-              "title": f"AudioCLIP lineage ({label})",
-              "tags": [{"key": TAG, "value": label}] + [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+    params = {
+        "assetSelection": [{"path": p} for p in keys],
+        "allPartitions": True,
+        "title": f"AudioCLIP lineage ({label})",
+        "tags": [{"key": TAG, "value": label}] + [{"key": k, "value": v} for k, v in (tags or {}).items()],
+    }
     res = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
     if res["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"the backfill was not launched: {res}")
@@ -193,7 +217,7 @@ def _run_label(run) -> str:
     keys = sorted(k.to_user_string() for k in (run.asset_selection or []))
     part = run.tags.get("dagster/partition")
     first, last = run.tags.get("dagster/asset_partition_range_start"), run.tags.get("dagster/asset_partition_range_end")
-    if not part and first:   # several partitions in one run (a backfill policy)
+    if not part and first:  # several partitions in one run (a backfill policy)
         part = first if first == last else f"{first}...{last}"
     return (", ".join(keys) or run.job_name) + (f" [{part}]" if part else "")
 
@@ -221,8 +245,13 @@ class _Bar:
         if sys.stdout.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=1, unit="asset partition", dynamic_ncols=True, leave=False,
-                             bar_format="{n}/{total} {bar} {elapsed} {postfix}")
+            self._bar = tqdm(
+                total=1,
+                unit="asset partition",
+                dynamic_ncols=True,
+                leave=False,
+                bar_format="{n}/{total} {bar} {elapsed} {postfix}",
+            )
 
     def wrap(self, say: Callable[[str], None]) -> Callable[[str], None]:
         if self._bar is None:
@@ -260,34 +289,52 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
             target = backfill.asset_backfill_data.target_subset.num_partitions_and_non_partitioned_assets
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
         if backfill.asset_backfill_data is not None:
-            bar.show(backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets,
-                     target, [_run_label(r) for r in runs if r.status.value == "STARTED"])
+            bar.show(
+                backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets,
+                target,
+                [_run_label(r) for r in runs if r.status.value == "STARTED"],
+            )
         for run in sorted(runs, key=lambda r: r.run_id):
             if run.run_id in seen or not run.is_finished:
                 continue
             seen.add(run.run_id)
             ok = run.status.value == SUCCESS
             failed += not ok
-            done = backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets \
-                if backfill.asset_backfill_data is not None else 0
-            line = (f"[{time.time() - start:6.0f} s] {'ok    ' if ok else 'FAILED'} {_run_label(run)}"
-                    f"   ({done}/{target or '?'} asset partitions)")
+            done = (
+                backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets
+                if backfill.asset_backfill_data is not None
+                else 0
+            )
+            line = (
+                f"[{time.time() - start:6.0f} s] {'ok    ' if ok else 'FAILED'} {_run_label(run)}"
+                f"   ({done}/{target or '?'} asset partitions)"
+            )
             say(line + ("" if ok else f"\n          {_failure(instance, run.run_id)}"))
-        if backfill.status not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING) \
-                and all(r.is_finished for r in runs):
+        if backfill.status not in (
+            BulkActionStatus.REQUESTED,
+            BulkActionStatus.CANCELING,
+            BulkActionStatus.FAILING,
+        ) and all(r.is_finished for r in runs):
             break
         time.sleep(poll)
     bar.close()
     final = instance.get_backfill(backfill_id)
-    say(f"backfill {backfill_id}: {final.status.value}, {len(seen)} runs, {failed} failed"
+    say(
+        f"backfill {backfill_id}: {final.status.value}, {len(seen)} runs, {failed} failed"
         f"{' (a failed run that Dagster retried successfully does not fail the backfill)' if failed else ''}, "
-        f"{(time.time() - start) / 60:.1f} min")
+        f"{(time.time() - start) / 60:.1f} min"
+    )
     # Dagster's verdict: every asset partition materialised, failed runs retried successfully included
     return final.status == BulkActionStatus.COMPLETED_SUCCESS
 
 
-def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = print,
-                selection: Optional[list[str]] = None, tags: Optional[dict] = None) -> bool:
+def run_lineage(
+    label: str,
+    wait: bool = True,
+    say: Callable[[str], None] = print,
+    selection: Optional[list[str]] = None,
+    tags: Optional[dict] = None,
+) -> bool:
     """Prepare the instance, launch the backfill of every asset (or of `selection`, asset
     names) through a local Dagster, and (with `wait`) follow it to the end. `tags` go on the
     backfill and its runs (the demo's seed: `audioclip/seed`)."""
@@ -311,8 +358,10 @@ def run_lineage(label: str, wait: bool = True, say: Callable[[str], None] = prin
         with LocalDagster(log, port=port, daemon=not running) as dagster:
             say(f"Dagster on {dagster.url} ({'the running daemon' if running else 'dagster dev'}; log: {log})")
             if running and os.environ.get("AUDIOCLIP_SEED", "0") != "0":
-                say("note: a running daemon (make ui) launches these runs with its own environment: the seed "
-                    "it was started with applies (stop it to use this one)")
+                say(
+                    "note: a running daemon (make ui) launches these runs with its own environment: the seed "
+                    "it was started with applies (stop it to use this one)"
+                )
             cancel_unfinished(instance, dagster, say)
             backfill_id = launch(dagster, label, selection, tags)
             say(f"backfill {backfill_id}: every asset, all partitions - {dagster.url}/runs/b/{backfill_id}")

@@ -8,6 +8,7 @@ the `gpu` pool serialises training. AUDIOCLIP_DEPLOYMENT=k8s runs every step in 
 (pipelines/deployment.py; docs/deployment.md);
 pipelines/automation.py for scheduled re-training (off by default).
 """
+
 import dagster as dg
 
 from assets import audioset, clipsets, evaluation, shards, sources, training
@@ -19,16 +20,24 @@ from .deployment import executor, launcher_settings
 all_assets = dg.load_assets_from_modules([sources, audioset, clipsets, shards, training, evaluation])
 
 audioset_data_job = dg.define_asset_job(
-    "audioset_data", selection=dg.AssetSelection.groups(audioset.GROUP),
-    description="segments -> downloads -> clips -> manifest for one AudioSet partition")
+    "audioset_data",
+    selection=dg.AssetSelection.groups(audioset.GROUP),
+    description="segments -> downloads -> clips -> manifest for one AudioSet partition",
+)
 
-EVALUATION_TABLES = (evaluation.table1_esresnext, evaluation.table2_audioclip, evaluation.table3_zero_shot,
-                     evaluation.table4_querying)
+EVALUATION_TABLES = (
+    evaluation.table1_esresnext,
+    evaluation.table2_audioclip,
+    evaluation.table3_zero_shot,
+    evaluation.table4_querying,
+)
 evaluate_released = dg.define_asset_job(
-    "evaluate_released", selection=dg.AssetSelection.assets(*EVALUATION_TABLES),
+    "evaluate_released",
+    selection=dg.AssetSelection.assets(*EVALUATION_TABLES),
     description="The four tables from checkpoint files - the released ESRNXFBSP.pt (Table 1: "
-                "esresnext_checkpoints, include_trained false) and AudioCLIP-Partial/Full-Training.pt (Tables 2-4: "
-                "partial_checkpoint / full_checkpoint) - with their run config (README: 'The released weights').")
+    "esresnext_checkpoints, include_trained false) and AudioCLIP-Partial/Full-Training.pt (Tables 2-4: "
+    "partial_checkpoint / full_checkpoint) - with their run config (README: 'The released weights').",
+)
 
 defs = dg.Definitions(
     assets=all_assets,

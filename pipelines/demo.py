@@ -13,6 +13,7 @@ each figure against its chance level.
 `make ui` then shows every run (re-executable) and asset, with its metadata and checks;
 `make mlflow-ui` shows the training and evaluation runs.
 """
+
 import os
 import sys
 import time
@@ -34,11 +35,15 @@ def main(argv=None) -> int:
     from .backfill import run_lineage
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", type=int, default=None, help="seed of the demo data and of every stage "
-                        f"(default: ${SEED_ENV}, else 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of the demo data and of every stage (default: ${SEED_ENV}, else 0)",
+    )
     args = parser.parse_args(argv)
     seed = demo_seed(args.seed)
-    os.environ[SEED_ENV] = str(seed)   # the Dagster processes started here inherit it
+    os.environ[SEED_ENV] = str(seed)  # the Dagster processes started here inherit it
     start = time.time()
     for var in ("AUDIOCLIP_AUDIOSET_DIR", "AUDIOCLIP_ESC50_DIR", "AUDIOCLIP_US8K_DIR"):
         if os.environ.get(var):
@@ -47,15 +52,25 @@ def main(argv=None) -> int:
     print(f"data root: {layout.root}   seed: {seed}", flush=True)
     have = generated_seed(layout.demo_source)
     if have is not None and have != seed:
-        print(str(SeedMismatch(f"{layout.demo_source} holds the demo dataset of seed {have}, not {seed}: give each "
-                               "seed its own data root and Dagster home, e.g. AUDIOCLIP_DATA_ROOT=data-seed"
-                               f"{seed} DAGSTER_HOME=$PWD/dagster-seed{seed} (a copy of dagster_home/dagster.yaml "
-                               "in it)")), file=sys.stderr)
+        print(
+            str(
+                SeedMismatch(
+                    f"{layout.demo_source} holds the demo dataset of seed {have}, not {seed}: give each "
+                    "seed its own data root and Dagster home, e.g. AUDIOCLIP_DATA_ROOT=data-seed"
+                    f"{seed} DAGSTER_HOME=$PWD/dagster-seed{seed} (a copy of dagster_home/dagster.yaml "
+                    "in it)"
+                )
+            ),
+            file=sys.stderr,
+        )
         return 2
     ok = run_lineage("demo", say=lambda line: print(line, flush=True), tags={"audioclip/seed": str(seed)})
     if not ok:
-        print("\nThe demo did not complete: the failed runs are listed above; `make ui` shows their logs. "
-              "Re-running `make demo` keeps what is done.", file=sys.stderr)
+        print(
+            "\nThe demo did not complete: the failed runs are listed above; `make ui` shows their logs. "
+            "Re-running `make demo` keeps what is done.",
+            file=sys.stderr,
+        )
         return 1
     for name in TABLES:
         print(f"\n## {name}\n")
@@ -64,11 +79,14 @@ def main(argv=None) -> int:
     from assets.resources.tracking import TRAINING_VIEW, ui_host
 
     mlflow_ui = f"{ui_host()}/#/experiments?{TRAINING_VIEW}"
-    print(f"Done in {(time.time() - start) / 60:.1f} min.\n"
-          f"  Dagster UI (runs, assets, metadata, checks):  make ui        -> http://127.0.0.1:{os.environ.get('DAGSTER_PORT', '3000')}\n"
-          f"  MLflow runs (training and evaluation):        make mlflow-ui -> {mlflow_ui}\n"
-          f"  Tables in DuckDB: {layout.catalog} (table1_esresnext ... table4_querying)\n"
-          f"  Trace a checkpoint: .venv/bin/audioclip lineage {layout.checkpoint('audioclip_full')}")
+    dagster_ui = f"http://127.0.0.1:{os.environ.get('DAGSTER_PORT', '3000')}"
+    print(
+        f"Done in {(time.time() - start) / 60:.1f} min.\n"
+        f"  Dagster UI (runs, assets, metadata, checks):  make ui        -> {dagster_ui}\n"
+        f"  MLflow runs (training and evaluation):        make mlflow-ui -> {mlflow_ui}\n"
+        f"  Tables in DuckDB: {layout.catalog} (table1_esresnext ... table4_querying)\n"
+        f"  Trace a checkpoint: .venv/bin/audioclip lineage {layout.checkpoint('audioclip_full')}"
+    )
     return 0
 
 

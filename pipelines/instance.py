@@ -10,6 +10,7 @@
 
     python -m pipelines.instance
 """
+
 import os
 import sys
 from pathlib import Path

@@ -6,6 +6,7 @@ says STARTED is reported dead, so the monitoring daemon marks it failed and its 
 pool slots (`youtube`, `gpu`) are freed. `stale_runs` / `fail_stale_runs` do the same once
 at start-up, for runs left behind while no daemon was running (`python -m pipelines.instance`).
 """
+
 from __future__ import annotations
 
 import os

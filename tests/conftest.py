@@ -29,8 +29,11 @@ def shared_data() -> Path:
     """The folder of real media; on a plain clone (no ../shared) the tests that need it skip, under CI they fail."""
     if not SHARED_DATA.is_dir():
         if ci_requires_shared_data():
-            pytest.fail(f"{SHARED_DATA_REASON}: no folder {SHARED_DATA}, and CI={os.environ['CI']!r} makes a "
-                        "missing data folder a failure, not a skip", pytrace=False)
+            pytest.fail(
+                f"{SHARED_DATA_REASON}: no folder {SHARED_DATA}, and CI={os.environ['CI']!r} makes a "
+                "missing data folder a failure, not a skip",
+                pytrace=False,
+            )
         pytest.skip(SHARED_DATA_REASON)
     return SHARED_DATA
 
@@ -45,15 +48,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
     skipped = lacking(terminalreporter.stats.get("skipped", []))
     failed = lacking(terminalreporter.stats.get("error", []) + terminalreporter.stats.get("failed", []))
-    how = (f"put the shared folder (its data/ subfolder: real videos, ESC-50 / UrbanSound8K / AudioSet files) "
-           f"beside the checkout as {REPO.parent / 'shared'}, or set AUDIOCLIP_SHARED_DIR to it")
+    how = (
+        f"put the shared folder (its data/ subfolder: real videos, ESC-50 / UrbanSound8K / AudioSet files) "
+        f"beside the checkout as {REPO.parent / 'shared'}, or set AUDIOCLIP_SHARED_DIR to it"
+    )
     if skipped:
-        terminalreporter.write_line(f"{len(skipped)} test(s) skipped: they read real media from {SHARED_DATA}, "
-                                    f"which is missing; {how}.", yellow=True, bold=True)
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped: they read real media from {SHARED_DATA}, which is missing; {how}.",
+            yellow=True,
+            bold=True,
+        )
     if failed:
-        terminalreporter.write_line(f"{len(failed)} test(s) failed at setup (errors): they read real media from "
-                                    f"{SHARED_DATA}, which is missing, and CI is set (no skips under CI); {how}.",
-                                    red=True, bold=True)
+        terminalreporter.write_line(
+            f"{len(failed)} test(s) failed at setup (errors): they read real media from "
+            f"{SHARED_DATA}, which is missing, and CI is set (no skips under CI); {how}.",
+            red=True,
+            bold=True,
+        )
     return result
 
 
@@ -94,16 +105,29 @@ def lineage(tmp_path_factory):
     generate_esc50(src / "esc50", per_fold_class=1)
     data = base / "data"
     with MediaServer(src / "audioset" / "videos") as server:
-        res = {"data_root": DataRoot(root=str(data)),
-               "sources": DatasetSources(audioset_dir=str(src / "audioset"), esc50_dir=str(src / "esc50"),
-                                         us8k_dir=str(src / "esc50")),
-               "youtube": YoutubeDownloader(url_template=server.url("{ytid}.mp4")),
-               "tracking": MlflowTracking(), "launcher": TrainingLauncher()}
+        res = {
+            "data_root": DataRoot(root=str(data)),
+            "sources": DatasetSources(
+                audioset_dir=str(src / "audioset"), esc50_dir=str(src / "esc50"), us8k_dir=str(src / "esc50")
+            ),
+            "youtube": YoutubeDownloader(url_template=server.url("{ytid}.mp4")),
+            "tracking": MlflowTracking(),
+            "launcher": TrainingLauncher(),
+        }
         inst = dg.DagsterInstance.ephemeral()
         inst.add_dynamic_partitions(audioset.audioset_partitions.name, ["balanced_train"])
-        assert dg.materialize([audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
-                               audioset.audioset_manifest, shards.audioset_shards], resources=res,
-                              partition_key="balanced_train", instance=inst).success
+        assert dg.materialize(
+            [
+                audioset.audioset_segments,
+                audioset.audioset_downloads,
+                audioset.audioset_clips,
+                audioset.audioset_manifest,
+                shards.audioset_shards,
+            ],
+            resources=res,
+            partition_key="balanced_train",
+            instance=inst,
+        ).success
     assert dg.materialize([clipsets.esc50_manifest, shards.esc50_shards], resources=res, instance=inst).success
     assert dg.materialize([clipsets.esc50_folds], resources=res, partition_key="2", instance=inst).success
     return {"base": base, "src": src, "data": data, "res": res}
@@ -120,9 +144,13 @@ def run_config(asset_name, **values):
 def materialize_stage(lineage, asset, partition=None, **values):
     import dagster as dg
 
-    result = dg.materialize([asset], resources=lineage["res"], partition_key=partition,
-                            run_config=run_config(asset.key.to_user_string(), **values),
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [asset],
+        resources=lineage["res"],
+        partition_key=partition,
+        run_config=run_config(asset.key.to_user_string(), **values),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert result.success
     meta = result.asset_materializations_for_node(asset.key.to_user_string())[-1].metadata
     return {k: v.value for k, v in meta.items()}
@@ -142,19 +170,23 @@ def stage_outputs(lineage):
 
     out = {}
     f64 = {"dtype": "float64"}
-    out["esresnext_audioset"] = materialize_stage(lineage, training.esresnext_audioset, epochs=4, max_steps_per_epoch=None,
-                                             keep_epochs=[4], **f64)
+    out["esresnext_audioset"] = materialize_stage(
+        lineage, training.esresnext_audioset, epochs=4, max_steps_per_epoch=None, keep_epochs=[4], **f64
+    )
     # the demo's stand-in for CLIP's pre-training: the towers the partial stage distils into
     out["clip_towers"] = materialize_stage(lineage, training.clip_towers, epochs=3, max_steps_per_epoch=None, **f64)
-    out["audioclip_partial"] = materialize_stage(lineage, training.audioclip_partial, epochs=8, max_steps_per_epoch=None,
-                                            **f64)
+    out["audioclip_partial"] = materialize_stage(
+        lineage, training.audioclip_partial, epochs=8, max_steps_per_epoch=None, **f64
+    )
     # 4 whole epochs at the demo's lr: in-batch audio-to-caption accuracy 0.33 against the
     # above_chance gate's bound of 0.26 over these 30 clips (at 0.002: 0.23; float64, so the
     # same figures on every CPU)
-    out["audioclip_full"] = materialize_stage(lineage, training.audioclip_full, epochs=4, max_steps_per_epoch=None,
-                                         lr=0.0005, **f64)
+    out["audioclip_full"] = materialize_stage(
+        lineage, training.audioclip_full, epochs=4, max_steps_per_epoch=None, lr=0.0005, **f64
+    )
     out["esresnext_esc50"] = materialize_stage(lineage, training.esresnext_esc50, "2", **f64)
-    out["audioclip_esc50"] = materialize_stage(lineage, training.audioclip_esc50, "2", epochs=5, max_steps_per_epoch=None,
-                                          **f64)
+    out["audioclip_esc50"] = materialize_stage(
+        lineage, training.audioclip_esc50, "2", epochs=5, max_steps_per_epoch=None, **f64
+    )
     out["audioclip_partial_esc50"] = materialize_stage(lineage, training.audioclip_partial_esc50, "2", **f64)
     return out

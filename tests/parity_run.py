@@ -3,6 +3,7 @@
 Used by tests/core/models/test_parity.py; also runnable by hand:
     python tests/parity_run.py [PARITY_DIR]      (default: tests/fixtures/parity)
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,9 @@ import audioclip_core as ac
 def load_fixture_modules(parity_dir: Path):
     mods = {}
     for name in ("make_state", "compare"):
-        spec = importlib.util.spec_from_file_location(f"parity_{name}_{abs(hash(str(parity_dir)))}",
-                                                      parity_dir / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(
+            f"parity_{name}_{abs(hash(str(parity_dir)))}", parity_dir / f"{name}.py"
+        )
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         mods[name] = mod
@@ -35,7 +37,7 @@ def run_parity(parity_dir: Path, model_cache: dict | None = None) -> tuple[dict,
     sd = make_state.make_state_dict(manifest, "audioclip", small_tensors=small)
     sd_cls = make_state.make_state_dict(manifest, "esrnxfbsp_527", small_tensors=small)
 
-    model = ac.load_model(sd)                      # strict, official layout, eval mode
+    model = ac.load_model(sd)  # strict, official layout, eval mode
     classifier = ac.load_audio_classifier(sd_cls)
     out: dict[str, np.ndarray] = {}
     entities = inputs["text_entities"]

@@ -3,6 +3,7 @@ on this machine or in a Kubernetes pod - through Dagster Pipes. The deployment's
 (local or k8s, the image, namespace, data volume, the environment to forward) are fields, filled
 where the Definitions are assembled (pipelines/definitions.py); nothing here reads them itself.
 Either way a stage's `StageSpec` goes in and its `StageResult` comes out."""
+
 from __future__ import annotations
 
 import os
@@ -21,27 +22,32 @@ from audioclip_core.net import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def torchrun_command(entry: list[str], *, nproc: int, nnodes: int = 1, rdzv_endpoint: str = "",
-                     rdzv_id: str = "") -> list[str]:
+def torchrun_command(
+    entry: list[str], *, nproc: int, nnodes: int = 1, rdzv_endpoint: str = "", rdzv_id: str = ""
+) -> list[str]:
     """torchrun for `entry` (module and arguments): standalone on one node, else a c10d
     rendezvous at `rdzv_endpoint` that `nnodes` agents join (each with `nproc` processes)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     if nnodes <= 1:
         cmd.append("--standalone")
     else:
-        cmd += [f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}",
-                f"--rdzv_id={rdzv_id}", "--max_restarts=0"]
+        cmd += [
+            f"--nnodes={nnodes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={rdzv_endpoint}",
+            f"--rdzv_id={rdzv_id}",
+            "--max_restarts=0",
+        ]
     return cmd + ["-m", *entry]
 
 
-WORKER = "assets.resources.stage_worker"   # the module every torchrun process runs (SPEC RESULT)
+WORKER = "assets.resources.stage_worker"  # the module every torchrun process runs (SPEC RESULT)
 DATA_MOUNT = "/data"
 
 
 def k8s_volumes(pvc: str, mount: str = DATA_MOUNT) -> tuple[list[dict], list[dict]]:
     """(volumes, volume mounts) of the shared data root in a pod."""
-    return ([{"name": "data", "persistent_volume_claim": {"claim_name": pvc}}],
-            [{"name": "data", "mount_path": mount}])
+    return ([{"name": "data", "persistent_volume_claim": {"claim_name": pvc}}], [{"name": "data", "mount_path": mount}])
 
 
 class TrainingLauncher(dg.ConfigurableResource):
@@ -54,12 +60,14 @@ class TrainingLauncher(dg.ConfigurableResource):
     runs it. `k8s`: the torchrun command runs in a pod through `PipesK8sClient` (one node,
     `nproc_per_node` processes, e.g. one per GPU of the pod)."""
 
-    deployment: str = Field(default="local", description="local | k8s (pipelines/definitions.py sets it from "
-                            "AUDIOCLIP_DEPLOYMENT)")
+    deployment: str = Field(
+        default="local", description="local | k8s (pipelines/definitions.py sets it from AUDIOCLIP_DEPLOYMENT)"
+    )
     rdzv_host: str = Field(default="127.0.0.1", description="where local agents meet (c10d rendezvous)")
     gpus_per_pod: int = Field(default=0, ge=0, description="k8s: nvidia.com/gpu limit of the training pod")
-    forwarded_env: list[str] = Field(default_factory=list, description="k8s: environment variables of this "
-                                     "process that the training pod gets")
+    forwarded_env: list[str] = Field(
+        default_factory=list, description="k8s: environment variables of this process that the training pod gets"
+    )
     k8s_image: str = Field(default="", description="k8s: the image the training pod runs")
     k8s_namespace: str = Field(default="audioclip", description="k8s: the training pod's namespace")
     k8s_data_pvc: str = Field(default="audioclip-data", description="k8s: the data root's volume claim")
@@ -78,16 +86,21 @@ class TrainingLauncher(dg.ConfigurableResource):
         if nproc * nnodes <= 1:
             from audioclip_core.perf import share_cpu_threads
 
-            log(f"{share_cpu_threads()} CPU thread(s)")   # the other training slot's run gets the other cores
+            log(f"{share_cpu_threads()} CPU thread(s)")  # the other training slot's run gets the other cores
             return run_stage(spec, on_epoch=on_epoch, log=log)
         workdir = Path(spec.workdir)
         spec_path = spec.to_json(workdir / "spec.json")
         result_path = workdir / "result.json"
         result_path.unlink(missing_ok=True)
         threads = max(1, (os.cpu_count() or 2) // (nproc * nnodes))
-        self.run(context, [WORKER, str(spec_path), str(result_path)], nproc=nproc, nnodes=nnodes,
-                 env={"OMP_NUM_THREADS": str(threads)})
-        return StageResult.from_json(result_path)   # the workers' epochs are in its history
+        self.run(
+            context,
+            [WORKER, str(spec_path), str(result_path)],
+            nproc=nproc,
+            nnodes=nnodes,
+            env={"OMP_NUM_THREADS": str(threads)},
+        )
+        return StageResult.from_json(result_path)  # the workers' epochs are in its history
 
     def run(self, context, entry: list[str], *, nproc: int, nnodes: int = 1, env: Optional[dict] = None) -> None:
         env = dict(env or {})
@@ -101,14 +114,21 @@ class TrainingLauncher(dg.ConfigurableResource):
         try:
             for _node in range(1, nnodes):  # the other nodes' agents: plain processes, their ranks log nothing
                 err = tempfile.TemporaryFile()  # a file, not a pipe: a chatty agent never blocks on it
-                others.append((subprocess.Popen(cmd, cwd=str(REPO), env={**os.environ, **env},
-                                                stdout=subprocess.DEVNULL, stderr=err), err))
+                others.append(
+                    (
+                        subprocess.Popen(
+                            cmd, cwd=str(REPO), env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=err
+                        ),
+                        err,
+                    )
+                )
             dg.PipesSubprocessClient(cwd=str(REPO)).run(command=cmd, context=context, env=env)
             for p, err in others:
                 if p.wait(timeout=120) != 0:
                     err.seek(0)
-                    raise RuntimeError(f"a torchrun agent exited {p.returncode}: "
-                                       f"{err.read().decode(errors='replace')[-2000:]}")
+                    raise RuntimeError(
+                        f"a torchrun agent exited {p.returncode}: {err.read().decode(errors='replace')[-2000:]}"
+                    )
         finally:
             for p, err in others:
                 if p.poll() is None:
@@ -119,8 +139,10 @@ class TrainingLauncher(dg.ConfigurableResource):
         from dagster_k8s import PipesK8sClient
 
         if nnodes > 1:
-            raise ValueError("the k8s launcher runs torchrun in one pod (nnodes 1, nproc_per_node processes); "
-                             "several nodes need a job that starts a pod per node (e.g. a PyTorchJob)")
+            raise ValueError(
+                "the k8s launcher runs torchrun in one pod (nnodes 1, nproc_per_node processes); "
+                "several nodes need a job that starts a pod per node (e.g. a PyTorchJob)"
+            )
         volumes, mounts = k8s_volumes(self.k8s_data_pvc)
         env = {**{k: os.environ[k] for k in self.forwarded_env if k in os.environ}, **env}
         container = {"volume_mounts": mounts, "working_dir": "/app"}
@@ -129,5 +151,10 @@ class TrainingLauncher(dg.ConfigurableResource):
         cmd = torchrun_command(entry, nproc=nproc)
         cmd[0] = "python"
         PipesK8sClient(load_incluster_config=True).run(
-            context=context, image=self.k8s_image or None, namespace=self.k8s_namespace, command=cmd, env=env,
-            base_pod_spec={"volumes": volumes, "containers": [container]})
+            context=context,
+            image=self.k8s_image or None,
+            namespace=self.k8s_namespace,
+            command=cmd,
+            env=env,
+            base_pod_spec={"volumes": volumes, "containers": [container]},
+        )

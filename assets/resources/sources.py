@@ -25,14 +25,16 @@ class DatasetSources(dg.ConfigurableResource):
     us8k_dir: str = ""
     esc50_archive_url: str = ""
     us8k_archive_url: str = ""
-    clipset_dirs: dict[str, str] = Field(default_factory=dict,
-                                         description="clip-set name -> folder, for a set without a field of its own")
-    clipset_archive_urls: dict[str, str] = Field(default_factory=dict,
-                                                 description="clip-set name -> archive URL, for a set without a "
-                                                             "field of its own")
+    clipset_dirs: dict[str, str] = Field(
+        default_factory=dict, description="clip-set name -> folder, for a set without a field of its own"
+    )
+    clipset_archive_urls: dict[str, str] = Field(
+        default_factory=dict, description="clip-set name -> archive URL, for a set without a field of its own"
+    )
 
-    def _resolve(self, value: str, env: str, demo_sub: str, layout: DataLayout, archive_url: str = "",
-                 archive_env: str = "") -> Path:
+    def _resolve(
+        self, value: str, env: str, demo_sub: str, layout: DataLayout, archive_url: str = "", archive_env: str = ""
+    ) -> Path:
         chosen = value or os.environ.get(env, "")
         if chosen:
             return Path(chosen).resolve()
@@ -72,7 +74,7 @@ class DatasetSources(dg.ConfigurableResource):
         """The folder of clip set `name` (a key of `SPECS`), resolved as the class docstring says."""
         from audioclip_core.data.clipsets import protocol
 
-        spec = protocol(name)   # an unknown name fails here, listing the known ones
+        spec = protocol(name)  # an unknown name fails here, listing the known ones
         folder = getattr(self, f"{name}_dir", "") or self.clipset_dirs.get(name, "")
         url = getattr(self, f"{name}_archive_url", "") or self.clipset_archive_urls.get(name, "")
         root = self._resolve(folder, spec.dir_env, name, layout, url, spec.url_env)
@@ -80,7 +82,8 @@ class DatasetSources(dg.ConfigurableResource):
             raise FileNotFoundError(
                 f"{name}: nothing configured and the built-in demo dataset holds no {spec.title}: set "
                 f"{spec.dir_env} (or the resource's clipset_dirs['{name}']) to its folder in the official layout, "
-                f"or {spec.url_env} to an archive of it")
+                f"or {spec.url_env} to an archive of it"
+            )
         return root
 
     def esc50(self, layout: DataLayout) -> Path:

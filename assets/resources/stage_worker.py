@@ -6,6 +6,7 @@ Every rank runs the stage from the same `StageSpec` and trains its share of each
 rank 0 writes the checkpoint, the lineage record and the `StageResult` (RESULT.json), and talks
 to Dagster through Pipes.
 """
+
 import contextlib
 import os
 import sys

@@ -51,8 +51,9 @@ class MlflowTracking(dg.ConfigurableResource):
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
             artifacts = layout.ensure(layout.mlflow_artifacts)
-            exp_id = mlflow.create_experiment(self.experiment, artifact_location=artifacts.as_uri(),
-                                              tags={EXPERIMENT_KIND: TRAINING_KIND})
+            exp_id = mlflow.create_experiment(
+                self.experiment, artifact_location=artifacts.as_uri(), tags={EXPERIMENT_KIND: TRAINING_KIND}
+            )
         else:
             exp_id = exp.experiment_id
             if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:
@@ -61,8 +62,9 @@ class MlflowTracking(dg.ConfigurableResource):
             yield run
 
     @contextlib.contextmanager
-    def stage_run(self, layout: DataLayout, context, spec, *, profile: str, partition: Optional[str] = None,
-                  nproc: int = 1) -> Iterator["StageTracker"]:
+    def stage_run(
+        self, layout: DataLayout, context, spec, *, profile: str, partition: Optional[str] = None, nproc: int = 1
+    ) -> Iterator["StageTracker"]:
         """One MLflow run of a training stage, tagged with the Dagster run, asset and partition and
         the code version; its parameters, the manifest versions it reads (as dataset inputs with
         our sha256) and its parent's digest logged before it trains. `spec` gets the MLflow run id
@@ -73,9 +75,17 @@ class MlflowTracking(dg.ConfigurableResource):
 
         code = code_version()
         asset = context.asset_key.to_user_string()
-        tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset, "dagster.partition": partition or "",
-                "name": spec.name, "stage": spec.stage, "profile": profile, "git_commit": code["git_commit"],
-                "git_dirty": str(code["git_dirty"]), "nproc_per_node": str(nproc)}
+        tags = {
+            "dagster.run_id": context.run_id,
+            "dagster.asset_key": asset,
+            "dagster.partition": partition or "",
+            "name": spec.name,
+            "stage": spec.stage,
+            "profile": profile,
+            "git_commit": code["git_commit"],
+            "git_dirty": str(code["git_dirty"]),
+            "nproc_per_node": str(nproc),
+        }
         spec.dagster = {"run_id": context.run_id, "asset_key": asset, "partition": partition}
         with self.start_run(layout, spec.name + (f"-fold{partition}" if partition else ""), tags) as run:
             spec.mlflow_run_id = run.info.run_id
@@ -105,7 +115,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
         from audioclip_core.files import read_version_parquet
 
-        df = read_version_parquet(path)   # a version checked against its name (files.CorruptVersion)
+        df = read_version_parquet(path)  # a version checked against its name (files.CorruptVersion)
         for col in df.columns:  # mlflow's dataset schema wants flat columns
             if df[col].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "tolist")).any():
                 df[col] = df[col].map(lambda v: ", ".join(map(str, list(v))) if v is not None else None)
@@ -159,5 +169,8 @@ class StageTracker:
         for path in result.files() + [curve]:
             mlflow.log_artifact(str(path))
         mlflow.log_dict(self.spec.config, "config.json")
-        return {"run": self.tracking.run_link(self.run), "curves": self.tracking.artifact_link(self.run, curve.name),
-                "curves_file": curve}
+        return {
+            "run": self.tracking.run_link(self.run),
+            "curves": self.tracking.artifact_link(self.run, curve.name),
+            "curves_file": curve,
+        }

@@ -29,22 +29,33 @@ class YoutubeDownloader(dg.ConfigurableResource):
     rate_limit: Optional[int] = Field(default=None, description="bytes per second")
     cookies_file: Optional[str] = None
     js_runtime: Optional[str] = Field(default=None, description="'node' or 'deno' for full YouTube support")
-    socket_timeout: float = Field(default=15.0, gt=0, description="seconds a read may wait before the attempt "
-                                  "fails (a stalled transfer)")
-    max_workers: int = Field(default=0, ge=0, description="parallel downloads within one run (0: 4 per core, "
-                             "4 to 16)")
+    socket_timeout: float = Field(
+        default=15.0, gt=0, description="seconds a read may wait before the attempt fails (a stalled transfer)"
+    )
+    max_workers: int = Field(default=0, ge=0, description="parallel downloads within one run (0: 4 per core, 4 to 16)")
     per_host: int = Field(default=8, ge=1, description="at most this many downloads in flight to one host")
-    retry_after_seconds: float = Field(default=600.0, ge=0, description="a transient failure (throttled, error, "
-                                       "stalled) is retried by a run this long after it, doubling with each run "
-                                       "it fails again (at most a day); 0: by every run")
+    retry_after_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="a transient failure (throttled, error, "
+        "stalled) is retried by a run this long after it, doubling with each run "
+        "it fails again (at most a day); 0: by every run",
+    )
 
-    tail_tolerance_seconds: float = Field(default=TAIL_TOLERANCE, ge=0, description="a segment may end this far "
-                                          "past the end of its media (published 10 s segments sometimes end a few "
-                                          "hundred ms past a video's end); further, or starting past the end, it "
-                                          "is invalid_media")
+    tail_tolerance_seconds: float = Field(
+        default=TAIL_TOLERANCE,
+        ge=0,
+        description="a segment may end this far "
+        "past the end of its media (published 10 s segments sometimes end a few "
+        "hundred ms past a video's end); further, or starting past the end, it "
+        "is invalid_media",
+    )
 
-    stand_in: bool = Field(default=True, description="serve the demo dataset's videos on 127.0.0.1 when the "
-                           "AudioSet source is the demo and no URL template is set")
+    stand_in: bool = Field(
+        default=True,
+        description="serve the demo dataset's videos on 127.0.0.1 when the "
+        "AudioSet source is the demo and no URL template is set",
+    )
 
     def _template(self) -> str:
         return self.url_template or os.environ.get("AUDIOCLIP_YOUTUBE_URL_TEMPLATE", "")
@@ -66,7 +77,13 @@ class YoutubeDownloader(dg.ConfigurableResource):
     def options(self, url_template: str = "") -> DownloadOptions:
         return DownloadOptions(
             url_template=url_template or self._template() or YOUTUBE_URL_TEMPLATE,
-            format=self.format, max_attempts=self.max_attempts, backoff_seconds=self.backoff_seconds,
-            sleep_requests=self.sleep_requests, rate_limit=self.rate_limit, cookies_file=self.cookies_file,
-            js_runtime=self.js_runtime, socket_timeout=self.socket_timeout,
-            tail_tolerance=self.tail_tolerance_seconds)
+            format=self.format,
+            max_attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds,
+            sleep_requests=self.sleep_requests,
+            rate_limit=self.rate_limit,
+            cookies_file=self.cookies_file,
+            js_runtime=self.js_runtime,
+            socket_timeout=self.socket_timeout,
+            tail_tolerance=self.tail_tolerance_seconds,
+        )

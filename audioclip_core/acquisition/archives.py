@@ -1,4 +1,5 @@
 """Fetching an official dataset archive (zip or tar) into the data root, once, atomically."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ that is missing, and returns a new table; callers write tables atomically. Work 
 done is never redone: a finished download or clip is recognised on disk (files are renamed
 into place only when complete), so a run killed at any point resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,12 +72,27 @@ def remove_uncut_downloads(folder: Path) -> int:
 
 
 def _result_row(r: DownloadResult, skipped: bool = False) -> dict:
-    return {"segment_id": None, "ytid": r.ytid, "start": r.start, "end": r.end, "status": r.status,
-            "message": r.message, "attempts": r.attempts, "path": r.path, "bytes": r.bytes,
-            "sha256": r.sha256, "started_at": r.started_at, "finished_at": r.finished_at,
-            "media_duration": r.media_duration, **info_columns(r.info), "tail_tolerance": r.tail_tolerance,
-            "environment": r.environment or "",
-            "failed_runs": 0, "next_attempt_at": None, "skipped": skipped}
+    return {
+        "segment_id": None,
+        "ytid": r.ytid,
+        "start": r.start,
+        "end": r.end,
+        "status": r.status,
+        "message": r.message,
+        "attempts": r.attempts,
+        "path": r.path,
+        "bytes": r.bytes,
+        "sha256": r.sha256,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "media_duration": r.media_duration,
+        **info_columns(r.info),
+        "tail_tolerance": r.tail_tolerance,
+        "environment": r.environment or "",
+        "failed_runs": 0,
+        "next_attempt_at": None,
+        "skipped": skipped,
+    }
 
 
 def environment_faults(table: pd.DataFrame) -> list[str]:
@@ -95,9 +111,15 @@ def intact_clips(clips: Optional[pd.DataFrame], root: Optional[Path] = None) -> 
         return set()
     ok = clips[(clips["status"] == "ok") & (clips["cut"] == CUT)]
     present = folder_sizes(_resolve(p, root).parent for p in ok["audio_path"] if p)
-    return {r.segment_id for r in ok.itertuples(index=False)
-            if r.audio_path and str(_resolve(r.audio_path, root)) in present and r.frame_paths is not None
-            and len(r.frame_paths) == NUM_FRAMES and all(str(_resolve(f, root)) in present for f in r.frame_paths)}
+    return {
+        r.segment_id
+        for r in ok.itertuples(index=False)
+        if r.audio_path
+        and str(_resolve(r.audio_path, root)) in present
+        and r.frame_paths is not None
+        and len(r.frame_paths) == NUM_FRAMES
+        and all(str(_resolve(f, root)) in present for f in r.frame_paths)
+    }
 
 
 def default_workers() -> int:
@@ -126,11 +148,20 @@ def _due(old: dict, now: float) -> bool:
     return nxt is None or pd.isna(nxt) or float(nxt) <= now
 
 
-def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.DataFrame],
-                  options: DownloadOptions, *, max_workers: Optional[int] = None, per_host: int = 8,
-                  keep: frozenset[str] | set[str] = frozenset(), retry_after: float = 0.0,
-                  progress: Progress = None, seconds: Optional[dict] = None,
-                  root: Optional[Path] = None) -> pd.DataFrame:
+def run_downloads(
+    segments: pd.DataFrame,
+    dest_dir: Path,
+    previous: Optional[pd.DataFrame],
+    options: DownloadOptions,
+    *,
+    max_workers: Optional[int] = None,
+    per_host: int = 8,
+    keep: frozenset[str] | set[str] = frozenset(),
+    retry_after: float = 0.0,
+    progress: Progress = None,
+    seconds: Optional[dict] = None,
+    root: Optional[Path] = None,
+) -> pd.DataFrame:
     """Download every segment not yet `ok`; final failures are kept, transient ones retried.
 
     A segment in `keep` (its clip is intact) that was downloaded `ok` stays `ok` even when its
@@ -168,13 +199,30 @@ def run_downloads(segments: pd.DataFrame, dest_dir: Path, previous: Optional[pd.
                     found.unlink(missing_ok=True)
                     todo.append(seg)
                     continue
-                rows.append(_result_row(DownloadResult(seg.ytid, seg.start, seg.end, "ok", "", 0, str(found),
-                                                       found.stat().st_size, sha256_file(found), now, now,
-                                                       info=info), True))
+                rows.append(
+                    _result_row(
+                        DownloadResult(
+                            seg.ytid,
+                            seg.start,
+                            seg.end,
+                            "ok",
+                            "",
+                            0,
+                            str(found),
+                            found.stat().st_size,
+                            sha256_file(found),
+                            now,
+                            now,
+                            info=info,
+                        ),
+                        True,
+                    )
+                )
             rows[-1]["segment_id"] = seg.segment_id
         elif old is not None and old["status"] == "ok" and seg.segment_id in keep:
-            rows.append({**old, "skipped": True,
-                         "message": "download file removed; the clip made from it is intact and kept"})
+            rows.append(
+                {**old, "skipped": True, "message": "download file removed; the clip made from it is intact and kept"}
+            )
         elif old is not None and old["status"] in FINAL_FAILURES:
             rows.append({**old, "skipped": True})
         elif old is not None and old["status"] in TRANSIENT and retry_after > 0 and not _due(old, now):
@@ -227,9 +275,13 @@ def _existing_clip(clips_dir: Path, name: str) -> Optional[dict]:
     frames = [clips_dir / f"{name}_f{i:02d}.jpg" for i in range(NUM_FRAMES)]
     if wav.is_file() and all(f.is_file() for f in frames):
         info = sf.info(str(wav))
-        return {"audio_path": str(wav), "frame_paths": [str(f) for f in frames],
-                "duration": info.frames / info.samplerate, "sample_rate": int(info.samplerate),
-                "channels": int(info.channels)}
+        return {
+            "audio_path": str(wav),
+            "frame_paths": [str(f) for f in frames],
+            "duration": info.frames / info.samplerate,
+            "sample_rate": int(info.samplerate),
+            "channels": int(info.channels),
+        }
     return None
 
 
@@ -238,8 +290,21 @@ def extraction_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-CLIP_COLUMNS = ["segment_id", "status", "reason", "audio_path", "frame_paths", "duration", "sample_rate",
-                "channels", "sha256", "skipped", "download_sha256", "cut", "environment"]
+CLIP_COLUMNS = [
+    "segment_id",
+    "status",
+    "reason",
+    "audio_path",
+    "frame_paths",
+    "duration",
+    "sample_rate",
+    "channels",
+    "sha256",
+    "skipped",
+    "download_sha256",
+    "cut",
+    "environment",
+]
 
 
 def _number(v, default: float) -> float:
@@ -250,10 +315,17 @@ def _resolve(p, root: Optional[Path]) -> Path:
     return Path(p) if root is None else Path(root) / p
 
 
-def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[pd.DataFrame] = None, *,
-                   progress: Progress = None, max_workers: Optional[int] = None,
-                   seconds: Optional[dict] = None, tail_tolerance: float = TAIL_TOLERANCE,
-                   root: Optional[Path] = None) -> pd.DataFrame:
+def run_extraction(
+    downloads: pd.DataFrame,
+    clips_dir: Path,
+    previous: Optional[pd.DataFrame] = None,
+    *,
+    progress: Progress = None,
+    max_workers: Optional[int] = None,
+    seconds: Optional[dict] = None,
+    tail_tolerance: float = TAIL_TOLERANCE,
+    root: Optional[Path] = None,
+) -> pd.DataFrame:
     """Cut every `ok` download into `[start, end]` of audio + 10 frames (`media.extract_clip`),
     `max_workers` ffmpeg processes at once (default: one per core).
 
@@ -283,9 +355,21 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
     todo = []
     for i, d in enumerate(ok.to_dict("records")):
         name = d["segment_id"]
-        row = {"segment_id": name, "status": "ok", "reason": "", "audio_path": None, "frame_paths": None,
-               "duration": None, "sample_rate": None, "channels": None, "sha256": None, "skipped": False,
-               "download_sha256": d["sha256"], "cut": CUT, "environment": ""}
+        row = {
+            "segment_id": name,
+            "status": "ok",
+            "reason": "",
+            "audio_path": None,
+            "frame_paths": None,
+            "duration": None,
+            "sample_rate": None,
+            "channels": None,
+            "sha256": None,
+            "skipped": False,
+            "download_sha256": d["sha256"],
+            "cut": CUT,
+            "environment": "",
+        }
         files = [str(clips_dir / f"{name}.wav")] + [str(clips_dir / f"{name}_f{k:02d}.jpg") for k in range(NUM_FRAMES)]
         on_disk = all(f in present for f in files)
         known_bad = quarantined.get((name, d["sha256"]))
@@ -294,10 +378,18 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
         if known_bad is not None:
             row.update(status=known_bad["status"], reason=known_bad["reason"], skipped=True)
         elif on_disk and old is not None and old["download_sha256"] == d["sha256"] and old.get("sha256"):
-            row.update({k: old[k] for k in ("duration", "sample_rate", "channels", "sha256")}, skipped=True,
-                       audio_path=files[0], frame_paths=files[1:])
-        elif on_disk and piece is not None and piece.is_file() \
-                and os.stat(files[0]).st_mtime_ns >= piece.stat().st_mtime_ns:
+            row.update(
+                {k: old[k] for k in ("duration", "sample_rate", "channels", "sha256")},
+                skipped=True,
+                audio_path=files[0],
+                frame_paths=files[1:],
+            )
+        elif (
+            on_disk
+            and piece is not None
+            and piece.is_file()
+            and os.stat(files[0]).st_mtime_ns >= piece.stat().st_mtime_ns
+        ):
             # finished from this download by a run that died before recording it (a clip older than
             # its download was cut from something else)
             row.update(_existing_clip(clips_dir, name), skipped=True)
@@ -314,18 +406,33 @@ def run_extraction(downloads: pd.DataFrame, clips_dir: Path, previous: Optional[
         try:
             if not d.get("path"):
                 raise MediaError("the download row names no file")
-            clip = extract_clip(_resolve(d["path"], root), clips_dir, d["segment_id"], start=float(d["start"]),
-                                end=float(d["end"]), info=info_from_row(d),
-                                tail_tolerance=_number(d.get("tail_tolerance"), tail_tolerance),
-                                seconds=spent)
-            row.update(audio_path=clip.audio_path, frame_paths=clip.frame_paths, duration=clip.duration,
-                       sample_rate=clip.sample_rate, channels=clip.channels)
+            clip = extract_clip(
+                _resolve(d["path"], root),
+                clips_dir,
+                d["segment_id"],
+                start=float(d["start"]),
+                end=float(d["end"]),
+                info=info_from_row(d),
+                tail_tolerance=_number(d.get("tail_tolerance"), tail_tolerance),
+                seconds=spent,
+            )
+            row.update(
+                audio_path=clip.audio_path,
+                frame_paths=clip.frame_paths,
+                duration=clip.duration,
+                sample_rate=clip.sample_rate,
+                channels=clip.channels,
+            )
             with timed(spent, "verify"):
                 row["sha256"] = sha256_file(Path(clip.audio_path))
         except MediaError as exc:
             row.update(status="invalid_media", reason=str(exc))
         except (EnvironmentFault, OSError) as exc:
-            cause = str(exc) if isinstance(exc, EnvironmentFault) else (environment_cause(exc) or f"{type(exc).__name__}: {exc}")
+            cause = (
+                str(exc)
+                if isinstance(exc, EnvironmentFault)
+                else (environment_cause(exc) or f"{type(exc).__name__}: {exc}")
+            )
             row.update(status="error", reason=cause, environment=cause)
         row["_seconds"] = spent
         return row

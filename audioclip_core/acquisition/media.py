@@ -20,6 +20,7 @@ so a failure can be reproduced by hand.
 Outputs are written to a temporary folder and moved into place only when they check out; a
 failure leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,12 +43,12 @@ from ..data.audioset import NUM_FRAMES
 from ..perf import add_seconds, timed
 
 FRAME_SHORT_SIDE = 256
-PRE_ROLL = 0.5          # seconds downloaded before a segment: audio decoders settle before its start
-POST_ROLL = 0.5         # and after it: the last packet ends past the segment's end
+PRE_ROLL = 0.5  # seconds downloaded before a segment: audio decoders settle before its start
+POST_ROLL = 0.5  # and after it: the last packet ends past the segment's end
 START_TOLERANCE = 0.04  # the audio of a source may begin this late (an encoder delay of an AAC or Opus frame)
-TAIL_TOLERANCE = 0.5    # default: a segment may end this far past the media's end (published segments do)
+TAIL_TOLERANCE = 0.5  # default: a segment may end this far past the media's end (published segments do)
 FFMPEG_TIMEOUT = 300.0  # seconds one ffmpeg command may take on a piece
-CUT = "exact-1"         # how clips are cut; rows and files made otherwise are made again
+CUT = "exact-1"  # how clips are cut; rows and files made otherwise are made again
 
 
 class ExtractionError(ValueError):
@@ -63,10 +64,27 @@ class EnvironmentFault(RuntimeError):
     and the segment is tried again by the next run."""
 
 
-_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOMEM, errno.EMFILE,
-               errno.ENFILE, errno.EIO}
-_ENV_TEXT = ("no space left on device", "disk quota exceeded", "permission denied", "read-only file system",
-             "cannot allocate memory", "too many open files", "input/output error", "errno 28")
+_ENV_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOMEM,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.EIO,
+}
+_ENV_TEXT = (
+    "no space left on device",
+    "disk quota exceeded",
+    "permission denied",
+    "read-only file system",
+    "cannot allocate memory",
+    "too many open files",
+    "input/output error",
+    "errno 28",
+)
 
 
 def environment_cause(exc: Optional[BaseException] = None, text: str = "") -> Optional[str]:
@@ -98,8 +116,9 @@ def run_ffmpeg(cmd: list[str], what: str, *, timeout: float = FFMPEG_TIMEOUT) ->
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise EnvironmentFault(f"{what}: ffmpeg took longer than {timeout:g} s and was stopped: "
-                               f"{command_line(cmd)}") from None
+        raise EnvironmentFault(
+            f"{what}: ffmpeg took longer than {timeout:g} s and was stopped: {command_line(cmd)}"
+        ) from None
     except OSError as exc:
         raise EnvironmentFault(f"{what}: could not start ffmpeg ({exc}): {command_line(cmd)}") from exc
     if proc.returncode < 0 or proc.returncode in (137, 143, 255) and "received signal" in proc.stderr.lower():
@@ -121,6 +140,7 @@ class MediaInfo:
     """What a file holds, read from its packets: the extent of its first audio and first video
     stream on the source's time line (first packet's time, last packet's end), the audio's
     channel count and layout, and the video's frame duration."""
+
     audio: Optional[tuple[float, float]]
     video: Optional[tuple[float, float]]
     channels: int = 0
@@ -132,21 +152,35 @@ class MediaInfo:
         return self.audio[1] if self.audio else None
 
 
-INFO_COLUMNS = ("media_start", "media_end", "video_start", "video_end", "audio_channels", "audio_layout",
-                "frame_duration")
+INFO_COLUMNS = (
+    "media_start",
+    "media_end",
+    "video_start",
+    "video_end",
+    "audio_channels",
+    "audio_layout",
+    "frame_duration",
+)
 
 
 def info_columns(info: Optional[MediaInfo]) -> dict:
     """A `MediaInfo` as the columns of a download row (`INFO_COLUMNS`); all None without one."""
     if info is None:
         return dict.fromkeys(INFO_COLUMNS)
-    return {"media_start": info.audio[0] if info.audio else None, "media_end": info.audio[1] if info.audio else None,
-            "video_start": info.video[0] if info.video else None, "video_end": info.video[1] if info.video else None,
-            "audio_channels": info.channels, "audio_layout": info.layout, "frame_duration": info.frame_duration}
+    return {
+        "media_start": info.audio[0] if info.audio else None,
+        "media_end": info.audio[1] if info.audio else None,
+        "video_start": info.video[0] if info.video else None,
+        "video_end": info.video[1] if info.video else None,
+        "audio_channels": info.channels,
+        "audio_layout": info.layout,
+        "frame_duration": info.frame_duration,
+    }
 
 
 def info_from_row(row: dict) -> Optional[MediaInfo]:
     """The `MediaInfo` a download row recorded, or None when it has none (an older row)."""
+
     def num(key):
         v = row.get(key)
         return None if v is None or (isinstance(v, float) and v != v) else float(v)
@@ -154,9 +188,13 @@ def info_from_row(row: dict) -> Optional[MediaInfo]:
     if num("media_start") is None or num("media_end") is None:
         return None
     video = (num("video_start"), num("video_end")) if num("video_start") is not None else None
-    return MediaInfo(audio=(num("media_start"), num("media_end")), video=video,
-                     channels=int(num("audio_channels") or 0), layout=str(row.get("audio_layout") or ""),
-                     frame_duration=num("frame_duration"))
+    return MediaInfo(
+        audio=(num("media_start"), num("media_end")),
+        video=video,
+        channels=int(num("audio_channels") or 0),
+        layout=str(row.get("audio_layout") or ""),
+        frame_duration=num("frame_duration"),
+    )
 
 
 def _ratio(text: str) -> float:
@@ -187,8 +225,11 @@ def probe(media: Path, *, timeout: float = FFMPEG_TIMEOUT) -> MediaInfo:
     if media.stat().st_size == 0:
         raise MediaError(f"{media.name}: the file is empty (0 bytes)")
     src = ffmpeg.input(str(media), copyts=None)
-    cmd = (ffmpeg.output(src["a:0?"], src["V:0?"], "-", format="framecrc", c="copy")
-           .global_args("-nostdin", "-hide_banner").compile(cmd=ffmpeg_exe()))
+    cmd = (
+        ffmpeg.output(src["a:0?"], src["V:0?"], "-", format="framecrc", c="copy")
+        .global_args("-nostdin", "-hide_banner")
+        .compile(cmd=ffmpeg_exe())
+    )
     proc = run_ffmpeg(cmd, f"{media.name}: probe", timeout=timeout)
     if proc.returncode != 0:
         raise MediaError(f"{media.name}: corrupt or unreadable ({_last_line(proc.stderr)}); ran: {command_line(cmd)}")
@@ -222,13 +263,18 @@ def probe(media: Path, *, timeout: float = FFMPEG_TIMEOUT) -> MediaInfo:
         raise MediaError(f"{media.name}: no audio or video packets; ran: {command_line(cmd)}")
     frame = float(np.median(durations[video])) if video is not None and durations.get(video) else None
     lay = layout.get(audio, "") if audio is not None else ""
-    return MediaInfo(audio=(first[audio], last[audio]) if audio is not None else None,
-                     video=(first[video], last[video]) if video is not None else None,
-                     channels=_channels_of(lay) if audio is not None else 0, layout=lay, frame_duration=frame)
+    return MediaInfo(
+        audio=(first[audio], last[audio]) if audio is not None else None,
+        video=(first[video], last[video]) if video is not None else None,
+        channels=_channels_of(lay) if audio is not None else 0,
+        layout=lay,
+        frame_duration=frame,
+    )
 
 
-def segment_problem(info: MediaInfo, start: float, end: float, *, tail_tolerance: float = TAIL_TOLERANCE,
-                    need_video: bool = True) -> Optional[str]:
+def segment_problem(
+    info: MediaInfo, start: float, end: float, *, tail_tolerance: float = TAIL_TOLERANCE, need_video: bool = True
+) -> Optional[str]:
     """Why `[start, end]` (seconds of the source) is not inside the media `info` describes
     (None when it is): no audio or video track, past the end, starting late, or ending more than
     `tail_tolerance` seconds before `end`."""
@@ -242,10 +288,14 @@ def segment_problem(info: MediaInfo, start: float, end: float, *, tail_tolerance
     if a0 > start + START_TOLERANCE:
         return f"out of range: the media's audio starts at {a0:.3f} s, after the segment's start {start:.2f} s"
     if end - a1 > tail_tolerance:
-        return (f"out of range: the media ends at {a1:.2f} s, {end - a1:.2f} s before the segment's end {end:.2f} s "
-                f"(tolerance {tail_tolerance:g} s)")
+        return (
+            f"out of range: the media ends at {a1:.2f} s, {end - a1:.2f} s before the segment's end {end:.2f} s "
+            f"(tolerance {tail_tolerance:g} s)"
+        )
     if need_video and info.video[0] > start + (info.frame_duration or 0.04) + START_TOLERANCE:
-        return f"out of range: the media's video starts at {info.video[0]:.3f} s, after the segment's start {start:.2f} s"
+        return (
+            f"out of range: the media's video starts at {info.video[0]:.3f} s, after the segment's start {start:.2f} s"
+        )
     return None
 
 
@@ -255,13 +305,17 @@ def cut_piece(full: Path, out: Path, start: float, end: float, *, timeout: float
     Returns the command it ran."""
     lo = max(0.0, start - PRE_ROLL)
     src = ffmpeg.input(str(full), ss=f"{lo:.3f}", t=f"{end + POST_ROLL - lo:.3f}")
-    cmd = (ffmpeg.output(src["a:0?"], src["V:0?"], str(out), format="matroska", c="copy", copyts=None,
-                         start_at_zero=None)
-           .global_args("-nostdin", "-v", "error").overwrite_output().compile(cmd=ffmpeg_exe()))
+    cmd = (
+        ffmpeg.output(src["a:0?"], src["V:0?"], str(out), format="matroska", c="copy", copyts=None, start_at_zero=None)
+        .global_args("-nostdin", "-v", "error")
+        .overwrite_output()
+        .compile(cmd=ffmpeg_exe())
+    )
     proc = run_ffmpeg(cmd, f"{full.name}: cut", timeout=timeout)
     if proc.returncode != 0:
-        raise MediaError(f"{full.name}: ffmpeg could not cut the range ({_last_line(proc.stderr)}); "
-                         f"ran: {command_line(cmd)}")
+        raise MediaError(
+            f"{full.name}: ffmpeg could not cut the range ({_last_line(proc.stderr)}); ran: {command_line(cmd)}"
+        )
     return cmd
 
 
@@ -272,7 +326,7 @@ class Clip:
     duration: float
     sample_rate: int
     channels: int
-    frame_times: list[float] = field(default_factory=list)   # seconds into the clip
+    frame_times: list[float] = field(default_factory=list)  # seconds into the clip
     command: str = ""
 
 
@@ -294,10 +348,20 @@ def _downmix(stream, info: MediaInfo):
     return stream.filter("aformat", channel_layouts="stereo"), 2
 
 
-def extract_clip(media: Path, out_dir: Path, name: str, *, start: float, end: float,
-                 info: Optional[MediaInfo] = None, tail_tolerance: float = TAIL_TOLERANCE,
-                 min_duration: float = 0.5, num_frames: int = NUM_FRAMES, timeout: float = FFMPEG_TIMEOUT,
-                 seconds: Optional[dict] = None) -> Clip:
+def extract_clip(
+    media: Path,
+    out_dir: Path,
+    name: str,
+    *,
+    start: float,
+    end: float,
+    info: Optional[MediaInfo] = None,
+    tail_tolerance: float = TAIL_TOLERANCE,
+    min_duration: float = 0.5,
+    num_frames: int = NUM_FRAMES,
+    timeout: float = FFMPEG_TIMEOUT,
+    seconds: Optional[dict] = None,
+) -> Clip:
     """Write `<name>.wav` (`[start, end]` of the source, 44.1 kHz, at most 2 channels, 16-bit) and
     `<name>_f00.jpg` .. (the frame nearest each of `num_frames` equally spaced times inside the
     range) into `out_dir`, from ONE ffmpeg pass over `media`, a piece on the source's time line.
@@ -324,21 +388,30 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, start: float, end: fl
         wav = tmp / f"{name}.wav"
         # one thread per ffmpeg: extraction runs one process per core
         src = ffmpeg.input(str(media), threads=1)
-        audio, channels = _downmix(src["a:0"].filter("atrim", start=f"{start:.6f}", end=f"{stop:.6f}")
-                                   .filter("asetpts", "PTS-STARTPTS"), info)
+        audio, channels = _downmix(
+            src["a:0"].filter("atrim", start=f"{start:.6f}", end=f"{stop:.6f}").filter("asetpts", "PTS-STARTPTS"), info
+        )
         outputs = [ffmpeg.output(audio, str(wav), ac=channels, ar=SAMPLE_RATE, acodec="pcm_s16le")]
         if num_frames:
             # the frame nearest each stated time: the first whose time is past the time less half a frame
             half = (info.frame_duration or 0.04) / 2
             targets = [start + t - half for t in frame_times(duration, num_frames)]
             pick = "+".join(f"gte(t,{t:.6f})*(isnan(prev_t)+lt(prev_t,{t:.6f}))" for t in targets)
-            video = (src["V:0"].filter("select", pick)
-                     .filter("scale", f"if(gt(iw,ih),-2,{FRAME_SHORT_SIDE})", f"if(gt(iw,ih),{FRAME_SHORT_SIDE},-2)")
-                     .filter("format", "yuvj420p"))
-            outputs.append(ffmpeg.output(video, str(tmp / f"{name}_f%02d.jpg"), fps_mode="passthrough",
-                                         threads=1, **{"q:v": 3}))
-        cmd = (ffmpeg.merge_outputs(*outputs).global_args("-nostdin", "-v", "error", "-copyts", "-filter_threads", "1")
-               .overwrite_output().compile(cmd=ffmpeg_exe()))
+            video = (
+                src["V:0"]
+                .filter("select", pick)
+                .filter("scale", f"if(gt(iw,ih),-2,{FRAME_SHORT_SIDE})", f"if(gt(iw,ih),{FRAME_SHORT_SIDE},-2)")
+                .filter("format", "yuvj420p")
+            )
+            outputs.append(
+                ffmpeg.output(video, str(tmp / f"{name}_f%02d.jpg"), fps_mode="passthrough", threads=1, **{"q:v": 3})
+            )
+        cmd = (
+            ffmpeg.merge_outputs(*outputs)
+            .global_args("-nostdin", "-v", "error", "-copyts", "-filter_threads", "1")
+            .overwrite_output()
+            .compile(cmd=ffmpeg_exe())
+        )
         with timed(seconds, "extract"):
             proc = run_ffmpeg(cmd, f"{media.name}: extraction", timeout=timeout)
         verify_start = time.perf_counter()
@@ -347,8 +420,10 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, start: float, end: fl
         wav_info = sf.info(str(wav))
         got = wav_info.frames / SAMPLE_RATE
         if got < duration - START_TOLERANCE:
-            raise MediaError(f"{media.name}: the audio decoded to {got:.3f} s of the {duration:.3f} s the packets "
-                             f"cover (a gap or damage in the stream); ran: {command_line(cmd)}")
+            raise MediaError(
+                f"{media.name}: the audio decoded to {got:.3f} s of the {duration:.3f} s the packets "
+                f"cover (a gap or damage in the stream); ran: {command_line(cmd)}"
+            )
         frames = sorted(tmp.glob(f"{name}_f*.jpg"))
         if len(frames) < num_frames:
             raise MediaError(f"{media.name}: {len(frames)} frames, expected {num_frames}; ran: {command_line(cmd)}")
@@ -364,8 +439,15 @@ def extract_clip(media: Path, out_dir: Path, name: str, *, start: float, end: fl
         final_wav = out_dir / f"{name}.wav"
         os.replace(wav, final_wav)  # the audio last: its presence marks a complete clip
         add_seconds(seconds, {"verify": time.perf_counter() - verify_start})
-        return Clip(str(final_wav), final_frames, got, SAMPLE_RATE, int(wav_info.channels),
-                    frame_times(duration, num_frames), command_line(cmd))
+        return Clip(
+            str(final_wav),
+            final_frames,
+            got,
+            SAMPLE_RATE,
+            int(wav_info.channels),
+            frame_times(duration, num_frames),
+            command_line(cmd),
+        )
     except OSError as exc:
         cause = environment_cause(exc)
         if cause:

@@ -5,6 +5,7 @@ yt-dlp and ffmpeg download and seek exactly as they do against real hosts. With
 `AUDIOCLIP_YOUTUBE_URL_TEMPLATE=http://127.0.0.1:PORT/{ytid}.mp4` the production download
 path fetches from it.
 """
+
 from __future__ import annotations
 
 import os

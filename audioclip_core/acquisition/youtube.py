@@ -14,6 +14,7 @@ Failures become a status: ``unavailable``, ``private``, ``age_restricted``, ``ge
 machine (no space, no permission) is ``error`` with `environment` set: not the source's
 failure, so it is retried by the next run without back-off, and the step fails.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,7 +47,7 @@ YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 # audio plus a small video stream (frames are resized to 224 px on the short side later)
 DEFAULT_FORMAT = "bv*[height<=360]+ba/b[height<=360]/bv*+ba/b"
 STATUSES = ("ok", "unavailable", "private", "age_restricted", "geo_blocked", "invalid_media", "throttled", "error")
-PIECE_SUFFIX = ".cut.mkv"   # a finished download: `<segment id>.cut.mkv`
+PIECE_SUFFIX = ".cut.mkv"  # a finished download: `<segment id>.cut.mkv`
 TRANSIENT = ("throttled", "error")
 
 
@@ -57,11 +58,11 @@ class DownloadOptions:
     max_attempts: int = 4
     backoff_seconds: float = 2.0
     max_backoff_seconds: float = 120.0
-    socket_timeout: float = 15.0          # seconds a read may wait for data (yt-dlp's default is 20)
-    sleep_requests: float = 0.0           # pause between HTTP requests (yt-dlp sleep_interval_requests)
-    rate_limit: Optional[int] = None      # bytes/s
-    cookies_file: Optional[str] = None    # what real YouTube needs for age-gated or busy periods
-    js_runtime: Optional[str] = None      # e.g. "node" or "deno": full YouTube support needs one
+    socket_timeout: float = 15.0  # seconds a read may wait for data (yt-dlp's default is 20)
+    sleep_requests: float = 0.0  # pause between HTTP requests (yt-dlp sleep_interval_requests)
+    rate_limit: Optional[int] = None  # bytes/s
+    cookies_file: Optional[str] = None  # what real YouTube needs for age-gated or busy periods
+    js_runtime: Optional[str] = None  # e.g. "node" or "deno": full YouTube support needs one
     tail_tolerance: float = TAIL_TOLERANCE  # seconds a segment may end past the media's end
 
 
@@ -78,11 +79,11 @@ class DownloadResult:
     sha256: Optional[str] = None
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
-    media_duration: Optional[float] = None   # of the piece kept (media_end - media_start)
+    media_duration: Optional[float] = None  # of the piece kept (media_end - media_start)
     audio_channels: Optional[int] = None
-    info: Optional[MediaInfo] = None         # the piece's extent on the source's time line, from its packets
-    environment: str = ""                    # a fault of this machine, not of the source
-    tail_tolerance: Optional[float] = None   # the one the segment was checked with
+    info: Optional[MediaInfo] = None  # the piece's extent on the source's time line, from its packets
+    environment: str = ""  # a fault of this machine, not of the source
+    tail_tolerance: Optional[float] = None  # the one the segment was checked with
     seconds: dict = field(default_factory=dict)  # phase -> wall seconds (request, download, cut, probe, hash)
 
 
@@ -100,12 +101,22 @@ def classify_error(exc: BaseException) -> tuple[str, str]:
         return "throttled", message
     if "private video" in low:
         return "private", message
-    if "confirm your age" in low or "age-restricted" in low or "age restricted" in low or "inappropriate for some users" in low:
+    if (
+        "confirm your age" in low
+        or "age-restricted" in low
+        or "age restricted" in low
+        or "inappropriate for some users" in low
+    ):
         return "age_restricted", message
     if "did not get any data blocks" in low:  # the source answered with an empty body: its media is empty
         return "invalid_media", f"the source sent an empty file (0 bytes): {message}"
-    if status_code in (404, 410) or "video unavailable" in low or "removed" in low or "does not exist" in low \
-            or "not found" in low:
+    if (
+        status_code in (404, 410)
+        or "video unavailable" in low
+        or "removed" in low
+        or "does not exist" in low
+        or "not found" in low
+    ):
         return "unavailable", message
     return "error", message
 
@@ -128,9 +139,15 @@ def _bundled_ffmpeg() -> Iterator[str]:
         FFmpegPostProcessor._ffmpeg_location.reset(token)
 
 
-def download_segment(ytid: str, start: float, end: float, dest_dir: Path, *,
-                     options: Optional[DownloadOptions] = None,
-                     sleep: Callable[[float], None] = time.sleep) -> DownloadResult:
+def download_segment(
+    ytid: str,
+    start: float,
+    end: float,
+    dest_dir: Path,
+    *,
+    options: Optional[DownloadOptions] = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DownloadResult:
     """Download [start, end] of a video into `dest_dir/<segment_id>.<ext>` (atomic)."""
     options = options or DownloadOptions()
     result = DownloadResult(ytid, start, end, status="error", tail_tolerance=options.tail_tolerance)
@@ -156,12 +173,23 @@ def _refusal(info: dict) -> str:
     itself or a YouTube video, never media that a web page links to or embeds."""
     if info.get("direct") or info.get("extractor_key", "").lower().startswith("youtube"):
         return ""
-    return (f"the URL is not media but a web page ({info.get('extractor_key') or 'unknown'}): "
-            "links inside pages are not followed")
+    return (
+        f"the URL is not media but a web page ({info.get('extractor_key') or 'unknown'}): "
+        "links inside pages are not followed"
+    )
 
 
-def _download(start: float, end: float, dest_dir: Path, name: str, url: str, options: DownloadOptions,
-              sleep: Callable[[float], None], result: DownloadResult, ffmpeg: str) -> DownloadResult:
+def _download(
+    start: float,
+    end: float,
+    dest_dir: Path,
+    name: str,
+    url: str,
+    options: DownloadOptions,
+    sleep: Callable[[float], None],
+    result: DownloadResult,
+    ffmpeg: str,
+) -> DownloadResult:
     """Attempts with backoff. Each reads with a timeout (yt-dlp's socket timeout, ffmpeg's
     -rw_timeout), so a stalled server costs a bounded time and a retry.
 
@@ -196,14 +224,24 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
             "format": options.format,
             # a fixed Matroska container takes any codec pair and does not depend on the URL's extension
             "outtmpl": str(tmp / f"{name}.mkv"),
-            "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
+            "quiet": True,
+            "no_warnings": True,
+            "noprogress": True,
+            "noplaylist": True,
             # no retries inside yt-dlp: each would wait out the read timeout of a stalled server
             # again; this loop retries (with backoff) what is worth retrying
-            "retries": 0, "fragment_retries": 2, "socket_timeout": options.socket_timeout,
-            "merge_output_format": "mkv", "logger": _QuietLogger(), "cachedir": False, "ffmpeg_location": ffmpeg,
+            "retries": 0,
+            "fragment_retries": 2,
+            "socket_timeout": options.socket_timeout,
+            "merge_output_format": "mkv",
+            "logger": _QuietLogger(),
+            "cachedir": False,
+            "ffmpeg_location": ffmpeg,
             # the range keeps the source's time line: a packet at 13.2 s is 13.2 s into the video
-            "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(options.socket_timeout * 1e6))],
-                                         "ffmpeg_o": ["-copyts", "-start_at_zero"]},
+            "external_downloader_args": {
+                "ffmpeg_i": ["-rw_timeout", str(int(options.socket_timeout * 1e6))],
+                "ffmpeg_o": ["-copyts", "-start_at_zero"],
+            },
         }
         if not whole:
             ydl_opts["download_ranges"] = download_range_func(None, [(lo, hi)])
@@ -286,8 +324,10 @@ def _download(start: float, end: float, dest_dir: Path, name: str, url: str, opt
                 result.message = f"{result.message} ({result.environment})"
             break  # not the source's failure: the next run tries again
         if result.status in TRANSIENT and result.seconds.get("download", 0.0) - waited >= 0.9 * options.socket_timeout:
-            result.message = (f"stalled: the transfer waited {options.socket_timeout:g} s for data and failed "
-                              f"({result.message}); not retried in this run")
+            result.message = (
+                f"stalled: the transfer waited {options.socket_timeout:g} s for data and failed "
+                f"({result.message}); not retried in this run"
+            )
             break
         if result.status not in TRANSIENT or attempt == options.max_attempts:
             break
@@ -304,7 +344,7 @@ MIN_FREE_BYTES = 16 << 20  # a download folder with less free space than this is
 
 def _free_mb(folder: Path) -> float:
     try:
-        return shutil.disk_usage(folder).free / 2 ** 20
+        return shutil.disk_usage(folder).free / 2**20
     except OSError:
         return float("nan")
 
@@ -331,7 +371,7 @@ def finished_downloads(dest_dir: Path) -> dict[str, Path]:
     for p in sorted(Path(dest_dir).iterdir()):
         if p.name.startswith(".") or not p.name.endswith(PIECE_SUFFIX) or not p.is_file():
             continue
-        out.setdefault(p.name[:-len(PIECE_SUFFIX)], p)
+        out.setdefault(p.name[: -len(PIECE_SUFFIX)], p)
     return out
 
 

@@ -15,6 +15,7 @@ start) - a segment id - claims it: any later valid row naming it, whatever its e
 is reported as a duplicate of that line and skipped (across the shards of the unbalanced list
 too: a shard's rows are checked against the rows before it).
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,7 @@ from typing import Iterable, Iterator, Optional
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 # ASCII digits only: float() also takes "1_000", "1e15", "inf", "nan" and non-ASCII digits
 TIME_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
-MAX_SEGMENT_SECONDS = 60.0      # AudioSet's segments are 10 s at most; six times that is no AudioSet row
+MAX_SEGMENT_SECONDS = 60.0  # AudioSet's segments are 10 s at most; six times that is no AudioSet row
 MAX_START_SECONDS = 24 * 3600.0  # no YouTube video is a day long (uploads stop at 12 h)
 SEGMENT_FILES = {
     "eval": "eval_segments.csv",
@@ -39,8 +40,7 @@ SEGMENT_FILES = {
 UNBALANCED_SHARD_ROWS = 50_000
 UNBALANCED_SHARDS = 41  # unbalanced_00 .. unbalanced_40 (~2.04M segments)
 NUM_FRAMES = 10  # JPEG frames per clip, equally spaced over the segment
-PARTITIONS = (["eval", "balanced_train"] + [f"unbalanced_{i:02d}" for i in range(UNBALANCED_SHARDS)]
-              + ["demo"])
+PARTITIONS = ["eval", "balanced_train"] + [f"unbalanced_{i:02d}" for i in range(UNBALANCED_SHARDS)] + ["demo"]
 
 
 class InvalidYoutubeId(ValueError):
@@ -88,8 +88,9 @@ class SegmentFile:
     issues: list[ParseIssue] = field(default_factory=list)
 
 
-def parse_segment_rows(lines: Iterable[str], known_labels: Optional[set[str]] = None,
-                       first_line: int = 1) -> Iterator[Segment | ParseIssue]:
+def parse_segment_rows(
+    lines: Iterable[str], known_labels: Optional[set[str]] = None, first_line: int = 1
+) -> Iterator[Segment | ParseIssue]:
     return _parse_numbered(enumerate(lines, start=first_line), known_labels)
 
 
@@ -108,8 +109,9 @@ def time_range_problem(start: float, end: float) -> Optional[str]:
     return None
 
 
-def _parse_numbered(lines: Iterable[tuple[int, str]], known_labels: Optional[set[str]],
-                    claimed: Optional[dict[str, int]] = None) -> Iterator[Segment | ParseIssue]:
+def _parse_numbered(
+    lines: Iterable[tuple[int, str]], known_labels: Optional[set[str]], claimed: Optional[dict[str, int]] = None
+) -> Iterator[Segment | ParseIssue]:
     """`claimed`: segment id -> line of the first valid row naming it, filled as rows are accepted
     (pass the rows before `lines` through it first to find duplicates of earlier rows)."""
     claimed = {} if claimed is None else claimed
@@ -135,8 +137,9 @@ def _parse_numbered(lines: Iterable[tuple[int, str]], known_labels: Optional[set
             yield ParseIssue(lineno, f"invalid YouTube id {ytid!r}", text)
             continue
         if not (TIME_RE.fullmatch(start_s) and TIME_RE.fullmatch(end_s)):
-            yield ParseIssue(lineno, f"start/end not numbers (plain decimals, e.g. 30.000): {start_s!r}, {end_s!r}",
-                             text)
+            yield ParseIssue(
+                lineno, f"start/end not numbers (plain decimals, e.g. 30.000): {start_s!r}, {end_s!r}", text
+            )
             continue
         start, end = float(start_s), float(end_s)
         problem = time_range_problem(start, end)
@@ -168,23 +171,22 @@ def _decode(raw: bytes) -> str | None:
         return None
 
 
-def read_segment_file(path: Path, known_labels: Optional[set[str]] = None,
-                      rows: Optional[slice] = None) -> SegmentFile:
+def read_segment_file(path: Path, known_labels: Optional[set[str]] = None, rows: Optional[slice] = None) -> SegmentFile:
     """Parse a segment CSV; `rows` selects data rows (for shards of the unbalanced list). A
     line that is not valid UTF-8 is reported with its number; the others are parsed."""
     path = Path(path)
     data = path.read_bytes()
     lines = data.splitlines()
     header = [t for t in map(_decode, lines[:3]) if t is not None and t.startswith("#")]
-    numbered = list(enumerate(lines, start=1))[len(header):]   # (line number, bytes) of the data rows
+    numbered = list(enumerate(lines, start=1))[len(header) :]  # (line number, bytes) of the data rows
     claimed: dict[str, int] = {}
     if rows is not None:
         # a shard reports its own rows only, but a segment an earlier shard holds is a duplicate
         # here too: the rows before the shard are parsed for the ids they claim
-        before = [(n, t) for n, t in ((n, _decode(raw)) for n, raw in numbered[:rows.start or 0]) if t is not None]
+        before = [(n, t) for n, t in ((n, _decode(raw)) for n, raw in numbered[: rows.start or 0]) if t is not None]
         for _ in _parse_numbered(before, known_labels, claimed):
             pass
-        numbered = numbered[rows]                              # a shard decodes only its own rows
+        numbered = numbered[rows]  # a shard decodes only its own rows
     out = SegmentFile(path=path, sha256=hashlib.sha256(data).hexdigest(), header=header)
     good = []
     for n, raw in numbered:

@@ -10,6 +10,7 @@ it keeps reading the catalog it opened, whole, and a new connection sees the new
 with ``duckdb.connect(path, read_only=True)``: a read-write connection works too, but what it
 writes is lost at the next update (it writes to a file no longer in place).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,11 +40,15 @@ def _select(con, source: str, root: Path) -> str:
     prefix = _quoted(Path(root)) + "/"
     fix = []
     if "audio_path" in cols:
-        fix.append(f"CASE WHEN audio_path IS NULL OR starts_with(audio_path, '/') THEN audio_path "
-                   f"ELSE '{prefix}' || audio_path END AS audio_path")
+        fix.append(
+            f"CASE WHEN audio_path IS NULL OR starts_with(audio_path, '/') THEN audio_path "
+            f"ELSE '{prefix}' || audio_path END AS audio_path"
+        )
     if "frame_paths" in cols:
-        fix.append(f"list_transform(frame_paths, lambda p: CASE WHEN starts_with(p, '/') THEN p "
-                   f"ELSE '{prefix}' || p END) AS frame_paths")
+        fix.append(
+            f"list_transform(frame_paths, lambda p: CASE WHEN starts_with(p, '/') THEN p "
+            f"ELSE '{prefix}' || p END) AS frame_paths"
+        )
     return f"SELECT * REPLACE ({', '.join(fix)}) FROM {source}" if fix else f"SELECT * FROM {source}"
 
 
@@ -61,8 +66,11 @@ def catalog_sources(layout: DataLayout) -> tuple[dict[str, Path], dict[str, Path
             for split in ("train", "test"):
                 if layout.fold(name, k, split).is_file():
                     views[f"{name}_fold{k}_{split}"] = layout.fold(name, k, split)
-    tables = {p.stem: p for p in sorted(layout.tables_dir.glob("*.parquet")) if p.is_file()} \
-        if layout.tables_dir.is_dir() else {}
+    tables = (
+        {p.stem: p for p in sorted(layout.tables_dir.glob("*.parquet")) if p.is_file()}
+        if layout.tables_dir.is_dir()
+        else {}
+    )
     return views, tables
 
 
@@ -73,21 +81,28 @@ def _rebuild(layout: DataLayout, views: dict[str, Path], tables: dict[str, Path]
 
     target = layout.catalog
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*.tmp*"):   # of writers killed mid-way (none is live)
+    for stale in target.parent.glob(f".{target.name}.*.tmp*"):  # of writers killed mid-way (none is live)
         stale.unlink(missing_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
-    tmp.unlink()   # DuckDB makes the file: an empty one is not a database to it
+    tmp.unlink()  # DuckDB makes the file: an empty one is not a database to it
     try:
         con = duckdb.connect(str(tmp))
         try:
             for view, path in views.items():
-                con.execute(f"CREATE VIEW {_name(view)} AS "
-                            + _select(con, f"read_parquet('{_quoted(path)}')", layout.root))
+                con.execute(
+                    f"CREATE VIEW {_name(view)} AS " + _select(con, f"read_parquet('{_quoted(path)}')", layout.root)
+                )
             if any(p.is_file() for p in layout.manifests_dir.glob("*.parquet")):
-                con.execute("CREATE VIEW audioset AS " + _select(
-                    con, f"read_parquet('{_quoted(layout.manifests_dir)}/*.parquet', union_by_name=true)", layout.root))
+                con.execute(
+                    "CREATE VIEW audioset AS "
+                    + _select(
+                        con,
+                        f"read_parquet('{_quoted(layout.manifests_dir)}/*.parquet', union_by_name=true)",
+                        layout.root,
+                    )
+                )
             # tables, not views: a result's parquet may be replaced while the catalog is read
             for table, path in tables.items():
                 con.execute(f"CREATE TABLE {_name(table)} AS SELECT * FROM read_parquet('{_quoted(path)}')")
@@ -119,7 +134,9 @@ def publish_table(layout: DataLayout, name: str, parquet: Path) -> None:
         _rebuild(layout, views, {**tables, name: parquet})
 
 
-def publish_manifests(layout: DataLayout, manifests: dict[str, tuple["pd.DataFrame", Path]]) -> dict[str, tuple[str, Path]]:
+def publish_manifests(
+    layout: DataLayout, manifests: dict[str, tuple["pd.DataFrame", Path]]
+) -> dict[str, tuple[str, Path]]:
     """Publish manifests and their catalog views as one step that cannot stop half-way:
     `manifests` maps a view name to (table, pointer). Each table is stored as an immutable
     version first; then, under the catalog lock, the pointers move and the catalog is rebuilt -
@@ -127,8 +144,9 @@ def publish_manifests(layout: DataLayout, manifests: dict[str, tuple["pd.DataFra
     raised. Returns view name -> (SHA-256, version path)."""
     stored = {view: store_version(df, layout.versions_dir) for view, (df, _) in manifests.items()}
     with file_lock(layout.catalog_lock):
-        before = {view: (os.readlink(pointer) if pointer.is_symlink() else None)
-                  for view, (_, pointer) in manifests.items()}
+        before = {
+            view: (os.readlink(pointer) if pointer.is_symlink() else None) for view, (_, pointer) in manifests.items()
+        }
         try:
             for view, (_, pointer) in manifests.items():
                 point_to(pointer, stored[view][1])

@@ -20,6 +20,7 @@ shards and fine-tuning assets (`assets/`), the source folder
 (`DatasetSources.clipset`: AUDIOCLIP_<NAME>_DIR / _URL), the evaluation tables
 (`evaluation.tables.CLIPSETS`), the variables forwarded to Kubernetes pods and the DuckDB views.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,19 +37,19 @@ from ..files import sha256_file
 class ClipSetSpec:
     """A dataset's layout and its evaluation protocol."""
 
-    name: str                         # lower case: asset names (`<name>_manifest`), folders, env variables
-    title: str                        # as the dataset calls itself ("UrbanSound8K"), in descriptions
-    metadata: str                     # path of the metadata CSV inside the root
+    name: str  # lower case: asset names (`<name>_manifest`), folders, env variables
+    title: str  # as the dataset calls itself ("UrbanSound8K"), in descriptions
+    metadata: str  # path of the metadata CSV inside the root
     num_folds: int
-    row: Callable[[dict], tuple[str, int, int, str]]   # -> (relative audio path, fold, class id, label)
+    row: Callable[[dict], tuple[str, int, int, str]]  # -> (relative audio path, fold, class id, label)
     expected_clips: int
     expected_fold_counts: dict[int, int]
-    clip_seconds: float               # every clip padded / cropped to this length
-    channels: int                     # channels fed to the model
-    num_classes: int                  # in the published set
+    clip_seconds: float  # every clip padded / cropped to this length
+    channels: int  # channels fed to the model
+    num_classes: int  # in the published set
     expected_per_class: int | None = None
-    input_scale: str = "int16"        # how the published loader scales a clip (audioclip_core.audio)
-    audio_layout: str = "audio/"      # where `row` finds the clips, as descriptions show it ("audio/foldN/")
+    input_scale: str = "int16"  # how the published loader scales a clip (audioclip_core.audio)
+    audio_layout: str = "audio/"  # where `row` finds the clips, as descriptions show it ("audio/foldN/")
 
     @property
     def folds(self) -> tuple[int, ...]:
@@ -66,18 +67,31 @@ class ClipSetSpec:
 
 
 ESC50 = ClipSetSpec(
-    name="esc50", title="ESC-50", metadata="meta/esc50.csv", num_folds=5,
+    name="esc50",
+    title="ESC-50",
+    metadata="meta/esc50.csv",
+    num_folds=5,
     row=lambda r: (f"audio/{r['filename']}", int(r["fold"]), int(r["target"]), r["category"]),
-    expected_clips=2000, expected_fold_counts={k: 400 for k in range(1, 6)}, expected_per_class=40,
-    clip_seconds=5.0, channels=1, num_classes=50,
+    expected_clips=2000,
+    expected_fold_counts={k: 400 for k in range(1, 6)},
+    expected_per_class=40,
+    clip_seconds=5.0,
+    channels=1,
+    num_classes=50,
 )
 US8K = ClipSetSpec(
-    name="us8k", title="UrbanSound8K", metadata="metadata/UrbanSound8K.csv", num_folds=10,
-    row=lambda r: (f"audio/fold{int(r['fold'])}/{r['slice_file_name']}", int(r["fold"]), int(r["classID"]),
-                   r["class"]),
+    name="us8k",
+    title="UrbanSound8K",
+    metadata="metadata/UrbanSound8K.csv",
+    num_folds=10,
+    row=lambda r: (f"audio/fold{int(r['fold'])}/{r['slice_file_name']}", int(r["fold"]), int(r["classID"]), r["class"]),
     expected_clips=8732,
     expected_fold_counts={1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837},
-    clip_seconds=4.0, channels=2, num_classes=10, input_scale="minmax", audio_layout="audio/foldN/",
+    clip_seconds=4.0,
+    channels=2,
+    num_classes=10,
+    input_scale="minmax",
+    audio_layout="audio/foldN/",
 )
 SPECS = {"esc50": ESC50, "us8k": US8K}
 
@@ -112,8 +126,7 @@ def read_metadata(root: Path, spec: ClipSetSpec) -> list[dict]:
                 raise ValueError(f"{path}:{line}: malformed metadata row ({exc}): {r}") from exc
             if not 1 <= fold <= spec.num_folds:
                 raise ValueError(f"{path}:{line}: fold {fold} outside 1..{spec.num_folds}")
-            rows.append({"path": rel, "fold": fold, "class_id": cid, "class_name": class_name(label),
-                         "line": line})
+            rows.append({"path": rel, "fold": fold, "class_id": cid, "class_name": class_name(label), "line": line})
     return rows
 
 
@@ -129,16 +142,26 @@ def validate(root: Path, spec: ClipSetSpec, rows: list[dict], *, hash_files: boo
     for r in rows:
         path = root / r["path"]
         named.add(r["path"])
-        rec = {**r, "status": "ok", "reason": "", "sample_rate": None, "channels": None,
-               "duration": None, "sha256": None}
+        rec = {
+            **r,
+            "status": "ok",
+            "reason": "",
+            "sample_rate": None,
+            "channels": None,
+            "duration": None,
+            "sha256": None,
+        }
         if not path.is_file():
             rec.update(status="missing", reason="file not found")
             missing.append(r["path"])
         else:
             try:
                 info = sf.info(str(path))
-                rec.update(sample_rate=int(info.samplerate), channels=int(info.channels),
-                           duration=float(info.frames) / info.samplerate)
+                rec.update(
+                    sample_rate=int(info.samplerate),
+                    channels=int(info.channels),
+                    duration=float(info.frames) / info.samplerate,
+                )
                 if info.frames == 0:
                     raise RuntimeError("no samples")
                 if hash_files:

@@ -14,6 +14,7 @@ the collate function drops, so one bad file costs one sample, not the run.
 Files are read from disk, or, given a `store` (`data.shards.ShardStore`), from training
 shards by the same paths: the bytes are the same, so the items are too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,8 +56,9 @@ class AudioOptions:
     noise_p: float = 0.25
 
 
-def clipset_dataset(table: pd.DataFrame, classes: list[str], audio: AudioOptions, *, train: bool,
-                    seed: int = 0) -> "ClipSetDataset":
+def clipset_dataset(
+    table: pd.DataFrame, classes: list[str], audio: AudioOptions, *, train: bool, seed: int = 0
+) -> "ClipSetDataset":
     """An ESC-50 / US8K table as a dataset: its clips, their class among `classes`, read as `audio`
     says (augmented when `train` and `audio.augment`)."""
     return ClipSetDataset(table, train=train, seed=seed, audio=audio, classes=classes)
@@ -74,8 +76,11 @@ class _Base(Dataset):
         self.df = df.reset_index(drop=True)
         self.train, self.seed, self.audio = train, seed, audio
         out_len = int(round(audio.clip_seconds * SAMPLE_RATE))
-        self.transform = (train_transforms(out_len, inversion=audio.inversion, noise_p=audio.noise_p)
-                          if train and audio.augment else eval_transforms(out_len))
+        self.transform = (
+            train_transforms(out_len, inversion=audio.inversion, noise_p=audio.noise_p)
+            if train and audio.augment
+            else eval_transforms(out_len)
+        )
         self.epoch = 0
         self.bad_items: dict[int, str] = {}
 
@@ -93,8 +98,17 @@ class _Base(Dataset):
 class AudioSetDataset(_Base):
     """Rows of an AudioSet manifest with status `ok`."""
 
-    def __init__(self, df: pd.DataFrame, class_ids: list[str], *, train: bool, seed: int = 0,
-                 audio: Optional[AudioOptions] = None, image_size: int = 224, with_image: bool = True):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        class_ids: list[str],
+        *,
+        train: bool,
+        seed: int = 0,
+        audio: Optional[AudioOptions] = None,
+        image_size: int = 224,
+        with_image: bool = True,
+    ):
         super().__init__(df[df["status"] == "ok"], train=train, seed=seed, audio=audio or AudioOptions())
         self.class_index = {m: i for i, m in enumerate(class_ids)}
         self.image_size, self.with_image = image_size, with_image
@@ -108,8 +122,9 @@ class AudioSetDataset(_Base):
             if self.with_image:
                 frames = list(row["frame_paths"])
                 pick = int(torch.randint(0, len(frames), (), generator=rng)) if self.train else len(frames) // 2
-                item["image"] = load_clip_image(_source(self.store, frames[pick]), self.image_size,
-                                                rng if self.train else None)
+                item["image"] = load_clip_image(
+                    _source(self.store, frames[pick]), self.image_size, rng if self.train else None
+                )
         except Exception as exc:  # a clip that fails to decode costs one sample, not the run
             return {"index": index, "error": f"{row['segment_id']}: {exc}"}
         target = torch.zeros(len(self.class_index))
@@ -123,10 +138,18 @@ class AudioSetDataset(_Base):
 class ClipSetDataset(_Base):
     """Rows of an ESC-50 / US8K fold table: audio + class name + class id."""
 
-    def __init__(self, df: pd.DataFrame, *, train: bool, seed: int = 0, audio: Optional[AudioOptions] = None,
-                 classes: Optional[list[str]] = None):
-        super().__init__(df[df["status"] == "ok"] if "status" in df else df, train=train, seed=seed,
-                         audio=audio or AudioOptions())
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        *,
+        train: bool,
+        seed: int = 0,
+        audio: Optional[AudioOptions] = None,
+        classes: Optional[list[str]] = None,
+    ):
+        super().__init__(
+            df[df["status"] == "ok"] if "status" in df else df, train=train, seed=seed, audio=audio or AudioOptions()
+        )
         self.classes = classes or [n for _, n in sorted(set(zip(df["class_id"], df["class_name"])))]
         self.class_of = {n: i for i, n in enumerate(self.classes)}
 
@@ -137,8 +160,12 @@ class ClipSetDataset(_Base):
             audio = self._audio(row["audio_path"], rng)
         except Exception as exc:
             return {"index": index, "error": f"{row['path']}: {exc}"}
-        return {"index": index, "audio": audio, "text": [row["class_name"]],
-                "target": torch.tensor(self.class_of[row["class_name"]])}
+        return {
+            "index": index,
+            "audio": audio,
+            "text": [row["class_name"]],
+            "target": torch.tensor(self.class_of[row["class_name"]]),
+        }
 
 
 class ImageCaptionDataset(Dataset):
@@ -151,8 +178,9 @@ class ImageCaptionDataset(Dataset):
 
     def __init__(self, df: pd.DataFrame, *, train: bool, seed: int = 0, image_size: int = 224):
         df = df[df["status"] == "ok"] if "status" in df else df
-        self.pairs = [(str(f), list(row.label_names), str(row.segment_id))
-                      for row in df.itertuples() for f in row.frame_paths]
+        self.pairs = [
+            (str(f), list(row.label_names), str(row.segment_id)) for row in df.itertuples() for f in row.frame_paths
+        ]
         self.train, self.seed, self.image_size, self.epoch = train, seed, image_size, 0
         self.bad_items: dict[int, str] = {}
 

@@ -18,6 +18,7 @@ demo's stand-in for CLIP pre-training (training stage ``clip_standin``) has imag
 pairs to align. Everything is seeded (`generate_all(root, seed=n)`: `make demo SEED=n`): the
 same seed writes the same bytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,8 @@ SR = 44100
 @dataclass(frozen=True)
 class DemoClass:
     mid: str
-    name: str            # AudioSet display name
-    short: str           # ESC-50 / US8K style category (underscores)
+    name: str  # AudioSet display name
+    short: str  # ESC-50 / US8K style category (underscores)
     color: tuple[int, int, int]
 
 
@@ -61,7 +62,7 @@ def synthesize(cls: DemoClass, seconds: float, rng: np.random.Generator, sr: int
     """A mono waveform in [-1, 1] with the character of the class, randomised per clip."""
     n = int(seconds * sr)
     t = np.arange(n) / sr
-    amp = rng.uniform(0.2, 0.95)   # loudness varies per clip: a model meets quiet and full-scale clips
+    amp = rng.uniform(0.2, 0.95)  # loudness varies per clip: a model meets quiet and full-scale clips
     if cls.short == "sine_wave":
         y = np.sin(2 * np.pi * rng.uniform(300, 1200) * t)
     elif cls.short == "white_noise":
@@ -75,12 +76,12 @@ def synthesize(cls: DemoClass, seconds: float, rng: np.random.Generator, sr: int
         f0, f1 = rng.uniform(200, 600), rng.uniform(3000, 8000)
         period = rng.uniform(0.5, 1.0)
         phase_t = t % period
-        y = np.sin(2 * np.pi * (f0 * phase_t + (f1 - f0) * phase_t ** 2 / (2 * period)))
+        y = np.sin(2 * np.pi * (f0 * phase_t + (f1 - f0) * phase_t**2 / (2 * period)))
     elif cls.short == "clicking":
         y = np.zeros(n)
         step = int(sr / rng.uniform(4, 12))
         for start in range(int(rng.integers(0, step)), n - 200, step):
-            y[start:start + 200] = np.exp(-np.arange(200) / 25.0) * rng.choice([-1, 1])
+            y[start : start + 200] = np.exp(-np.arange(200) / 25.0) * rng.choice([-1, 1])
     elif cls.short == "siren":
         rate = rng.uniform(0.3, 1.2)
         freq = 900 + 400 * np.sin(2 * np.pi * rate * t)
@@ -95,7 +96,7 @@ def synthesize(cls: DemoClass, seconds: float, rng: np.random.Generator, sr: int
         f = rng.uniform(60, 110)
         thump = np.sin(2 * np.pi * f * hit * (1 + 1.5 * np.exp(-hit / 0.03))) * np.exp(-hit / 0.07)
         for start in range(int(rng.integers(0, step)), n - len(hit), step):
-            y[start:start + len(hit)] += thump
+            y[start : start + len(hit)] += thump
     elif cls.short == "beep_bleep":  # short high tones with silence between
         f = rng.uniform(1500, 2500)
         on, period = rng.uniform(0.08, 0.15), rng.uniform(0.3, 0.5)
@@ -117,17 +118,24 @@ def _frames(classes: list[DemoClass], n: int, size: tuple[int, int], rng: np.ran
     classes = [classes[i] for i in order]
     band = w // len(classes)
     for i, c in enumerate(classes):
-        img[:, :, i * band:(i + 1) * band if i < len(classes) - 1 else w] = c.color
+        img[:, :, i * band : (i + 1) * band if i < len(classes) - 1 else w] = c.color
     for k in range(n):
         x = int((k / max(n - 1, 1)) * (w - 10))
-        img[k, :, x:x + 10] *= 0.5
+        img[k, :, x : x + 10] *= 0.5
     img *= rng.uniform(0.8, 1.1)
     img += rng.normal(0, 12, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_video(path: Path, classes: list[DemoClass], seconds: float, rng: np.random.Generator,
-                fps: int = 10, size: tuple[int, int] = (120, 160), encoder=None) -> None:
+def write_video(
+    path: Path,
+    classes: list[DemoClass],
+    seconds: float,
+    rng: np.random.Generator,
+    fps: int = 10,
+    size: tuple[int, int] = (120, 160),
+    encoder=None,
+) -> None:
     """A video of `classes`: their sounds mixed, their colours in the frames. The content is
     drawn from `rng` here; the encoding (ffmpeg) runs in `encoder` (an executor) if given."""
     audio = sum(synthesize(c, seconds, rng) for c in classes) / len(classes)
@@ -142,10 +150,40 @@ def _encode(path: Path, audio: np.ndarray, frames: np.ndarray, fps: int, size: t
     path.parent.mkdir(parents=True, exist_ok=True)
     wav = path.with_suffix(".tmp.wav")
     sf.write(wav, audio, SR)
-    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-threads", "1", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{size[1]}x{size[0]}", "-r", str(fps), "-i", "-", "-i", str(wav),
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
-           "-b:a", "96k", "-shortest", "-movflags", "+faststart", str(path)]
+    cmd = [
+        ffmpeg_exe(),
+        "-v",
+        "error",
+        "-y",
+        "-threads",
+        "1",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{size[1]}x{size[0]}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-i",
+        str(wav),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "96k",
+        "-shortest",
+        "-movflags",
+        "+faststart",
+        str(path),
+    ]
     try:
         subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
     finally:
@@ -172,17 +210,26 @@ def is_demo_folder(folder: Path) -> bool:
 
 def _segment_csv(path: Path, rows: list[tuple[str, float, float, list[str]]]) -> None:
     labels = {m for *_, ms in rows for m in ms}
-    lines = [GENERATOR_HEADER,
-             f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(labels)}, "
-             f"num_positive_labels={sum(len(ms) for *_, ms in rows)}",
-             "# YTID, start_seconds, end_seconds, positive_labels"]
+    lines = [
+        GENERATOR_HEADER,
+        f"# num_ytids={len(rows)}, num_segs={len(rows)}, num_unique_labels={len(labels)}, "
+        f"num_positive_labels={sum(len(ms) for *_, ms in rows)}",
+        "# YTID, start_seconds, end_seconds, positive_labels",
+    ]
     lines += [f'{y}, {s:.3f}, {e:.3f}, "{",".join(ms)}"' for y, s, e, ms in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def generate_audioset(root: Path, *, train_per_class: int = 12, eval_per_class: int = 4,
-                      missing_per_split: int = 2, seed: int = 0, video_seconds: float = 6.0,
-                      segment: tuple[float, float] = (1.0, 5.0)) -> dict:
+def generate_audioset(
+    root: Path,
+    *,
+    train_per_class: int = 12,
+    eval_per_class: int = 4,
+    missing_per_split: int = 2,
+    seed: int = 0,
+    video_seconds: float = 6.0,
+    segment: tuple[float, float] = (1.0, 5.0),
+) -> dict:
     """Write the demo AudioSet folder; returns counts."""
     from importlib.resources import files
 
@@ -321,8 +368,10 @@ def generate_all(root: Path, *, seed: Optional[int] = None, force: bool = False)
         if marker.exists() and not force:
             have = generated_seed(root)
             if have != seed:
-                raise SeedMismatch(f"{root} holds the demo dataset of seed {have}, not {seed}: give this seed its "
-                                   f"own data root (AUDIOCLIP_DATA_ROOT) and Dagster home (DAGSTER_HOME)")
+                raise SeedMismatch(
+                    f"{root} holds the demo dataset of seed {have}, not {seed}: give this seed its "
+                    f"own data root (AUDIOCLIP_DATA_ROOT) and Dagster home (DAGSTER_HOME)"
+                )
             return {"skipped": True, "seed": seed}
         with publish_folder(root) as tmp:
             counts = generate_audioset(tmp / "audioset", seed=3 * seed)

@@ -7,6 +7,7 @@ immutable content-addressed versions behind a pointer (`files.publish_version`),
 paths of files under the data root relative to it (`relative_paths`): a root can move, and a
 checkpoint's lineage names the exact version it was trained on. Readers resolve the paths
 against their data root with `read_manifest`, which checks a version against its name."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,8 +61,12 @@ def _map(df: pd.DataFrame, fn, root: Path) -> pd.DataFrame:
     root = Path(root)
     for col in PATH_COLUMNS:
         if col in out:
-            out[col] = [None if v is None else ([fn(x, root) for x in v] if not isinstance(v, str) and hasattr(v, "__len__")
-                                                  else fn(v, root)) for v in out[col]]
+            out[col] = [
+                None
+                if v is None
+                else ([fn(x, root) for x in v] if not isinstance(v, str) and hasattr(v, "__len__") else fn(v, root))
+                for v in out[col]
+            ]
     return out
 
 
@@ -104,15 +109,17 @@ def read_partition(source_dir: Path, partition: str) -> tuple[pd.DataFrame, list
     labels = label_index_for(source_dir)
     parsed = read_segment_file(path, set(labels.mids), rows=rows)
     names = labels.name_of
-    df = pd.DataFrame({
-        "segment_id": [s.segment_id for s in parsed.segments],
-        "ytid": [s.ytid for s in parsed.segments],
-        "start": [s.start for s in parsed.segments],
-        "end": [s.end for s in parsed.segments],
-        "label_ids": [list(s.labels) for s in parsed.segments],
-        "label_names": [[names[m] for m in s.labels] for s in parsed.segments],
-        "line": [s.line for s in parsed.segments],
-    })
+    df = pd.DataFrame(
+        {
+            "segment_id": [s.segment_id for s in parsed.segments],
+            "ytid": [s.ytid for s in parsed.segments],
+            "start": [s.start for s in parsed.segments],
+            "end": [s.end for s in parsed.segments],
+            "label_ids": [list(s.labels) for s in parsed.segments],
+            "label_names": [[names[m] for m in s.labels] for s in parsed.segments],
+            "line": [s.line for s in parsed.segments],
+        }
+    )
     df = df.drop_duplicates("segment_id", keep="first").reset_index(drop=True)
     return df, parsed.issues, parsed.sha256
 
@@ -155,37 +162,64 @@ def clip_problems(clips: pd.DataFrame, *, reread_all: bool = False, root: Path |
 WAV_HEADER_BYTES = 44
 
 
-def build_manifest(segments: pd.DataFrame, downloads: pd.DataFrame, clips: pd.DataFrame,
-                   partition: str) -> pd.DataFrame:
+def build_manifest(
+    segments: pd.DataFrame, downloads: pd.DataFrame, clips: pd.DataFrame, partition: str
+) -> pd.DataFrame:
     """One row per segment with the documented columns (MANIFEST_COLUMNS), by joins (no work
     per segment in Python)."""
     seg = segments[["segment_id", "ytid", "start", "end", "label_ids", "label_names"]].reset_index(drop=True)
-    dl = downloads[["segment_id", "status", "message"]].drop_duplicates("segment_id") \
+    dl = (
+        downloads[["segment_id", "status", "message"]]
+        .drop_duplicates("segment_id")
         .rename(columns={"status": "dl_status", "message": "dl_message"})
+    )
     out = seg.merge(dl, on="segment_id", how="left")
-    clip_cols = ["segment_id", "status", "reason", "audio_path", "sha256", "duration", "sample_rate", "channels",
-                 "frame_paths"]
+    clip_cols = [
+        "segment_id",
+        "status",
+        "reason",
+        "audio_path",
+        "sha256",
+        "duration",
+        "sample_rate",
+        "channels",
+        "frame_paths",
+    ]
     cl = (clips[clip_cols] if len(clips) else pd.DataFrame(columns=clip_cols)).drop_duplicates("segment_id")
     out = out.merge(cl.rename(columns={"status": "cl_status", "reason": "cl_reason"}), on="segment_id", how="left")
     downloaded = out["dl_status"].notna()
     dl_ok = out["dl_status"] == "ok"
     clipped = out["cl_status"].notna()
     clip_ok = dl_ok & (out["cl_status"] == "ok")
-    status = np.where(~downloaded, "error", np.where(~dl_ok, out["dl_status"],
-                      np.where(clipped, out["cl_status"], "error")))
-    reason = np.where(~downloaded, "not downloaded", np.where(~dl_ok, out["dl_message"].fillna(""),
-                      np.where(clipped, out["cl_reason"], "downloaded but not extracted")))
-    result = pd.DataFrame({
-        "segment_id": out["segment_id"], "ytid": out["ytid"], "start": out["start"], "end": out["end"],
-        "label_ids": out["label_ids"].map(list), "label_names": out["label_names"].map(list),
-        "status": status.astype(object), "reason": reason.astype(object),
-        "audio_path": out["audio_path"].where(clip_ok, None), "sha256": out["sha256"].where(clip_ok, None),
-        "duration": pd.to_numeric(out["duration"], errors="coerce").astype(float).where(clip_ok, None),
-        "sample_rate": out["sample_rate"].where(clip_ok, None),
-        "channels": out["channels"].where(clip_ok, None),
-        "frame_paths": [list(f) if ok and f is not None else None for f, ok in zip(out["frame_paths"], clip_ok)],
-        "partition": partition,
-    })
+    status = np.where(
+        ~downloaded, "error", np.where(~dl_ok, out["dl_status"], np.where(clipped, out["cl_status"], "error"))
+    )
+    reason = np.where(
+        ~downloaded,
+        "not downloaded",
+        np.where(
+            ~dl_ok, out["dl_message"].fillna(""), np.where(clipped, out["cl_reason"], "downloaded but not extracted")
+        ),
+    )
+    result = pd.DataFrame(
+        {
+            "segment_id": out["segment_id"],
+            "ytid": out["ytid"],
+            "start": out["start"],
+            "end": out["end"],
+            "label_ids": out["label_ids"].map(list),
+            "label_names": out["label_names"].map(list),
+            "status": status.astype(object),
+            "reason": reason.astype(object),
+            "audio_path": out["audio_path"].where(clip_ok, None),
+            "sha256": out["sha256"].where(clip_ok, None),
+            "duration": pd.to_numeric(out["duration"], errors="coerce").astype(float).where(clip_ok, None),
+            "sample_rate": out["sample_rate"].where(clip_ok, None),
+            "channels": out["channels"].where(clip_ok, None),
+            "frame_paths": [list(f) if ok and f is not None else None for f, ok in zip(out["frame_paths"], clip_ok)],
+            "partition": partition,
+        }
+    )
     for col in ("sample_rate", "channels"):
         result[col] = [int(v) if ok and v is not None and v == v else None for v, ok in zip(result[col], clip_ok)]
     return result[list(MANIFEST_COLUMNS)]

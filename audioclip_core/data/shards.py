@@ -36,6 +36,7 @@ of the same dataset over files - same bytes, same (seed, epoch, index) randomnes
 is the streaming form: batches in a shard-local order, split over DataLoader workers (and
 distributed ranks), deterministic per (seed, epoch), resumable at any batch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,12 +58,26 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..files import Busy, exclusive, file_lock, publish_folder, sha256_file
 from .manifests import relative_path
 
-SHARD_BYTES = 256 * 1024 ** 2
+SHARD_BYTES = 256 * 1024**2
 RECORD = "shards.json"
 INDEX = "index.parquet"
-PACKING = ".packing"   # the suffix of a set being written
-META_COLUMNS = ("segment_id", "ytid", "start", "end", "label_ids", "label_names", "class_id", "class_name",
-                "fold", "path", "partition", "sha256", "duration", "channels")
+PACKING = ".packing"  # the suffix of a set being written
+META_COLUMNS = (
+    "segment_id",
+    "ytid",
+    "start",
+    "end",
+    "label_ids",
+    "label_names",
+    "class_id",
+    "class_name",
+    "fold",
+    "path",
+    "partition",
+    "sha256",
+    "duration",
+    "channels",
+)
 
 
 def _json_value(v):
@@ -116,7 +131,7 @@ def remove_abandoned(parent: Path, *, held: str = "") -> list[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed.append(tmp)
         except Busy:
-            pass    # being packed now
+            pass  # being packed now
     return removed
 
 
@@ -126,14 +141,24 @@ def _expected_digests(rows: pd.DataFrame) -> list[str]:
     digests = list(rows["sha256"]) if "sha256" in rows else [None] * len(rows)
     missing = [str(p) for p, d in zip(rows["audio_path"], digests) if not (isinstance(d, str) and len(d) == 64)]
     if missing:
-        raise ValueError(f"the manifest records no SHA-256 for {len(missing)} usable clip(s), e.g. {missing[:3]}: "
-                         "packing checks every clip against it; materialise the manifest again")
+        raise ValueError(
+            f"the manifest records no SHA-256 for {len(missing)} usable clip(s), e.g. {missing[:3]}: "
+            "packing checks every clip against it; materialise the manifest again"
+        )
     return digests
 
 
-def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str = "segment_id",
-                 target_bytes: int = SHARD_BYTES, source_sha256: str = "", prefix: str = "shard",
-                 progress: Optional[Callable[[int, int], None]] = None) -> dict:
+def write_shards(
+    manifest: pd.DataFrame,
+    root: Path,
+    out_dir: Path,
+    *,
+    key: str = "segment_id",
+    target_bytes: int = SHARD_BYTES,
+    source_sha256: str = "",
+    prefix: str = "shard",
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> dict:
     """Pack the `ok` rows of `manifest` (file paths absolute, or relative to `root`) into tar
     shards of about `target_bytes` in `out_dir` (written in a temporary folder and renamed into
     place: a killed run leaves nothing that looks finished, and the next run removes what it
@@ -147,21 +172,40 @@ def write_shards(manifest: pd.DataFrame, root: Path, out_dir: Path, *, key: str 
     expected = _expected_digests(rows)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(_lock_of(out_dir)):
-        if (out_dir / RECORD).is_file():   # packed by the process we waited for
+        if (out_dir / RECORD).is_file():  # packed by the process we waited for
             return json.loads((out_dir / RECORD).read_text())
         remove_abandoned(out_dir.parent, held=out_dir.name)
         try:
             with publish_folder(out_dir, suffix=PACKING, replace=False) as tmp:
-                return _pack(rows, expected, root, tmp, key=key, target_bytes=target_bytes,
-                             source_sha256=source_sha256, prefix=prefix, progress=progress)
+                return _pack(
+                    rows,
+                    expected,
+                    root,
+                    tmp,
+                    key=key,
+                    target_bytes=target_bytes,
+                    source_sha256=source_sha256,
+                    prefix=prefix,
+                    progress=progress,
+                )
         except FileExistsError:  # another process packed the same version first: the same content, keep its set
             if not (out_dir / RECORD).is_file():
                 raise
             return json.loads((out_dir / RECORD).read_text())
 
 
-def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, *, key: str,
-          target_bytes: int, source_sha256: str, prefix: str, progress) -> dict:
+def _pack(
+    rows: pd.DataFrame,
+    expected: list[str],
+    root: Path,
+    tmp: Path,
+    *,
+    key: str,
+    target_bytes: int,
+    source_sha256: str,
+    prefix: str,
+    progress,
+) -> dict:
     index, shards, mismatched = [], [], []
     tar, shard_path, shard_samples = None, None, 0
 
@@ -169,8 +213,14 @@ def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, *, key
         nonlocal tar
         if tar is not None:
             tar.close()
-            shards.append({"name": shard_path.name, "sha256": sha256_file(shard_path),
-                           "bytes": shard_path.stat().st_size, "samples": shard_samples})
+            shards.append(
+                {
+                    "name": shard_path.name,
+                    "sha256": sha256_file(shard_path),
+                    "bytes": shard_path.stat().st_size,
+                    "samples": shard_samples,
+                }
+            )
             tar = None
 
     def add(name: str, data: bytes, source: str, sample_key: str, digest: str = ""):
@@ -179,8 +229,17 @@ def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, *, key
         header = len(info.tobuf(tar.format, tar.encoding, tar.errors))
         offset = tar.offset + header
         tar.addfile(info, io.BytesIO(data))
-        index.append({"path": source, "shard": shard_path.name, "offset": offset, "size": len(data),
-                      "key": sample_key, "member": name, "sha256": digest or hashlib.sha256(data).hexdigest()})
+        index.append(
+            {
+                "path": source,
+                "shard": shard_path.name,
+                "offset": offset,
+                "size": len(data),
+                "key": sample_key,
+                "member": name,
+                "sha256": digest or hashlib.sha256(data).hexdigest(),
+            }
+        )
 
     order = pack_order(len(rows))
     for done, i in enumerate(order, start=1):
@@ -188,13 +247,13 @@ def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, *, key
         audio = str(row["audio_path"])
         src = audio if Path(audio).is_absolute() else str(root / audio)
         data = Path(src).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()   # of the bytes packed: the file may change after
+        digest = hashlib.sha256(data).hexdigest()  # of the bytes packed: the file may change after
         if digest != expected[i]:
             mismatched.append(f"{src}: manifest {expected[i]}, file {digest}")
         if progress:
             progress(done, len(rows))
         if mismatched:
-            continue    # nothing will be published: the remaining clips are only checked
+            continue  # nothing will be published: the remaining clips are only checked
         if tar is None or tar.fileobj.tell() >= target_bytes:
             close()
             shard_path = tmp / f"{prefix}-{len(shards):05d}.tar"
@@ -218,13 +277,21 @@ def _pack(rows: pd.DataFrame, expected: list[str], root: Path, tmp: Path, *, key
         raise DigestMismatch(
             f"{len(mismatched)} of {len(rows)} clips do not hash to the SHA-256 their manifest recorded at extraction "
             f"(changed since?); no shards were published. Restore the files, or extract those clips again and "
-            f"materialise the manifest again:\n" + "\n".join(mismatched[:20]) + more)
+            f"materialise the manifest again:\n" + "\n".join(mismatched[:20]) + more
+        )
     close()
     index_df = pd.DataFrame(index, columns=["path", "shard", "offset", "size", "key", "member", "sha256"])
     index_df.to_parquet(tmp / INDEX, index=False)
-    record = {"format": "webdataset-tar", "samples": len(rows), "shards": shards,
-              "bytes": sum(s["bytes"] for s in shards), "index": INDEX, "index_sha256": sha256_file(tmp / INDEX),
-              "source_sha256": source_sha256, "key": key}
+    record = {
+        "format": "webdataset-tar",
+        "samples": len(rows),
+        "shards": shards,
+        "bytes": sum(s["bytes"] for s in shards),
+        "index": INDEX,
+        "index_sha256": sha256_file(tmp / INDEX),
+        "source_sha256": source_sha256,
+        "key": key,
+    }
     (tmp / RECORD).write_text(json.dumps(record, indent=1))
     return record
 
@@ -262,7 +329,7 @@ class ShardStore:
         for folder in folders:
             idx = pd.read_parquet(folder / INDEX)
             idx["file"] = [str(folder / s) for s in idx["shard"]]
-            if "sha256" in idx:   # raw digests: a third of the memory of the hex text, per member
+            if "sha256" in idx:  # raw digests: a third of the memory of the hex text, per member
                 idx["digest"] = [bytes.fromhex(d) for d in idx["sha256"]]
             else:
                 idx["digest"] = None
@@ -270,8 +337,9 @@ class ShardStore:
                 self._unchecked.update({str(folder / s["name"]): s["sha256"] for s in record["shards"]})
             frames.append(idx)
         idx = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        self._where = dict(zip(idx["path"], zip(idx["file"], idx["offset"].astype(int), idx["size"].astype(int),
-                                                idx["digest"])))
+        self._where = dict(
+            zip(idx["path"], zip(idx["file"], idx["offset"].astype(int), idx["size"].astype(int), idx["digest"]))
+        )
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -304,8 +372,10 @@ class ShardStore:
             return
         actual = sha256_file(Path(file))
         if actual != expected:
-            raise DigestMismatch(f"{file}: the shard hashes to {actual}, its record gives {expected} (damaged "
-                                 "after packing): re-pack it (delete its folder and materialise the shards again)")
+            raise DigestMismatch(
+                f"{file}: the shard hashes to {actual}, its record gives {expected} (damaged "
+                "after packing): re-pack it (delete its folder and materialise the shards again)"
+            )
         self._unchecked.pop(file, None)
 
     def read(self, path) -> bytes:
@@ -322,9 +392,11 @@ class ShardStore:
         if digest is not None and hashlib.sha256(data).digest() != digest:
             idx = pd.read_parquet(Path(file).parent / INDEX, columns=["path", "member"])
             member = idx.loc[idx["path"] == rel, "member"].iloc[0]
-            raise DigestMismatch(f"{file}: member {member} ({rel}, {size} bytes at offset {offset}) does not hash to "
-                                 f"the SHA-256 the index gives (damaged after packing): re-pack the set (delete "
-                                 "its folder and materialise the shards again)")
+            raise DigestMismatch(
+                f"{file}: member {member} ({rel}, {size} bytes at offset {offset}) does not hash to "
+                f"the SHA-256 the index gives (damaged after packing): re-pack the set (delete "
+                "its folder and materialise the shards again)"
+            )
         return data
 
     def open(self, path) -> io.BytesIO:
@@ -342,7 +414,7 @@ class ShardStore:
 @dataclass
 class StreamState:
     epoch: int = 0
-    batch: int = 0      # the next batch of the epoch to produce (resume point)
+    batch: int = 0  # the next batch of the epoch to produce (resume point)
 
 
 class ShardStream(IterableDataset):
@@ -358,8 +430,19 @@ class ShardStream(IterableDataset):
     resumes an epoch at any batch.
     """
 
-    def __init__(self, dataset, shard_of_item: list[str], *, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 mix: int = 4, rank: int = 0, world: int = 1, collate_fn: Optional[Callable] = None):
+    def __init__(
+        self,
+        dataset,
+        shard_of_item: list[str],
+        *,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        mix: int = 4,
+        rank: int = 0,
+        world: int = 1,
+        collate_fn: Optional[Callable] = None,
+    ):
         from .datasets import collate
 
         self.dataset, self.batch_size, self.seed, self.shuffle, self.mix = dataset, batch_size, seed, shuffle, mix
@@ -386,17 +469,20 @@ class ShardStream(IterableDataset):
             names = [names[i] for i in torch.randperm(len(names), generator=g).tolist()]
             order = []
             for k in range(0, len(names), self.mix):
-                members = [i for n in names[k:k + self.mix] for i in self.groups[n]]
+                members = [i for n in names[k : k + self.mix] for i in self.groups[n]]
                 order += [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches = batches[:-1]
         return batches
 
     def rank_batches(self) -> list[tuple[int, list[int]]]:
         """(batch number, indices) of this rank's batches from the resume point on."""
-        return [(b, idx) for b, idx in enumerate(self.epoch_batches())
-                if b % self.world == self.rank and b >= self.state.batch]
+        return [
+            (b, idx)
+            for b, idx in enumerate(self.epoch_batches())
+            if b % self.world == self.rank and b >= self.state.batch
+        ]
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -416,8 +502,14 @@ def shards_folder(parent: Path, source_sha256: str) -> Path:
     return Path(parent) / source_sha256[:16]
 
 
-def publish_shards(layout, name: str, manifest_path: Path, *, target_bytes: int = SHARD_BYTES,
-                   progress: Optional[Callable[[int, int], None]] = None) -> tuple[Path, dict, bool]:
+def publish_shards(
+    layout,
+    name: str,
+    manifest_path: Path,
+    *,
+    target_bytes: int = SHARD_BYTES,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[Path, dict, bool]:
     """Pack the manifest at `manifest_path` (a pointer to a version) into the shards of dataset
     `name` and make them current. (folder, record, packed now?): a version packed before is
     not packed again."""
@@ -430,8 +522,9 @@ def publish_shards(layout, name: str, manifest_path: Path, *, target_bytes: int 
     folder = shards_folder(layout.shards(name), sha)
     fresh = not (folder / RECORD).is_file()
     manifest = absolute_paths(pd.read_parquet(io.BytesIO(data)), layout.root)
-    record = write_shards(manifest, layout.root, folder,
-                          target_bytes=target_bytes, source_sha256=sha, prefix=name, progress=progress)
+    record = write_shards(
+        manifest, layout.root, folder, target_bytes=target_bytes, source_sha256=sha, prefix=name, progress=progress
+    )
     pointer = layout.shards_pointer(name)
     tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}")
     tmp.write_text(folder.name + "\n")
@@ -452,7 +545,11 @@ def shards_entry(folder: Path, root: Path) -> dict:
     """What a checkpoint's lineage says of the shards it was trained from: the folder (relative
     to the data root), the record's digests and the manifest version they hold."""
     record = json.loads((Path(folder) / RECORD).read_text())
-    return {"folder": _relative(str(folder), Path(root).resolve()), "record_sha256": sha256_file(Path(folder) / RECORD),
-            "source_sha256": record["source_sha256"], "samples": record["samples"],
-            "index_sha256": record["index_sha256"],
-            "shards": [{"name": s["name"], "sha256": s["sha256"]} for s in record["shards"]]}
+    return {
+        "folder": _relative(str(folder), Path(root).resolve()),
+        "record_sha256": sha256_file(Path(folder) / RECORD),
+        "source_sha256": record["source_sha256"],
+        "samples": record["samples"],
+        "index_sha256": record["index_sha256"],
+        "shards": [{"name": s["name"], "sha256": s["sha256"]} for s in record["shards"]],
+    }

@@ -13,6 +13,7 @@ same way whatever worker or resume point produces it.
 * white Gaussian noise with p = 0.25 at SNR U[10, 120] dB (drawn as U * (max - min + 1) + min,
   as the reference draws it).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -108,13 +109,13 @@ class RandomCrop:
         room = length - self.out_len
         left = int(torch.randint(0, room, (), generator=rng)) if self.train else int(round(0.5 * room))
         half_std = x.float().std() * 0.5
-        out = x[..., left:left + self.out_len]
+        out = x[..., left : left + self.out_len]
         out_std = out.float().std()
         if out_std < half_std:
-            out = x[..., :self.out_len]
+            out = x[..., : self.out_len]
         new_std = out.float().std()
         if half_std > new_std > out_std:
-            out = x[..., -self.out_len:]
+            out = x[..., -self.out_len :]
         return out
 
 
@@ -134,12 +135,19 @@ class RandomNoise:
         return (x.double() + noise).to(x.dtype)
 
 
-def train_transforms(out_len: int, *, inversion: str = "time", max_scale: float = 1.5,
-                     noise_p: float = 0.25) -> Compose:
+def train_transforms(
+    out_len: int, *, inversion: str = "time", max_scale: float = 1.5, noise_p: float = 0.25
+) -> Compose:
     """The paper's training chain, in the reference's order: invert, scale, pad, crop, noise."""
-    return Compose([TimeInversion(0.5, inversion), RandomScale(max_scale),
-                    RandomPadding(out_len, train=True), RandomCrop(out_len, train=True),
-                    RandomNoise(10.0, 120.0, noise_p)])
+    return Compose(
+        [
+            TimeInversion(0.5, inversion),
+            RandomScale(max_scale),
+            RandomPadding(out_len, train=True),
+            RandomCrop(out_len, train=True),
+            RandomNoise(10.0, 120.0, noise_p),
+        ]
+    )
 
 
 def eval_transforms(out_len: int) -> Compose:

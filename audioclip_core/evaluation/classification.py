@@ -10,6 +10,7 @@ cooperative fine-tuning; or by a stand-alone classifier's outputs) and AudioSet 
   uses its sigmoid outputs. mAP = mean over the classes that have a positive clip of the AP
   of that class's ranking of all clips (`metrics.classification_map`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,11 +38,11 @@ from .metrics import accuracy, chance_classification_map, classification_map
 class ClassificationResult:
     accuracy: float
     n: int
-    confusion: np.ndarray       # [true, predicted]
+    confusion: np.ndarray  # [true, predicted]
     classes: list[str]
     predictions: list[int]
     targets: list[int]
-    index: list[int]            # the table rows classified (clips that failed to load are left out)
+    index: list[int]  # the table rows classified (clips that failed to load are left out)
 
     def subset(self, rows: Sequence[int]) -> tuple[float, int]:
         """(accuracy, clips) over the table rows `rows` that were classified."""
@@ -62,8 +63,15 @@ def confusion_matrix(pred: Sequence[int], target: Sequence[int], n: int) -> np.n
 def _result(scores: torch.Tensor, targets: torch.Tensor, classes: list[str], index: list[int]) -> ClassificationResult:
     pred = scores.argmax(-1).tolist() if len(targets) else []
     t = targets.tolist()
-    return ClassificationResult(accuracy(scores, targets) if len(t) else float("nan"), len(t),
-                                confusion_matrix(pred, t, len(classes)), list(classes), pred, t, list(index))
+    return ClassificationResult(
+        accuracy(scores, targets) if len(t) else float("nan"),
+        len(t),
+        confusion_matrix(pred, t, len(classes)),
+        list(classes),
+        pred,
+        t,
+        list(index),
+    )
 
 
 def by_text(emb: ClipSetEmbeddings, classes: list[str]) -> ClassificationResult:
@@ -71,15 +79,23 @@ def by_text(emb: ClipSetEmbeddings, classes: list[str]) -> ClassificationResult:
     return _result(emb.audio @ emb.text.T, emb.class_ids, classes, emb.index)
 
 
-def audioclip_classification(model: AudioCLIP, table: pd.DataFrame, dataset: str, classes: list[str], *,
-                             template: str = "{}", input_scale: str = "int16") -> ClassificationResult:
+def audioclip_classification(
+    model: AudioCLIP,
+    table: pd.DataFrame,
+    dataset: str,
+    classes: list[str],
+    *,
+    template: str = "{}",
+    input_scale: str = "int16",
+) -> ClassificationResult:
     """Zero-shot (or cooperatively fine-tuned) classification of an ESC-50 / US8K table."""
     return by_text(embed_clipset(model, table, dataset, classes, template=template, input_scale=input_scale), classes)
 
 
 @torch.no_grad()
-def classifier_classification(model: ESResNeXt, table: pd.DataFrame, dataset: str, classes: list[str], *,
-                              input_scale: str = "int16") -> ClassificationResult:
+def classifier_classification(
+    model: ESResNeXt, table: pd.DataFrame, dataset: str, classes: list[str], *, input_scale: str = "int16"
+) -> ClassificationResult:
     """A stand-alone (fine-tuned) ESResNeXt on an ESC-50 / US8K table."""
     model.eval()
     ds = protocol_dataset(table, dataset, classes, input_scale)
@@ -94,8 +110,9 @@ def classifier_classification(model: ESResNeXt, table: pd.DataFrame, dataset: st
 
 
 @torch.no_grad()
-def classifier_audioset_map(model: ESResNeXt, manifest: pd.DataFrame, class_ids: list[str], *,
-                            clip_seconds: float, input_scale: str) -> tuple[float, float]:
+def classifier_audioset_map(
+    model: ESResNeXt, manifest: pd.DataFrame, class_ids: list[str], *, clip_seconds: float, input_scale: str
+) -> tuple[float, float]:
     """(mAP, its chance level) of a stand-alone ESResNeXt over an AudioSet manifest."""
     model.eval()
     ds = audioset_dataset(manifest, class_ids, clip_seconds=clip_seconds, input_scale=input_scale, image=False)
@@ -111,5 +128,8 @@ def classifier_audioset_map(model: ESResNeXt, manifest: pd.DataFrame, class_ids:
 def audioset_map(emb: AudioSetEmbeddings) -> dict[str, float]:
     """mAP of AudioSet classification by text with the audio, the image, and both."""
     s_audio, s_image = emb.audio @ emb.text.T, emb.image @ emb.text.T
-    return {"audio": classification_map(s_audio, emb.targets), "image": classification_map(s_image, emb.targets),
-            "both": classification_map((s_audio + s_image) / 2, emb.targets)}
+    return {
+        "audio": classification_map(s_audio, emb.targets),
+        "image": classification_map(s_image, emb.targets),
+        "both": classification_map((s_audio + s_image) / 2, emb.targets),
+    }

@@ -5,6 +5,7 @@ augmentation; the middle one of the 10 AudioSet frames; ESC-50 / US8K padded or 
 their protocol's length and channels). A clip that fails to load is left out; `index`
 says which manifest rows were embedded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,7 @@ def loadable_batches(dataset, batch_size: int = BATCH):
 def protocol_dataset(table: pd.DataFrame, dataset: str, classes: list[str], input_scale: str) -> ClipSetDataset:
     """An ESC-50 / US8K table under its dataset's protocol (clip length, channels), unaugmented."""
     spec = protocol(dataset)
-    audio = AudioOptions(clip_seconds=spec.clip_seconds, channels=spec.channels, input_scale=input_scale,
-                         augment=False)
+    audio = AudioOptions(clip_seconds=spec.clip_seconds, channels=spec.channels, input_scale=input_scale, augment=False)
     return clipset_dataset(table, classes, audio, train=False)
 
 
@@ -59,29 +59,37 @@ def embed_dataset(model: AudioCLIP, dataset, *, image: bool = False, batch_size:
 def text_embeddings(model: AudioCLIP, names: Sequence[str], template: str = "{}") -> torch.Tensor:
     model.eval()
     prompts = apply_template(list(names), template)
-    return torch.cat([F.normalize(model.encode_text(prompts[i:i + 64]), dim=-1) for i in range(0, len(prompts), 64)])
+    return torch.cat([F.normalize(model.encode_text(prompts[i : i + 64]), dim=-1) for i in range(0, len(prompts), 64)])
 
 
 @dataclass
 class ClipSetEmbeddings:
     """An ESC-50 / US8K table embedded: clips (rows `index` of the table), class names, class ids."""
 
-    audio: torch.Tensor          # [clips, d], normalised
-    text: torch.Tensor           # [classes, d], normalised
-    class_ids: torch.Tensor      # [clips]
-    index: list[int]             # the table rows embedded
+    audio: torch.Tensor  # [clips, d], normalised
+    text: torch.Tensor  # [classes, d], normalised
+    class_ids: torch.Tensor  # [clips]
+    index: list[int]  # the table rows embedded
 
 
-def embed_clipset(model: AudioCLIP, table: pd.DataFrame, dataset: str, classes: list[str], *, template: str,
-                  input_scale: str) -> ClipSetEmbeddings:
+def embed_clipset(
+    model: AudioCLIP, table: pd.DataFrame, dataset: str, classes: list[str], *, template: str, input_scale: str
+) -> ClipSetEmbeddings:
     ds = protocol_dataset(table, dataset, classes, input_scale)
     emb = embed_dataset(model, ds)
     ids = torch.tensor([ds.class_of[ds.df.iloc[i]["class_name"]] for i in emb["index"]], dtype=torch.long)
     return ClipSetEmbeddings(emb["audio"], text_embeddings(model, classes, template), ids, emb["index"])
 
 
-def audioset_dataset(manifest: pd.DataFrame, class_ids: list[str], *, clip_seconds: float, input_scale: str,
-                     image: bool, image_size: int = 224) -> AudioSetDataset:
+def audioset_dataset(
+    manifest: pd.DataFrame,
+    class_ids: list[str],
+    *,
+    clip_seconds: float,
+    input_scale: str,
+    image: bool,
+    image_size: int = 224,
+) -> AudioSetDataset:
     audio = AudioOptions(clip_seconds=clip_seconds, channels=1, input_scale=input_scale, augment=False)
     return AudioSetDataset(manifest, class_ids, train=False, audio=audio, image_size=image_size, with_image=image)
 
@@ -100,13 +108,13 @@ class AudioSetEmbeddings:
     """An AudioSet manifest embedded: audio and middle-frame image per clip, class-name texts,
     and the clips' multi-hot labels."""
 
-    audio: torch.Tensor          # [clips, d]
-    image: torch.Tensor          # [clips, d]
-    text: torch.Tensor           # [classes, d]
-    targets: torch.Tensor        # [clips, classes]
+    audio: torch.Tensor  # [clips, d]
+    image: torch.Tensor  # [clips, d]
+    text: torch.Tensor  # [classes, d]
+    targets: torch.Tensor  # [clips, classes]
     class_names: list[str]
-    set_text: Optional[torch.Tensor] = None     # [unique label sets, d]: each set of `unique_label_sets(targets)`
-                                                # as a caption (its names joined)
+    set_text: Optional[torch.Tensor] = None  # [unique label sets, d]: each set of `unique_label_sets(targets)`
+    # as a caption (its names joined)
 
     @property
     def clips(self) -> int:
@@ -121,7 +129,8 @@ def unique_label_sets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         return targets[:0], torch.zeros(0, dtype=torch.long)
     sets, inverse = torch.unique(t, dim=0, return_inverse=True)
     first = torch.full((len(sets),), t.shape[0], dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(t.shape[0]), reduce="amin")
+        0, inverse, torch.arange(t.shape[0]), reduce="amin"
+    )
     order = first.argsort()
     rank = order.argsort()
     return sets[order].to(targets.dtype), rank[inverse]
@@ -133,14 +142,33 @@ def set_captions(label_sets: torch.Tensor, class_names: Sequence[str]) -> list[s
     return [", ".join(class_names[i] for i in row.nonzero().flatten().tolist()) for row in label_sets]
 
 
-def embed_audioset(model: AudioCLIP, manifest: pd.DataFrame, class_ids: list[str], class_names: list[str], *,
-                   clip_seconds: float, input_scale: str, template: str = "{}",
-                   batch_size: Optional[int] = None) -> AudioSetEmbeddings:
-    ds = audioset_dataset(manifest, class_ids, clip_seconds=clip_seconds, input_scale=input_scale, image=True,
-                          image_size=model.visual.image_size)
+def embed_audioset(
+    model: AudioCLIP,
+    manifest: pd.DataFrame,
+    class_ids: list[str],
+    class_names: list[str],
+    *,
+    clip_seconds: float,
+    input_scale: str,
+    template: str = "{}",
+    batch_size: Optional[int] = None,
+) -> AudioSetEmbeddings:
+    ds = audioset_dataset(
+        manifest,
+        class_ids,
+        clip_seconds=clip_seconds,
+        input_scale=input_scale,
+        image=True,
+        image_size=model.visual.image_size,
+    )
     emb = embed_dataset(model, ds, image=True, batch_size=batch_size or BATCH)
     targets = multi_hot(ds, emb["index"])
     sets, _ = unique_label_sets(targets)
-    return AudioSetEmbeddings(emb["audio"], emb["image"], text_embeddings(model, class_names, template),
-                              targets, list(class_names),
-                              text_embeddings(model, set_captions(sets, class_names), template) if len(sets) else None)
+    return AudioSetEmbeddings(
+        emb["audio"],
+        emb["image"],
+        text_embeddings(model, class_names, template),
+        targets,
+        list(class_names),
+        text_embeddings(model, set_captions(sets, class_names), template) if len(sets) else None,
+    )

@@ -1,4 +1,5 @@
 """ImageNet: zero-shot top-1 accuracy and image-by-text querying over an ImageNet-layout folder."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -44,6 +45,11 @@ def imagenet_eval(model: AudioCLIP, root, *, template: str = "{}", per_class: Op
     scores = img @ text.T
     present = sorted(set(labels))
     rel = torch.stack([y == c for c in present])
-    return {"accuracy": accuracy(scores, y), "images": len(paths), "classes": len(present),
-            "image_by_text": retrieval_metrics(text[present] @ img.T, rel),
-            "chance_accuracy": chance_accuracy(len(names)), "chance": chance_retrieval(rel)}
+    return {
+        "accuracy": accuracy(scores, y),
+        "images": len(paths),
+        "classes": len(present),
+        "image_by_text": retrieval_metrics(text[present] @ img.T, rel),
+        "chance_accuracy": chance_accuracy(len(names)),
+        "chance": chance_retrieval(rel),
+    }

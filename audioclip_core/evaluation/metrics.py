@@ -24,6 +24,7 @@ the tables print beside each value (`chance_*`). Exact, not sampled:
   uniform on 1..N. Summing, E[AP] = (R - 1)/(N - 1) + (H_N / N)(N - R)/(N - 1), H_N the N-th
   harmonic number (1 when N = 1); mAP: its mean over the rankings with R > 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -91,8 +92,11 @@ def recall_at_1(scores: torch.Tensor, relevance: torch.Tensor) -> float:
 
 def retrieval_metrics(scores: torch.Tensor, relevance: torch.Tensor) -> dict[str, float]:
     """P@1, R@1 and mAP of queries (rows) against candidates (columns)."""
-    return {"P@1": precision_at_1(scores, relevance), "R@1": recall_at_1(scores, relevance),
-            "mAP": mean_average_precision(scores, relevance)}
+    return {
+        "P@1": precision_at_1(scores, relevance),
+        "R@1": recall_at_1(scores, relevance),
+        "mAP": mean_average_precision(scores, relevance),
+    }
 
 
 # -- chance: the metrics' expected values for random scores -----------------------------------
@@ -122,8 +126,11 @@ def chance_retrieval(relevance: torch.Tensor) -> dict[str, float]:
     with_rel = [r for r in n_rel if r > 0]
     if not with_rel:
         raise ValueError("no query has a relevant item")
-    return {"P@1": sum(n_rel) / (len(n_rel) * n), "R@1": 1.0 / n,
-            "mAP": sum(expected_average_precision(r, n) for r in with_rel) / len(with_rel)}
+    return {
+        "P@1": sum(n_rel) / (len(n_rel) * n),
+        "R@1": 1.0 / n,
+        "mAP": sum(expected_average_precision(r, n) for r in with_rel) / len(with_rel),
+    }
 
 
 def chance_classification_map(targets: torch.Tensor) -> float:

@@ -1,5 +1,6 @@
 """Pictures where people would rather look: training curves, confusion matrices, PR curves,
 2-D embedding maps. PNG files, drawn headless (Agg)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,8 +70,9 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
     return path
 
 
-def plot_embedding_map(points: dict[str, np.ndarray], labels: dict[str, Sequence[str]], path: Path,
-                       title: str = "") -> Path:
+def plot_embedding_map(
+    points: dict[str, np.ndarray], labels: dict[str, Sequence[str]], path: Path, title: str = ""
+) -> Path:
     """2-D PCA of the union of the embeddings of each modality, coloured by label, marker by modality."""
     plt = _plt()
     allpts = np.concatenate(list(points.values()))
@@ -83,10 +85,18 @@ def plot_embedding_map(points: dict[str, np.ndarray], labels: dict[str, Sequence
     fig, ax = plt.subplots(figsize=(6, 5))
     start = 0
     for mod, pts in points.items():
-        p = proj[start:start + len(pts)]
+        p = proj[start : start + len(pts)]
         start += len(pts)
-        ax.scatter(p[:, 0], p[:, 1], c=[colors[name] for name in labels[mod]], marker=markers.get(mod, "o"),
-                   s=90 if mod == "text" else 30, edgecolors="k", linewidths=0.3, label=mod)
+        ax.scatter(
+            p[:, 0],
+            p[:, 1],
+            c=[colors[name] for name in labels[mod]],
+            marker=markers.get(mod, "o"),
+            s=90 if mod == "text" else 30,
+            edgecolors="k",
+            linewidths=0.3,
+            label=mod,
+        )
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[n], label=n) for n in names]
     ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_title(title or "embeddings (PCA): o audio, s image, * text", fontsize=9)

@@ -15,6 +15,7 @@ as relevant follows one of two rules (`QUERY_RULES`):
 ESC-50 / UrbanSound8K clips have one label each, where the two rules coincide: each class
 name present queries the clips of that class.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,7 +50,7 @@ def clip_relevance(emb: AudioSetEmbeddings, rule: str = "same_labels") -> torch.
     _check(rule)
     if rule == "any_label":
         return (emb.targets @ emb.targets.T) > 0
-    _, set_of_clip = unique_label_sets(emb.targets)   # equal label sets: equal ids (no clips x clips x classes)
+    _, set_of_clip = unique_label_sets(emb.targets)  # equal label sets: equal ids (no clips x clips x classes)
     return set_of_clip[:, None] == set_of_clip[None, :]
 
 
@@ -57,10 +58,12 @@ def audioset_querying(emb: AudioSetEmbeddings, rule: str = "same_labels") -> dic
     """The four AudioSet querying directions -> {"P@1", "R@1", "mAP"}."""
     text, by_text = text_queries(emb, rule)
     clips = clip_relevance(emb, rule)
-    return {"image by text": retrieval_metrics(text @ emb.image.T, by_text),
-            "audio by text": retrieval_metrics(text @ emb.audio.T, by_text),
-            "audio by image": retrieval_metrics(emb.image @ emb.audio.T, clips),
-            "image by audio": retrieval_metrics(emb.audio @ emb.image.T, clips)}
+    return {
+        "image by text": retrieval_metrics(text @ emb.image.T, by_text),
+        "audio by text": retrieval_metrics(text @ emb.audio.T, by_text),
+        "audio by image": retrieval_metrics(emb.image @ emb.audio.T, clips),
+        "image by audio": retrieval_metrics(emb.audio @ emb.image.T, clips),
+    }
 
 
 def audioset_querying_chance(emb: AudioSetEmbeddings, rule: str = "same_labels") -> dict[str, dict[str, float]]:

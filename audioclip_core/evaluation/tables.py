@@ -29,6 +29,7 @@ header). Nothing here imports Dagster:
                                  {n: tables.clipset_table(layout, n) for n in ("esc50", "us8k")})
     t3.rows
 """
+
 from __future__ import annotations
 
 import os
@@ -66,7 +67,7 @@ from .retrieval import (
 
 Model = Union[str, os.PathLike, nn.Module]
 COLUMNS = ["table", "model", "task", "dataset", "metric", "fold", "value", "chance", "n", "note"]
-CLIPSETS = tuple(SPECS)   # every clip set gets fine-tuned, zero-shot and querying rows
+CLIPSETS = tuple(SPECS)  # every clip set gets fine-tuned, zero-shot and querying rows
 QUERY_METRICS = ("P@1", "R@1", "mAP")
 
 
@@ -79,8 +80,8 @@ class Settings:
     partition; `imagenet_dir` (an ImageNet-layout folder) adds Table 4's ImageNet rows."""
 
     template: str = "{}"
-    input_scale: Optional[str] = None   # None: the rule of audioclip_core.audio (checkpoint, else dataset protocol)
-    query_rule: str = "same_labels"     # AudioSet querying relevance (evaluation/retrieval.py)
+    input_scale: Optional[str] = None  # None: the rule of audioclip_core.audio (checkpoint, else dataset protocol)
+    query_rule: str = "same_labels"  # AudioSet querying relevance (evaluation/retrieval.py)
     preset: Optional[str] = None
     audioset_clip_seconds: Optional[float] = None
     fast_inference: bool = False
@@ -92,11 +93,11 @@ class Settings:
 class FineTuned:
     """One clip set's fine-tuned fold checkpoints with the fold test splits they are scored on."""
 
-    dataset: str                                   # a clip set of SPECS: "esc50", "us8k"
+    dataset: str  # a clip set of SPECS: "esc50", "us8k"
     classes: list[str]
-    tests: dict[str, pd.DataFrame]                 # fold -> test split
-    checkpoints: dict[str, Model]                  # fold -> checkpoint; folds without one are not trained
-    start: str = "full"                            # what fine-tuning started from (AudioCLIP: "partial" / "full")
+    tests: dict[str, pd.DataFrame]  # fold -> test split
+    checkpoints: dict[str, Model]  # fold -> checkpoint; folds without one are not trained
+    start: str = "full"  # what fine-tuning started from (AudioCLIP: "partial" / "full")
 
 
 @dataclass
@@ -111,14 +112,14 @@ class Confusion:
 class PRCurves:
     name: str
     title: str
-    curves: dict[str, tuple[np.ndarray, np.ndarray]]     # label -> (recall, precision)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]  # label -> (recall, precision)
 
 
 @dataclass
 class EmbeddingMap:
     name: str
     title: str
-    points: dict[str, np.ndarray]                        # modality -> [n, d]
+    points: dict[str, np.ndarray]  # modality -> [n, d]
     labels: dict[str, list[str]]
 
 
@@ -174,10 +175,21 @@ def _number(value) -> Optional[float]:
     return None if value is None or value != value else float(value)
 
 
-def row(table: str, model: str, task: str, dataset: str, metric: str, value, fold="mean", n=None, note="",
-        chance=None) -> dict:
-    return {"table": table, "model": model, "task": task, "dataset": dataset, "metric": metric, "fold": str(fold),
-            "value": _number(value), "chance": _number(chance), "n": None if n is None else int(n), "note": note}
+def row(
+    table: str, model: str, task: str, dataset: str, metric: str, value, fold="mean", n=None, note="", chance=None
+) -> dict:
+    return {
+        "table": table,
+        "model": model,
+        "task": task,
+        "dataset": dataset,
+        "metric": metric,
+        "fold": str(fold),
+        "value": _number(value),
+        "chance": _number(chance),
+        "n": None if n is None else int(n),
+        "note": note,
+    }
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -185,13 +197,19 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _protocol(settings: Settings, **more) -> dict:
-    scale = settings.input_scale or {**{n: protocol(n).input_scale for n in CLIPSETS},
-                                     "audioset": f"the checkpoint's, else {DEFAULT_INPUT_SCALE}",
-                                     "rule": "a checkpoint that records its scale is fed with it"}
-    return {"template": settings.template, "input_scale": scale,
-            "clip_seconds": {n: protocol(n).clip_seconds for n in CLIPSETS},
-            "channels": {n: protocol(n).channels for n in CLIPSETS},
-            "folds": {n: len(protocol(n).folds) for n in CLIPSETS}, **more}
+    scale = settings.input_scale or {
+        **{n: protocol(n).input_scale for n in CLIPSETS},
+        "audioset": f"the checkpoint's, else {DEFAULT_INPUT_SCALE}",
+        "rule": "a checkpoint that records its scale is fed with it",
+    }
+    return {
+        "template": settings.template,
+        "input_scale": scale,
+        "clip_seconds": {n: protocol(n).clip_seconds for n in CLIPSETS},
+        "channels": {n: protocol(n).channels for n in CLIPSETS},
+        "folds": {n: len(protocol(n).folds) for n in CLIPSETS},
+        **more,
+    }
 
 
 def _scale(model: nn.Module, settings: Settings, dataset: Optional[str] = None) -> str:
@@ -227,8 +245,9 @@ def _audioset_seconds(model: nn.Module, settings: Settings) -> float:
     return float(cfg.get("clip_seconds") or 10.0)
 
 
-def _finetuned_rows(table: str, model_name: str, prefix: str, ft: FineTuned,
-                    evaluate) -> tuple[list[dict], list[Figure]]:
+def _finetuned_rows(
+    table: str, model_name: str, prefix: str, ft: FineTuned, evaluate
+) -> tuple[list[dict], list[Figure]]:
     """Accuracy of every trained fold on its test split, and the mean over folds;
     `evaluate(checkpoint, test split, ft)` scores one fold."""
     rows, figures, accs = [], [], []
@@ -240,17 +259,38 @@ def _finetuned_rows(table: str, model_name: str, prefix: str, ft: FineTuned,
         res: ClassificationResult = evaluate(ft.checkpoints[fold], test, ft)
         accs.append(res.accuracy)
         rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", res.accuracy, fold, res.n, chance=chance))
-        figures.append(Confusion(f"confusion_{prefix}_{ft.dataset}_fold{fold}", f"{model_name} {ft.dataset} fold {fold}",
-                                 res.confusion, ft.classes))
-    rows.append(row(table, model_name, "fine-tuned", dataset, "accuracy", float(np.mean(accs)) if accs else None,
-                    n=len(accs), note="" if accs else "not trained", chance=chance))
+        figures.append(
+            Confusion(
+                f"confusion_{prefix}_{ft.dataset}_fold{fold}",
+                f"{model_name} {ft.dataset} fold {fold}",
+                res.confusion,
+                ft.classes,
+            )
+        )
+    rows.append(
+        row(
+            table,
+            model_name,
+            "fine-tuned",
+            dataset,
+            "accuracy",
+            float(np.mean(accs)) if accs else None,
+            n=len(accs),
+            note="" if accs else "not trained",
+            chance=chance,
+        )
+    )
     return rows, figures
 
 
 # -- the tables --------------------------------------------------------------------------------
-def table1_esresnext(audioset_models: Union[Mapping[str, Optional[Model]], Model, None],
-                     audioset_manifest: Optional[pd.DataFrame], class_ids: Sequence[str],
-                     finetuned: Sequence[FineTuned], settings: Settings = Settings()) -> TableResult:
+def table1_esresnext(
+    audioset_models: Union[Mapping[str, Optional[Model]], Model, None],
+    audioset_manifest: Optional[pd.DataFrame],
+    class_ids: Sequence[str],
+    finetuned: Sequence[FineTuned],
+    settings: Settings = Settings(),
+) -> TableResult:
     """ESResNeXt alone: AudioSet mAP of each of `audioset_models` (label -> an AudioSet
     classifier: the stage-1 checkpoint as "ESResNeXt", and any other given - a shorter-trained
     one, the released ESRNXFBSP.pt - under its own label) over `audioset_manifest` (class order
@@ -261,19 +301,34 @@ def table1_esresnext(audioset_models: Union[Mapping[str, Optional[Model]], Model
     for label, src in audioset_models.items():
         if src is not None and audioset_manifest is not None:
             model = _classifier(src, settings, fast=True)
-            m, chance = classifier_audioset_map(model, audioset_manifest, list(class_ids),
-                                                clip_seconds=_audioset_seconds(model, settings),
-                                                input_scale=_scale(model, settings))
-            rows.append(row("table1", label, "classification", "AudioSet", "mAP", m,
-                            n=(audioset_manifest["status"] == "ok").sum(), chance=chance))
+            m, chance = classifier_audioset_map(
+                model,
+                audioset_manifest,
+                list(class_ids),
+                clip_seconds=_audioset_seconds(model, settings),
+                input_scale=_scale(model, settings),
+            )
+            rows.append(
+                row(
+                    "table1",
+                    label,
+                    "classification",
+                    "AudioSet",
+                    "mAP",
+                    m,
+                    n=(audioset_manifest["status"] == "ok").sum(),
+                    chance=chance,
+                )
+            )
         else:
             rows.append(row("table1", label, "classification", "AudioSet", "mAP", None, note="not trained"))
     figures: list[Figure] = []
 
     def fine_tuned(src, test, ft):
         model = _classifier(src, settings)
-        return classifier_classification(model, test, ft.dataset, ft.classes,
-                                         input_scale=_scale(model, settings, ft.dataset))
+        return classifier_classification(
+            model, test, ft.dataset, ft.classes, input_scale=_scale(model, settings, ft.dataset)
+        )
 
     for ft in finetuned:
         more, figs = _finetuned_rows("table1", "ESResNeXt", "esresnext", ft, fine_tuned)
@@ -282,9 +337,13 @@ def table1_esresnext(audioset_models: Union[Mapping[str, Optional[Model]], Model
     return TableResult("table1_esresnext", _frame(rows), _protocol(settings), figures)
 
 
-def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: Optional[pd.DataFrame],
-                     labels: LabelIndex, finetuned: Sequence[FineTuned],
-                     settings: Settings = Settings()) -> TableResult:
+def table2_audioclip(
+    models: Mapping[str, Optional[Model]],
+    audioset_manifest: Optional[pd.DataFrame],
+    labels: LabelIndex,
+    finetuned: Sequence[FineTuned],
+    settings: Settings = Settings(),
+) -> TableResult:
     """AudioCLIP: AudioSet mAP by text with audio, image and both for each of `models`
     ({"partial": ..., "full": ...}), and accuracy after cooperative fine-tuning (`finetuned`:
     per clip set, fine-tuned from the partial and from the full model, each `FineTuned.start`)."""
@@ -295,18 +354,32 @@ def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: O
             rows.append(row("table2", name, "classification", "AudioSet", "mAP audio", None, note="not available"))
             continue
         model = _audioclip(src, settings, fast=True)
-        emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
-                             clip_seconds=_audioset_seconds(model, settings), input_scale=_scale(model, settings),
-                             template=settings.template)
+        emb = embed_audioset(
+            model,
+            audioset_manifest,
+            list(labels.mids),
+            list(labels.names),
+            clip_seconds=_audioset_seconds(model, settings),
+            input_scale=_scale(model, settings),
+            template=settings.template,
+        )
         chance = chance_classification_map(emb.targets)
         for key, value in audioset_map(emb).items():
-            rows.append(row("table2", name, "classification", "AudioSet", f"mAP {key}", value, n=emb.clips,
-                            chance=chance))
+            rows.append(
+                row("table2", name, "classification", "AudioSet", f"mAP {key}", value, n=emb.clips, chance=chance)
+            )
     figures: list[Figure] = []
+
     def fine_tuned(src, test, ft):
         model = _audioclip(src, settings)
-        return audioclip_classification(model, test, ft.dataset, ft.classes, template=settings.template,
-                                        input_scale=_scale(model, settings, ft.dataset))
+        return audioclip_classification(
+            model,
+            test,
+            ft.dataset,
+            ft.classes,
+            template=settings.template,
+            input_scale=_scale(model, settings, ft.dataset),
+        )
 
     for ft in finetuned:
         more, figs = _finetuned_rows("table2", f"AudioCLIP ({ft.start})", f"audioclip_{ft.start}", ft, fine_tuned)
@@ -315,13 +388,17 @@ def table2_audioclip(models: Mapping[str, Optional[Model]], audioset_manifest: O
     return TableResult("table2_audioclip", _frame(rows), _protocol(settings), figures)
 
 
-def table3_zero_shot(models: Mapping[str, Optional[Model]], clipsets: Mapping[str, Optional[pd.DataFrame]],
-                     settings: Settings = Settings()) -> TableResult:
+def table3_zero_shot(
+    models: Mapping[str, Optional[Model]],
+    clipsets: Mapping[str, Optional[pd.DataFrame]],
+    settings: Settings = Settings(),
+) -> TableResult:
     """Zero-shot accuracy of each of `models` on each clip set (`clipsets`: "esc50"/"us8k" ->
     its usable manifest rows), over all clips and per official fold."""
     rows: list[dict] = []
-    loaded = {label: (_audioclip(src, settings, fast=True) if src is not None else None)
-              for label, src in models.items()}
+    loaded = {
+        label: (_audioclip(src, settings, fast=True) if src is not None else None) for label, src in models.items()
+    }
     for ds_name, df in clipsets.items():
         for label, model in loaded.items():
             name = f"AudioCLIP ({label})"
@@ -331,21 +408,30 @@ def table3_zero_shot(models: Mapping[str, Optional[Model]], clipsets: Mapping[st
             df = df.reset_index(drop=True)
             classes = class_names(df)
             chance = chance_accuracy(len(classes))
-            res = audioclip_classification(model, df, ds_name, classes, template=settings.template,
-                                           input_scale=_scale(model, settings, ds_name))
-            rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", res.accuracy, n=res.n,
-                            chance=chance))
+            res = audioclip_classification(
+                model, df, ds_name, classes, template=settings.template, input_scale=_scale(model, settings, ds_name)
+            )
+            rows.append(
+                row("table3", name, "zero-shot", ds_name.upper(), "accuracy", res.accuracy, n=res.n, chance=chance)
+            )
             for fold in sorted(set(df["fold"].tolist())):
                 acc, n = res.subset(np.flatnonzero(df["fold"].to_numpy() == fold))
                 if n:
-                    rows.append(row("table3", name, "zero-shot", ds_name.upper(), "accuracy", acc, fold, n,
-                                    chance=chance))
+                    rows.append(
+                        row("table3", name, "zero-shot", ds_name.upper(), "accuracy", acc, fold, n, chance=chance)
+                    )
     return TableResult("table3_zero_shot", _frame(rows), _protocol(settings))
 
 
-def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Optional[pd.DataFrame],
-                    labels: LabelIndex, clipsets: Mapping[str, Optional[pd.DataFrame]],
-                    settings: Settings = Settings(), *, audioset_partition: str = "eval") -> TableResult:
+def table4_querying(
+    models: Mapping[str, Optional[Model]],
+    audioset_manifest: Optional[pd.DataFrame],
+    labels: LabelIndex,
+    clipsets: Mapping[str, Optional[pd.DataFrame]],
+    settings: Settings = Settings(),
+    *,
+    audioset_partition: str = "eval",
+) -> TableResult:
     """Querying with each of `models`: ImageNet image by text (with `settings.imagenet_dir`),
     the four AudioSet directions, and audio by text on each clip set."""
     rows: list[dict] = []
@@ -354,8 +440,19 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
 
     def add(name, task, dataset, metrics, n=None, note="not available", chance=None):
         for metric in QUERY_METRICS:
-            rows.append(row("table4", name, task, dataset, metric, metrics[metric] if metrics else None, n=n,
-                            note="" if metrics else note, chance=chance[metric] if chance else None))
+            rows.append(
+                row(
+                    "table4",
+                    name,
+                    task,
+                    dataset,
+                    metric,
+                    metrics[metric] if metrics else None,
+                    n=n,
+                    note="" if metrics else note,
+                    chance=chance[metric] if chance else None,
+                )
+            )
 
     for label, src in models.items():
         name = f"AudioCLIP ({label})"
@@ -369,26 +466,50 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
         if settings.imagenet_dir:
             from .imagenet import imagenet_eval
 
-            res = imagenet_eval(model, settings.imagenet_dir, template=settings.template,
-                                per_class=settings.imagenet_per_class)
+            res = imagenet_eval(
+                model, settings.imagenet_dir, template=settings.template, per_class=settings.imagenet_per_class
+            )
             add(name, "image by text", "ImageNet", res["image_by_text"], res["images"], chance=res["chance"])
-            rows.append(row("table4", name, "zero-shot", "ImageNet", "accuracy", res["accuracy"], n=res["images"],
-                            chance=res["chance_accuracy"]))
+            rows.append(
+                row(
+                    "table4",
+                    name,
+                    "zero-shot",
+                    "ImageNet",
+                    "accuracy",
+                    res["accuracy"],
+                    n=res["images"],
+                    chance=res["chance_accuracy"],
+                )
+            )
         if audioset_manifest is not None:
-            emb = embed_audioset(model, audioset_manifest, list(labels.mids), list(labels.names),
-                                 clip_seconds=_audioset_seconds(model, settings), input_scale=_scale(model, settings),
-                                 template=settings.template)
+            emb = embed_audioset(
+                model,
+                audioset_manifest,
+                list(labels.mids),
+                list(labels.names),
+                clip_seconds=_audioset_seconds(model, settings),
+                input_scale=_scale(model, settings),
+                template=settings.template,
+            )
             chance = audioset_querying_chance(emb, settings.query_rule)
             for task, metrics in audioset_querying(emb, settings.query_rule).items():
                 add(name, task, "AudioSet", metrics, emb.clips, chance=chance[task])
             curves[f"{label}: audio by text (AudioSet)"] = pr_curve(*audio_by_text_scores(emb, settings.query_rule))
             present = emb.targets.sum(0) > 0
             first = [labels.names[int(t.argmax())] for t in emb.targets]
-            figures.append(EmbeddingMap(
-                f"embeddings_{label}", f"AudioCLIP ({label}) on AudioSet {audioset_partition}",
-                {"audio": emb.audio.numpy(), "image": emb.image.numpy(), "text": emb.text[present].numpy()},
-                {"audio": first, "image": first,
-                 "text": [n for n, keep in zip(labels.names, present.tolist()) if keep]}))
+            figures.append(
+                EmbeddingMap(
+                    f"embeddings_{label}",
+                    f"AudioCLIP ({label}) on AudioSet {audioset_partition}",
+                    {"audio": emb.audio.numpy(), "image": emb.image.numpy(), "text": emb.text[present].numpy()},
+                    {
+                        "audio": first,
+                        "image": first,
+                        "text": [n for n, keep in zip(labels.names, present.tolist()) if keep],
+                    },
+                )
+            )
         else:
             for task in DIRECTIONS:
                 add(name, task, "AudioSet", None)
@@ -397,13 +518,28 @@ def table4_querying(models: Mapping[str, Optional[Model]], audioset_manifest: Op
                 add(name, "audio by text", ds_name.upper(), None)
                 continue
             df = df.reset_index(drop=True)
-            emb = embed_clipset(model, df, ds_name, class_names(df), template=settings.template,
-                                input_scale=_scale(model, settings, ds_name))
-            add(name, "audio by text", ds_name.upper(), clipset_audio_by_text(emb), len(df),
-                chance=chance_retrieval(clipset_relevance(emb)))
+            emb = embed_clipset(
+                model,
+                df,
+                ds_name,
+                class_names(df),
+                template=settings.template,
+                input_scale=_scale(model, settings, ds_name),
+            )
+            add(
+                name,
+                "audio by text",
+                ds_name.upper(),
+                clipset_audio_by_text(emb),
+                len(df),
+                chance=chance_retrieval(clipset_relevance(emb)),
+            )
     if curves:
         figures.insert(0, PRCurves("pr_audio_by_text", "audio by text, AudioSet", curves))
     imagenet = settings.imagenet_dir or "not configured: set AUDIOCLIP_IMAGENET_DIR (an ImageNet-layout folder)"
-    return TableResult("table4_querying", _frame(rows), _protocol(settings, audioset_partition=audioset_partition,
-                                                                query_rule=settings.query_rule, imagenet=imagenet),
-                       figures)
+    return TableResult(
+        "table4_querying",
+        _frame(rows),
+        _protocol(settings, audioset_partition=audioset_partition, query_rule=settings.query_rule, imagenet=imagenet),
+        figures,
+    )

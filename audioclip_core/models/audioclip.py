@@ -4,6 +4,7 @@ The module tree reproduces the official state-dict layout: CLIP's keys at the ro
 (`visual.*`, `transformer.*`, `token_embedding.weight`, ...), the audio head under `audio.`,
 and the two extra logit scales `logit_scale_ai` / `logit_scale_at`.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,18 +48,25 @@ def clamp_scale(param: torch.Tensor) -> torch.Tensor:
 
 
 class AudioCLIP(CLIP):
-    def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict,
-                 audio_cfg: AudioConfig | dict | None = None, *, quick_gelu: bool = True,
-                 init_logit_scale: float = math.log(1 / 0.07), preset: str | None = None):
-        super().__init__(embed_dim, vision_cfg, text_cfg, quick_gelu=quick_gelu,
-                         init_logit_scale=init_logit_scale)
+    def __init__(
+        self,
+        embed_dim: int,
+        vision_cfg: dict,
+        text_cfg: dict,
+        audio_cfg: AudioConfig | dict | None = None,
+        *,
+        quick_gelu: bool = True,
+        init_logit_scale: float = math.log(1 / 0.07),
+        preset: str | None = None,
+    ):
+        super().__init__(embed_dim, vision_cfg, text_cfg, quick_gelu=quick_gelu, init_logit_scale=init_logit_scale)
         if isinstance(audio_cfg, dict) or audio_cfg is None:
             audio_cfg = AudioConfig.from_dict(dict(audio_cfg or {}))
         # The audio projection follows the towers' embedding size.
         audio_cfg = AudioConfig.from_dict({**audio_cfg.to_dict(), "num_classes": embed_dim})
         self.embed_dim = embed_dim
         self.preset = preset
-        self.checkpoint_metadata: dict = {}      # the metadata record of the checkpoint it was loaded from
+        self.checkpoint_metadata: dict = {}  # the metadata record of the checkpoint it was loaded from
         self.audio = ESResNeXt(audio_cfg)
         self.logit_scale_ai = nn.Parameter(torch.tensor(math.log(100.0)))
         self.logit_scale_at = nn.Parameter(torch.tensor(math.log(100.0)))
@@ -81,8 +89,7 @@ class AudioCLIP(CLIP):
             return texts
         return tokenize(apply_template(list(texts), template), context_length=self.context_length)
 
-    def encode_text(self, text: TextInput, normalize: bool = False,
-                    template: str = "{}") -> torch.Tensor:
+    def encode_text(self, text: TextInput, normalize: bool = False, template: str = "{}") -> torch.Tensor:
         """`list[str]`, `list[list[str]]` (entities joined with ", ") or tokens -> `[N, embed_dim]`."""
         tokens = self.tokenize(text, template).to(self.device)
         return self._encode_tokens(tokens, normalize=normalize)
@@ -90,8 +97,11 @@ class AudioCLIP(CLIP):
     def _causal_text(self) -> bool:
         """True when every text position attends only to itself and earlier positions."""
         mask = self.attn_mask  # 77 x 77: checked on each call, microseconds next to the tower
-        return (mask is not None and mask.dim() == 2
-                and bool(torch.isneginf(mask).equal(torch.ones_like(mask, dtype=torch.bool).triu(1))))
+        return (
+            mask is not None
+            and mask.dim() == 2
+            and bool(torch.isneginf(mask).equal(torch.ones_like(mask, dtype=torch.bool).triu(1)))
+        )
 
     def _encode_tokens(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """open_clip's text tower, run only over the positions up to the last pooled token.
@@ -119,16 +129,23 @@ class AudioCLIP(CLIP):
     # -- scales, logits, loss -----------------------------------------------------------
     def logit_scales(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clamped (image-text, audio-image, audio-text) scales."""
-        return (clamp_scale(self.logit_scale), clamp_scale(self.logit_scale_ai),
-                clamp_scale(self.logit_scale_at))
+        return (clamp_scale(self.logit_scale), clamp_scale(self.logit_scale_ai), clamp_scale(self.logit_scale_at))
 
     def loss_ttf(self) -> torch.Tensor:
         return self.audio.loss_ttf()
 
-    def forward(self, audio: Optional[torch.Tensor] = None, image: Optional[torch.Tensor] = None,
-                text: Optional[TextInput] = None, *, sample_weights: Optional[torch.Tensor] = None,
-                loss_variant: str = "reference", class_ids: Optional[torch.Tensor] = None,
-                gather=None, scale_grad: float = 1.0) -> AudioCLIPOutput:
+    def forward(
+        self,
+        audio: Optional[torch.Tensor] = None,
+        image: Optional[torch.Tensor] = None,
+        text: Optional[TextInput] = None,
+        *,
+        sample_weights: Optional[torch.Tensor] = None,
+        loss_variant: str = "reference",
+        class_ids: Optional[torch.Tensor] = None,
+        gather=None,
+        scale_grad: float = 1.0,
+    ) -> AudioCLIPOutput:
         """`gather`: a function applied to each normalised feature matrix before the logits
         (data-parallel training passes one that concatenates all ranks' features).
         `scale_grad` multiplies the gradient reaching the logit scales, not their value
@@ -149,8 +166,7 @@ class AudioCLIP(CLIP):
         l_at = s_at * a @ t.T if a is not None and t is not None else None
         l_it = s_it * i @ t.T if i is not None and t is not None else None
         logits = Logits(l_ai, l_at, l_it)
-        loss = contrastive_loss(logits, sample_weights=sample_weights, variant=loss_variant,
-                                class_ids=class_ids)
+        loss = contrastive_loss(logits, sample_weights=sample_weights, variant=loss_variant, class_ids=class_ids)
         if loss is not None and audio is not None:
             loss = loss + self.loss_ttf()
         return AudioCLIPOutput(Features(a, i, t), logits, loss)

@@ -6,6 +6,7 @@ into three frequency bands that act as the three "colour" channels of a ResNeXt-
 Every audio channel goes through the same backbone; pooled features are summed over
 channels before the final linear layer.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -69,8 +70,7 @@ def rescale_int16(x: torch.Tensor) -> torch.Tensor:
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, groups: int = 1,
-                 width_per_group: int = 64):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, groups: int = 1, width_per_group: int = 64):
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
@@ -98,11 +98,9 @@ class Bottleneck(nn.Module):
 class Attention2d(nn.Module):
     """Sigmoid gate computed from the tensor entering a stage, multiplied into its output."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
-                 padding: tuple[int, int]):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], padding: tuple[int, int]):
         super().__init__()
-        self.conv_depth = nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding,
-                                    groups=in_channels)
+        self.conv_depth = nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, groups=in_channels)
         self.conv_point = nn.Conv2d(in_channels, out_channels, 1)
         self.bn = nn.BatchNorm2d(out_channels)
 
@@ -125,8 +123,8 @@ class ESResNeXt(nn.Module):
         if overrides:
             config = AudioConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
-        self.preset: str | None = None           # the preset it was built from, when known
-        self.checkpoint_metadata: dict = {}      # the metadata record of the checkpoint it was loaded from
+        self.preset: str | None = None  # the preset it was built from, when known
+        self.checkpoint_metadata: dict = {}  # the metadata record of the checkpoint it was loaded from
         c = config
         if c.win_length > c.n_fft:
             raise ValueError(f"win_length {c.win_length} > n_fft {c.n_fft}")
@@ -142,8 +140,7 @@ class ESResNeXt(nn.Module):
             stride = 1 if i == 0 else 2
             layer = []
             for b in range(blocks):
-                layer.append(Bottleneck(inplanes, planes, stride if b == 0 else 1, c.groups,
-                                        c.width_per_group))
+                layer.append(Bottleneck(inplanes, planes, stride if b == 0 else 1, c.groups, c.width_per_group))
                 inplanes = planes * Bottleneck.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
         self.num_features = inplanes
@@ -182,8 +179,7 @@ class ESResNeXt(nn.Module):
         """Already rescaled waveform `[B, C, T]` -> fbsp output `[B*C, K, frames, 2]`."""
         c = self.config
         with torch.no_grad():
-            frames = frame_signal(x.reshape(-1, x.shape[-1]), c.win_length, c.hop_length,
-                                  self.window)
+            frames = frame_signal(x.reshape(-1, x.shape[-1]), c.win_length, c.hop_length, self.window)
             if c.n_fft > c.win_length:
                 pad = c.n_fft - c.win_length
                 frames = F.pad(frames, (pad // 2, pad - pad // 2))
@@ -197,7 +193,7 @@ class ESResNeXt(nn.Module):
         """fbsp output -> dB bands `[B, C, 3, K // 3, frames]` (the top K mod 3 bins dropped)."""
         bands = self.num_bands
         per_band = spec.shape[-3] // bands
-        spec = spec[:, :per_band * bands]
+        spec = spec[:, : per_band * bands]
         power = spec[..., 0] ** 2 + spec[..., 1] ** 2
         power = torch.where(power > 0.0, power, torch.full_like(power, LOG10_FLOOR))
         power = power.reshape(batch_size, -1, bands, per_band, power.shape[-1])
@@ -228,8 +224,9 @@ class ESResNeXt(nn.Module):
             pooled = pooled * self.att5(x, pooled.shape[-2:])
         return torch.flatten(pooled, 1)
 
-    def enable_fast_inference(self, *, compile: bool = True, channels_last: bool = True,
-                              bf16: bool = False, freeze: bool = True) -> "ESResNeXt":
+    def enable_fast_inference(
+        self, *, compile: bool = True, channels_last: bool = True, bf16: bool = False, freeze: bool = True
+    ) -> "ESResNeXt":
         """Faster inference (eval mode, no grad): channels-last layout, the backbone compiled
         with torch.compile (the first call compiles, ~30-40 s for the paper preset on a CPU),
         optionally bfloat16 autocast for the backbone (the fbsp front end and dB stay float32).
@@ -244,8 +241,14 @@ class ESResNeXt(nn.Module):
         tune_malloc()
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        self._fast = {"compile": compile, "freeze": freeze and compile, "channels_last": channels_last,
-                      "bf16": bf16, "fn": None, "stamp": None}
+        self._fast = {
+            "compile": compile,
+            "freeze": freeze and compile,
+            "channels_last": channels_last,
+            "bf16": bf16,
+            "fn": None,
+            "stamp": None,
+        }
         return self
 
     def disable_fast_inference(self) -> "ESResNeXt":
@@ -263,9 +266,11 @@ class ESResNeXt(nn.Module):
         if fast["fn"] is None or stamp != fast["stamp"]:
             if fast["fn"] is not None:
                 torch._dynamo.reset()  # frozen weights are baked into the compiled code
-            fast["fn"] = (torch.compile(self._features, dynamic=False,
-                                        options={"freezing": True} if fast["freeze"] else None)
-                          if fast["compile"] else self._features)
+            fast["fn"] = (
+                torch.compile(self._features, dynamic=False, options={"freezing": True} if fast["freeze"] else None)
+                if fast["compile"]
+                else self._features
+            )
             fast["stamp"] = stamp
             fast["batch"] = x.shape[0]
         n = x.shape[0]
@@ -304,8 +309,9 @@ class ESResNeXt(nn.Module):
     def classification_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Multi-hot target: BCE-with-logits summed over classes / batch; class ids: CE. Plus ttf."""
         if target.shape == logits.shape:
-            loss = F.binary_cross_entropy_with_logits(
-                logits, target.to(logits.dtype), reduction="sum") / logits.shape[0]
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="sum") / logits.shape[0]
+            )
         else:
             loss = F.cross_entropy(logits, target.long())
         return loss + self.loss_ttf()

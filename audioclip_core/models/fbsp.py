@@ -11,6 +11,7 @@ released weights were trained through it:
   negative sinc lobe raised to a non-integer order has phase pi * m;
 * output = a plain correlation of each real frame with the kernel rows (re, im).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,7 @@ def blackman_harris(length: int) -> torch.Tensor:
     return w.to(torch.float32)
 
 
-def frame_signal(signal: torch.Tensor, frame_length: int, hop_length: int,
-                 window: torch.Tensor) -> torch.Tensor:
+def frame_signal(signal: torch.Tensor, frame_length: int, hop_length: int, window: torch.Tensor) -> torch.Tensor:
     """`[N, L]` -> windowed frames `[N, F, frame_length]`, padded as the reference pads."""
     length = signal.shape[-1]
     if length <= frame_length:
@@ -101,9 +101,9 @@ class LinearFBSP(nn.Module):
         x = fb * t / (m + EPS)
         sinc = torch.where(x == 0, torch.ones_like(x), torch.sin(x) / x)
         # (sinc + 0i) ** m: magnitude |sinc|^m, phase m * atan2(0, sinc) (0 or m*pi)
-        magnitude = (sinc ** 2) ** 0.5
+        magnitude = (sinc**2) ** 0.5
         phase = torch.atan2(torch.zeros_like(sinc), sinc)
-        env_mag = (magnitude ** 2) ** (0.5 * m)
+        env_mag = (magnitude**2) ** (0.5 * m)
         env_re = env_mag * torch.cos(m * phase)
         env_im = env_mag * torch.sin(m * phase)
         scale = fb.sqrt()
@@ -111,13 +111,22 @@ class LinearFBSP(nn.Module):
         k_im = scale * (env_re * carrier_im + env_im * carrier_re)
         kernel = torch.stack((k_re, k_im), dim=-1)
         if self.normalized:
-            kernel = kernel / (in_features ** 0.5)
+            kernel = kernel / (in_features**0.5)
         return kernel
 
     def cached_kernel(self, in_features: int) -> torch.Tensor:
         """The kernel, recomputed only when a parameter changed (no autograd graph: inference)."""
-        key = (in_features, self.m._version, self.fb._version, self.fc._version, self.fc.device, self.fc.dtype,
-               id(self.m), id(self.fb), id(self.fc))
+        key = (
+            in_features,
+            self.m._version,
+            self.fb._version,
+            self.fc._version,
+            self.fc.device,
+            self.fc.dtype,
+            id(self.m),
+            id(self.fb),
+            id(self.fc),
+        )
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             with torch.no_grad():
                 self._kernel_cache = (key, self.kernel(in_features))
@@ -137,7 +146,7 @@ class LinearFBSP(nn.Module):
     def loss_ttf(self, in_features: int) -> torch.Tensor:
         """Filter-norm regulariser: MSE of each kernel row's norm against 1 (normalized) or sqrt(N)."""
         norms = torch.linalg.vector_norm(self.kernel(in_features), dim=(-1, -2))
-        target = 1.0 if self.normalized else in_features ** 0.5
+        target = 1.0 if self.normalized else in_features**0.5
         return F.mse_loss(norms, torch.full_like(norms, target))
 
     def extra_repr(self) -> str:

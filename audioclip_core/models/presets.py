@@ -5,6 +5,7 @@ format) and `audio_cfg` (`AudioConfig`). Instead of the two tower configs it may
 open_clip architecture with `"open_clip_model"` (e.g. a stronger backbone); the audio
 projection then follows that model's embedding size.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,10 @@ def get_preset(name: str) -> dict:
     if not (path.suffix == ".json" and path.is_file()):
         path = CONFIG_DIR / f"{name}.json"
         if not path.is_file():
-            raise ValueError(f"unknown preset {name!r}; available: {', '.join(available_presets())} "
-                             "(or give a path to a preset .json file)")
+            raise ValueError(
+                f"unknown preset {name!r}; available: {', '.join(available_presets())} "
+                "(or give a path to a preset .json file)"
+            )
     cfg = json.loads(path.read_text(encoding="utf-8"))
     cfg.setdefault("name", path.stem)
     if "open_clip_model" in cfg:
@@ -47,5 +50,11 @@ def build_from_preset(name: str = "audioclip-rn50"):
     from .audioclip import AudioCLIP
 
     cfg = get_preset(name)
-    return AudioCLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], cfg["audio_cfg"],
-                     quick_gelu=bool(cfg.get("quick_gelu", False)), preset=cfg["name"])
+    return AudioCLIP(
+        cfg["embed_dim"],
+        cfg["vision_cfg"],
+        cfg["text_cfg"],
+        cfg["audio_cfg"],
+        quick_gelu=bool(cfg.get("quick_gelu", False)),
+        preset=cfg["name"],
+    )

@@ -3,6 +3,7 @@ starts from (and that parent's digest), the exact manifest versions it reads, th
 that hold their files (packed here when the shards asset has not caught up with a manifest),
 the towers stage 2 distils into. What a training asset passes in is its resolved config and
 names; everything about the data is worked out here."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,10 @@ def manifest_entry(path: Path, rows: int, store: Optional[Path] = None) -> dict:
 def upstream_checkpoint(layout: DataLayout, name: str) -> Path:
     path = layout.checkpoint(name)
     if not path.is_file():
-        raise FileNotFoundError(f"upstream checkpoint {path} not found: materialise {name} first, or set "
-                                "init_checkpoint to start from a released checkpoint")
+        raise FileNotFoundError(
+            f"upstream checkpoint {path} not found: materialise {name} first, or set "
+            "init_checkpoint to start from a released checkpoint"
+        )
     return path
 
 
@@ -42,7 +45,9 @@ def parent_record(path: Path, name: str) -> dict:
     return {"path": str(path), "sha256": sha256_file(Path(path)), "name": name}
 
 
-def start_from(layout: DataLayout, init_checkpoint: str, upstream: Optional[str]) -> tuple[Optional[str], Optional[dict]]:
+def start_from(
+    layout: DataLayout, init_checkpoint: str, upstream: Optional[str]
+) -> tuple[Optional[str], Optional[dict]]:
     """(init checkpoint, parent record): the released checkpoint asked for, else the upstream
     stage's, else none."""
     if init_checkpoint:
@@ -64,8 +69,10 @@ def shards_for(layout: DataLayout, name: str, entry: dict, asset: str, log: Log 
     shards = shards_entry(folder, layout.root) if folder is not None else None
     if shards is None or shards["source_sha256"] != entry["sha256"]:
         if log is not None:
-            log(f"the shards of {name} do not hold manifest {entry['sha256'][:16]} ({asset} not re-materialised "
-                "since it changed): packing them now")
+            log(
+                f"the shards of {name} do not hold manifest {entry['sha256'][:16]} ({asset} not re-materialised "
+                "since it changed): packing them now"
+            )
         folder, _, _ = publish_shards(layout, name, Path(entry.get("version") or entry["path"]))
         shards = shards_entry(folder, layout.root)
     entry["shards"] = shards
@@ -96,33 +103,65 @@ def audioset_inputs(layout: DataLayout, partitions: list[str], log: Log = None):
             raise FileNotFoundError(f"AudioSet manifest {path} missing: materialise audioset_manifest[{p}] first")
         entry = manifest_entry(path, 0, store=layout.versions_dir)
         status = read_version_parquet(Path(entry["version"]), columns=["status"])["status"]
-        entry["rows"] = int((status == "ok").sum())   # the clips actually used
+        entry["rows"] = int((status == "ok").sum())  # the clips actually used
         tables.append(entry["version"])  # train on the version the lineage names
         shards.append(shards_for(layout, f"audioset_{p}", entry, f"audioset_shards[{p}]", log))
         entries[f"audioset_{p}"] = entry
     return tables, entries, shards
 
 
-def audioset_spec(layout: DataLayout, stage: str, cfg: TrainConfig, *, name: str, partitions: list[str],
-                  class_ids: list[str], upstream: Optional[str] = None, init_checkpoint: str = "",
-                  clip_weights: str = "", imagenet_weights: str = "", profile: str = "paper",
-                  log: Log = None) -> StageSpec:
+def audioset_spec(
+    layout: DataLayout,
+    stage: str,
+    cfg: TrainConfig,
+    *,
+    name: str,
+    partitions: list[str],
+    class_ids: list[str],
+    upstream: Optional[str] = None,
+    init_checkpoint: str = "",
+    clip_weights: str = "",
+    imagenet_weights: str = "",
+    profile: str = "paper",
+    log: Log = None,
+) -> StageSpec:
     """The spec of an AudioSet stage (stand-in towers, stages 1-3) run as `name`."""
     tables, manifests, shards = audioset_inputs(layout, partitions, log)
     init, parent = start_from(layout, init_checkpoint, upstream)
     towers, extra = clip_weights or None, {}
     if stage == "audioclip_partial" and not towers:  # the towers the clip_towers asset published
         record = published_towers(layout)
-        if record["kind"] != "standin" or profile == "demo":   # the paper never distils into the stand-in
+        if record["kind"] != "standin" or profile == "demo":  # the paper never distils into the stand-in
             towers, extra = record["path"], {"clip_towers": record}
-    return StageSpec(name=name, stage=stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name)),
-                     tables=tables, manifests=manifests, class_ids=list(class_ids), init=init, parent=parent,
-                     clip_weights=towers, imagenet_weights=imagenet_weights or None, data_root=str(layout.root),
-                     extra_lineage=extra, shards=shards)
+    return StageSpec(
+        name=name,
+        stage=stage,
+        config=cfg.to_dict(),
+        workdir=str(layout.checkpoint_dir(name)),
+        tables=tables,
+        manifests=manifests,
+        class_ids=list(class_ids),
+        init=init,
+        parent=parent,
+        clip_weights=towers,
+        imagenet_weights=imagenet_weights or None,
+        data_root=str(layout.root),
+        extra_lineage=extra,
+        shards=shards,
+    )
 
 
-def finetune_spec(layout: DataLayout, name: str, dataset: str, fold: int, cfg: TrainConfig, *,
-                  upstream: Optional[str], init_checkpoint: str = "", log: Log = None) -> StageSpec:
+def finetune_spec(
+    layout: DataLayout,
+    name: str,
+    dataset: str,
+    fold: int,
+    cfg: TrainConfig,
+    *,
+    upstream: Optional[str],
+    init_checkpoint: str = "",
+    log: Log = None,
+) -> StageSpec:
     """The spec of fine-tuning `name` on fold `fold` of the clip set `dataset`: the fold's train
     split (its version kept), the clip set's shards, its classes, the parent checkpoint."""
     from ..data.clipsets import class_names
@@ -138,8 +177,17 @@ def finetune_spec(layout: DataLayout, name: str, dataset: str, fold: int, cfg: T
     source = manifest_entry(layout.clipset_manifest(dataset), 0)
     shards = shards_for(layout, dataset, source, f"{dataset}_shards", log)
     entry["shards"] = source["shards"]
-    return StageSpec(name=name, stage=cfg.stage, config=cfg.to_dict(), workdir=str(layout.checkpoint_dir(name, fold)),
-                     tables=[entry["version"]], manifests={f"{dataset}_fold{fold}_train": entry}, classes=classes,
-                     init=init, parent=parent, extra_lineage={"fold": int(fold), "classes": classes},
-                     data_root=str(layout.root), shards=[shards])
-
+    return StageSpec(
+        name=name,
+        stage=cfg.stage,
+        config=cfg.to_dict(),
+        workdir=str(layout.checkpoint_dir(name, fold)),
+        tables=[entry["version"]],
+        manifests={f"{dataset}_fold{fold}_train": entry},
+        classes=classes,
+        init=init,
+        parent=parent,
+        extra_lineage={"fold": int(fold), "classes": classes},
+        data_root=str(layout.root),
+        shards=[shards],
+    )

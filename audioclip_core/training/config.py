@@ -1,5 +1,6 @@
 """Typed training configuration of one stage run. Defaults are the paper's; the values of a
 run come from a profile (`profiles.resolve`)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -10,40 +11,40 @@ from .spec import STAGE_NAMES
 
 @dataclass
 class TrainConfig:
-    stage: str                        # the paper's step (training.stages.STAGES)
+    stage: str  # the paper's step (training.stages.STAGES)
     preset: str = "audioclip-rn50"
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-4
-    gamma: float = 0.95               # ExponentialLR, stepped once per epoch
+    gamma: float = 0.95  # ExponentialLR, stepped once per epoch
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4        # not applied to the fbsp parameters and logit scales
+    weight_decay: float = 5e-4  # not applied to the fbsp parameters and logit scales
     seed: int = 0
-    clip_seconds: float = 5.0         # crop / pad length of the audio
-    channels: int = 1                 # audio channels fed (mono mix-down, or duplicated mono)
-    input_scale: str = "int16"        # how [-1, 1] audio is fed (see audioclip_core.audio)
-    inversion: str = "time"           # "time" (paper) or "channels" (the original code)
+    clip_seconds: float = 5.0  # crop / pad length of the audio
+    channels: int = 1  # audio channels fed (mono mix-down, or duplicated mono)
+    input_scale: str = "int16"  # how [-1, 1] audio is fed (see audioclip_core.audio)
+    inversion: str = "time"  # "time" (paper) or "channels" (the original code)
     noise_p: float = 0.25
     augment: bool = True
     num_workers: int = 0
     max_steps_per_epoch: Optional[int] = None
     loss_variant: str = "reference"
-    device: str = "auto"              # "auto": cuda when available
-    amp: bool = True                  # bf16 autocast on CUDA
-    compile: bool = False             # torch.compile the training module (CUDA; the first steps compile)
-    cpu_bf16: bool = False            # bf16 autocast on CPU too (~2.6x faster steps with avx512_bf16;
-                                      # off by default: fp32 keeps runs bit-reproducible)
-    freeze_bn: bool = False           # BatchNorm uses and keeps its running statistics
-    dtype: str = "float32"            # "float64": model and batches in double precision, for
-                                      # exactness checks (float32 sums in another order differ at
-                                      # ~1e-7, enough to flip a max pool's argmax; float64 at ~1e-16)
+    device: str = "auto"  # "auto": cuda when available
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the training module (CUDA; the first steps compile)
+    cpu_bf16: bool = False  # bf16 autocast on CPU too (~2.6x faster steps with avx512_bf16;
+    # off by default: fp32 keeps runs bit-reproducible)
+    freeze_bn: bool = False  # BatchNorm uses and keeps its running statistics
+    dtype: str = "float32"  # "float64": model and batches in double precision, for
+    # exactness checks (float32 sums in another order differ at
+    # ~1e-7, enough to flip a max pool's argmax; float64 at ~1e-16)
     keep_epochs: list[int] = field(default_factory=list)  # also keep the weights after these many epochs
-                                      # (snapshots/after_NNN_epochs.safetensors; Table 1's 5-epoch row)
-    allow_random_init: bool = False   # stage 1 without ImageNet weights / stage 2 without CLIP weights
-                                      # start from random weights instead of refusing (the demo)
+    # (snapshots/after_NNN_epochs.safetensors; Table 1's 5-epoch row)
+    allow_random_init: bool = False  # stage 1 without ImageNet weights / stage 2 without CLIP weights
+    # start from random weights instead of refusing (the demo)
     allow_changed_parent: bool = False  # train from a parent checkpoint whose bytes differ from its own
-                                      # lineage record (stages.require_unchanged_parent) instead of refusing
+    # lineage record (stages.require_unchanged_parent) instead of refusing
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

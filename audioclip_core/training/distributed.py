@@ -7,6 +7,7 @@ single-process loss on the same global batch. The logit scales enter the loss wh
 every rank, so their gradient is scaled by 1/W to undo that factor. BatchNorm statistics are per process on CPU
 (PyTorch's SyncBatchNorm runs only on accelerators); on CUDA BatchNorm is synchronised.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ def shard(batch: list[int]) -> list[int]:
     """This rank's contiguous share of a global batch (sizes equal across ranks)."""
     w, r = world_size(), rank()
     per = len(batch) // w
-    return batch[r * per:(r + 1) * per]
+    return batch[r * per : (r + 1) * per]
 
 
 def barrier() -> None:

@@ -28,6 +28,7 @@
   image-to-caption retrieval (``acc_image_text``), judged the same way.
 * Non-finite weights: any NaN or Inf in the saved checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,13 @@ def collapse(history: list[dict]) -> Optional[dict]:
     # down (from far above it) while in-batch retrieval is well above chance is not a collapse
     retrieval = at_chance(history)
     learned = retrieval is not None and not retrieval["at_chance"]
-    return {"uniform": uniform, "terms": terms, "ratios": ratios, "retrieval_above_chance": learned,
-            "collapsed": near_uniform and not learned}
+    return {
+        "uniform": uniform,
+        "terms": terms,
+        "ratios": ratios,
+        "retrieval_above_chance": learned,
+        "collapsed": near_uniform and not learned,
+    }
 
 
 def at_chance(history: list[dict], sigmas: float = 2.0) -> Optional[dict]:
@@ -73,8 +79,14 @@ def at_chance(history: list[dict], sigmas: float = 2.0) -> Optional[dict]:
     last = history[-1]
     acc, chance, n = float(last[key]), float(last["acc_chance"]), int(last.get("samples") or 0)
     bound = chance + sigmas * math.sqrt(chance * (1 - chance) / max(n, 1))
-    return {"retrieval": key, "accuracy": acc, "chance": chance, "samples": n, "bound": min(bound, 1.0),
-            "at_chance": acc <= bound}
+    return {
+        "retrieval": key,
+        "accuracy": acc,
+        "chance": chance,
+        "samples": n,
+        "bound": min(bound, 1.0),
+        "at_chance": acc <= bound,
+    }
 
 
 def non_finite_tensors(checkpoint: Path) -> list[str]:

@@ -6,6 +6,7 @@ augmentation are functions of (seed, epoch, index), and the epoch checkpoint hol
 model, optimiser, scheduler and RNG state. Checkpoints are written to a temporary folder
 and renamed into place.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,7 @@ class TrainResult:
     resumed_from: Optional[int] = None
     skipped_items: list[str] = field(default_factory=list)
     epochs_dir: Optional[Path] = None
-    model: Optional[nn.Module] = None          # the trained module (after any BatchNorm conversion)
+    model: Optional[nn.Module] = None  # the trained module (after any BatchNorm conversion)
 
 
 def no_decay(name: str) -> bool:
@@ -58,14 +59,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
             continue
         (plain if no_decay(name) else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov)
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed * 7919 + epoch)
     order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:  # a contrastive batch needs two items
         batches = batches[:-1]
     return batches
@@ -94,9 +94,17 @@ def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, histo
     # written in `.epoch_NNN.<random>` (swept by `train` on start-up) and renamed into place
     with publish_folder(epochs_dir / f"epoch_{epoch:03d}") as tmp:
         save_checkpoint(model, tmp / "model.safetensors", metadata={"epoch": epoch})
-        torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "history": history, "skipped": skipped},
-                   tmp / "state.pt")
+        torch.save(
+            {
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "skipped": skipped,
+            },
+            tmp / "state.pt",
+        )
     for old in epochs_dir.glob("epoch_*"):  # keep the last two complete epochs
         if old.is_dir() and int(old.name.split("_")[1]) < epoch - 1:
             shutil.rmtree(old, ignore_errors=True)
@@ -106,8 +114,16 @@ def _snapshot(model: nn.Module, cfg: TrainConfig, epochs: int, dest: Path) -> No
     """Keep the weights after `epochs` epochs (`keep_epochs`) with the metadata a finished
     stage's checkpoint has (stage, config, input scale), so they are evaluated the same way."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, dest, metadata={"stage": cfg.stage, "epochs_trained": epochs, "config": cfg.to_dict(),
-                                           "input_scale": cfg.input_scale})
+    save_checkpoint(
+        model,
+        dest,
+        metadata={
+            "stage": cfg.stage,
+            "epochs_trained": epochs,
+            "config": cfg.to_dict(),
+            "input_scale": cfg.input_scale,
+        },
+    )
 
 
 def _load_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler):
@@ -122,9 +138,17 @@ def _load_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler):
     return state["history"], state["skipped"]
 
 
-def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, workdir: Path, *,
-          on_epoch: Optional[EpochCallback] = None, prepare: Optional[Callable[[nn.Module], None]] = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    step: StepFn,
+    cfg: TrainConfig,
+    workdir: Path,
+    *,
+    on_epoch: Optional[EpochCallback] = None,
+    prepare: Optional[Callable[[nn.Module], None]] = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
     """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -166,7 +190,8 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
             elif not cfg.freeze_bn:
                 log("note: on CPU BatchNorm statistics are computed per process (no SyncBatchNorm)")
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+            )
         if cfg.compile:
             net = torch.compile(net)
         for epoch in range(start, cfg.epochs):
@@ -179,12 +204,17 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                 dataset.set_epoch(epoch)
             batches = epoch_batches(len(dataset), cfg.batch_size, cfg.seed, epoch)
             if cfg.max_steps_per_epoch:
-                batches = batches[:cfg.max_steps_per_epoch]
+                batches = batches[: cfg.max_steps_per_epoch]
             if distributed:  # the same global batches on every rank; each takes its share
                 batches = [D.shard(b) for b in batches if len(b) >= world and len(b) % world == 0]
             # pinned host memory lets the copies below run asynchronously (non_blocking) on CUDA
-            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
-                                pin_memory=device.type == "cuda")
+            loader = DataLoader(
+                dataset,
+                batch_sampler=batches,
+                collate_fn=collate,
+                num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+            )
             sums: dict[str, float] = {}
             n_samples, t0 = 0, time.perf_counter()
             for i, batch in enumerate(loader):
@@ -195,15 +225,25 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                     continue
                 if distributed and not batch["index"]:
                     # the other ranks wait in the feature gather; torchrun stops them on this error
-                    raise TrainingError(f"{cfg.stage}: every sample of rank {D.rank()}'s share of step {i} "
-                                        f"(epoch {epoch}) failed to load: {batch['errors']}")
-                batch = {k: (v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
-                             if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                    raise TrainingError(
+                        f"{cfg.stage}: every sample of rank {D.rank()}'s share of step {i} "
+                        f"(epoch {epoch}) failed to load: {batch['errors']}"
+                    )
+                batch = {
+                    k: (
+                        v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+                        if isinstance(v, torch.Tensor)
+                        else v
+                    )
+                    for k, v in batch.items()
+                }
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                     loss, terms = step(net, batch)
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"{cfg.stage}: the loss became {float(loss)} at epoch {epoch}, step {i}; "
-                                        f"the last good weights are those of epoch {epoch - 1} in {epochs_dir}")
+                    raise TrainingError(
+                        f"{cfg.stage}: the loss became {float(loss)} at epoch {epoch}, step {i}; "
+                        f"the last good weights are those of epoch {epoch - 1} in {epochs_dir}"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if distributed:
@@ -217,9 +257,13 @@ def train(model: nn.Module, dataset: Dataset, step: StepFn, cfg: TrainConfig, wo
                     sums[k] = sums.get(k, 0.0) + float(v) * bs
             seconds = time.perf_counter() - t0
             metrics = {k: v / max(n_samples, 1) for k, v in sums.items()}
-            metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], samples=n_samples,
-                           samples_per_s=n_samples / seconds if seconds > 0 else math.nan,
-                           skipped_items=len(result.skipped_items))
+            metrics.update(
+                epoch=epoch,
+                lr=optimizer.param_groups[0]["lr"],
+                samples=n_samples,
+                samples_per_s=n_samples / seconds if seconds > 0 else math.nan,
+                skipped_items=len(result.skipped_items),
+            )
             scheduler.step()
             result.history.append(metrics)
             if D.rank() == 0:

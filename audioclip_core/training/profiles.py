@@ -13,6 +13,7 @@ first by `clip_standin`, the demo's stand-in for CLIP's pre-training.
 
 A run that sets no seed takes $AUDIOCLIP_SEED (`make demo SEED=n`), else 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -32,8 +33,11 @@ PROFILES = {
     # the paper: SGD + Nesterov 0.9, wd 5e-4, batch 64; AudioSet stages 1e-4 / 0.95 / 30 epochs,
     # fine-tuning 5e-5 / 0.98 / 50 epochs
     "paper": {
-        "esresnext_audioset": _PAPER_STAGE1, "audioclip_partial": _PAPER_AUDIOSET, "audioclip_full": _PAPER_AUDIOSET,
-        "esresnext_finetune": _PAPER_FINETUNE, "audioclip_finetune": _PAPER_FINETUNE,
+        "esresnext_audioset": _PAPER_STAGE1,
+        "audioclip_partial": _PAPER_AUDIOSET,
+        "audioclip_full": _PAPER_AUDIOSET,
+        "esresnext_finetune": _PAPER_FINETUNE,
+        "audioclip_finetune": _PAPER_FINETUNE,
     },
     # the demo data (ten synthetic classes, 4 s clips, towers trained from scratch; preset
     # audioclip-demo): minutes on 2 cores. `clip_standin` first trains the image and text
@@ -52,17 +56,57 @@ PROFILES = {
     # (20 %; its first-epoch loss 10-14 against 5.0 at uniform logits) - 0.002 gives 65 % there
     # and 85 % from the full model (0.001: 63 % and 70 %).
     "demo": {
-        "clip_standin": dict(preset=_DEMO, epochs=6, batch_size=32, lr=0.02, gamma=0.9, clip_seconds=4.0,
-                             loss_variant="corrected", allow_random_init=True),
-        "esresnext_audioset": dict(preset=_DEMO, epochs=20, batch_size=16, lr=0.02, gamma=0.9, clip_seconds=4.0,
-                                   allow_random_init=True, keep_epochs=[8]),
-        "audioclip_partial": dict(preset=_DEMO, epochs=20, batch_size=16, lr=0.02, gamma=0.95, clip_seconds=4.0,
-                                  loss_variant="corrected", allow_random_init=True),
-        "audioclip_full": dict(preset=_DEMO, epochs=10, batch_size=16, lr=0.0005, gamma=0.95, clip_seconds=4.0,
-                               freeze_bn=True, loss_variant="corrected"),
+        "clip_standin": dict(
+            preset=_DEMO,
+            epochs=6,
+            batch_size=32,
+            lr=0.02,
+            gamma=0.9,
+            clip_seconds=4.0,
+            loss_variant="corrected",
+            allow_random_init=True,
+        ),
+        "esresnext_audioset": dict(
+            preset=_DEMO,
+            epochs=20,
+            batch_size=16,
+            lr=0.02,
+            gamma=0.9,
+            clip_seconds=4.0,
+            allow_random_init=True,
+            keep_epochs=[8],
+        ),
+        "audioclip_partial": dict(
+            preset=_DEMO,
+            epochs=20,
+            batch_size=16,
+            lr=0.02,
+            gamma=0.95,
+            clip_seconds=4.0,
+            loss_variant="corrected",
+            allow_random_init=True,
+        ),
+        "audioclip_full": dict(
+            preset=_DEMO,
+            epochs=10,
+            batch_size=16,
+            lr=0.0005,
+            gamma=0.95,
+            clip_seconds=4.0,
+            freeze_bn=True,
+            loss_variant="corrected",
+        ),
         "esresnext_finetune": dict(preset=_DEMO, epochs=3, batch_size=12, lr=0.01, gamma=0.9, augment=False),
-        "audioclip_finetune": dict(preset=_DEMO, epochs=2, batch_size=12, lr=0.002, gamma=0.9, augment=False,
-                                   freeze_bn=True, loss_variant="corrected"),
+        "audioclip_finetune": dict(
+            preset=_DEMO,
+            epochs=2,
+            batch_size=12,
+            lr=0.002,
+            gamma=0.9,
+            augment=False,
+            freeze_bn=True,
+            loss_variant="corrected",
+        ),
     },
 }
 FINETUNE_STAGES = ("esresnext_finetune", "audioclip_finetune")
@@ -74,8 +118,9 @@ def profile_values(profile: str, stage: str) -> dict:
     return dict(PROFILES[profile][stage])
 
 
-def resolve(profile: str, stage: str, overrides: Mapping[str, Any] = (), *,
-            clipset: Optional[str] = None) -> TrainConfig:
+def resolve(
+    profile: str, stage: str, overrides: Mapping[str, Any] = (), *, clipset: Optional[str] = None
+) -> TrainConfig:
     """The `TrainConfig` of one run: the profile's values for `stage`, then every override
     that names a `TrainConfig` field and is not None (others are ignored: they configure the
     run, not the training), then - for fine-tuning on `clipset` - that set's clip length and
@@ -85,7 +130,7 @@ def resolve(profile: str, stage: str, overrides: Mapping[str, Any] = (), *,
     given = {k: v for k, v in dict(overrides).items() if k in names and v is not None}
     values.update(given)
     if "seed" not in given:
-        values.setdefault("seed", demo_seed())   # $AUDIOCLIP_SEED (make demo SEED=n), else 0
+        values.setdefault("seed", demo_seed())  # $AUDIOCLIP_SEED (make demo SEED=n), else 0
     if stage in FINETUNE_STAGES:
         if clipset is None:
             raise ValueError(f"{stage} fine-tunes on a clip set: give clipset='esc50' or 'us8k'")

@@ -1,5 +1,6 @@
 """One stage run end to end, from its spec: build, train (resumable), write the final checkpoint
 and its lineage, return its `StageResult`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,9 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
 
     built = build_stage(spec)
     cfg, workdir = built.config, Path(spec.workdir)
-    result = train(built.model, built.dataset, built.step, cfg, workdir, on_epoch=on_epoch, prepare=built.prepare,
-                   log=log)
+    result = train(
+        built.model, built.dataset, built.step, cfg, workdir, on_epoch=on_epoch, prepare=built.prepare, log=log
+    )
     if D.rank() != 0:
         D.barrier()
         return None
@@ -33,33 +35,55 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         model = _plain_batchnorm(model)
     model.cpu().eval()
     checkpoint = workdir / f"{spec.name}.safetensors"
-    meta = {"name": spec.name, "stage": cfg.stage, "input_scale": cfg.input_scale, "config": cfg.to_dict(),
-            "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
-            "parent_sha256": (spec.parent or {}).get("sha256")}
+    meta = {
+        "name": spec.name,
+        "stage": cfg.stage,
+        "input_scale": cfg.input_scale,
+        "config": cfg.to_dict(),
+        "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
+        "parent_sha256": (spec.parent or {}).get("sha256"),
+    }
     save_checkpoint(model, checkpoint, metadata=meta)
     official = None
     if isinstance(model, ESResNeXt):  # also in the ESRNXFBSP layout the original code reads
         official = export_official(model, workdir / f"{spec.name}.esrnxfbsp.pt")
-    record = lineage_record(name=spec.name, stage=cfg.stage, checkpoint=checkpoint, config=cfg.to_dict(),
-                            manifests=spec.manifests, parent=spec.parent, dagster=spec.dagster,
-                            mlflow_run_id=spec.mlflow_run_id,
-                            extra={"history": result.history, "skipped_items": result.skipped_items,
-                                   "resumed_from_epoch": result.resumed_from,
-                                   "official_export": str(official) if official else None,
-                                   **built.extra_lineage})
+    record = lineage_record(
+        name=spec.name,
+        stage=cfg.stage,
+        checkpoint=checkpoint,
+        config=cfg.to_dict(),
+        manifests=spec.manifests,
+        parent=spec.parent,
+        dagster=spec.dagster,
+        mlflow_run_id=spec.mlflow_run_id,
+        extra={
+            "history": result.history,
+            "skipped_items": result.skipped_items,
+            "resumed_from_epoch": result.resumed_from,
+            "official_export": str(official) if official else None,
+            **built.extra_lineage,
+        },
+    )
     path = write_lineage(record, checkpoint)
     D.barrier()
-    return StageResult(checkpoint=str(checkpoint), lineage_path=str(path), history=result.history,
-                       official=str(official) if official else None, resumed_from=result.resumed_from,
-                       skipped_items=list(result.skipped_items), world_size=D.world_size())
+    return StageResult(
+        checkpoint=str(checkpoint),
+        lineage_path=str(path),
+        history=result.history,
+        official=str(official) if official else None,
+        resumed_from=result.resumed_from,
+        skipped_items=list(result.skipped_items),
+        world_size=D.world_size(),
+    )
 
 
 def _plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """SyncBatchNorm (used across GPUs) back to BatchNorm2d, so checkpoints keep the official layout."""
     for name, child in list(module.named_children()):
         if isinstance(child, torch.nn.SyncBatchNorm):
-            bn = torch.nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                      child.track_running_stats)
+            bn = torch.nn.BatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             bn.load_state_dict(child.state_dict())
             setattr(module, name, bn)
         else:

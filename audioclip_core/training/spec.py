@@ -2,6 +2,7 @@
 to read, where, with which resolved config) and `StageResult` (what the run wrote). Both are
 JSON, so the same spec runs in-process or in every worker torchrun starts, and both launch
 paths hand back the same typed result (`run.run_stage`, the torchrun worker's result file)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,14 @@ from typing import Optional
 
 # the paper's steps (training.stages.STAGES defines each; kept here so a spec validates
 # without importing the models)
-STAGE_NAMES = ("clip_standin", "esresnext_audioset", "audioclip_partial", "audioclip_full", "esresnext_finetune",
-               "audioclip_finetune")
+STAGE_NAMES = (
+    "clip_standin",
+    "esresnext_audioset",
+    "audioclip_partial",
+    "audioclip_full",
+    "esresnext_finetune",
+    "audioclip_finetune",
+)
 
 
 def _write(obj, path: Path) -> Path:
@@ -27,24 +34,24 @@ def _write(obj, path: Path) -> Path:
 
 @dataclass
 class StageSpec:
-    name: str                                  # the asset, e.g. "audioclip_esc50"
-    stage: str                                 # the paper's step, one of STAGE_NAMES
-    config: dict                               # TrainConfig fields, resolved (profiles.resolve)
+    name: str  # the asset, e.g. "audioclip_esc50"
+    stage: str  # the paper's step, one of STAGE_NAMES
+    config: dict  # TrainConfig fields, resolved (profiles.resolve)
     workdir: str
-    tables: list[str]                          # parquet files to train on (manifest versions)
-    manifests: dict                            # name -> {"path", "sha256", "rows", "version", "shards"}
-    class_ids: list[str] = field(default_factory=list)   # AudioSet mids (AudioSet stages)
-    classes: list[str] = field(default_factory=list)     # class names (fine-tuning)
-    init: Optional[str] = None                 # checkpoint to start from (upstream or released)
-    parent: Optional[dict] = None              # {"path", "sha256", "name"} of `init`
+    tables: list[str]  # parquet files to train on (manifest versions)
+    manifests: dict  # name -> {"path", "sha256", "rows", "version", "shards"}
+    class_ids: list[str] = field(default_factory=list)  # AudioSet mids (AudioSet stages)
+    classes: list[str] = field(default_factory=list)  # class names (fine-tuning)
+    init: Optional[str] = None  # checkpoint to start from (upstream or released)
+    parent: Optional[dict] = None  # {"path", "sha256", "name"} of `init`
     clip_weights: Optional[str] = None
     imagenet_weights: Optional[str] = None
     dagster: dict = field(default_factory=dict)
     mlflow_run_id: Optional[str] = None
     extra_lineage: dict = field(default_factory=dict)
-    data_root: Optional[str] = None            # relative file paths in `tables` are under it
-    shards: list[str] = field(default_factory=list)      # shard sets holding the tables' files (data.shards):
-                                                         # read from them, not from the files
+    data_root: Optional[str] = None  # relative file paths in `tables` are under it
+    shards: list[str] = field(default_factory=list)  # shard sets holding the tables' files (data.shards):
+    # read from them, not from the files
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_NAMES:
@@ -63,6 +70,7 @@ class StageResult:
     """What a stage run wrote: the checkpoint (and its export in the original code's layout for
     ESResNeXt), its lineage record, the per-epoch history, where a resumed run took up, the
     items that failed to load, and how many processes trained it."""
+
     checkpoint: str
     lineage_path: str
     history: list[dict]

@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .spec import STAGE_NAMES, StageSpec
 from .steps import audioclip_step, classifier_step, image_text_step, keep_frozen_in_eval
 
-Built = tuple[nn.Module, object, Callable]     # model, dataset, step
+Built = tuple[nn.Module, object, Callable]  # model, dataset, step
 
 
 # -- the stages ------------------------------------------------------------------------------
@@ -55,15 +55,27 @@ def _read_from(spec: StageSpec, dataset):
     if spec.shards:
         from ..data.shards import ShardStore
 
-        dataset.store = ShardStore([Path(s) for s in spec.shards], Path(spec.data_root) if spec.data_root else Path.cwd())
+        dataset.store = ShardStore(
+            [Path(s) for s in spec.shards], Path(spec.data_root) if spec.data_root else Path.cwd()
+        )
     return dataset
 
 
 def _audioset_data(spec: StageSpec, cfg: TrainConfig, *, with_image: bool, image_size: int = 224) -> AudioSetDataset:
     tables = _tables(spec)
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    return _read_from(spec, AudioSetDataset(df, spec.class_ids, train=True, seed=cfg.seed, audio=audio_options(cfg),
-                                            image_size=image_size, with_image=with_image))
+    return _read_from(
+        spec,
+        AudioSetDataset(
+            df,
+            spec.class_ids,
+            train=True,
+            seed=cfg.seed,
+            audio=audio_options(cfg),
+            image_size=image_size,
+            with_image=with_image,
+        ),
+    )
 
 
 def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> ClipSetDataset:
@@ -72,11 +84,16 @@ def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> ClipSetDataset:
     return _read_from(spec, clipset_dataset(table, spec.classes, audio_options(cfg), train=True, seed=cfg.seed))
 
 
-IMAGENET_SOURCE = ("imagenet_weights", "a torchvision resnext50_32x4d ImageNet state dict "
-                   "(resnext50_32x4d-7cdf4587.pth)", "torchvision: https://download.pytorch.org/models/"
-                   "resnext50_32x4d-7cdf4587.pth")
-CLIP_SOURCE = ("clip_weights", "CLIP's ResNet-50 weights (CLIP.pt of the AudioCLIP release, or OpenAI's RN50.pt)",
-               "https://github.com/AndreyGuzhov/AudioCLIP/releases (CLIP.pt) or OpenAI's CLIP repository (RN50)")
+IMAGENET_SOURCE = (
+    "imagenet_weights",
+    "a torchvision resnext50_32x4d ImageNet state dict (resnext50_32x4d-7cdf4587.pth)",
+    "torchvision: https://download.pytorch.org/models/resnext50_32x4d-7cdf4587.pth",
+)
+CLIP_SOURCE = (
+    "clip_weights",
+    "CLIP's ResNet-50 weights (CLIP.pt of the AudioCLIP release, or OpenAI's RN50.pt)",
+    "https://github.com/AndreyGuzhov/AudioCLIP/releases (CLIP.pt) or OpenAI's CLIP repository (RN50)",
+)
 
 
 class InitialisationError(ValueError):
@@ -105,7 +122,8 @@ def missing_weights(name: str, source: tuple[str, str, str]) -> InitialisationEr
     return InitialisationError(
         f"{name}: the paper starts this stage from {what}, and `{key}` is not set. Set `{key}` in the stage's run "
         f"config to that file (published at {where}), or set `allow_random_init: true` to train from random "
-        f"weights (what the demo profile does).")
+        f"weights (what the demo profile does)."
+    )
 
 
 class ChangedParentError(ValueError):
@@ -127,13 +145,14 @@ def require_unchanged_parent(spec: StageSpec, cfg: TrainConfig):
             f"{spec.name}: the parent checkpoint {check.path} has sha256 {check.actual}, but its lineage record "
             f"says {check.recorded}: it changed after {spec.parent.get('name') or 'its stage'} wrote it (damaged or "
             "replaced). Materialise that stage again (or restore the file), or set `allow_changed_parent: true` "
-            "to train from it as it is")
+            "to train from it as it is"
+        )
     return check
 
 
 def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
-    model = build_audioclip(cfg)               # random towers: the demo's CLIP is trained here
-    model.freeze(audio=True)                   # no audio: the audio head and its scales stay as built
+    model = build_audioclip(cfg)  # random towers: the demo's CLIP is trained here
+    model.freeze(audio=True)  # no audio: the audio head and its scales stay as built
     model.logit_scale_ai.requires_grad_(False)
     model.logit_scale_at.requires_grad_(False)
     tables = _tables(spec)
@@ -149,7 +168,7 @@ def _esresnext_audioset(spec: StageSpec, cfg: TrainConfig) -> Built:
 
 def _audioclip_partial(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_audioclip(cfg, audio_head=spec.init, clip_weights=spec.clip_weights)
-    model.freeze(image=True, text=True)        # CLIP's towers are the teachers
+    model.freeze(image=True, text=True)  # CLIP's towers are the teachers
     data = _audioset_data(spec, cfg, with_image=True, image_size=model.visual.image_size)
     return model, data, audioclip_step(use_image=True, loss_variant=cfg.loss_variant)
 
@@ -167,8 +186,8 @@ def _esresnext_finetune(spec: StageSpec, cfg: TrainConfig) -> Built:
 
 def _audioclip_finetune(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_audioclip(cfg, init=spec.init)
-    model.freeze(image=True, text=True)        # cooperative: only the audio head ...
-    model.logit_scale.requires_grad_(False)    # ... and the two audio scales update
+    model.freeze(image=True, text=True)  # cooperative: only the audio head ...
+    model.logit_scale.requires_grad_(False)  # ... and the two audio scales update
     return model, _clipset_data(spec, cfg), audioclip_step(use_image=False, loss_variant=cfg.loss_variant)
 
 
@@ -184,18 +203,38 @@ class Stage:
     build: Callable[[StageSpec, TrainConfig], Built]
 
 
-STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("clip_standin", "audioset", "the demo's stand-in for CLIP pre-training: image and text towers trained "
-          "contrastively on frame-caption pairs", _clip_standin),
-    Stage("esresnext_audioset", "audioset", "stand-alone ESResNeXt, multi-label BCE over the AudioSet classes",
-          _esresnext_audioset),
-    Stage("audioclip_partial", "audioset", "the audio head trained under frozen CLIP teachers", _audioclip_partial),
-    Stage("audioclip_full", "audioset", "all three heads trained jointly on AudioSet", _audioclip_full),
-    Stage("esresnext_finetune", "clipset", "stand-alone ESResNeXt fine-tuned on a fold, new classifier",
-          _esresnext_finetune),
-    Stage("audioclip_finetune", "clipset", "cooperative fine-tuning on a fold: the audio head only",
-          _audioclip_finetune),
-)}
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "clip_standin",
+            "audioset",
+            "the demo's stand-in for CLIP pre-training: image and text towers trained "
+            "contrastively on frame-caption pairs",
+            _clip_standin,
+        ),
+        Stage(
+            "esresnext_audioset",
+            "audioset",
+            "stand-alone ESResNeXt, multi-label BCE over the AudioSet classes",
+            _esresnext_audioset,
+        ),
+        Stage("audioclip_partial", "audioset", "the audio head trained under frozen CLIP teachers", _audioclip_partial),
+        Stage("audioclip_full", "audioset", "all three heads trained jointly on AudioSet", _audioclip_full),
+        Stage(
+            "esresnext_finetune",
+            "clipset",
+            "stand-alone ESResNeXt fine-tuned on a fold, new classifier",
+            _esresnext_finetune,
+        ),
+        Stage(
+            "audioclip_finetune",
+            "clipset",
+            "cooperative fine-tuning on a fold: the audio head only",
+            _audioclip_finetune,
+        ),
+    )
+}
 
 
 assert tuple(STAGES) == STAGE_NAMES, "spec.STAGE_NAMES lists the stages of STAGES"
@@ -205,6 +244,7 @@ assert tuple(STAGES) == STAGE_NAMES, "spec.STAGE_NAMES lists the stages of STAGE
 class BuiltStage:
     """A spec made ready to train: its config, model (loaded and frozen as its stage says),
     dataset and step, and what its lineage record adds."""
+
     spec: StageSpec
     config: TrainConfig
     model: nn.Module
@@ -222,9 +262,18 @@ def build_stage(spec: StageSpec) -> BuiltStage:
         raise ValueError(f"{spec.name}: the spec is for stage {spec.stage!r}, its config for {cfg.stage!r}")
     require_initialisation(spec, cfg)
     parent = require_unchanged_parent(spec, cfg)
-    changed = ({"parent_changed": {"recorded_sha256": parent.recorded, "sha256": parent.actual}}
-               if parent is not None and parent.state == MISMATCH else {})
+    changed = (
+        {"parent_changed": {"recorded_sha256": parent.recorded, "sha256": parent.actual}}
+        if parent is not None and parent.state == MISMATCH
+        else {}
+    )
     model, dataset, step = STAGES[spec.stage].build(spec, cfg)
-    return BuiltStage(spec, cfg, model, dataset, step, keep_frozen_in_eval,
-                      {**spec.extra_lineage, "clip_weights": spec.clip_weights,
-                       "imagenet_weights": spec.imagenet_weights, **changed})
+    return BuiltStage(
+        spec,
+        cfg,
+        model,
+        dataset,
+        step,
+        keep_frozen_in_eval,
+        {**spec.extra_lineage, "clip_weights": spec.clip_weights, "imagenet_weights": spec.imagenet_weights, **changed},
+    )

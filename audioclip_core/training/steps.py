@@ -2,6 +2,7 @@
 Classification (BCE / CE), AudioCLIP's tri-modal contrastive step, and the CLIP-style
 image-text step of the demo's stand-in; plus the in-batch caption retrieval that the health
 gates read."""
+
 from __future__ import annotations
 
 import math
@@ -38,14 +39,23 @@ def audioclip_step(use_image: bool, loss_variant: str = "reference"):
             # over the global batch (all ranks' captions, in the order features are gathered)
             keys = [caption_key(t) for t in batch["text"]]
             class_ids = caption_ids(gather_objects(keys) if w > 1 else keys, batch["audio"].device)
-        out = model(audio=batch["audio"], image=batch.get("image") if use_image else None, text=batch["text"],
-                    loss_variant=loss_variant, class_ids=class_ids, gather=gather_features if w > 1 else None,
-                    scale_grad=1.0 / w)
+        out = model(
+            audio=batch["audio"],
+            image=batch.get("image") if use_image else None,
+            text=batch["text"],
+            loss_variant=loss_variant,
+            class_ids=class_ids,
+            gather=gather_features if w > 1 else None,
+            scale_grad=1.0 / w,
+        )
         ttf = _head(model).loss_ttf()
         n = out.logits.audio_text.shape[0] if out.logits.audio_text is not None else out.logits.audio_image.shape[0]
         target = torch.arange(n, device=batch["audio"].device)
-        terms = {"loss": float(out.loss.detach()), "loss_ttf": float(ttf.detach()),
-                 "loss_uniform": 2 * math.log(n)}  # what each pair term is at uniform logits (health.py)
+        terms = {
+            "loss": float(out.loss.detach()),
+            "loss_ttf": float(ttf.detach()),
+            "loss_uniform": 2 * math.log(n),
+        }  # what each pair term is at uniform logits (health.py)
         for name, lg in zip(("loss_audio_image", "loss_audio_text", "loss_image_text"), out.logits):
             if lg is not None:
                 terms[name] = float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())
@@ -61,6 +71,7 @@ def image_text_step(loss_variant: str = "reference"):
     """One step of CLIP-style image-text training (the demo's `clip_standin`): the
     symmetric contrastive loss of images against their captions, and the in-batch
     image-to-caption retrieval that the above-chance gate reads."""
+
     def step(model: AudioCLIP, batch: dict):
         keys = [caption_key(t) for t in batch["text"]]
         class_ids = caption_ids(keys, batch["image"].device) if loss_variant == "corrected" else None
@@ -68,8 +79,11 @@ def image_text_step(loss_variant: str = "reference"):
         lg = out.logits.image_text
         n = lg.shape[0]
         target = torch.arange(n, device=lg.device)
-        terms = {"loss": float(out.loss.detach()), "loss_uniform": 2 * math.log(n),
-                 "loss_image_text": float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach())}
+        terms = {
+            "loss": float(out.loss.detach()),
+            "loss_uniform": 2 * math.log(n),
+            "loss_image_text": float((F.cross_entropy(lg, target) + F.cross_entropy(lg.T, target)).detach()),
+        }
         terms.update(caption_retrieval(lg, batch["text"], key="acc_image_text"))
         return out.loss, terms
 
@@ -87,8 +101,7 @@ def caption_ids(keys: list[str], device=None) -> torch.Tensor:
     return torch.tensor([ids[k] for k in keys], device=device)
 
 
-def caption_retrieval(logits: Optional[torch.Tensor], texts: list, world: int = 1,
-                      key: str = "acc_audio_text") -> dict:
+def caption_retrieval(logits: Optional[torch.Tensor], texts: list, world: int = 1, key: str = "acc_audio_text") -> dict:
     """In-batch audio-to-caption retrieval: `acc_audio_text` (or `key`), the share of clips
     whose best scoring caption is their own (or an identical one), and `acc_chance`, its
     expected value when scores are random (the mean share of identical captions per clip).

@@ -1,13 +1,14 @@
 """The record of the image and text towers that stage 2 distils the audio head into: CLIP's
 weights (the paper), the demo's stand-in checkpoint, or random (only when allowed), with the
 file's sha256; written beside the clip_towers checkpoint, read by stage 2."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Optional
 
-TOWERS_RECORD = "towers.json"   # in the clip_towers checkpoint folder (layout.checkpoint_dir("clip_towers"))
+TOWERS_RECORD = "towers.json"  # in the clip_towers checkpoint folder (layout.checkpoint_dir("clip_towers"))
 
 
 def towers_record(kind: str, path: Optional[str] = None, sha256: Optional[str] = None, **more) -> dict:
@@ -21,8 +22,12 @@ def towers_record(kind: str, path: Optional[str] = None, sha256: Optional[str] =
         raise ValueError(f"unknown kind of towers {kind!r}")
     if kind != "random" and not path:
         raise ValueError(f"towers of kind {kind!r} need a file")
-    return {"kind": kind, "path": str(path) if path else None,
-            "sha256": sha256 or (sha256_file(Path(path)) if path else None), **more}
+    return {
+        "kind": kind,
+        "path": str(path) if path else None,
+        "sha256": sha256 or (sha256_file(Path(path)) if path else None),
+        **more,
+    }
 
 
 def publish_towers(layout, record: dict) -> None:

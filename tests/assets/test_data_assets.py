@@ -1,4 +1,5 @@
 """The data lineage materialised through Dagster on real videos served from 127.0.0.1."""
+
 import os
 import shutil
 import subprocess
@@ -18,8 +19,12 @@ from audioclip_core.data.demo_dataset import generate_esc50, generate_us8k
 from audioclip_core.data.manifests import read_manifest
 from audioclip_core.layout import DataLayout
 
-AUDIOSET_ASSETS = [audioset.audioset_segments, audioset.audioset_downloads, audioset.audioset_clips,
-                   audioset.audioset_manifest]
+AUDIOSET_ASSETS = [
+    audioset.audioset_segments,
+    audioset.audioset_downloads,
+    audioset.audioset_clips,
+    audioset.audioset_manifest,
+]
 IDS = {"Chaplin0001": "chaplin.mp4", "BigBuckBun0": "big_buck_bunny_0_30.webm"}
 
 
@@ -32,12 +37,27 @@ def held_out(tmp_path_factory, shared_data):
     videos.mkdir()
     for ytid, name in IDS.items():
         shutil.copy(shared_data / "video" / name, videos / f"{ytid}.media")
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(videos / "Chaplin0001.media"), "-an", "-c:v", "copy",
-                    "-f", "mp4", str(videos / "NoAudio0001.media")], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(videos / "Chaplin0001.media"),
+            "-an",
+            "-c:v",
+            "copy",
+            "-f",
+            "mp4",
+            str(videos / "NoAudio0001.media"),
+        ],
+        check=True,
+    )
     data = (videos / "Chaplin0001.media").read_bytes()
     (videos / "Truncated01.media").write_bytes(data[: len(data) // 4])
     (src / "eval_segments.csv").write_text(
-        "# Segments csv created Sun Mar  5 10:54:25 2017\n# num_ytids=7\n# YTID, start_seconds, end_seconds, positive_labels\n"
+        "# Segments csv created Sun Mar  5 10:54:25 2017\n# num_ytids=7\n"
+        "# YTID, start_seconds, end_seconds, positive_labels\n"
         'Chaplin0001, 1.000, 6.000, "/m/09x0r,/m/04rlf"\n'
         'BigBuckBun0, 10.000, 15.000, "/m/0jbk"\n'
         'Chaplin0001, 4.000, 9.000, "/m/09x0r"\n'
@@ -49,8 +69,9 @@ def held_out(tmp_path_factory, shared_data):
         'Missing0001, 0.000, 10.000, "/m/09x0r"\n'
         'NoAudio0001, 0.000, 5.000, "/m/09x0r"\n'
         'Truncated01, 0.000, 5.000, "/m/09x0r"\n'
-        'broken row without fields\n'
-        '../../etc/x, 0.000, 10.000, "/m/09x0r"\n')
+        "broken row without fields\n"
+        '../../etc/x, 0.000, 10.000, "/m/09x0r"\n'
+    )
     server = MediaServer(videos)
     server._httpd.RequestHandlerClass = partial(_Flaky, directory=str(videos))
     with server:
@@ -68,18 +89,26 @@ class _Flaky(_RangeHandler):
 
 
 def _resources(tmp_path, src, server=None, retry_after=0.0, **paths):
-    yt = YoutubeDownloader(url_template=server.url("{ytid}.media") if server else "http://127.0.0.1:9/{ytid}",
-                           backoff_seconds=0.01, max_attempts=2, retry_after_seconds=retry_after)
-    return {"data_root": DataRoot(root=str(tmp_path / "data")),
-            "sources": DatasetSources(audioset_dir=str(src), **paths), "youtube": yt}
+    yt = YoutubeDownloader(
+        url_template=server.url("{ytid}.media") if server else "http://127.0.0.1:9/{ytid}",
+        backoff_seconds=0.01,
+        max_attempts=2,
+        retry_after_seconds=retry_after,
+    )
+    return {
+        "data_root": DataRoot(root=str(tmp_path / "data")),
+        "sources": DatasetSources(audioset_dir=str(src), **paths),
+        "youtube": yt,
+    }
 
 
 def _mat(assets, resources, partition=None, instance=None, success=True):
     instance = instance or dg.DagsterInstance.ephemeral()
     if partition is not None and any(a.partitions_def == audioset.audioset_partitions for a in assets):
         instance.add_dynamic_partitions(audioset.audioset_partitions.name, [partition])
-    result = dg.materialize(assets, resources=resources, partition_key=partition, instance=instance,
-                            raise_on_error=False)
+    result = dg.materialize(
+        assets, resources=resources, partition_key=partition, instance=instance, raise_on_error=False
+    )
     assert result.success is success
     return result
 
@@ -97,13 +126,24 @@ def test_audioset_lineage_statuses_frames_and_catalog(held_out, tmp_path):
     assert seg["segments"] == 11 and seg["malformed_rows"] == 2
     data = tmp_path / "data"
     con = duckdb.connect(str(data / "catalog.duckdb"), read_only=True)
-    df = con.sql("SELECT segment_id, status, reason, audio_path, frame_paths, duration, channels "
-                 "FROM audioset_eval ORDER BY segment_id").df()
+    df = con.sql(
+        "SELECT segment_id, status, reason, audio_path, frame_paths, duration, channels "
+        "FROM audioset_eval ORDER BY segment_id"
+    ).df()
     status = dict(zip(df["segment_id"], df["status"]))
-    assert status == {"Chaplin0001_1000": "ok", "BigBuckBun0_10000": "ok", "Chaplin0001_4000": "ok",
-                      "BigBuckBun0_1000": "ok", "BigBuckBun0_20000": "ok", "BigBuckBun0_24000": "ok",
-                      "Chaplin0001_40000": "invalid_media", "Missing0001_0": "unavailable",
-                      "NoAudio0001_0": "invalid_media", "Truncated01_0": "invalid_media", "Flaky000001_0": "error"}
+    assert status == {
+        "Chaplin0001_1000": "ok",
+        "BigBuckBun0_10000": "ok",
+        "Chaplin0001_4000": "ok",
+        "BigBuckBun0_1000": "ok",
+        "BigBuckBun0_20000": "ok",
+        "BigBuckBun0_24000": "ok",
+        "Chaplin0001_40000": "invalid_media",
+        "Missing0001_0": "unavailable",
+        "NoAudio0001_0": "invalid_media",
+        "Truncated01_0": "invalid_media",
+        "Flaky000001_0": "error",
+    }
     reasons = dict(zip(df["segment_id"], df["reason"]))
     assert "no audio track" in reasons["NoAudio0001_0"] and "404" in reasons["Missing0001_0"]
     assert "past the end of the media" in reasons["Chaplin0001_40000"]  # chaplin.mp4 is 9.64 s long
@@ -178,7 +218,7 @@ def test_esc50_us8k_manifests_and_folds(tmp_path):
     assets = [clipsets.esc50_manifest, clipsets.us8k_manifest, clipsets.esc50_folds, clipsets.us8k_folds]
     result = _mat(assets[:2], res)
     m = _meta(result, "esc50_manifest")
-    assert m["clips"] == n_esc == 50 and m["ok"] == 50   # 10 classes x 5 folds x 1
+    assert m["clips"] == n_esc == 50 and m["ok"] == 50  # 10 classes x 5 folds x 1
     checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
     assert checks[("esc50_manifest", "every_row_has_its_file")].passed
     assert not checks[("esc50_manifest", "published_counts")].passed  # a small set: a warning
@@ -189,12 +229,16 @@ def test_esc50_us8k_manifests_and_folds(tmp_path):
     # a backfill writes all folds of a set in one run (backfill policy): one result per run,
     # each fold's figures under its key, each fold's files written
     assert clipsets.us8k_folds.backfill_policy == dg.BackfillPolicy.single_run()
-    r = dg.materialize([clipsets.us8k_folds], resources=res, instance=dg.DagsterInstance.ephemeral(),
-                       tags={"dagster/asset_partition_range_start": "1", "dagster/asset_partition_range_end": "10"})
+    r = dg.materialize(
+        [clipsets.us8k_folds],
+        resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+        tags={"dagster/asset_partition_range_start": "1", "dagster/asset_partition_range_end": "10"},
+    )
     assert r.success
     meta = _meta(r, "us8k_folds")
     assert meta["partitions"] == [str(k) for k in range(1, 11)]
-    assert meta["partition 3"]["test"] == 20 and meta["partition 3"]["train"] == n_us - 20   # 2 per class
+    assert meta["partition 3"]["test"] == 20 and meta["partition 3"]["train"] == n_us - 20  # 2 per class
     assert {e.partition for e in r.asset_materializations_for_node("us8k_folds")} == {str(k) for k in range(1, 11)}
     (check,) = r.get_asset_check_evaluations()
     assert check.passed and check.metadata["partition 10"].value["passed"]
@@ -229,7 +273,9 @@ def test_official_archive_fetched_once_from_a_url(tmp_path):
         root = sources.esc50(DataLayout.at(tmp_path / "data"))
         assert (root / "meta" / "esc50.csv").is_file() and str(root).startswith(str(tmp_path / "data"))
     # the server is gone: a second call uses what was unpacked
-    assert DatasetSources(esc50_archive_url="http://127.0.0.1:9/esc50.zip").esc50(DataLayout.at(tmp_path / "data")) == root
+    assert (
+        DatasetSources(esc50_archive_url="http://127.0.0.1:9/esc50.zip").esc50(DataLayout.at(tmp_path / "data")) == root
+    )
 
 
 def test_clip_problems_reads_new_clips_in_full_and_kept_clips_by_header(tmp_path):
@@ -248,14 +294,19 @@ def test_clip_problems_reads_new_clips_in_full_and_kept_clips_by_header(tmp_path
         path = tmp_path / f"{name}.wav"
         if samples is not None:
             sf.write(path, samples, 44100, subtype="PCM_16")
-        return {"segment_id": name, "status": "ok", "audio_path": str(path), "frame_paths": frames,
-                "skipped": skipped}
+        return {"segment_id": name, "status": "ok", "audio_path": str(path), "frame_paths": frames, "skipped": skipped}
 
     loud = (np.sin(np.arange(4410) / 5) * 0.5).astype(np.float32)
     quiet = np.zeros(4410, dtype=np.float32)
-    clips = pd.DataFrame([clip("new_ok", loud, False), clip("new_silent", quiet, False),
-                          clip("kept_silent", quiet, True), clip("kept_empty", np.zeros(0, np.float32), True),
-                          clip("kept_gone", None, True)])
+    clips = pd.DataFrame(
+        [
+            clip("new_ok", loud, False),
+            clip("new_silent", quiet, False),
+            clip("kept_silent", quiet, True),
+            clip("kept_empty", np.zeros(0, np.float32), True),
+            clip("kept_gone", None, True),
+        ]
+    )
     problems = clip_problems(clips)
     assert problems == {"empty": ["kept_empty"], "silent": ["new_silent"], "missing": ["kept_gone"], "frames": []}
     # a kept clip was read in full when it was extracted; a full re-read is on request
@@ -263,8 +314,11 @@ def test_clip_problems_reads_new_clips_in_full_and_kept_clips_by_header(tmp_path
 
 
 def _step_errors(result) -> str:
-    return " ".join(str(e.event_specific_data.error.cause or e.event_specific_data.error) for e in result.all_events
-                    if e.is_step_failure)
+    return " ".join(
+        str(e.event_specific_data.error.cause or e.event_specific_data.error)
+        for e in result.all_events
+        if e.is_step_failure
+    )
 
 
 def test_download_gate_blocks_clips_and_downstream(held_out, tmp_path):
@@ -276,8 +330,11 @@ def test_download_gate_blocks_clips_and_downstream(held_out, tmp_path):
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["download_success_rate"].passed is False
     assert checks["download_success_rate"].severity == dg.AssetCheckSeverity.ERROR
-    done = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events() and
-            [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
+    done = {
+        m.asset_key.to_user_string()
+        for m in result.get_asset_materialization_events()
+        and [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    }
     assert "audioset_clips" not in done and "audioset_manifest" not in done
     assert not (tmp_path / "data" / "audioset" / "manifests" / "eval.parquet").exists()
 
@@ -292,9 +349,13 @@ def test_intact_clips_are_never_demoted_by_a_failed_redownload(held_out, tmp_pat
     for f in (tmp_path / "data" / "audioset" / "downloads" / "eval").iterdir():
         f.unlink()
     again = _mat(AUDIOSET_ASSETS, _resources(tmp_path, src), "eval", instance)
-    table = read_manifest(tmp_path / "data" / "audioset" / "manifests" / "eval.parquet", tmp_path / "data").set_index("segment_id")
+    table = read_manifest(tmp_path / "data" / "audioset" / "manifests" / "eval.parquet", tmp_path / "data").set_index(
+        "segment_id"
+    )
     assert _meta(again, "audioset_manifest")["ok"] == ok_before == 6
-    assert table.loc["Chaplin0001_1000", "status"] == "ok" and Path(table.loc["Chaplin0001_1000", "audio_path"]).is_file()
+    assert (
+        table.loc["Chaplin0001_1000", "status"] == "ok" and Path(table.loc["Chaplin0001_1000", "audio_path"]).is_file()
+    )
     downloads = pd.read_parquet(tmp_path / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
     assert "intact and kept" in downloads.loc["Chaplin0001_1000", "message"]
     # tried again: the transient failure only (the media's own failures are final)
@@ -317,13 +378,18 @@ def test_a_partition_is_worked_on_by_one_run_at_a_time(held_out, tmp_path):
 def test_a_moved_data_root_keeps_its_download_history(held_out, tmp_path):
     src, server = held_out
     _mat(AUDIOSET_ASSETS, _resources(tmp_path / "a", src, server), "eval")
-    before = pd.read_parquet(tmp_path / "a" / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
+    before = pd.read_parquet(tmp_path / "a" / "data" / "audioset" / "downloads" / "eval.parquet").set_index(
+        "segment_id"
+    )
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
     again = _mat(AUDIOSET_ASSETS, _resources(tmp_path / "b", src, server), "eval")
     after = pd.read_parquet(tmp_path / "b" / "data" / "audioset" / "downloads" / "eval.parquet").set_index("segment_id")
     row_a, row_b = before.loc["Chaplin0001_1000"], after.loc["Chaplin0001_1000"]
-    assert (row_b["attempts"], row_b["started_at"], row_b["finished_at"]) == \
-        (row_a["attempts"], row_a["started_at"], row_a["finished_at"])
+    assert (row_b["attempts"], row_b["started_at"], row_b["finished_at"]) == (
+        row_a["attempts"],
+        row_a["started_at"],
+        row_a["finished_at"],
+    )
     # relative to the data root: a copied root reads only itself
     assert row_b["path"] == "audioset/downloads/eval/Chaplin0001_1000.cut.mkv"
     clips_b = pd.read_parquet(tmp_path / "b" / "data" / "audioset" / "clips" / "eval.parquet")
@@ -334,8 +400,10 @@ def test_a_moved_data_root_keeps_its_download_history(held_out, tmp_path):
     ok = raw[raw["status"] == "ok"]
     assert len(ok) and all(p == f"audioset/clips/eval/{s}.wav" for p, s in zip(ok["audio_path"], ok["segment_id"]))
     resolved = read_manifest(pointer, tmp_path / "b" / "data")
-    assert all(Path(p).is_file() and p.startswith(str(tmp_path / "b"))
-               for p in resolved[resolved["status"] == "ok"]["audio_path"])
+    assert all(
+        Path(p).is_file() and p.startswith(str(tmp_path / "b"))
+        for p in resolved[resolved["status"] == "ok"]["audio_path"]
+    )
     # the pointer is a relative link to an immutable version, so it survived the move
     assert pointer.is_symlink() and not os.path.isabs(os.readlink(pointer))
     version = pointer.resolve()
@@ -366,7 +434,9 @@ def test_a_full_disk_fails_the_run_and_quarantines_nothing(held_out, small_disk)
         table = small_disk / "data" / "audioset" / f"{name}" / "eval.parquet"
         if table.is_file():
             df = pd.read_parquet(table)
-            wrongly = df[(df["status"] == "invalid_media") & df["segment_id"].str.startswith(("Chaplin0001_1", "BigBuck"))]
+            wrongly = df[
+                (df["status"] == "invalid_media") & df["segment_id"].str.startswith(("Chaplin0001_1", "BigBuck"))
+            ]
             assert wrongly.empty, wrongly
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = _mat(AUDIOSET_ASSETS, res, "eval", instance)

@@ -5,8 +5,7 @@ import pandas as pd
 import torch
 
 
-def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_outputs, tmp_path,
-                                                                  monkeypatch):
+def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_outputs, tmp_path, monkeypatch):
     import duckdb
 
     import audioclip_core as ac
@@ -16,10 +15,13 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     extra = {"ESResNeXt (a copy)": str(stage_outputs["esresnext_audioset"]["checkpoint"])}
     for table in (evaluation.table1_esresnext, evaluation.table2_audioclip, evaluation.table3_zero_shot):
         name = table.key.to_user_string()
-        cfg = evaluation.EvalConfig(audioset_partition="balanced_train",
-                                    esresnext_checkpoints=extra if table is evaluation.table1_esresnext else {})
-        result = dg.materialize([table], resources=res, instance=dg.DagsterInstance.ephemeral(),
-                                run_config=dg.RunConfig(ops={name: cfg}))
+        cfg = evaluation.EvalConfig(
+            audioset_partition="balanced_train",
+            esresnext_checkpoints=extra if table is evaluation.table1_esresnext else {},
+        )
+        result = dg.materialize(
+            [table], resources=res, instance=dg.DagsterInstance.ephemeral(), run_config=dg.RunConfig(ops={name: cfg})
+        )
         assert result.success
         md = result.asset_materializations_for_node(name)[-1].metadata["table"].value
         assert "| model | task |" in md
@@ -37,11 +39,13 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     ft = t2[(t2["task"] == "fine-tuned") & (t2["dataset"] == "ESC50") & (t2["fold"] == "2")]
     assert set(ft["model"]) == {"AudioCLIP (partial)", "AudioCLIP (full)"} and ft["value"].notna().all()
     con = duckdb.connect(str(lineage["data"] / "catalog.duckdb"), read_only=True)
-    rows = con.execute("SELECT model, dataset, fold, value FROM table1_esresnext WHERE metric = 'accuracy' "
-                       "AND fold = '2'").fetchall()
+    rows = con.execute(
+        "SELECT model, dataset, fold, value FROM table1_esresnext WHERE metric = 'accuracy' AND fold = '2'"
+    ).fetchall()
     assert rows and 0.0 <= rows[0][3] <= 1.0  # the one fold the fixture trained
-    zs = con.execute("SELECT value FROM table3_zero_shot WHERE model = 'AudioCLIP (full)' AND fold = 'mean' "
-                     "AND dataset = 'ESC50'").fetchall()
+    zs = con.execute(
+        "SELECT value FROM table3_zero_shot WHERE model = 'AudioCLIP (full)' AND fold = 'mean' AND dataset = 'ESC50'"
+    ).fetchall()
     assert zs and zs[0][0] is not None
     con.close()
     # the released-weights path: checkpoint files in the official layout, no trained assets
@@ -49,13 +53,19 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
 
     embedded = []  # the ClipSetEmbeddings of every clip set, per run
     real_embed = classification.embed_clipset
-    monkeypatch.setattr(classification, "embed_clipset",
-                        lambda *a, **kw: embedded.append(real_embed(*a, **kw)) or embedded[-1])
+    monkeypatch.setattr(
+        classification, "embed_clipset", lambda *a, **kw: embedded.append(real_embed(*a, **kw)) or embedded[-1]
+    )
     full = ac.export_official(ac.load_model(stage_outputs["audioclip_full"]["checkpoint"]), tmp_path / "Full.pt")
-    cfg = evaluation.EvalConfig(full_checkpoint=str(full), partial_checkpoint=str(full), template="the sound of {}",
-                                preset="audioclip-demo")
-    result = dg.materialize([evaluation.table3_zero_shot], resources=res, instance=dg.DagsterInstance.ephemeral(),
-                            run_config=dg.RunConfig(ops={"table3_zero_shot": cfg}))
+    cfg = evaluation.EvalConfig(
+        full_checkpoint=str(full), partial_checkpoint=str(full), template="the sound of {}", preset="audioclip-demo"
+    )
+    result = dg.materialize(
+        [evaluation.table3_zero_shot],
+        resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config=dg.RunConfig(ops={"table3_zero_shot": cfg}),
+    )
     assert result.success
     df = pd.read_parquet(lineage["data"] / "tables" / "table3_zero_shot.parquet")
     esc = df[(df["dataset"] == "ESC50") & (df["fold"] == "mean")]
@@ -65,12 +75,17 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
 
     compiled = []
     real = ESResNeXt.enable_fast_inference
-    monkeypatch.setattr(ESResNeXt, "enable_fast_inference",
-                        lambda self, **kw: compiled.append(self) or real(self, **kw))
+    monkeypatch.setattr(
+        ESResNeXt, "enable_fast_inference", lambda self, **kw: compiled.append(self) or real(self, **kw)
+    )
     fast = cfg.model_copy(update={"fast_inference": True})
     eager_runs = len(embedded)
-    result = dg.materialize([evaluation.table3_zero_shot], resources=res, instance=dg.DagsterInstance.ephemeral(),
-                            run_config=dg.RunConfig(ops={"table3_zero_shot": fast}))
+    result = dg.materialize(
+        [evaluation.table3_zero_shot],
+        resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config=dg.RunConfig(ops={"table3_zero_shot": fast}),
+    )
     assert result.success
     assert len(compiled) == 2  # the partial and the full model
     df_fast = pd.read_parquet(lineage["data"] / "tables" / "table3_zero_shot.parquet")
@@ -106,14 +121,18 @@ def test_table_functions_build_what_the_assets_publish(lineage, stage_outputs):
     from audioclip_core.evaluation import tables
     from audioclip_core.layout import DataLayout
 
-    result = dg.materialize([evaluation.table3_zero_shot], resources=dict(lineage["res"]),
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [evaluation.table3_zero_shot], resources=dict(lineage["res"]), instance=dg.DagsterInstance.ephemeral()
+    )
     assert result.success
     layout = DataLayout.at(lineage["data"])
     mine = tables.table3_zero_shot(
-        {"partial": tables.existing(layout.checkpoint("audioclip_partial")),
-         "full": tables.existing(layout.checkpoint("audioclip_full"))},
-        {n: tables.clipset_table(layout, n) for n in tables.CLIPSETS})
+        {
+            "partial": tables.existing(layout.checkpoint("audioclip_partial")),
+            "full": tables.existing(layout.checkpoint("audioclip_full")),
+        },
+        {n: tables.clipset_table(layout, n) for n in tables.CLIPSETS},
+    )
     published = pd.read_parquet(layout.table("table3_zero_shot"))
     assert mine.rows["value"].notna().any()
     pd.testing.assert_frame_equal(mine.rows.reset_index(drop=True), published, check_dtype=False)

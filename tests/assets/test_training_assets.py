@@ -1,4 +1,5 @@
 """The training stage assets on the tiny preset and the demo data, materialised through Dagster."""
+
 import json
 import os
 import signal
@@ -23,7 +24,11 @@ def test_every_stage_runs_and_its_loss_falls(stage_outputs):
     fall here: cooperative ESC-50 fine-tuning moves its loss by ~1e-3 relative in 5 epochs)."""
     for name, meta in stage_outputs.items():
         assert meta["epochs"] >= 3, name
-        assert meta["loss_last_epoch"] < meta["loss_first_epoch"], (name, meta["loss_first_epoch"], meta["loss_last_epoch"])
+        assert meta["loss_last_epoch"] < meta["loss_first_epoch"], (
+            name,
+            meta["loss_first_epoch"],
+            meta["loss_last_epoch"],
+        )
         assert Path(meta["checkpoint"]).is_file() and len(meta["sha256"]) == 64
 
 
@@ -47,16 +52,18 @@ def test_lineage_names_manifests_code_and_runs(stage_outputs, lineage):
     assert "loss_audio_text" in run.data.metrics and "samples_per_s" in run.data.metrics
     assert {"acc_audio_text", "acc_chance"} <= set(run.data.metrics)  # what above_chance judges
     # the asset links the run in MLflow's model-training view (a fresh browser opens GenAI)
-    assert meta["mlflow_run"].endswith(f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-                                       "?workflowType=machine_learning")
+    assert meta["mlflow_run"].endswith(
+        f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    )
     assert float(run.data.params["lr"]) > 0 and run.inputs.dataset_inputs
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"audioclip_partial.safetensors", "audioclip_partial.lineage.json", "config.json"} <= arts
     # stage 1 also wrote the ESRNXFBSP layout the original code reads
     import audioclip_core as ac
 
-    head = ac.load_audio_classifier(Path(stage_outputs["esresnext_audioset"]["checkpoint"]).with_suffix(".esrnxfbsp.pt"),
-                                    preset="audioclip-demo")
+    head = ac.load_audio_classifier(
+        Path(stage_outputs["esresnext_audioset"]["checkpoint"]).with_suffix(".esrnxfbsp.pt"), preset="audioclip-demo"
+    )
     assert head.fc.out_features == 527
 
 
@@ -67,8 +74,14 @@ def test_frozen_teachers_unchanged_and_cooperative_changes_only_audio(stage_outp
     # the partial stage distilled into the towers that clip_towers trained (the demo's stand-in
     # for CLIP) and left them as they were
     towers = weights(stage_outputs["clip_towers"]["checkpoint"])
-    teacher = [k for k in partial if k.startswith(("visual.", "transformer.", "token_embedding", "ln_final",
-                                                   "positional_embedding", "text_projection")) or k == "logit_scale"]
+    teacher = [
+        k
+        for k in partial
+        if k.startswith(
+            ("visual.", "transformer.", "token_embedding", "ln_final", "positional_embedding", "text_projection")
+        )
+        or k == "logit_scale"
+    ]
     assert teacher
     for k in teacher:
         assert torch.equal(partial[k], towers[k]), f"frozen teacher tensor changed: {k}"
@@ -81,8 +94,9 @@ def test_frozen_teachers_unchanged_and_cooperative_changes_only_audio(stage_outp
     record = stage_outputs["audioclip_partial"]["lineage"]["clip_towers"]
     assert record["kind"] == "standin" and record["sha256"] == stage_outputs["clip_towers"]["sha256"]
     changed = {k for k in coop if not torch.equal(coop[k], full[k])}
-    assert changed and all(k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at") for k in changed), \
+    assert changed and all(k.startswith("audio.") or k in ("logit_scale_ai", "logit_scale_at") for k in changed), (
         sorted(k for k in changed if not k.startswith("audio."))
+    )
     assert any(not torch.equal(full[k], partial[k]) for k in full if k.startswith("visual."))  # full trains all
 
 
@@ -97,9 +111,13 @@ def test_released_checkpoint_as_the_starting_point(stage_outputs, lineage, tmp_p
 
 
 def _cli_env(lineage):
-    env = dict(os.environ, AUDIOCLIP_DATA_ROOT=str(lineage["data"]),
-               AUDIOCLIP_AUDIOSET_DIR=str(lineage["src"] / "audioset"), DAGSTER_HOME=str(lineage["base"] / "dh"),
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        AUDIOCLIP_DATA_ROOT=str(lineage["data"]),
+        AUDIOCLIP_AUDIOSET_DIR=str(lineage["src"] / "audioset"),
+        DAGSTER_HOME=str(lineage["base"] / "dh"),
+        PYTHONUNBUFFERED="1",
+    )
     Path(env["DAGSTER_HOME"]).mkdir(exist_ok=True)
     return env
 
@@ -108,10 +126,20 @@ def _cli(lineage, data_root, epochs=8, **popen):
     env = _cli_env(lineage)
     env["AUDIOCLIP_DATA_ROOT"] = str(data_root)
     cfg = json.dumps({"ops": {"esresnext_audioset": {"config": {"epochs": epochs, "batch_size": 8}}}})
-    cmd = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "pipelines.definitions",
-           "--select", "esresnext_audioset", "--config-json", cfg]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, **popen)
+    cmd = [
+        str(Path(sys.executable).parent / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "pipelines.definitions",
+        "--select",
+        "esresnext_audioset",
+        "--config-json",
+        cfg,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **popen
+    )
 
 
 def test_sigkill_mid_epoch_resumes_to_identicalweights(lineage, tmp_path):
@@ -165,11 +193,22 @@ def test_two_processes_match_one_on_the_same_global_batch(lineage, stage_outputs
         root = tmp_path / f"n{nproc}x{nnodes}"
         shutil.copytree(lineage["data"], root, ignore=shutil.ignore_patterns("audioclip_esc50", "mlflow"))
         res = dict(lineage["res"], data_root=DataRoot(root=str(root)))
-        result = dg.materialize([training.audioclip_esc50], resources=res, partition_key="2",
-                                run_config=run_config("audioclip_esc50", epochs=1, batch_size=8, max_steps_per_epoch=2,
-                                                       freeze_bn=True, nproc_per_node=nproc, nnodes=nnodes,
-                                                       dtype="float64"),
-                                instance=dg.DagsterInstance.ephemeral())
+        result = dg.materialize(
+            [training.audioclip_esc50],
+            resources=res,
+            partition_key="2",
+            run_config=run_config(
+                "audioclip_esc50",
+                epochs=1,
+                batch_size=8,
+                max_steps_per_epoch=2,
+                freeze_bn=True,
+                nproc_per_node=nproc,
+                nnodes=nnodes,
+                dtype="float64",
+            ),
+            instance=dg.DagsterInstance.ephemeral(),
+        )
         assert result.success
         meta = result.asset_materializations_for_node("audioclip_esc50")[-1].metadata
         assert meta["nproc_per_node"].value == nproc and meta["nnodes"].value == nnodes
@@ -224,9 +263,13 @@ def test_a_stage_that_fails_a_gate_is_set_aside_not_published(tmp_path):
 def test_a_paper_stage_2_without_clip_weights_stops_with_a_clear_message(stage_outputs, lineage):
     """The paper profile refuses to distil from random "teachers": the run fails before any
     training or tracking, naming the config key, the file and where it is published."""
-    result = dg.materialize([training.audioclip_partial], resources=lineage["res"], raise_on_error=False,
-                            run_config=run_config("audioclip_partial", profile="paper"),
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [training.audioclip_partial],
+        resources=lineage["res"],
+        raise_on_error=False,
+        run_config=run_config("audioclip_partial", profile="paper"),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     err = failure.step_failure_data.error
@@ -251,19 +294,28 @@ def test_clip_towers_in_the_paper_profile_load_clip_weights_or_refuse(stage_outp
     from audioclip_core.files import sha256_file
 
     res = {**lineage["res"], "data_root": DataRoot(root=str(tmp_path / "data"))}
-    result = dg.materialize([training.clip_towers], resources=res, raise_on_error=False,
-                            run_config=run_config("clip_towers", profile="paper"), instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [training.clip_towers],
+        resources=res,
+        raise_on_error=False,
+        run_config=run_config("clip_towers", profile="paper"),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert not result.success
     msg = _error(result)
     assert "`clip_weights` is not set" in msg and "CLIP.pt" in msg and "allow_random_init" in msg
     clip = ac.export_official(ac.load_model(stage_outputs["clip_towers"]["checkpoint"]), tmp_path / "CLIP.pt", "clip")
-    meta = materialize_stage({**lineage, "res": res}, training.clip_towers, profile="paper", preset="audioclip-demo",
-                             clip_weights=str(clip))
+    meta = materialize_stage(
+        {**lineage, "res": res}, training.clip_towers, profile="paper", preset="audioclip-demo", clip_weights=str(clip)
+    )
     assert meta["towers"] == {"kind": "clip_weights", "path": str(clip), "sha256": sha256_file(clip)}
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(clip.read_bytes()[:1000])
-    result = dg.materialize([training.clip_towers], resources=res, raise_on_error=False,
-                            run_config=run_config("clip_towers", profile="paper", preset="audioclip-demo",
-                                                  clip_weights=str(truncated)),
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [training.clip_towers],
+        resources=res,
+        raise_on_error=False,
+        run_config=run_config("clip_towers", profile="paper", preset="audioclip-demo", clip_weights=str(truncated)),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert not result.success and "truncated.pt" in _error(result)

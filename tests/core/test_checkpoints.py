@@ -101,9 +101,16 @@ def test_truncated_and_missing_files(tmp_path, tiny_model):
 def test_safetensors_reader_matches_the_library_and_checks_offsets(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    tensors = {"f32": torch.randn(3, 5), "f16": torch.randn(7).half(), "bf16": torch.randn(2, 2).bfloat16(),
-               "f64": torch.randn(4, dtype=torch.float64), "i64": torch.arange(5), "scalar": torch.tensor(2.5),
-               "empty": torch.zeros(0, 3), "mask": torch.tensor([True, False, True])}
+    tensors = {
+        "f32": torch.randn(3, 5),
+        "f16": torch.randn(7).half(),
+        "bf16": torch.randn(2, 2).bfloat16(),
+        "f64": torch.randn(4, dtype=torch.float64),
+        "i64": torch.arange(5),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "mask": torch.tensor([True, False, True]),
+    }
     path = tmp_path / "t.safetensors"
     save_file(tensors, str(path), metadata={"preset": '"audioclip-tiny"', "note": "plain text"})
     sd, meta = read_checkpoint(path)
@@ -149,8 +156,9 @@ def test_loading_builds_once_and_matches_a_copy_into_a_built_model(tmp_path, tin
 
 
 def test_safetensors_carries_metadata_and_preset(tmp_path, tiny_model):
-    path = ac.save_checkpoint(tiny_model, tmp_path / "m.safetensors",
-                              metadata={"lineage": {"manifest": "abc"}, "input_scale": "int16"})
+    path = ac.save_checkpoint(
+        tiny_model, tmp_path / "m.safetensors", metadata={"lineage": {"manifest": "abc"}, "input_scale": "int16"}
+    )
     assert not list(tmp_path.glob("*.tmp"))
     model = ac.load_model(path)  # preset read from the metadata
     assert model.preset == "audioclip-tiny"
@@ -164,8 +172,10 @@ def test_clip_layout_with_and_without_metadata_scalars(tiny_model):
     assert detect_layout(clip_sd) == "clip"
     with pytest.raises(CheckpointError, match="CLIP-only"):
         ac.load_model(clip_sd, preset="audioclip-tiny")
-    for extra in ({}, {"input_resolution": torch.tensor(224), "context_length": torch.tensor(77),
-                       "vocab_size": torch.tensor(49408)}):
+    for extra in (
+        {},
+        {"input_resolution": torch.tensor(224), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)},
+    ):
         model = ac.build_model("audioclip-tiny", clip_weights={**clip_sd, **extra})
         for k, v in clip_sd.items():
             assert torch.equal(model.state_dict()[k], v), k
@@ -230,8 +240,9 @@ def _scripted_from_state(sd):
 
 def test_openai_torchscript_rn50_layout(tmp_path, tiny_model):
     clip_sd = _official(tiny_model, "clip")
-    clip_sd.update({"input_resolution": torch.tensor(224), "context_length": torch.tensor(77),
-                    "vocab_size": torch.tensor(49408)})
+    clip_sd.update(
+        {"input_resolution": torch.tensor(224), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}
+    )
     path = tmp_path / "RN50.pt"
     torch.jit.save(_scripted_from_state(clip_sd), str(path))
     sd, meta = read_checkpoint(path)
@@ -304,7 +315,9 @@ def test_convert_cli_roundtrip(tmp_path, tiny_model):
     a = torch.load(src, weights_only=True)
     b = torch.load(tmp_path / "back.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert main(["convert", str(src), str(tmp_path / "head.pt"), "--layout", "esrnxfbsp",
-                 "--preset", "audioclip-tiny"]) == 0
+    assert (
+        main(["convert", str(src), str(tmp_path / "head.pt"), "--layout", "esrnxfbsp", "--preset", "audioclip-tiny"])
+        == 0
+    )
     head = torch.load(tmp_path / "head.pt", weights_only=True)
     assert detect_layout(head) == "esrnxfbsp" and "fbsp.m" in head

@@ -1,5 +1,6 @@
 """The CLI and the loaders on ordinary bad input: every good input still answered, every bad one
 named with its reason, a documented exit status, valid JSON, no tracebacks."""
+
 import json
 import math
 
@@ -16,8 +17,10 @@ from audioclip_core.errors import CheckpointError, InputError
 
 def _strict_json(text):
     """json.loads that refuses NaN/Infinity (Python's json accepts them by default)."""
+
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -44,11 +47,28 @@ def bad_inputs(tmp_path_factory, shared_data):
     loop = d / "loop.wav"
     loop.symlink_to(d / "loop2.wav")
     (d / "loop2.wav").symlink_to(loop)
-    files = [clips[0], str(noise), clips[1], str(nan), str(truncated), image, str(folder), str(inf),
-             str(missing), str(loop), clips[2]]
-    bad = {str(noise): "ffmpeg could not decode", str(nan): "non-finite", str(inf): "non-finite",
-           str(truncated): "cannot read image", str(folder): "is a directory", str(missing): "no such",
-           str(loop): "is a symbolic link loop"}
+    files = [
+        clips[0],
+        str(noise),
+        clips[1],
+        str(nan),
+        str(truncated),
+        image,
+        str(folder),
+        str(inf),
+        str(missing),
+        str(loop),
+        clips[2],
+    ]
+    bad = {
+        str(noise): "ffmpeg could not decode",
+        str(nan): "non-finite",
+        str(inf): "non-finite",
+        str(truncated): "cannot read image",
+        str(folder): "is a directory",
+        str(missing): "no such",
+        str(loop): "is a symbolic link loop",
+    }
     return files, bad
 
 
@@ -71,8 +91,10 @@ def test_classify_answers_every_good_file_and_names_every_bad_one(bad_inputs, ti
     # the same as CSV and parquet: a status and an error column
     for suffix in (".csv", ".parquet"):
         path = tmp_path / f"pred{suffix}"
-        assert main(["classify", "-c", str(tiny_checkpoint), "--labels", "dog,rain", "-o", str(path), *files]) \
+        assert (
+            main(["classify", "-c", str(tiny_checkpoint), "--labels", "dog,rain", "-o", str(path), *files])
             == EXIT_PARTIAL
+        )
         df = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
         assert list(df["file"]) == files
         assert set(df.loc[df["status"] == "error", "file"]) == set(bad)
@@ -91,8 +113,10 @@ def test_embed_and_query_keep_the_good_files(bad_inputs, tiny_checkpoint, tmp_pa
         else:
             assert r["status"] == "ok" and abs(np.linalg.norm(r["embedding"]) - 1) < 1e-5
     q = tmp_path / "q.json"
-    assert main(["query", "-c", str(tiny_checkpoint), "--text", "dog", "--top-k", "50", "-o", str(q), *files]) \
+    assert (
+        main(["query", "-c", str(tiny_checkpoint), "--text", "dog", "--top-k", "50", "-o", str(q), *files])
         == EXIT_PARTIAL
+    )
     rows = _strict_json(q.read_text())
     ranked = [r["item"] for r in rows if r["status"] == "ok"]
     assert sorted(ranked) == sorted(f for f in files if f not in bad)  # every good file ranked once
@@ -119,21 +143,25 @@ def test_non_finite_weights_are_refused_by_name(tiny_model, tmp_path, capsys):
     assert "audio.fc.weight" in err and "--allow-non-finite-weights" in err and "Traceback" not in err
     # allowed for debugging: the output is still JSON (no bare NaN), the file's row says why
     out = tmp_path / "o.json"
-    rc = main(["classify", "-c", str(path), "--allow-non-finite-weights", "--labels", "dog,rain", "-o", str(out),
-               str(clip)])
+    rc = main(
+        ["classify", "-c", str(path), "--allow-non-finite-weights", "--labels", "dog,rain", "-o", str(out), str(clip)]
+    )
     rows = _strict_json(out.read_text())
     assert rc == EXIT_PARTIAL and rows[0]["status"] == "error" and "not finite" in rows[0]["error"]
     assert main(["convert", str(path), str(tmp_path / "c.pt")]) == EXIT_ERROR
     assert not (tmp_path / "c.pt").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--top-k", "0"], "must be at least 1"),
-    (["--batch-size", "0"], "must be at least 1"),
-    (["--batch-size", "two"], "not a whole number"),
-    (["--window", "-1"], "positive number"),
-    (["--out", "x.txt"], "unknown output format"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top-k", "0"], "must be at least 1"),
+        (["--batch-size", "0"], "must be at least 1"),
+        (["--batch-size", "two"], "not a whole number"),
+        (["--window", "-1"], "positive number"),
+        (["--out", "x.txt"], "unknown output format"),
+    ],
+)
 def test_argument_values_are_checked_by_the_parser(args, message, tiny_checkpoint, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["classify", "-c", str(tiny_checkpoint), "--labels", "dog", *args, "x.wav"])
@@ -149,8 +177,22 @@ def test_long_labels_name_their_length_and_can_be_truncated(shared_data, tiny_ch
     err = capsys.readouterr().err
     assert "tokens long" in err and "--truncate" in err and "Traceback" not in err
     out = tmp_path / "t.json"
-    assert main(["classify", "-c", str(tiny_checkpoint), "--truncate", "--labels", f"rain,{long_label}",
-                 "-o", str(out), clip]) == EXIT_OK
+    assert (
+        main(
+            [
+                "classify",
+                "-c",
+                str(tiny_checkpoint),
+                "--truncate",
+                "--labels",
+                f"rain,{long_label}",
+                "-o",
+                str(out),
+                clip,
+            ]
+        )
+        == EXIT_OK
+    )
     assert _strict_json(out.read_text())[0]["status"] == "ok"
 
 
@@ -170,8 +212,11 @@ def test_checkpoint_paths_get_their_own_messages(tmp_path, capsys):
 def test_a_symbolic_link_loop_is_named_not_called_missing(tiny_checkpoint, tmp_path, capsys):
     loop = tmp_path / "ckpt.safetensors"
     loop.symlink_to(loop)
-    for argv in (["classify", "-c", str(loop), "--labels", "dog", "x.wav"], ["lineage", str(loop)],
-                 ["convert", str(loop), str(tmp_path / "out.safetensors")]):
+    for argv in (
+        ["classify", "-c", str(loop), "--labels", "dog", "x.wav"],
+        ["lineage", str(loop)],
+        ["convert", str(loop), str(tmp_path / "out.safetensors")],
+    ):
         assert main(argv) == EXIT_ERROR
         err = capsys.readouterr().err
         assert f"{loop}' is a symbolic link loop" in err or f"{loop}: is a symbolic link loop" in err, (argv, err)

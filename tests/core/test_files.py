@@ -1,4 +1,5 @@
 """One atomic folder publish (`files.publish_folder`) and one free port (`net.free_port`)."""
+
 import socket
 
 import pytest
@@ -15,14 +16,14 @@ def test_a_folder_is_published_whole_or_not_at_all(tmp_path):
         (tmp / "a.txt").write_text("one")
         assert not final.exists()
     assert (final / "a.txt").read_text() == "one"
-    assert final.stat().st_mode & 0o777 == 0o755   # a temporary folder is private; the published one is not
+    assert final.stat().st_mode & 0o777 == 0o755  # a temporary folder is private; the published one is not
     assert sorted(p.name for p in final.parent.iterdir()) == ["v1"]
 
     with pytest.raises(RuntimeError, match="killed"):
         with publish_folder(final) as tmp:
             (tmp / "a.txt").write_text("two")
             raise RuntimeError("killed half-way")
-    assert (final / "a.txt").read_text() == "one"   # the failed block left the published folder as it was
+    assert (final / "a.txt").read_text() == "one"  # the failed block left the published folder as it was
     assert sorted(p.name for p in final.parent.iterdir()) == ["v1"]
 
 

@@ -15,8 +15,20 @@ from audioclip_core.inference import AudioEmbedder, embed_images, embed_texts
 def test_classify_real_esc50_clips(shared_data, tiny_checkpoint, tmp_path, capsys):
     clips = sorted((shared_data / "esc50" / "audio").glob("*.wav"))[:6]
     out = tmp_path / "pred.json"
-    rc = main(["classify", "--checkpoint", str(tiny_checkpoint), "--labels", "dog,rain,crying baby,clock tick",
-               "--top-k", "2", "--out", str(out), *map(str, clips)])
+    rc = main(
+        [
+            "classify",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--labels",
+            "dog,rain,crying baby,clock tick",
+            "--top-k",
+            "2",
+            "--out",
+            str(out),
+            *map(str, clips),
+        ]
+    )
     assert rc == 0
     rows = json.loads(out.read_text())
     assert [r["file"] for r in rows] == list(map(str, clips))
@@ -24,8 +36,18 @@ def test_classify_real_esc50_clips(shared_data, tiny_checkpoint, tmp_path, capsy
         assert r["label"] in {"dog", "rain", "crying baby", "clock tick"} and len(r["top"]) == 2
         assert 0.25 <= r["probability"] <= 1.0 and r["top"][0]["probability"] >= r["top"][1]["probability"]
     # the same clips as parquet, readable by pandas
-    rc = main(["classify", "-c", str(tiny_checkpoint), "--labels", "dog,rain", "-o", str(tmp_path / "p.parquet"),
-               *map(str, clips[:2])])
+    rc = main(
+        [
+            "classify",
+            "-c",
+            str(tiny_checkpoint),
+            "--labels",
+            "dog,rain",
+            "-o",
+            str(tmp_path / "p.parquet"),
+            *map(str, clips[:2]),
+        ]
+    )
     assert rc == 0 and len(pd.read_parquet(tmp_path / "p.parquet")) == 2
 
 
@@ -169,7 +191,7 @@ def test_long_files_are_read_and_embedded_a_window_at_a_time(tmp_path, tiny_mode
     x = to_model_input(torch.from_numpy(wave)[None], "int16")
     win = windows(x, 441000, 220500)
     with torch.no_grad():
-        parts = [tiny_model.encode_audio(win[i:i + 3]) for i in range(0, len(win), 3)]
+        parts = [tiny_model.encode_audio(win[i : i + 3]) for i in range(0, len(win), 3)]
     whole = torch.nn.functional.normalize(torch.nn.functional.normalize(torch.cat(parts), dim=-1).mean(0), dim=-1)
     assert float((streamed - whole).abs().max()) < 1e-6
 
@@ -186,11 +208,16 @@ def test_the_cli_feeds_a_checkpoint_at_the_scale_the_tables_use(tiny_model, tmp_
     sf.write(wav, np.sin(np.linspace(0, 400, 44100)).astype(np.float32) * 0.3, 44100)
     seen = []
     real = inference.try_embed_files
-    monkeypatch.setattr(inference, "try_embed_files",
-                        lambda model, files, **kw: seen.append(kw["input_scale"]) or real(model, files, **kw))
+    monkeypatch.setattr(
+        inference,
+        "try_embed_files",
+        lambda model, files, **kw: seen.append(kw["input_scale"]) or real(model, files, **kw),
+    )
     for extra in ([], ["--protocol", "us8k"], ["--protocol", "esc50"], ["--protocol", "us8k", "--input-scale", "unit"]):
-        assert main(["classify", "-c", str(released), "--preset", "audioclip-tiny", "--labels", "a,b", str(wav),
-                     *extra]) == 0
+        assert (
+            main(["classify", "-c", str(released), "--preset", "audioclip-tiny", "--labels", "a,b", str(wav), *extra])
+            == 0
+        )
     capsys.readouterr()
     assert seen == ["int16", "minmax", "int16", "unit"]
     model = ac.load_model(released, preset="audioclip-tiny")

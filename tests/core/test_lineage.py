@@ -1,4 +1,5 @@
 """The audit trail over lineage records and manifests, at AudioSet scale."""
+
 import json
 import time
 
@@ -40,12 +41,19 @@ def big_lineage(tmp_path_factory):
         # `name` is the asset, `stage` the paper's step; a record without `step` has the older
         # shape, its asset under "stage", and must still be read
         names = {"name": stage, "stage": step} if step else {"stage": stage}
-        rec = {**names, "checkpoint": {"path": str(ck), "sha256": sha256_file(ck)},
-               "manifests": {name: {"path": str(p), "sha256": sha256_file(p), "rows": rows}
-                             for name, (p, rows) in manifests.items()},
-               "parent": parent, "config": {"preset": "audioclip-tiny", "epochs": 1}, "seed": 0,
-               "code": {"git_commit": "abc123", "git_dirty": False}, "dagster": {"run_id": f"run-{stage}"},
-               "mlflow_run_id": f"ml-{stage}"}
+        rec = {
+            **names,
+            "checkpoint": {"path": str(ck), "sha256": sha256_file(ck)},
+            "manifests": {
+                name: {"path": str(p), "sha256": sha256_file(p), "rows": rows} for name, (p, rows) in manifests.items()
+            },
+            "parent": parent,
+            "config": {"preset": "audioclip-tiny", "epochs": 1},
+            "seed": 0,
+            "code": {"git_commit": "abc123", "git_dirty": False},
+            "dagster": {"run_id": f"run-{stage}"},
+            "mlflow_run_id": f"ml-{stage}",
+        }
         ck.with_suffix(".lineage.json").write_text(json.dumps(rec))
         return {"path": str(ck), "sha256": rec["checkpoint"]["sha256"], "name": stage}
 
@@ -98,21 +106,29 @@ def test_clips_of_a_checkpoint_survive_a_manifest_change(tmp_path, capsys):
 
     manifest = tmp_path / "audioset" / "manifests" / "eval.parquet"
     manifest.parent.mkdir(parents=True)
-    pq.write_table(pa.table({"segment_id": ["OldClip0001_0", "OldClip0002_0", "Gone0000001_0"],
-                             "status": ["ok", "ok", "unavailable"]}), manifest)
+    pq.write_table(
+        pa.table(
+            {"segment_id": ["OldClip0001_0", "OldClip0002_0", "Gone0000001_0"], "status": ["ok", "ok", "unavailable"]}
+        ),
+        manifest,
+    )
     entry = manifest_entry(manifest, 2, store=tmp_path / "versions")
     ck = tmp_path / "checkpoints" / "audioclip_full" / "audioclip_full.safetensors"
     ck.parent.mkdir(parents=True)
     ck.write_bytes(b"weights")
-    write_lineage(lineage_record(name="audioclip_full", stage="audioclip_full", checkpoint=ck, config={},
-                                 manifests={"audioset_eval": entry}), ck)
+    write_lineage(
+        lineage_record(
+            name="audioclip_full", stage="audioclip_full", checkpoint=ck, config={}, manifests={"audioset_eval": entry}
+        ),
+        ck,
+    )
     pq.write_table(pa.table({"segment_id": ["NewClip0001_0"], "status": ["ok"]}), manifest)  # moved on
 
     assert main(["lineage", str(ck), "--clips"]) == 0
     out = capsys.readouterr().out
     assert "audioset_eval" in out and "2 clips" in out
     assert "OldClip0001_0" in out and "OldClip0002_0" in out
-    assert "NewClip0001_0" not in out and "Gone0000001_0" not in out   # only what it trained on (status ok)
+    assert "NewClip0001_0" not in out and "Gone0000001_0" not in out  # only what it trained on (status ok)
     assert sha256_file(entry["version"]) == entry["sha256"]
     assert "[CHANGED since training]  (version kept)" in format_chain(chain(ck))
     # without the kept version and with the manifest changed, it says so instead of guessing
@@ -165,7 +181,7 @@ def test_lineage_says_verified_or_mismatch_for_every_file_of_the_chain(recorded_
     assert main(["lineage", str(child)]) == EXIT_MISMATCH
     captured = capsys.readouterr()
     assert f"sha256 {recorded}  MISMATCH: the file's sha256 is now {actual}" in captured.out
-    assert captured.out.count("VERIFIED") == 1   # the child is intact
+    assert captured.out.count("VERIFIED") == 1  # the child is intact
     assert f"{parent}: MISMATCH - its sha256 is {actual}, its lineage record says {recorded}" in captured.err
     assert main(["lineage", str(parent)]) == EXIT_MISMATCH
     capsys.readouterr()
@@ -184,8 +200,9 @@ def test_classify_warns_of_a_changed_checkpoint_and_still_answers(recorded_chain
     _flip_a_weight_byte(ck)
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert (f"audioclip: warning: {ck}: MISMATCH - its sha256 is {sha256_file(ck)}, its lineage record says "
-            f"{recorded}") in err
+    assert (
+        f"audioclip: warning: {ck}: MISMATCH - its sha256 is {sha256_file(ck)}, its lineage record says {recorded}"
+    ) in err
     rows = json.loads((tmp_path / "p.json").read_text())
     assert rows[0]["status"] == "ok" and rows[0]["label"] in {"dog", "rain"}
     assert main(["query", "-c", str(ck), "--text", "dog", "-o", str(tmp_path / "q.json"), clip]) == 0

@@ -1,5 +1,6 @@
 """The paper's protocol: one dataset protocol, the paper's querying rule, one input-scale rule,
 and no silent random initialisation in the paper profile."""
+
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def test_one_dataset_protocol_for_training_and_evaluation():
 
 
 def test_minmax_scales_each_clip_to_the_int16_range():
-    wave = torch.tensor([[[0.0, 0.5, -0.25]], [[0.1, 0.1, 0.1]]])   # two clips, one constant
+    wave = torch.tensor([[[0.0, 0.5, -0.25]], [[0.1, 0.1, 0.1]]])  # two clips, one constant
     out = to_model_input(wave, "minmax")
     assert out[0].min() == -32768.0 and out[0].max() == 32767.0
     assert float(out[0, 0, 0]) == pytest.approx(0.25 / 0.75 * 65535 - 32768)
@@ -45,7 +46,7 @@ def test_one_input_scale_rule():
     assert resolve_input_scale(Released(), "us8k") == "minmax"
     assert resolve_input_scale(Released(), "esc50") == "int16"
     assert resolve_input_scale(Released()) == "int16"
-    assert resolve_input_scale(Trained(), "us8k") == "int16"        # what it was trained with
+    assert resolve_input_scale(Trained(), "us8k") == "int16"  # what it was trained with
     assert resolve_input_scale(Trained(), "us8k", "unit") == "unit"  # asked for
     with pytest.raises(ValueError, match="input_scale must be one of"):
         resolve_input_scale(Released(), None, "x100")
@@ -55,16 +56,20 @@ def _toy():
     """Three clips: A {dog}, B {dog, bark}, C {cat}; audio embeddings are axes, so every
     score below is 0 or 1 and the figures can be worked out by hand."""
     e = torch.eye(4)
-    targets = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1]])   # classes: dog, bark, cat
+    targets = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1]])  # classes: dog, bark, cat
     sets, set_of_clip = unique_label_sets(targets)
     assert set_captions(sets, ["dog", "bark", "cat"]) == ["dog", "dog, bark", "cat"]
     assert set_of_clip.tolist() == [0, 1, 2]
-    again, ids = unique_label_sets(targets[[2, 0, 2, 1]])       # first appearance order, repeated sets
+    again, ids = unique_label_sets(targets[[2, 0, 2, 1]])  # first appearance order, repeated sets
     assert set_captions(again, ["dog", "bark", "cat"]) == ["cat", "dog", "dog, bark"] and ids.tolist() == [0, 1, 0, 2]
-    return AudioSetEmbeddings(audio=e[[0, 1, 2]], image=e[[0, 1, 2]],
-                              text=e[[1, 1, 2]],                 # "dog" and "bark" both point at B
-                              targets=targets, class_names=["dog", "bark", "cat"],
-                              set_text=e[[1, 1, 2]])   # "dog" at B, "dog, bark" at B, "cat" at C
+    return AudioSetEmbeddings(
+        audio=e[[0, 1, 2]],
+        image=e[[0, 1, 2]],
+        text=e[[1, 1, 2]],  # "dog" and "bark" both point at B
+        targets=targets,
+        class_names=["dog", "bark", "cat"],
+        set_text=e[[1, 1, 2]],
+    )  # "dog" at B, "dog, bark" at B, "cat" at C
 
 
 def test_querying_by_the_papers_rule_differs_from_any_shared_label():
@@ -100,8 +105,12 @@ def test_the_paper_profile_never_starts_from_random_weights_silently():
         require_initialisation(_spec("esresnext_audioset"), resolve("paper", "esresnext_audioset", {}))
     # given weights, an explicit allowance, or the demo profile: it starts
     require_initialisation(_spec("audioclip_partial", clip_weights="CLIP.pt"), cfg)
-    require_initialisation(_spec("esresnext_audioset", imagenet_weights="r.pth"), resolve("paper", "esresnext_audioset", {}))
-    require_initialisation(_spec("audioclip_partial"), resolve("paper", "audioclip_partial", {"allow_random_init": True}))
+    require_initialisation(
+        _spec("esresnext_audioset", imagenet_weights="r.pth"), resolve("paper", "esresnext_audioset", {})
+    )
+    require_initialisation(
+        _spec("audioclip_partial"), resolve("paper", "audioclip_partial", {"allow_random_init": True})
+    )
     require_initialisation(_spec("audioclip_partial"), resolve("demo", "audioclip_partial", {}))
     require_initialisation(_spec("audioclip_full"), resolve("paper", "audioclip_full", {}))  # starts from stage 2
 
@@ -114,9 +123,14 @@ def test_label_set_relevance_equals_its_definition_on_random_labels():
     g = torch.Generator().manual_seed(0)
     targets = (torch.rand(300, 12, generator=g) < 0.15).float()
     sets, _ = unique_label_sets(targets)
-    emb = AudioSetEmbeddings(audio=torch.zeros(300, 4), image=torch.zeros(300, 4), text=torch.zeros(12, 4),
-                             targets=targets, class_names=[str(i) for i in range(12)],
-                             set_text=torch.zeros(len(sets), 4))
+    emb = AudioSetEmbeddings(
+        audio=torch.zeros(300, 4),
+        image=torch.zeros(300, 4),
+        text=torch.zeros(12, 4),
+        targets=targets,
+        class_names=[str(i) for i in range(12)],
+        set_text=torch.zeros(len(sets), 4),
+    )
     t = targets.bool()
     assert torch.equal(clip_relevance(emb, "same_labels"), (t[:, None, :] == t[None, :, :]).all(-1))
     _, rel = text_queries(emb, "same_labels")

@@ -6,9 +6,17 @@ import audioclip_core as ac
 from audioclip_core.text import apply_template, get_tokenizer
 
 TEXTS = [
-    "cat", "Speech, Male speech, man speaking", "Dog's bark (loud!) & whimper",
-    "Café ambience — crowd murmur", "猫が鳴いている", "Собака лает на улице", "صوت المطر",
-    "  many   spaces\tand\nnewlines ", "&amp;lt;html&amp;gt; entities", "emoji 🐶🎸", "x" * 40,
+    "cat",
+    "Speech, Male speech, man speaking",
+    "Dog's bark (loud!) & whimper",
+    "Café ambience — crowd murmur",
+    "猫が鳴いている",
+    "Собака лает на улице",
+    "صوت المطر",
+    "  many   spaces\tand\nnewlines ",
+    "&amp;lt;html&amp;gt; entities",
+    "emoji 🐶🎸",
+    "x" * 40,
     "The quick brown fox jumps over the lazy dog " * 5,
 ]
 

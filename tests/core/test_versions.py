@@ -1,5 +1,6 @@
 """Manifests as immutable content-addressed versions behind a pointer, paths relative to the
 data root, and the gate that stops a stage whose in-batch retrieval is at chance."""
+
 import logging
 import math
 import os
@@ -19,10 +20,16 @@ from audioclip_core.training.steps import caption_retrieval
 
 
 def _manifest(ids, root):
-    return pd.DataFrame({"segment_id": ids, "status": ["ok"] * len(ids),
-                         "audio_path": [str(root / "audioset" / "clips" / "eval" / f"{i}.wav") for i in ids],
-                         "frame_paths": [[str(root / "audioset" / "clips" / "eval" / f"{i}_f{k:02d}.jpg")
-                                          for k in range(2)] for i in ids]})
+    return pd.DataFrame(
+        {
+            "segment_id": ids,
+            "status": ["ok"] * len(ids),
+            "audio_path": [str(root / "audioset" / "clips" / "eval" / f"{i}.wav") for i in ids],
+            "frame_paths": [
+                [str(root / "audioset" / "clips" / "eval" / f"{i}_f{k:02d}.jpg") for k in range(2)] for i in ids
+            ],
+        }
+    )
 
 
 def test_a_published_manifest_is_an_immutable_version_behind_a_relative_pointer(tmp_path):
@@ -62,9 +69,13 @@ def test_a_version_changed_in_place_is_refused_where_it_is_read_and_replaced_whe
     relative_paths(_manifest(["Injected"], root), root).to_parquet(version)  # same name, other rows
     actual = sha256_file(version)
     assert actual != sha
-    for read in (lambda: read_manifest(pointer, root), lambda: read_manifest(version, root),
-                 lambda: keep_version(pointer, store), lambda: manifest_entry(pointer, 2, store=store),
-                 lambda: manifest_entry(pointer, 2)):
+    for read in (
+        lambda: read_manifest(pointer, root),
+        lambda: read_manifest(version, root),
+        lambda: keep_version(pointer, store),
+        lambda: manifest_entry(pointer, 2, store=store),
+        lambda: manifest_entry(pointer, 2),
+    ):
         with pytest.raises(CorruptVersion) as err:
             read()
         assert str(version.resolve()) in str(err.value) and sha in str(err.value) and actual in str(err.value)
@@ -85,7 +96,7 @@ def test_a_version_changed_in_place_is_refused_where_it_is_read_and_replaced_whe
 def test_paths_are_relative_to_the_root_and_resolve_after_a_move(tmp_path):
     root = tmp_path / "a" / "data"
     df = _manifest(["A", "B"], root)
-    df.loc[1, "audio_path"] = "/elsewhere/B.wav"          # a source outside the root stays absolute
+    df.loc[1, "audio_path"] = "/elsewhere/B.wav"  # a source outside the root stays absolute
     df.loc[2] = {"segment_id": "C", "status": "unavailable", "audio_path": None, "frame_paths": None}
     rel = relative_paths(df, root)
     assert rel.loc[0, "audio_path"] == "audioset/clips/eval/A.wav"
@@ -110,8 +121,12 @@ def test_clips_of_a_checkpoint_after_its_published_manifest_moved_on(tmp_path, c
     ck = root / "checkpoints" / "audioclip_full" / "audioclip_full.safetensors"
     ck.parent.mkdir(parents=True)
     ck.write_bytes(b"weights")
-    write_lineage(lineage_record(name="audioclip_full", stage="audioclip_full", checkpoint=ck, config={},
-                                 manifests={"audioset_eval": entry}), ck)
+    write_lineage(
+        lineage_record(
+            name="audioclip_full", stage="audioclip_full", checkpoint=ck, config={}, manifests={"audioset_eval": entry}
+        ),
+        ck,
+    )
     publish_version(relative_paths(_manifest(["NewClip0001_0"], root), root), store, pointer)
     assert main(["lineage", str(ck), "--clips"]) == 0
     out = capsys.readouterr().out
@@ -120,10 +135,14 @@ def test_clips_of_a_checkpoint_after_its_published_manifest_moved_on(tmp_path, c
 
 def test_caption_retrieval_counts_identical_captions_and_its_chance():
     texts = [["dog"], ["dog"], ["cat"], ["rain"]]
-    logits = torch.tensor([[0.0, 5.0, 1.0, 0.0],    # clip 0 -> caption 1: "dog" as well, a hit
-                           [0.0, 0.0, 5.0, 0.0],    # clip 1 -> "cat": a miss
-                           [0.0, 0.0, 5.0, 0.0],    # clip 2 -> its own: a hit
-                           [5.0, 0.0, 0.0, 0.0]])   # clip 3 -> "dog": a miss
+    logits = torch.tensor(
+        [
+            [0.0, 5.0, 1.0, 0.0],  # clip 0 -> caption 1: "dog" as well, a hit
+            [0.0, 0.0, 5.0, 0.0],  # clip 1 -> "cat": a miss
+            [0.0, 0.0, 5.0, 0.0],  # clip 2 -> its own: a hit
+            [5.0, 0.0, 0.0, 0.0],
+        ]
+    )  # clip 3 -> "dog": a miss
     r = caption_retrieval(logits, texts)
     assert r["acc_audio_text"] == 0.5
     assert r["acc_chance"] == pytest.approx((2 / 4 + 2 / 4 + 1 / 4 + 1 / 4) / 4)
@@ -132,7 +151,7 @@ def test_caption_retrieval_counts_identical_captions_and_its_chance():
 
 def test_the_chance_gate_uses_a_binomial_bound():
     c, n = 0.25, 400
-    bound = c + 2 * math.sqrt(c * (1 - c) / n)          # 0.2933
+    bound = c + 2 * math.sqrt(c * (1 - c) / n)  # 0.2933
     at = at_chance([{"acc_audio_text": 0.29, "acc_chance": c, "samples": n}])
     above = at_chance([{"acc_audio_text": 0.30, "acc_chance": c, "samples": n}])
     assert at["at_chance"] and not above["at_chance"] and at["bound"] == pytest.approx(bound)

@@ -1,6 +1,7 @@
 """The lineage run by Dagster itself: a backfill launched through a local webserver's GraphQL
 API and run by the daemon, on a fresh instance and data root - the path of `make demo` and of
 "Materialize all" in the UI."""
+
 import shutil
 
 import dagster as dg

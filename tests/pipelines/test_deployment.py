@@ -1,6 +1,7 @@
 """Deployment configuration: the code location's Definitions validate with the Kubernetes
 executor (dagster-k8s, no cluster needed), the torchrun step goes to a pod through
 PipesK8sClient, and a bad configuration is refused with a message that names the fix."""
+
 import json
 import os
 import subprocess
@@ -32,13 +33,17 @@ print(json.dumps({"executors": sorted({j.executor_def.name for j in jobs}), "con
 
 def _probe(**env):
     full = {**os.environ, "PYTHONPATH": str(REPO), **env}
-    return subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=full, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=REPO, env=full, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_definitions_validate_under_the_kubernetes_executor():
-    proc = _probe(AUDIOCLIP_DEPLOYMENT="k8s", AUDIOCLIP_K8S_IMAGE="registry.example/audioclip:1",
-                  AUDIOCLIP_K8S_NAMESPACE="research")
+    proc = _probe(
+        AUDIOCLIP_DEPLOYMENT="k8s",
+        AUDIOCLIP_K8S_IMAGE="registry.example/audioclip:1",
+        AUDIOCLIP_K8S_NAMESPACE="research",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["executors"] == ["k8s_job_executor"] and out["launcher"] == "k8s"
@@ -84,9 +89,13 @@ def test_the_torchrun_step_runs_in_a_pod_through_pipes(monkeypatch):
     from pipelines.deployment import launcher_settings
 
     monkeypatch.setenv("AUDIOCLIP_DEPLOYMENT", "k8s")
-    launcher = TrainingLauncher(**launcher_settings(), gpus_per_pod=8)   # as pipelines/definitions.py fills it
-    launcher.run(context="ctx", entry=["assets.resources.stage_worker", "/data/spec.json", "/data/result.json"], nproc=8,
-                 env={"OMP_NUM_THREADS": "2"})
+    launcher = TrainingLauncher(**launcher_settings(), gpus_per_pod=8)  # as pipelines/definitions.py fills it
+    launcher.run(
+        context="ctx",
+        entry=["assets.resources.stage_worker", "/data/spec.json", "/data/result.json"],
+        nproc=8,
+        env={"OMP_NUM_THREADS": "2"},
+    )
     run = dict(calls)["run"]
     assert run["image"] == "registry.example/audioclip:1" and run["context"] == "ctx"
     assert run["command"][:4] == ["python", "-m", "torch.distributed.run", "--nproc_per_node=8"]

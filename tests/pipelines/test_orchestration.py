@@ -1,6 +1,7 @@
 """The instance's side of running the lineage: dead runs found and failed with their pool
 slots freed, AudioSet partitions registered from the lists that exist, the stand-in for
 YouTube served only while a download step runs, one partition locked per run."""
+
 import subprocess
 import urllib.request
 
@@ -68,7 +69,10 @@ def test_partitions_follow_the_segment_lists(tmp_path):
     folder = tmp_path / "audioset"
     folder.mkdir()
     (folder / "eval_segments.csv").write_text(HEADER)
-    resources = {"data_root": DataRoot(root=str(tmp_path / "data")), "sources": DatasetSources(audioset_dir=str(folder))}
+    resources = {
+        "data_root": DataRoot(root=str(tmp_path / "data")),
+        "sources": DatasetSources(audioset_dir=str(folder)),
+    }
     instance = dg.DagsterInstance.ephemeral()
 
     def tick():
@@ -81,8 +85,8 @@ def test_partitions_follow_the_segment_lists(tmp_path):
 
     assert isinstance(tick(), dg.SensorResult)
     assert instance.get_dynamic_partitions("audioset_partition") == ["eval"]
-    assert isinstance(tick(), dg.SkipReason)          # nothing new: nothing requested
-    rows = "".join(f"abcdefghij{i % 10}, 0.000, 10.000, \"/m/09x0r\"\n" for i in range(60_000))
+    assert isinstance(tick(), dg.SkipReason)  # nothing new: nothing requested
+    rows = "".join(f'abcdefghij{i % 10}, 0.000, 10.000, "/m/09x0r"\n' for i in range(60_000))
     (folder / "unbalanced_train_segments.csv").write_text(HEADER + rows)
     tick()
     assert instance.get_dynamic_partitions("audioset_partition") == ["eval", "unbalanced_00", "unbalanced_01"]
@@ -102,7 +106,7 @@ def test_the_stand_in_serves_only_while_a_step_downloads(tmp_path):
     videos = layout.demo_source / "audioset" / "videos"
     videos.mkdir(parents=True)
     (videos / "abcdefghij0.mp4").write_bytes(b"\x00" * 64)
-    (layout.demo_source / ".complete").write_text("ok\n")     # the demo counts as generated
+    (layout.demo_source / ".complete").write_text("ok\n")  # the demo counts as generated
     yt = YoutubeDownloader()
     with yt.serving(layout, DatasetSources()) as options:
         url = options.url_template.format(ytid="abcdefghij0")
@@ -124,5 +128,5 @@ def test_one_holder_per_partition_lock(tmp_path):
         with pytest.raises(Busy, match=r"partition 'eval' is being processed by another process \(pid \d+\)"):
             with exclusive(lock, "partition 'eval'"):
                 pass
-    with exclusive(lock, "partition 'eval'"):       # released: free again
+    with exclusive(lock, "partition 'eval'"):  # released: free again
         pass

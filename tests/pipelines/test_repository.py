@@ -1,4 +1,5 @@
 """The project's fixed layout, its layers and its entry points."""
+
 import ast
 import re
 import subprocess
@@ -10,8 +11,18 @@ CORE = REPO / "audioclip_core"
 
 
 def test_fixed_top_level_layout():
-    for name in ("pipelines", "audioclip_core", "assets", "dagster_home", "tests", "pyproject.toml",
-                 "workspace.yaml", "README.md", "Makefile", ".ci/run"):
+    for name in (
+        "pipelines",
+        "audioclip_core",
+        "assets",
+        "dagster_home",
+        "tests",
+        "pyproject.toml",
+        "workspace.yaml",
+        "README.md",
+        "Makefile",
+        ".ci/run",
+    ):
         assert (REPO / name).exists(), name
 
 
@@ -23,9 +34,11 @@ def _modules(folder):
 def test_core_imports_no_dagster_nor_mlflow():
     """Every module of the core imports, from a notebook, without the pipeline's packages."""
     names = [name for name, _ in _modules(CORE)]
-    code = ("import importlib, sys\n"
-            f"for n in {names!r}: importlib.import_module(n)\n"
-            "print(sorted(m for m in ('dagster', 'mlflow', 'dagster_webserver') if m in sys.modules))")
+    code = (
+        "import importlib, sys\n"
+        f"for n in {names!r}: importlib.import_module(n)\n"
+        "print(sorted(m for m in ('dagster', 'mlflow', 'dagster_webserver') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -38,7 +51,7 @@ def _imports(name, path):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -52,10 +65,12 @@ def test_layers_point_one_way():
     """data/ is the ground floor: it imports neither acquisition, training, evaluation nor the
     CLI; acquisition, training and evaluation do not import each other (evaluation may use
     what data/ offers, not training's code)."""
-    above = {"data": ("acquisition", "training", "evaluation", "cli", "inference"),
-             "acquisition": ("training", "evaluation", "cli"),
-             "evaluation": ("training", "acquisition", "cli"),
-             "training": ("evaluation", "acquisition", "cli")}
+    above = {
+        "data": ("acquisition", "training", "evaluation", "cli", "inference"),
+        "acquisition": ("training", "evaluation", "cli"),
+        "evaluation": ("training", "acquisition", "cli"),
+        "training": ("evaluation", "acquisition", "cli"),
+    }
     wrong = []
     for name, path in _modules(CORE):
         parts = name.split(".")
@@ -70,8 +85,10 @@ def test_layers_point_one_way():
 
 def test_paths_under_the_data_root_come_from_the_layout():
     """Only audioclip_core/layout.py spells the data root's folders and files."""
-    pattern = re.compile(r'/ "(checkpoints|manifests|folds|tables|plots|segments|downloads|clips|mlflow|'
-                         r'demo_source|sources)"|"catalog\.duckdb"|"mlflow\.db"|"manifest\.parquet"')
+    pattern = re.compile(
+        r'/ "(checkpoints|manifests|folds|tables|plots|segments|downloads|clips|mlflow|'
+        r'demo_source|sources)"|"catalog\.duckdb"|"mlflow\.db"|"manifest\.parquet"'
+    )
     found = []
     for folder in (CORE, REPO / "assets", REPO / "pipelines"):
         for path in folder.rglob("*.py"):
@@ -90,14 +107,22 @@ def _environ_writes(path):
     is_environ = lambda n: isinstance(n, ast.Attribute) and n.attr == "environ"  # noqa: E731
     lines = []
     for node in ast.walk(tree):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
-            if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else node.targets if isinstance(node, ast.Delete) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+            else node.targets
+            if isinstance(node, ast.Delete)
+            else []
+        )
         if any(isinstance(t, ast.Subscript) and is_environ(t.value) for t in targets):
             lines.append(node.lineno)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             f = node.func
-            if (is_environ(f.value) and f.attr in ("setdefault", "update", "pop", "clear", "popitem")) or \
-                    (isinstance(f.value, ast.Name) and f.value.id == "os" and f.attr in ("putenv", "unsetenv")):
+            if (is_environ(f.value) and f.attr in ("setdefault", "update", "pop", "clear", "popitem")) or (
+                isinstance(f.value, ast.Name) and f.value.id == "os" and f.attr in ("putenv", "unsetenv")
+            ):
                 lines.append(node.lineno)
     return lines
 
@@ -105,8 +130,12 @@ def _environ_writes(path):
 def test_library_and_assets_leave_the_environment_alone():
     """The core and the assets read the environment, never write it (entry points - the CLI's
     main, pipelines/ - may set their process's defaults)."""
-    found = [f"{p.relative_to(REPO)}:{n}" for folder in (CORE, REPO / "assets") for p in sorted(folder.rglob("*.py"))
-             for n in _environ_writes(p)]
+    found = [
+        f"{p.relative_to(REPO)}:{n}"
+        for folder in (CORE, REPO / "assets")
+        for p in sorted(folder.rglob("*.py"))
+        for n in _environ_writes(p)
+    ]
     assert not found, found
     assert _environ_writes(REPO / "pipelines" / "instance.py"), "the check finds a known write"
 
@@ -154,7 +183,7 @@ def _core_graph() -> dict[str, set[str]]:
         for imp in _imports(name, path):
             while imp and imp not in names:
                 imp = imp.rsplit(".", 1)[0] if "." in imp else ""
-            if imp and imp != name and not name.startswith(imp + "."):   # a package's own __init__ aside
+            if imp and imp != name and not name.startswith(imp + "."):  # a package's own __init__ aside
                 deps.add(imp)
         graph[name] = deps
     return graph
@@ -184,11 +213,19 @@ def test_assets_never_import_pipelines():
     wrong = []
     for path in sorted((REPO / "assets").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             wrong += [f"{path.relative_to(REPO)} imports {m}" for m in mods if m.split(".")[0] == "pipelines"]
         if "pipelines." in path.read_text(encoding="utf-8").replace("pipelines/", ""):
             text = path.read_text(encoding="utf-8")
-            wrong += [f"{path.relative_to(REPO)} names a pipelines module: {line.strip()}"
-                      for line in text.splitlines() if '"pipelines.' in line or "'pipelines." in line]
+            wrong += [
+                f"{path.relative_to(REPO)} names a pipelines module: {line.strip()}"
+                for line in text.splitlines()
+                if '"pipelines.' in line or "'pipelines." in line
+            ]
     assert not wrong, wrong

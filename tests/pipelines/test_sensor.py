@@ -18,8 +18,12 @@ def test_retraining_sensor_fires_once_when_a_manifest_changes(lineage, tmp_path)
     shutil.copytree(lineage["data"], root, ignore=shutil.ignore_patterns("checkpoints", "mlflow"))
     res = dict(lineage["res"], data_root=DataRoot(root=str(root)))
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize([training.esresnext_audioset], resources=res, instance=instance,
-                          run_config=run_config("esresnext_audioset", epochs=1)).success
+    assert dg.materialize(
+        [training.esresnext_audioset],
+        resources=res,
+        instance=instance,
+        run_config=run_config("esresnext_audioset", epochs=1),
+    ).success
 
     def evaluate(cursor=None):
         ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"data_root": res["data_root"]})

@@ -1,4 +1,5 @@
 """The Dagster UI on 127.0.0.1, opened in headless Chromium, shows the materialised lineage."""
+
 import json
 import os
 import shutil
@@ -30,8 +31,11 @@ def _chromium() -> str:
 
 
 def _graphql(port: int, query: str) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -46,16 +50,37 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
     from pipelines.backfill import env as dagster_env
 
     # the checkout importable (dagster.yaml's run launcher lives in pipelines/)
-    env = dict(dagster_env(), DAGSTER_HOME=str(home), AUDIOCLIP_DATA_ROOT=str(tmp_path / "data"),
-               AUDIOCLIP_ESC50_DIR=str(tmp_path / "esc50"))
+    env = dict(
+        dagster_env(),
+        DAGSTER_HOME=str(home),
+        AUDIOCLIP_DATA_ROOT=str(tmp_path / "data"),
+        AUDIOCLIP_ESC50_DIR=str(tmp_path / "esc50"),
+    )
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        res = {"data_root": DataRoot(root=env["AUDIOCLIP_DATA_ROOT"]), "sources": DatasetSources(esc50_dir=env["AUDIOCLIP_ESC50_DIR"])}
+        res = {
+            "data_root": DataRoot(root=env["AUDIOCLIP_DATA_ROOT"]),
+            "sources": DatasetSources(esc50_dir=env["AUDIOCLIP_ESC50_DIR"]),
+        }
         assert dg.materialize([clipsets.esc50_manifest], resources=res, instance=instance).success
         assert dg.materialize([clipsets.esc50_folds], resources=res, instance=instance, partition_key="1").success
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
-                               "-w", "workspace.yaml"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -65,9 +90,12 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, "dagster dev did not start"
                 time.sleep(1)
-        data = _graphql(port, '{ assetNodes { assetKey { path } dependencyKeys { path } description } '
-                              'assetOrError(assetKey: {path: ["esc50_manifest"]}) '
-                              '{ ... on Asset { assetMaterializations(limit: 1) { runId } } } }')
+        data = _graphql(
+            port,
+            "{ assetNodes { assetKey { path } dependencyKeys { path } description } "
+            'assetOrError(assetKey: {path: ["esc50_manifest"]}) '
+            "{ ... on Asset { assetMaterializations(limit: 1) { runId } } } }",
+        )
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["data"]["assetNodes"]}
         keys = set(nodes)
         assert {"audioset_segments", "audioset_manifest", "esc50_folds", "audioclip_full", "table4_querying"} <= keys
@@ -80,11 +108,27 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
         shot = ARTIFACTS / "dagster_ui_esc50_manifest.png"
         shot.unlink(missing_ok=True)
         profile = tmp_path / "chromium-profile"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=15000",
-                        f"--screenshot={shot}", f"http://127.0.0.1:{port}/assets/esc50_manifest"],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--window-size=1400,900",
+                "--virtual-time-budget=15000",
+                f"--screenshot={shot}",
+                f"http://127.0.0.1:{port}/assets/esc50_manifest",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert shot.is_file() and shot.stat().st_size > 20_000
     finally:
         os.killpg(server.pid, 15)

@@ -1,4 +1,5 @@
 """yt-dlp downloads from a local server (the stand-in for YouTube) and one-pass extraction."""
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,8 +20,20 @@ def served(tmp_path_factory, shared_data):
     shutil.copy(shared_data / "video" / "big_buck_bunny_0_30.webm", root / "BigBuckBun0.webm")
     data = (root / "Chaplin0001.mp4").read_bytes()
     (root / "Truncated01.mp4").write_bytes(data[: len(data) // 3])
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(root / "Chaplin0001.mp4"), "-an", "-c:v", "copy",
-                    str(root / "NoAudio0001.mp4")], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(root / "Chaplin0001.mp4"),
+            "-an",
+            "-c:v",
+            "copy",
+            str(root / "NoAudio0001.mp4"),
+        ],
+        check=True,
+    )
     with MediaServer(root) as server:
         yield server
 
@@ -61,18 +74,23 @@ def test_error_classification():
             super().__init__(str(inner))
             self.exc_info = (type(inner), inner, None)
 
-    cases = {"Video unavailable. This video has been removed": "unavailable", "Private video": "private",
-             "Sign in to confirm your age": "age_restricted",
-             "The uploader has not made this video available in your country": "geo_blocked",
-             "rate-limited by YouTube for up to an hour": "throttled", "Connection reset": "error"}
+    cases = {
+        "Video unavailable. This video has been removed": "unavailable",
+        "Private video": "private",
+        "Sign in to confirm your age": "age_restricted",
+        "The uploader has not made this video available in your country": "geo_blocked",
+        "rate-limited by YouTube for up to an hour": "throttled",
+        "Connection reset": "error",
+    }
     for msg, status in cases.items():
         assert classify_error(Wrapped(Inner(msg)))[0] == status, msg
 
 
 def test_transient_errors_back_off_and_retry(served, tmp_path):
     delays = []
-    opts = DownloadOptions(url_template="http://127.0.0.1:9/{ytid}.mp4", max_attempts=3, backoff_seconds=1.0,
-                           socket_timeout=2)
+    opts = DownloadOptions(
+        url_template="http://127.0.0.1:9/{ytid}.mp4", max_attempts=3, backoff_seconds=1.0, socket_timeout=2
+    )
     res = download_segment("Chaplin0001", 0.0, 5.0, tmp_path, options=opts, sleep=delays.append)
     assert res.status == "error" and res.attempts == 3
     assert len(delays) == 2 and 0.5 <= delays[0] <= 1.5 and 1.0 <= delays[1] <= 3.0
@@ -102,7 +120,24 @@ def test_many_channels_are_downmixed_to_two(tmp_path):
     rng = np.random.default_rng(0)
     sf.write(wav, (0.1 * rng.standard_normal((44100 * 3, 64))).astype("float32"), 44100, subtype="FLOAT")
     media = tmp_path / "c64.mkv"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=s=320x240:r=25:d=3", "-i", str(wav),
-                    "-c:v", "libx264", "-c:a", "pcm_f32le", str(media)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=s=320x240:r=25:d=3",
+            "-i",
+            str(wav),
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "pcm_f32le",
+            str(media),
+        ],
+        check=True,
+    )
     clip = extract_clip(media, tmp_path / "out", "c64", start=0.5, end=2.5)
     assert clip.channels == 2 and abs(clip.duration - 2.0) <= 0.001

@@ -1,6 +1,7 @@
 """Downloads against a server that misbehaves: a page linking to other media, a body cut short,
 a body that stalls, a WebM without a duration header. Each ends in bounded time with the right
 status, and nothing short is recorded `ok`."""
+
 import subprocess
 import threading
 import time
@@ -16,8 +17,8 @@ from audioclip_core.audio import ffmpeg_exe
 
 class Faults(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
-    cut: dict[str, int] = {}            # name -> bytes sent before the connection closes
-    stall: dict[str, int] = {}          # name -> bytes sent before the body stalls
+    cut: dict[str, int] = {}  # name -> bytes sent before the connection closes
+    stall: dict[str, int] = {}  # name -> bytes sent before the body stalls
 
     def log_message(self, *args):
         pass
@@ -58,14 +59,14 @@ class Faults(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
-        chunk = data[start:end + 1]
+        chunk = data[start : end + 1]
         if name in self.cut:
-            self.wfile.write(chunk[:max(0, self.cut[name] - start)])
+            self.wfile.write(chunk[: max(0, self.cut[name] - start)])
             self.wfile.flush()
             self.close_connection = True
             return
         if name in self.stall:
-            self.wfile.write(chunk[:max(0, self.stall[name] - start)])
+            self.wfile.write(chunk[: max(0, self.stall[name] - start)])
             self.wfile.flush()
             time.sleep(60)
             return
@@ -78,12 +79,33 @@ def server(shared_data, tmp_path_factory):
     chaplin = (shared_data / "video" / "chaplin.mp4").read_bytes()
     # a WebM as a browser's MediaRecorder writes it: live, without a duration in its header
     live = tmp / "live.webm"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(shared_data / "video" / "big_buck_bunny_0_30.webm"),
-                    "-t", "8", "-c", "copy", "-live", "1", "-f", "webm", str(live)], check=True)
-    Faults.files = {"Chaplin0001.mp4": chaplin, "Truncated01.mp4": chaplin, "Stalled0001.mp4": chaplin,
-                    "LiveWebm001.webm": live.read_bytes(),
-                    # a WebM (VP8 + Vorbis) at a URL ending .mp4: ffmpeg cannot write its range as MP4
-                    "WebmAsMp401.mp4": (shared_data / "video" / "big_buck_bunny_0_30.webm").read_bytes()}
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(shared_data / "video" / "big_buck_bunny_0_30.webm"),
+            "-t",
+            "8",
+            "-c",
+            "copy",
+            "-live",
+            "1",
+            "-f",
+            "webm",
+            str(live),
+        ],
+        check=True,
+    )
+    Faults.files = {
+        "Chaplin0001.mp4": chaplin,
+        "Truncated01.mp4": chaplin,
+        "Stalled0001.mp4": chaplin,
+        "LiveWebm001.webm": live.read_bytes(),
+        # a WebM (VP8 + Vorbis) at a URL ending .mp4: ffmpeg cannot write its range as MP4
+        "WebmAsMp401.mp4": (shared_data / "video" / "big_buck_bunny_0_30.webm").read_bytes(),
+    }
     Faults.cut = {"Truncated01.mp4": int(len(chaplin) * 0.4)}
     Faults.stall = {"Stalled0001.mp4": int(len(chaplin) * 0.4)}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Faults)
@@ -94,8 +116,9 @@ def server(shared_data, tmp_path_factory):
 
 
 def _get(server, ytid, ext, dest, **kw):
-    opts = DownloadOptions(url_template=f"{server}/{{ytid}}.{ext}", backoff_seconds=0.01, max_attempts=2,
-                           socket_timeout=2.0, **kw)
+    opts = DownloadOptions(
+        url_template=f"{server}/{{ytid}}.{ext}", backoff_seconds=0.01, max_attempts=2, socket_timeout=2.0, **kw
+    )
     t = time.monotonic()
     res = download_segment(ytid, 1.0, 6.0, dest, options=opts)
     return res, time.monotonic() - t

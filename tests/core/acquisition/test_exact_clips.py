@@ -4,6 +4,7 @@ Media made for it (tests/timecoded.py) carry a time code in the signal: seeded n
 position in the source is found by correlation, and a frame number drawn into every frame. Each
 is served on 127.0.0.1 and downloaded through the production yt-dlp path, then cut; the test
 reads the clip's true start from its content."""
+
 from __future__ import annotations
 
 import errno
@@ -25,7 +26,7 @@ from audioclip_core.acquisition.media_server import MediaServer
 from audioclip_core.acquisition.youtube import DownloadOptions, download_segment
 
 DURATION = 20.0
-AUDIO_TOLERANCE = 0.040   # an AAC frame of encoder delay
+AUDIO_TOLERANCE = 0.040  # an AAC frame of encoder delay
 VIDEO = [k for k, v in ENCODINGS.items() if v[2]]
 AUDIO_ONLY = [k for k, v in ENCODINGS.items() if not v[2]]
 
@@ -56,8 +57,7 @@ def test_video_clips_hold_their_segment_to_the_sample_and_frame(served, tmp_path
         res = _download(served, name, start, end, tmp_path / "dl")
         assert res.status == "ok", (name, start, res.message)
         assert res.info.audio[0] <= start + AUDIO_TOLERANCE  # the piece's true start, from its packets
-        clip = extract_clip(Path(res.path), tmp_path / "clips", f"{name}_{start}", start=start, end=end,
-                            info=res.info)
+        clip = extract_clip(Path(res.path), tmp_path / "clips", f"{name}_{start}", start=start, end=end, info=res.info)
         offset = audio_offset(Path(clip.audio_path), DURATION)
         assert abs(offset - start) <= AUDIO_TOLERANCE, (name, start, offset)
         expected = min(end, DURATION) - start
@@ -73,8 +73,9 @@ def test_audio_only_clips_hold_their_segment(served, tmp_path, name):
     for start, end in OFFSETS:
         res = _download(served, name, start, end, tmp_path / "dl")
         assert res.status == "ok", (name, start, res.message)
-        clip = extract_clip(Path(res.path), tmp_path / "clips", f"{name}_{start}", start=start, end=end,
-                            info=res.info, num_frames=0)
+        clip = extract_clip(
+            Path(res.path), tmp_path / "clips", f"{name}_{start}", start=start, end=end, info=res.info, num_frames=0
+        )
         assert abs(audio_offset(Path(clip.audio_path), DURATION) - start) <= AUDIO_TOLERANCE, (name, start)
         # and an AudioSet clip needs its frames: an audio-only source is invalid media, said so
         with pytest.raises(MediaError, match="no video track"):
@@ -136,13 +137,17 @@ def test_environment_faults_are_not_media_faults(tmp_path):
     with pytest.raises(EnvironmentFault, match="No space left on device"):
         from audioclip_core.audio import ffmpeg_exe
 
-        run_ffmpeg([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-f", "wav", "-y", "/dev/full"],
-                   "write")
+        run_ffmpeg(
+            [ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-f", "wav", "-y", "/dev/full"], "write"
+        )
     with pytest.raises(EnvironmentFault, match="longer than"):
         from audioclip_core.audio import ffmpeg_exe
 
-        run_ffmpeg([ffmpeg_exe(), "-v", "error", "-re", "-f", "lavfi", "-i", "sine=d=30", "-f", "null", "-"],
-                   "slow", timeout=0.5)
+        run_ffmpeg(
+            [ffmpeg_exe(), "-v", "error", "-re", "-f", "lavfi", "-i", "sine=d=30", "-f", "null", "-"],
+            "slow",
+            timeout=0.5,
+        )
 
 
 def test_extraction_on_a_full_disk_is_an_environment_fault(served, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """The DuckDB catalog: rebuilt whole and renamed into place, so a process holding it open
 (read-only, or even read-write) never blocks a step and keeps the catalog it opened, while a
 new connection sees the new views and tables."""
+
 import json
 import subprocess
 import sys
@@ -17,29 +18,46 @@ from audioclip_core.layout import DataLayout
 
 def _manifest(root, ids, partition="eval"):
     folder = root / "audioset" / "clips" / partition
-    return relative_paths(pd.DataFrame({
-        "segment_id": ids, "status": ["ok"] * len(ids),
-        "audio_path": [str(folder / f"{i}.wav") for i in ids],
-        "frame_paths": [[str(folder / f"{i}_f00.jpg")] for i in ids]}), root)
+    return relative_paths(
+        pd.DataFrame(
+            {
+                "segment_id": ids,
+                "status": ["ok"] * len(ids),
+                "audio_path": [str(folder / f"{i}.wav") for i in ids],
+                "frame_paths": [[str(folder / f"{i}_f00.jpg")] for i in ids],
+            }
+        ),
+        root,
+    )
 
 
 @pytest.fixture
 def layout(tmp_path):
     layout = DataLayout.at(tmp_path / "data")
     publish_version(_manifest(layout.root, ["A", "B"]), layout.versions_dir, layout.audioset_manifest("eval"))
-    publish_version(pd.DataFrame({"path": ["x.wav", "y.wav"], "fold": [1, 2], "status": "ok"}),
-                    layout.versions_dir, layout.clipset_manifest("esc50"))
+    publish_version(
+        pd.DataFrame({"path": ["x.wav", "y.wav"], "fold": [1, 2], "status": "ok"}),
+        layout.versions_dir,
+        layout.clipset_manifest("esc50"),
+    )
     for split, n in (("train", 3), ("test", 1)):
-        publish_version(pd.DataFrame({"path": [f"{split}{i}.wav" for i in range(n)]}), layout.versions_dir,
-                        layout.fold("esc50", 1, split))
+        publish_version(
+            pd.DataFrame({"path": [f"{split}{i}.wav" for i in range(n)]}),
+            layout.versions_dir,
+            layout.fold("esc50", 1, split),
+        )
     return layout
 
 
 def _state(con) -> dict:
-    return {"views": sorted(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()),
-            "tables": sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()),
-            "table1": con.execute("SELECT count(*) FROM table1").fetchone()[0],
-            "eval": con.execute("SELECT list(segment_id ORDER BY segment_id) FROM audioset_eval").fetchone()[0]}
+    return {
+        "views": sorted(
+            r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        ),
+        "tables": sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()),
+        "table1": con.execute("SELECT count(*) FROM table1").fetchone()[0],
+        "eval": con.execute("SELECT list(segment_id ORDER BY segment_id) FROM audioset_eval").fetchone()[0],
+    }
 
 
 HOLDER = """
@@ -61,11 +79,17 @@ def test_views_and_tables_of_the_data_root(layout):
     write_parquet(pd.DataFrame({"model": ["m"], "value": [0.5]}), layout.table("table1"))
     publish_table(layout, "table1", layout.table("table1"))
     with duckdb.connect(str(layout.catalog), read_only=True) as con:
-        assert _state(con) == {"views": ["audioset", "audioset_eval", "esc50", "esc50_fold1_test", "esc50_fold1_train"],
-                               "tables": ["table1"], "table1": 1, "eval": ["A", "B"]}
+        assert _state(con) == {
+            "views": ["audioset", "audioset_eval", "esc50", "esc50_fold1_test", "esc50_fold1_train"],
+            "tables": ["table1"],
+            "table1": 1,
+            "eval": ["A", "B"],
+        }
         # file paths resolved against the data root
         assert con.execute("SELECT audio_path, frame_paths FROM audioset WHERE segment_id = 'A'").fetchone() == (
-            f"{layout.root}/audioset/clips/eval/A.wav", [f"{layout.root}/audioset/clips/eval/A_f00.jpg"])
+            f"{layout.root}/audioset/clips/eval/A.wav",
+            [f"{layout.root}/audioset/clips/eval/A_f00.jpg"],
+        )
         assert con.execute("SELECT count(*) FROM esc50_fold1_train").fetchone()[0] == 3
     # a view named by the caller outside the layout's names is made too
     extra = layout.root / "elsewhere.parquet"
@@ -81,28 +105,53 @@ def test_a_held_catalog_blocks_no_step_and_its_holder_keeps_what_it_opened(layou
     write_parquet(pd.DataFrame({"value": [1.0, 2.0]}), layout.table("table1"))
     publish_table(layout, "table1", layout.table("table1"))
     update_catalog(layout, {"audioset_eval": layout.audioset_manifest("eval")})
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(layout.catalog), mode],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(layout.catalog), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         before = json.loads(holder.stdout.readline())
-        old = {"views": ["audioset", "audioset_eval", "esc50", "esc50_fold1_test", "esc50_fold1_train"],
-               "tables": ["table1"], "table1": 2, "eval": ["A", "B"]}
+        old = {
+            "views": ["audioset", "audioset_eval", "esc50", "esc50_fold1_test", "esc50_fold1_train"],
+            "tables": ["table1"],
+            "table1": 2,
+            "eval": ["A", "B"],
+        }
         assert before == old
         # while it is held: a new partition, a new version of a manifest, a result table
         # published again with other rows and a new one - none blocks, none fails
-        publish_version(_manifest(layout.root, ["C"], "balanced_train"), layout.versions_dir,
-                        layout.audioset_manifest("balanced_train"))
+        publish_version(
+            _manifest(layout.root, ["C"], "balanced_train"),
+            layout.versions_dir,
+            layout.audioset_manifest("balanced_train"),
+        )
         update_catalog(layout, {"audioset_balanced_train": layout.audioset_manifest("balanced_train")})
         write_parquet(pd.DataFrame({"value": [1.0, 2.0, 3.0]}), layout.table("table1"))
         publish_table(layout, "table1", layout.table("table1"))
         write_parquet(pd.DataFrame({"value": [9.0]}), layout.table("table2"))
         publish_table(layout, "table2", layout.table("table2"))
         with duckdb.connect(str(layout.catalog), read_only=True) as con:
-            assert _state(con) == {"views": ["audioset", "audioset_balanced_train", "audioset_eval", "esc50",
-                                             "esc50_fold1_test", "esc50_fold1_train"],
-                                   "tables": ["table1", "table2"], "table1": 3, "eval": ["A", "B"]}
-            assert con.execute("SELECT list(segment_id ORDER BY segment_id) FROM audioset").fetchone()[0] == ["A", "B",
-                                                                                                               "C"]
+            assert _state(con) == {
+                "views": [
+                    "audioset",
+                    "audioset_balanced_train",
+                    "audioset_eval",
+                    "esc50",
+                    "esc50_fold1_test",
+                    "esc50_fold1_train",
+                ],
+                "tables": ["table1", "table2"],
+                "table1": 3,
+                "eval": ["A", "B"],
+            }
+            assert con.execute("SELECT list(segment_id ORDER BY segment_id) FROM audioset").fetchone()[0] == [
+                "A",
+                "B",
+                "C",
+            ]
         # the holder's catalog is the one it opened, whole: same views, the table as it was
         out, err = holder.communicate("\n", timeout=60)
         assert holder.returncode == 0, err
@@ -114,8 +163,10 @@ def test_a_held_catalog_blocks_no_step_and_its_holder_keeps_what_it_opened(layou
     with duckdb.connect(str(layout.catalog)) as con:
         assert _state(con)["tables"] == ["table1", "table2"]
     update_catalog(layout, {})
-    assert sorted(p.name for p in layout.catalog.parent.iterdir() if "catalog" in p.name) == ["catalog.duckdb",
-                                                                                            "catalog.lock"]
+    assert sorted(p.name for p in layout.catalog.parent.iterdir() if "catalog" in p.name) == [
+        "catalog.duckdb",
+        "catalog.lock",
+    ]
 
 
 def test_leftovers_of_a_killed_writer_or_an_unclosed_connection_are_cleared(layout):
@@ -125,8 +176,10 @@ def test_leftovers_of_a_killed_writer_or_an_unclosed_connection_are_cleared(layo
     (layout.catalog.parent / f"{stale.name}.wal").write_bytes(b"x")
     layout.catalog.with_name(layout.catalog.name + ".wal").write_bytes(b"not this catalog's WAL")
     update_catalog(layout, {})
-    assert sorted(p.name for p in layout.catalog.parent.iterdir() if "catalog" in p.name) == ["catalog.duckdb",
-                                                                                            "catalog.lock"]
+    assert sorted(p.name for p in layout.catalog.parent.iterdir() if "catalog" in p.name) == [
+        "catalog.duckdb",
+        "catalog.lock",
+    ]
     with duckdb.connect(str(layout.catalog), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM audioset").fetchone()[0] == 2
 

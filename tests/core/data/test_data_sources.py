@@ -1,4 +1,5 @@
 """AudioSet lists, ESC-50 / UrbanSound8K metadata and folds, on the real files."""
+
 import pytest
 
 from audioclip_core.data.audioset import (
@@ -43,10 +44,11 @@ def test_malformed_rows_reported_with_line_and_skipped(tmp_path, labels):
         '--4gqARaEJE, 0.000, 10.000, "/m/068hy,/m/07q6cd_"\n'
         '#NAME?, 30.000, 40.000, "/m/09x0r"\n'
         'abcdefghijk, x, 10.000, "/m/09x0r"\n'
-        'abcdefghij2, 5.000, 15.000\n'
+        "abcdefghij2, 5.000, 15.000\n"
         'abcdefghij3, 5.000, 15.000, "/m/nope"\n'
         '../../etc/x, 5.000, 15.000, "/m/09x0r"\n'
-        'abcdefghij4, 5.000, 15.000, "/m/09x0r"\n')
+        'abcdefghij4, 5.000, 15.000, "/m/09x0r"\n'
+    )
     parsed = read_segment_file(csv, set(labels.mids))
     assert [s.ytid for s in parsed.segments] == ["--4gqARaEJE", "abcdefghij4"]
     assert [i.line for i in parsed.issues] == [5, 6, 7, 8, 9]
@@ -60,26 +62,29 @@ HEADER = "# Segments csv\n# num_ytids=9\n# YTID, start_seconds, end_seconds, pos
 
 def test_times_are_strict_decimals_that_make_a_segment(tmp_path, labels):
     rows = [
-        'aaaaaaaaaa1, 30.000, 40.000, "/m/09x0r"',     # 4: fine
-        'aaaaaaaaaa2, 1_000, 1_010, "/m/09x0r"',       # 5: float() reads 1000.0
+        'aaaaaaaaaa1, 30.000, 40.000, "/m/09x0r"',  # 4: fine
+        'aaaaaaaaaa2, 1_000, 1_010, "/m/09x0r"',  # 5: float() reads 1000.0
         'aaaaaaaaaa3, 1e15, 1.00000000000001e15, "/m/09x0r"',
         'aaaaaaaaaa4, inf, inf, "/m/09x0r"',
         'aaaaaaaaaa5, nan, 10.000, "/m/09x0r"',
         'aaaaaaaaaa6, 0x10, 0x20, "/m/09x0r"',
-        'aaaaaaaaaa7, -5.000, 5.000, "/m/09x0r"',     # 10
+        'aaaaaaaaaa7, -5.000, 5.000, "/m/09x0r"',  # 10
         'aaaaaaaaaa8, 10.000, 10.000, "/m/09x0r"',
         'aaaaaaaaaa9, 0.000, 61.000, "/m/09x0r"',
         'aaaaaaaaa10, 86401.000, 86411.000, "/m/09x0r"',
         'aaaaaaaaa11, 86400.000, 86410.000, "/m/09x0r"',  # 14: a day in is still a video
-        'aaaaaaaaa12, 0.000, 60.000, "/m/09x0r"',         # 15: the longest segment taken
-        'aaaaaaaaa13, ' + "9" * 400 + ', ' + "9" * 401 + ', "/m/09x0r"',  # decimal, but float() gives inf
-        'aaaaaaaaa14, \u0663.000, 10.000, "/m/09x0r"',   # an Arabic-Indic 3: float() reads it
+        'aaaaaaaaa12, 0.000, 60.000, "/m/09x0r"',  # 15: the longest segment taken
+        "aaaaaaaaa13, " + "9" * 400 + ", " + "9" * 401 + ', "/m/09x0r"',  # decimal, but float() gives inf
+        'aaaaaaaaa14, \u0663.000, 10.000, "/m/09x0r"',  # an Arabic-Indic 3: float() reads it
     ]
     csv = tmp_path / "seg.csv"
     csv.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
     parsed = read_segment_file(csv, set(labels.mids))
     assert [(s.ytid, s.start, s.end, s.line) for s in parsed.segments] == [
-        ("aaaaaaaaaa1", 30.0, 40.0, 4), ("aaaaaaaaa11", 86400.0, 86410.0, 14), ("aaaaaaaaa12", 0.0, 60.0, 15)]
+        ("aaaaaaaaaa1", 30.0, 40.0, 4),
+        ("aaaaaaaaa11", 86400.0, 86410.0, 14),
+        ("aaaaaaaaa12", 0.0, 60.0, 15),
+    ]
     reasons = {i.line: i.reason for i in parsed.issues}
     assert sorted(reasons) == [5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17]
     for line in (5, 6, 7, 8, 9, 17):
@@ -95,32 +100,38 @@ def test_times_are_strict_decimals_that_make_a_segment(tmp_path, labels):
 
 def test_duplicate_segments_are_reported_with_the_first_line(tmp_path, labels):
     rows = [
-        'bbbbbbbbbb1, 30.000, 40.000, "/m/09x0r"',     # 4
-        'bbbbbbbbbb2, 0.000, 10.000, "/m/09x0r"',      # 5
-        'bbbbbbbbbb1, 30.000, 38.000, "/m/04rlf"',     # 6: same id and start, other end and labels
-        'bbbbbbbbbb1, 30.000, 40.000, "/m/09x0r"',     # 7: the same row again
-        'bbbbbbbbbb1, 30.0004, 40.000, "/m/09x0r"',    # 8: the same segment id (start in ms)
-        'bbbbbbbbbb1, 20.000, 30.000, "/m/09x0r"',     # 9: another segment of the video
-        'bbbbbbbbbb3, 0.000, 10.000, "/m/nope"',       # 10: invalid, claims nothing
-        'bbbbbbbbbb3, 0.000, 10.000, "/m/09x0r"',      # 11: so this one is the segment
+        'bbbbbbbbbb1, 30.000, 40.000, "/m/09x0r"',  # 4
+        'bbbbbbbbbb2, 0.000, 10.000, "/m/09x0r"',  # 5
+        'bbbbbbbbbb1, 30.000, 38.000, "/m/04rlf"',  # 6: same id and start, other end and labels
+        'bbbbbbbbbb1, 30.000, 40.000, "/m/09x0r"',  # 7: the same row again
+        'bbbbbbbbbb1, 30.0004, 40.000, "/m/09x0r"',  # 8: the same segment id (start in ms)
+        'bbbbbbbbbb1, 20.000, 30.000, "/m/09x0r"',  # 9: another segment of the video
+        'bbbbbbbbbb3, 0.000, 10.000, "/m/nope"',  # 10: invalid, claims nothing
+        'bbbbbbbbbb3, 0.000, 10.000, "/m/09x0r"',  # 11: so this one is the segment
     ]
     csv = tmp_path / "seg.csv"
     csv.write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
     parsed = read_segment_file(csv, set(labels.mids))
     assert [(s.segment_id, s.line) for s in parsed.segments] == [
-        ("bbbbbbbbbb1_30000", 4), ("bbbbbbbbbb2_0", 5), ("bbbbbbbbbb1_20000", 9), ("bbbbbbbbbb3_0", 11)]
+        ("bbbbbbbbbb1_30000", 4),
+        ("bbbbbbbbbb2_0", 5),
+        ("bbbbbbbbbb1_20000", 9),
+        ("bbbbbbbbbb3_0", 11),
+    ]
     assert [(i.line, i.reason) for i in parsed.issues] == [
         (6, "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"),
         (7, "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"),
         (8, "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"),
-        (10, "unknown label ids ['/m/nope']")]
+        (10, "unknown label ids ['/m/nope']"),
+    ]
     assert parsed.issues[0].text == rows[2]
     # a shard of the file (as the unbalanced list is cut) reports a duplicate of a row in an
     # earlier shard, and only its own rows
     tail = read_segment_file(csv, set(labels.mids), rows=slice(2, 6))
     assert [(s.segment_id, s.line) for s in tail.segments] == [("bbbbbbbbbb1_20000", 9)]
-    assert [i.line for i in tail.issues] == [6, 7, 8]   # lines 6..9
+    assert [i.line for i in tail.issues] == [6, 7, 8]  # lines 6..9
     assert tail.issues[0].reason == "duplicate segment bbbbbbbbbb1_30000: line 4 has the same YouTube id and start"
+
 
 def test_ids_are_validated_before_paths():
     assert segment_id("--4gqARaEJE", 30.0) == "--4gqARaEJE_30000"
@@ -167,7 +178,8 @@ def test_extra_and_unreadable_files(tmp_path, shared_data):
     src = sorted((shared_data / "esc50" / "audio").glob("*.wav"))[:2]
     (root / "meta" / "esc50.csv").write_text(
         "filename,fold,target,category,esc10,src_file,take\n"
-        f"{src[0].name},4,0,dog,True,1,A\n{src[1].name},4,1,rooster,True,2,A\nbroken.wav,4,0,dog,True,3,A\n")
+        f"{src[0].name},4,0,dog,True,1,A\n{src[1].name},4,1,rooster,True,2,A\nbroken.wav,4,0,dog,True,3,A\n"
+    )
     (root / "audio" / src[0].name).write_bytes(src[0].read_bytes())
     (root / "audio" / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
     (root / "audio" / "stray.wav").write_bytes(src[1].read_bytes())

@@ -1,4 +1,5 @@
 """The demo dataset's seed, and the image-caption pairs of the demo's stand-in for CLIP."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,7 +28,7 @@ def test_a_root_of_another_seed_is_refused_not_regenerated(tmp_path):
     assert demo_dataset.generate_all(root, seed=1) == {"skipped": True, "seed": 1}
     with pytest.raises(demo_dataset.SeedMismatch, match="seed 1, not 2.*AUDIOCLIP_DATA_ROOT"):
         demo_dataset.generate_all(root, seed=2)
-    (root / ".complete").write_text("ok\n")   # written before seeds were recorded: seed 0
+    (root / ".complete").write_text("ok\n")  # written before seeds were recorded: seed 0
     assert demo_dataset.generated_seed(root) == 0
 
 
@@ -46,9 +47,13 @@ def test_image_caption_pairs_are_every_frame_with_its_clip_caption(tmp_path):
         path = tmp_path / f"f{i}.jpg"
         Image.fromarray(np.full((12, 16, 3), 40 * i, dtype=np.uint8)).save(path)
         frames.append(str(path))
-    df = pd.DataFrame([{"segment_id": "a", "status": "ok", "label_names": ["Siren"], "frame_paths": frames[:2]},
-                       {"segment_id": "b", "status": "ok", "label_names": ["Drum", "Buzz"], "frame_paths": frames[2:]},
-                       {"segment_id": "c", "status": "missing", "label_names": ["Drum"], "frame_paths": []}])
+    df = pd.DataFrame(
+        [
+            {"segment_id": "a", "status": "ok", "label_names": ["Siren"], "frame_paths": frames[:2]},
+            {"segment_id": "b", "status": "ok", "label_names": ["Drum", "Buzz"], "frame_paths": frames[2:]},
+            {"segment_id": "c", "status": "missing", "label_names": ["Drum"], "frame_paths": []},
+        ]
+    )
     ds = ImageCaptionDataset(df, train=False, image_size=32)
     assert len(ds) == 3 and [ds[i]["text"] for i in range(3)] == [["Siren"], ["Siren"], ["Drum", "Buzz"]]
     batch = collate([ds[0], ds[2]])
@@ -63,12 +68,14 @@ def test_image_caption_pairs_are_every_frame_with_its_clip_caption(tmp_path):
 
 
 def test_the_gates_judge_an_image_text_stage_by_its_image_text_figures():
-    history = [{"loss_image_text": 6.93, "loss_uniform": 6.931, "acc_image_text": 0.11, "acc_chance": 0.1,
-                "samples": 800}]
+    history = [
+        {"loss_image_text": 6.93, "loss_uniform": 6.931, "acc_image_text": 0.11, "acc_chance": 0.1, "samples": 800}
+    ]
     assert collapse(history)["collapsed"] and at_chance(history)["at_chance"]
     assert at_chance(history)["retrieval"] == "acc_image_text"
-    history = [{"loss_image_text": 2.4, "loss_uniform": 6.931, "acc_image_text": 0.93, "acc_chance": 0.1,
-                "samples": 800}]
+    history = [
+        {"loss_image_text": 2.4, "loss_uniform": 6.931, "acc_image_text": 0.93, "acc_chance": 0.1, "samples": 800}
+    ]
     assert not collapse(history)["collapsed"] and not at_chance(history)["at_chance"]
 
 
@@ -85,7 +92,7 @@ def test_the_towers_record_follows_a_moved_data_root(tmp_path):
     ckpt.write_bytes(b"weights")
     publish_towers(old, towers_record("standin", str(ckpt)))
     stored = json.loads((old.checkpoint_dir("clip_towers") / TOWERS_RECORD).read_text())
-    assert stored["path"] == "checkpoints/clip_towers/clip_towers.safetensors"   # relative to the root
+    assert stored["path"] == "checkpoints/clip_towers/clip_towers.safetensors"  # relative to the root
     shutil.move(str(old.root), str(tmp_path / "new"))
     new = DataLayout.at(tmp_path / "new")
     got = published_towers(new)

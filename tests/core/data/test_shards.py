@@ -1,6 +1,7 @@
 """Training shards hold exactly what the files hold: a dataset over shards gives the per-file
 dataset's items bit for bit, the stream covers every item once per epoch in a deterministic
 order whatever the number of workers, and resumes at any batch."""
+
 import hashlib
 import json
 import signal
@@ -43,20 +44,41 @@ def clips(tmp_path_factory):
     for i in range(13):
         sid = f"Clip{i:07d}_0"
         channels = 1 if i == 3 else 2
-        sf.write(folder / f"{sid}.wav", rng.uniform(-0.5, 0.5, (int(44100 * 1.5), channels)).astype(np.float32),
-                 44100, subtype="PCM_16")
+        sf.write(
+            folder / f"{sid}.wav",
+            rng.uniform(-0.5, 0.5, (int(44100 * 1.5), channels)).astype(np.float32),
+            44100,
+            subtype="PCM_16",
+        )
         frames = []
         for k in range(10):
             img = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
             img.save(folder / f"{sid}_f{k:02d}.jpg", quality=90)
             frames.append(f"audioset/clips/eval/{sid}_f{k:02d}.jpg")
-        rows.append({"segment_id": sid, "status": "ok", "audio_path": f"audioset/clips/eval/{sid}.wav",
-                     "sha256": hashlib.sha256((folder / f"{sid}.wav").read_bytes()).hexdigest(),
-                     "frame_paths": frames, "label_ids": ["/m/a"] if i % 2 else ["/m/a", "/m/b"],
-                     "label_names": ["A"] if i % 2 else ["A", "B"], "class_id": i % 3,
-                     "class_name": f"class {i % 3}", "path": f"{sid}.wav"})
-    rows.append({**rows[0], "segment_id": "Gone0000000_0", "status": "unavailable", "audio_path": None,
-                 "frame_paths": None, "sha256": None})
+        rows.append(
+            {
+                "segment_id": sid,
+                "status": "ok",
+                "audio_path": f"audioset/clips/eval/{sid}.wav",
+                "sha256": hashlib.sha256((folder / f"{sid}.wav").read_bytes()).hexdigest(),
+                "frame_paths": frames,
+                "label_ids": ["/m/a"] if i % 2 else ["/m/a", "/m/b"],
+                "label_names": ["A"] if i % 2 else ["A", "B"],
+                "class_id": i % 3,
+                "class_name": f"class {i % 3}",
+                "path": f"{sid}.wav",
+            }
+        )
+    rows.append(
+        {
+            **rows[0],
+            "segment_id": "Gone0000000_0",
+            "status": "unavailable",
+            "audio_path": None,
+            "frame_paths": None,
+            "sha256": None,
+        }
+    )
     manifest = pd.DataFrame(rows)
     absolute = manifest.copy()
     absolute["audio_path"] = [None if p is None else str(root / p) for p in manifest["audio_path"]]
@@ -116,7 +138,7 @@ def _elsewhere(df: pd.DataFrame, old: Path, new: Path) -> pd.DataFrame:
 def test_a_dataset_over_shards_gives_the_per_file_items(clips, shards, train, tmp_path):
     root, _, absolute = clips
     out, _ = shards
-    empty_root = tmp_path / "root"   # no audioset/ folder: a read that went to the files would fail
+    empty_root = tmp_path / "root"  # no audioset/ folder: a read that went to the files would fail
     moved = _elsewhere(absolute, root, empty_root)
     opts = AudioOptions(clip_seconds=1.0, channels=1, augment=True)
     files = AudioSetDataset(absolute, ["/m/a", "/m/b"], train=train, seed=5, audio=opts, image_size=32)
@@ -138,8 +160,9 @@ def test_a_dataset_over_shards_gives_the_per_file_items(clips, shards, train, tm
 def _stream(clips, shards, **kw):
     root, _, absolute = clips
     out, _ = shards
-    ds = AudioSetDataset(absolute, ["/m/a", "/m/b"], train=True, seed=2,
-                         audio=AudioOptions(clip_seconds=1.0), image_size=32)
+    ds = AudioSetDataset(
+        absolute, ["/m/a", "/m/b"], train=True, seed=2, audio=AudioOptions(clip_seconds=1.0), image_size=32
+    )
     ds.store = ShardStore(out, root)
     shard_of = [ds.store.shard_of(p) for p in ds.df["audio_path"]]
     return ds, ShardStream(ds, shard_of, batch_size=4, seed=2, mix=2, **kw)
@@ -234,7 +257,7 @@ def test_a_clip_changed_after_extraction_is_not_packed(clips, tmp_path):
     for sid in ("Clip0000002_0", "Clip0000009_0"):
         wav = root / "audioset/clips/eval" / f"{sid}.wav"
         data = bytearray(wav.read_bytes())
-        data[-1] ^= 0xFF   # one sample, same size
+        data[-1] ^= 0xFF  # one sample, same size
         wav.write_bytes(bytes(data))
         changed.append((wav, _sha(bytes(data))))
     out = root / "shards" / "eval" / "v1"
@@ -273,9 +296,14 @@ def test_a_member_damaged_after_packing_is_named_when_read(clips, shards, tmp_pa
     store = ShardStore(copy, root)
     with pytest.raises(DigestMismatch) as err:
         store.read(hit["path"])
-    assert str(err.value).startswith(f"{copy / hit['shard']}: member Clip0000005_0.f03.jpg ({hit['path']}, "
-                                     f"{hit['size']} bytes at offset {hit['offset']}) does not hash to the SHA-256")
-    assert store.read("audioset/clips/eval/Clip0000005_0.wav") == (root / "audioset/clips/eval/Clip0000005_0.wav").read_bytes()
+    assert str(err.value).startswith(
+        f"{copy / hit['shard']}: member Clip0000005_0.f03.jpg ({hit['path']}, "
+        f"{hit['size']} bytes at offset {hit['offset']}) does not hash to the SHA-256"
+    )
+    assert (
+        store.read("audioset/clips/eval/Clip0000005_0.wav")
+        == (root / "audioset/clips/eval/Clip0000005_0.wav").read_bytes()
+    )
     # a set packed before the index had member digests: each shard is checked whole, before its first read
     index.drop(columns=["sha256"]).to_parquet(copy / INDEX, index=False)
     legacy = ShardStore(copy, root)
@@ -304,8 +332,12 @@ def test_a_killed_packer_leaves_a_folder_the_next_packing_removes(clips, tmp_pat
     manifest.to_parquet(manifest_file)
     parent = root / "shards" / "killed"
     out = parent / "v1"
-    run = subprocess.run([sys.executable, "-c", KILLER, str(manifest_file), str(root), str(out)],
-                         cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", KILLER, str(manifest_file), str(root), str(out)],
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == -signal.SIGKILL, run.stderr
     left = [p for p in parent.iterdir() if p.name.endswith(".packing")]
     assert len(left) == 1 and left[0].name.startswith(".v1.") and any(left[0].iterdir())
@@ -339,5 +371,8 @@ def test_publish_shards_names_the_manifest_bytes_it_packed(clips, tmp_path):
     relative_paths(manifest.iloc[:5], root).to_parquet(version)
     with pytest.raises(CorruptVersion, match=sha):
         publish_shards(layout, "audioset_eval", pointer)
-    assert sorted(p.name for p in layout.shards("audioset_eval").iterdir()) == [f".{sha[:16]}.lock", "CURRENT",
-                                                                                sha[:16]]
+    assert sorted(p.name for p in layout.shards("audioset_eval").iterdir()) == [
+        f".{sha[:16]}.lock",
+        "CURRENT",
+        sha[:16],
+    ]

@@ -1,5 +1,6 @@
 """Chance levels (the tables' `chance` column) against brute force over every ranking, and
 the verdict that `make demo` prints, on tables made by hand."""
+
 import itertools
 from fractions import Fraction
 
@@ -51,10 +52,10 @@ def test_chance_retrieval_is_the_mean_over_all_rankings():
         scores = s.repeat(3, 1)
         p1.append(precision_at_1(scores, rel))
         r1.append(recall_at_1(scores, rel))
-    assert got["P@1"] == pytest.approx(sum(p1) / len(p1), abs=1e-12)   # (1/5 + 2/5 + 0) / 3
-    assert got["R@1"] == pytest.approx(sum(r1) / len(r1), abs=1e-12)   # 1/5
+    assert got["P@1"] == pytest.approx(sum(p1) / len(p1), abs=1e-12)  # (1/5 + 2/5 + 0) / 3
+    assert got["R@1"] == pytest.approx(sum(r1) / len(r1), abs=1e-12)  # 1/5
     assert got["mAP"] == pytest.approx((expected_average_precision(1, 5) + expected_average_precision(2, 5)) / 2)
-    targets = rel.T.float()   # the same as a multi-label classification: classes are the rankings
+    targets = rel.T.float()  # the same as a multi-label classification: classes are the rankings
     assert chance_classification_map(targets) == pytest.approx(got["mAP"])
 
 
@@ -67,19 +68,49 @@ def test_chance_accuracy_is_the_mean_over_all_score_orders():
 
 
 def _row(table, model, task, dataset, metric, value, chance):
-    return {"table": table, "model": model, "task": task, "dataset": dataset, "metric": metric, "fold": "mean",
-            "value": value, "chance": chance, "n": 10, "note": ""}
+    return {
+        "table": table,
+        "model": model,
+        "task": task,
+        "dataset": dataset,
+        "metric": metric,
+        "fold": "mean",
+        "value": value,
+        "chance": chance,
+        "n": 10,
+        "note": "",
+    }
 
 
 def _tables(zero_shot_partial=0.5, fine_tuned=0.6, r_at_1=0.1):
     t1 = pd.DataFrame([_row("table1", "ESResNeXt", "classification", "AudioSet", "mAP", 0.7, 0.2)])
-    t2 = pd.DataFrame([_row("table2", f"AudioCLIP ({m})", "fine-tuned", "ESC50", "accuracy", fine_tuned, 0.1)
-                       for m in ("partial", "full")])
-    t3 = pd.DataFrame([_row("table3", "AudioCLIP (partial)", "zero-shot", "ESC50", "accuracy", zero_shot_partial, 0.1),
-                       _row("table3", "AudioCLIP (full)", "zero-shot", "ESC50", "accuracy", 0.5, 0.1)])
-    t4 = pd.DataFrame([_row("table4", "AudioCLIP (full)", task, "AudioSet", metric,
-                            r_at_1 if metric == "R@1" else 0.5, 0.04 if metric == "R@1" else 0.2)
-                       for task in verdict.QUERY_DIRECTIONS for metric in ("P@1", "R@1", "mAP")])
+    t2 = pd.DataFrame(
+        [
+            _row("table2", f"AudioCLIP ({m})", "fine-tuned", "ESC50", "accuracy", fine_tuned, 0.1)
+            for m in ("partial", "full")
+        ]
+    )
+    t3 = pd.DataFrame(
+        [
+            _row("table3", "AudioCLIP (partial)", "zero-shot", "ESC50", "accuracy", zero_shot_partial, 0.1),
+            _row("table3", "AudioCLIP (full)", "zero-shot", "ESC50", "accuracy", 0.5, 0.1),
+        ]
+    )
+    t4 = pd.DataFrame(
+        [
+            _row(
+                "table4",
+                "AudioCLIP (full)",
+                task,
+                "AudioSet",
+                metric,
+                r_at_1 if metric == "R@1" else 0.5,
+                0.04 if metric == "R@1" else 0.2,
+            )
+            for task in verdict.QUERY_DIRECTIONS
+            for metric in ("P@1", "R@1", "mAP")
+        ]
+    )
     return {"table1_esresnext": t1, "table2_audioclip": t2, "table3_zero_shot": t3, "table4_querying": t4}
 
 

@@ -6,6 +6,7 @@ and returns the embedding written for it below: one class direction (the class i
 Texts embed as their class direction. With those, every row of Table 3, Table 4's ESC-50
 row and Table 1's fine-tuned rows follow from the definitions in evaluation/metrics.py.
 """
+
 import math
 
 import numpy as np
@@ -19,8 +20,14 @@ from audioclip_core.evaluation import tables
 
 CLASSES = ["dog", "rain", "siren"]
 # clip i: (fold, true class, predicted class, offset on the spare axis)
-CLIPS = {1: (1, "dog", "dog", 0.1), 2: (1, "rain", "rain", 0.2), 3: (1, "siren", "dog", 0.3),
-         4: (2, "dog", "dog", 0.4), 5: (2, "rain", "rain", 0.5), 6: (2, "siren", "siren", 0.6)}
+CLIPS = {
+    1: (1, "dog", "dog", 0.1),
+    2: (1, "rain", "rain", 0.2),
+    3: (1, "siren", "dog", 0.3),
+    4: (2, "dog", "dog", 0.4),
+    5: (2, "rain", "rain", 0.5),
+    6: (2, "siren", "siren", 0.6),
+}
 LEVEL = 0.01
 
 
@@ -57,8 +64,16 @@ def esc50(tmp_path_factory) -> pd.DataFrame:
     for i, (fold, true, _, _) in CLIPS.items():
         path = root / f"{fold}-{i}-A-{CLASSES.index(true)}.wav"
         sf.write(path, np.full(5 * 44100, LEVEL * i, dtype=np.float32), 44100, subtype="FLOAT")
-        rows.append({"path": path.name, "audio_path": str(path), "fold": fold, "class_id": CLASSES.index(true),
-                     "class_name": true, "status": "ok"})
+        rows.append(
+            {
+                "path": path.name,
+                "audio_path": str(path),
+                "fold": fold,
+                "class_id": CLASSES.index(true),
+                "class_name": true,
+                "status": "ok",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -118,7 +133,7 @@ def test_table1_fine_tuned_folds_by_hand(esc50):
     got = _values(result, dataset="ESC50")
     assert got[("accuracy", "1")] == (pytest.approx(2 / 3), 3)
     assert got[("accuracy", "2")] == (pytest.approx(1.0), 3)
-    assert got[("accuracy", "mean")] == (pytest.approx((2 / 3 + 1.0) / 2), 2)   # the mean over folds
+    assert got[("accuracy", "mean")] == (pytest.approx((2 / 3 + 1.0) / 2), 2)  # the mean over folds
     conf = {f.name: f.matrix for f in result.figures}
     assert conf["confusion_esresnext_esc50_fold1"].tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]
     audioset = result.rows[result.rows["dataset"] == "AudioSet"]

@@ -45,7 +45,7 @@ def test_short_and_multichannel_clips(tiny_model):
 def test_channels_are_summed_through_one_backbone(tiny_model):
     x = torch.randn(1, 3, 20000) * 3000
     with torch.no_grad():
-        summed = sum(tiny_model.audio.embed(tiny_model.audio.preprocess(x[:, i:i + 1])) for i in range(3))
+        summed = sum(tiny_model.audio.embed(tiny_model.audio.preprocess(x[:, i : i + 1])) for i in range(3))
         together = tiny_model.audio.embed(tiny_model.audio.preprocess(x))
     assert torch.allclose(summed, together, rtol=1e-4, atol=1e-4)
 
@@ -95,19 +95,24 @@ def test_freeze_cooperative(tiny_model):
     model = ac.build_model("audioclip-tiny")
     model.freeze(image=True, text=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters()
-                         if n.startswith("audio.") or n in ("logit_scale_ai", "logit_scale_at")}
+    assert trainable == {
+        n for n, _ in model.named_parameters() if n.startswith("audio.") or n in ("logit_scale_ai", "logit_scale_at")
+    }
 
 
 def test_other_open_clip_tower_sets_audio_projection(tmp_path):
     preset = tmp_path / "audioclip-rn50-tiny-towers.json"
-    preset.write_text(json.dumps({
-        "open_clip_model": "RN50",
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        "audio_cfg": ac.get_preset("audioclip-tiny")["audio_cfg"],
-    }))
+    preset.write_text(
+        json.dumps(
+            {
+                "open_clip_model": "RN50",
+                "embed_dim": 64,
+                "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+                "audio_cfg": ac.get_preset("audioclip-tiny")["audio_cfg"],
+            }
+        )
+    )
     model = ac.build_model(str(preset)).eval()
     assert model.audio.fc.out_features == 64
     with torch.no_grad():
@@ -126,7 +131,7 @@ def test_kernel_cache_follows_parameter_changes(tiny_model):
     with torch.no_grad():
         first = fbsp.cached_kernel(512)
         assert fbsp.cached_kernel(512) is first  # reused while the weights are unchanged
-        fbsp.m.add_(0.5)                          # an optimiser step or a load changes _version
+        fbsp.m.add_(0.5)  # an optimiser step or a load changes _version
         second = fbsp.cached_kernel(512)
     assert not torch.equal(first, second) and torch.allclose(second, fbsp.kernel(512))
 
@@ -155,8 +160,8 @@ def test_compiled_backbone_matches_the_plain_path_and_follows_weight_changes():
         ref = model.encode_audio(x)
         model.audio.enable_fast_inference(compile=True)  # weights frozen into the compiled code
         out = model.encode_audio(x)
-        short = model.encode_audio(x[:2])                # padded to the compiled batch of 3
-        model.audio.layer1[0].conv1.weight.mul_(1.5)     # an in-place change, as load_state_dict makes
+        short = model.encode_audio(x[:2])  # padded to the compiled batch of 3
+        model.audio.layer1[0].conv1.weight.mul_(1.5)  # an in-place change, as load_state_dict makes
         model.audio.fc.bias.add_(0.25)
         changed = model.encode_audio(x)
         model.audio.disable_fast_inference()
@@ -164,7 +169,7 @@ def test_compiled_backbone_matches_the_plain_path_and_follows_weight_changes():
     cos = torch.nn.functional.cosine_similarity
     assert cos(out, ref).min() > 0.99999
     assert short.shape == (2, ref.shape[1]) and cos(short, ref[:2]).min() > 0.99999
-    assert (changed - out).abs().max() > 0.1            # not the stale frozen weights
+    assert (changed - out).abs().max() > 0.1  # not the stale frozen weights
     assert cos(changed, plain_changed).min() > 0.99999
 
 

@@ -3,6 +3,7 @@
 AUDIOCLIP_PARITY_DIR may name other fixture sets recorded the same way (os.pathsep-separated);
 by default the set that travels with the repository, tests/fixtures/parity, is used.
 """
+
 import os
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Data-parallel pieces on 2 gloo processes: unequal shards (a sample dropped on one rank) and
 the corrected loss's class ids over the global batch give the single-process loss."""
+
 import json
 import os
 
@@ -37,8 +38,12 @@ def _worker(rank, init_file, out_dir):
         gathered = gather_features(x.requires_grad_(True))
         gathered.sum().backward()
         _, terms = audioclip_step(use_image=False, loss_variant="corrected")(_model(), _batch(idx))
-        result = {"gathered": gathered.detach().tolist(), "grad": x.grad.tolist(),
-                  "objects": gather_objects([f"r{rank}-{i}" for i in idx]), "loss": terms["loss"]}
+        result = {
+            "gathered": gathered.detach().tolist(),
+            "grad": x.grad.tolist(),
+            "objects": gather_objects([f"r{rank}-{i}" for i in idx]),
+            "loss": terms["loss"],
+        }
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:

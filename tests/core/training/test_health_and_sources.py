@@ -1,5 +1,6 @@
 """Training gates (collapse, non-finite weights) and the AudioSet lists: partitions from the
 files that exist, rows that are not UTF-8."""
+
 import math
 
 import pytest
@@ -29,7 +30,7 @@ def test_uniform_logits_are_a_collapse_and_learning_is_not():
     assert not collapse([learning])["collapsed"] and collapse([learning])["retrieval_above_chance"]
     # ... and at chance it is
     assert collapse([{**learning, "acc_audio_text": 0.18}])["collapsed"]
-    assert collapse([{"epoch": 0, "loss": 0.3}]) is None          # a classifier stage has no pair terms
+    assert collapse([{"epoch": 0, "loss": 0.3}]) is None  # a classifier stage has no pair terms
     assert collapse([]) is None
 
 
@@ -47,8 +48,15 @@ def test_the_recorded_uniform_value_is_the_pair_term_at_uniform_logits():
 
 def test_non_finite_weights_are_named(tmp_path):
     path = tmp_path / "w.safetensors"
-    save_file({"a": torch.ones(3), "b": torch.tensor([1.0, float("nan")]), "c": torch.tensor([float("inf")]),
-               "i": torch.tensor([1, 2])}, str(path))
+    save_file(
+        {
+            "a": torch.ones(3),
+            "b": torch.tensor([1.0, float("nan")]),
+            "c": torch.tensor([float("inf")]),
+            "i": torch.tensor([1, 2]),
+        },
+        str(path),
+    )
     assert non_finite_tensors(path) == ["b", "c"]
 
 
@@ -56,16 +64,18 @@ def test_partitions_are_the_lists_that_exist(tmp_path):
     assert available_partitions(tmp_path) == []
     (tmp_path / "eval_segments.csv").write_text(HEADER)
     assert available_partitions(tmp_path) == ["eval"]
-    rows = "".join(f"abcdefghij{i % 10}, 0.000, 10.000, \"/m/09x0r\"\n" for i in range(50_001))
+    rows = "".join(f'abcdefghij{i % 10}, 0.000, 10.000, "/m/09x0r"\n' for i in range(50_001))
     (tmp_path / "unbalanced_train_segments.csv").write_text(HEADER + rows)
     assert available_partitions(tmp_path) == ["eval", "unbalanced_00", "unbalanced_01"]
 
 
 def test_a_row_that_is_not_utf8_is_reported_and_the_rest_parsed(tmp_path):
     path = tmp_path / "eval_segments.csv"
-    path.write_bytes(HEADER.encode() + b'--PJHxphWEs, 30.000, 40.000, "/m/09x0r"\n'
-                     b'bad\xff\xferow0, 1.000, 2.000, "/m/09x0r"\n'
-                     b'-0RWZT-miFs, 420.000, 430.000, "/m/03v3yw"\n')
+    path.write_bytes(
+        HEADER.encode() + b'--PJHxphWEs, 30.000, 40.000, "/m/09x0r"\n'
+        b'bad\xff\xferow0, 1.000, 2.000, "/m/09x0r"\n'
+        b'-0RWZT-miFs, 420.000, 430.000, "/m/03v3yw"\n'
+    )
     parsed = read_segment_file(path)
     assert [s.ytid for s in parsed.segments] == ["--PJHxphWEs", "-0RWZT-miFs"]
     assert [(i.line, i.reason) for i in parsed.issues] == [(5, "not valid UTF-8")]

@@ -17,12 +17,19 @@ def test_bad_clip_mid_epoch_is_skipped_and_recorded(lineage, tmp_path):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     df.loc[3, "audio_path"] = str(broken)
-    cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=1, batch_size=8, lr=0.01,
-                      clip_seconds=2.0)
+    cfg = TrainConfig(
+        stage="esresnext_finetune", preset="audioclip-tiny", epochs=1, batch_size=8, lr=0.01, clip_seconds=2.0
+    )
     classes = sorted(df["class_name"].unique())
     model = builders.build_classifier(cfg, len(classes))
-    result = train(model, clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed), steps.classifier_step, cfg, tmp_path / "wd",
-                   log=lambda m: None)
+    result = train(
+        model,
+        clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
+        steps.classifier_step,
+        cfg,
+        tmp_path / "wd",
+        log=lambda m: None,
+    )
     assert len(result.skipped_items) == 1 and "broken.wav" in result.skipped_items[0]
     assert result.history[0]["samples"] == len(df) - 1
 
@@ -35,8 +42,9 @@ def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
     from audioclip_core.training.loop import TrainingError, train
 
     df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
-    cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=2, batch_size=8, lr=0.01,
-                      clip_seconds=2.0)
+    cfg = TrainConfig(
+        stage="esresnext_finetune", preset="audioclip-tiny", epochs=2, batch_size=8, lr=0.01, clip_seconds=2.0
+    )
     classes = sorted(df["class_name"].unique())
     model = builders.build_classifier(cfg, len(classes))
 
@@ -45,7 +53,14 @@ def test_nan_loss_stops_with_a_clear_error(lineage, tmp_path):
         return loss * float("nan"), terms
 
     with pytest.raises(TrainingError, match="became nan at epoch 0, step 0"):
-        train(model, clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed), nan_step, cfg, tmp_path / "wd", log=lambda m: None)
+        train(
+            model,
+            clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
+            nan_step,
+            cfg,
+            tmp_path / "wd",
+            log=lambda m: None,
+        )
 
 
 def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
@@ -60,14 +75,28 @@ def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
     from audioclip_core.training.loop import train
 
     df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
-    cfg = TrainConfig(stage="esresnext_finetune", preset="audioclip-tiny", epochs=3, batch_size=8, lr=0.01,
-                      clip_seconds=1.0, max_steps_per_epoch=1, keep_epochs=[2])
+    cfg = TrainConfig(
+        stage="esresnext_finetune",
+        preset="audioclip-tiny",
+        epochs=3,
+        batch_size=8,
+        lr=0.01,
+        clip_seconds=1.0,
+        max_steps_per_epoch=1,
+        keep_epochs=[2],
+    )
     classes = sorted(df["class_name"].unique())
     wd = tmp_path / "wd"
     (wd / "snapshots").mkdir(parents=True)
     (wd / "snapshots" / "after_009_epochs.safetensors").write_bytes(b"an earlier run's")
-    train(builders.build_classifier(cfg, len(classes)), clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
-          steps.classifier_step, cfg, wd, log=lambda m: None)
+    train(
+        builders.build_classifier(cfg, len(classes)),
+        clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
+        steps.classifier_step,
+        cfg,
+        wd,
+        log=lambda m: None,
+    )
     assert sorted(p.name for p in (wd / "snapshots").iterdir()) == ["after_002_epochs.safetensors"]
     kept = load_file(str(wd / "snapshots" / "after_002_epochs.safetensors"))
     epoch1 = load_file(str(wd / "epochs" / "epoch_001" / "model.safetensors"))  # 0-based: the 2nd epoch
@@ -89,7 +118,7 @@ def test_fbsp_hook_flag_is_restored_when_training_fails(monkeypatch, tmp_path):
     assert layers
     monkeypatch.setattr(D, "is_distributed", lambda: True)
     monkeypatch.setattr(D, "world_size", lambda: 1)
-    with pytest.raises((RuntimeError, ValueError)):   # DDP without a process group
+    with pytest.raises((RuntimeError, ValueError)):  # DDP without a process group
         train(model, [], steps.classifier_step, cfg, tmp_path / "wd", log=lambda m: None)
     assert all(layer.normalize_in_hook for layer in layers)
 
@@ -109,24 +138,40 @@ def test_a_parent_changed_since_its_record_is_refused_unless_allowed(lineage, ti
     parent = tmp_path / "audioclip_full" / "audioclip_full.safetensors"
     parent.parent.mkdir()
     ac.save_checkpoint(tiny_model, parent, metadata={"input_scale": "int16"})
-    write_lineage(lineage_record(name="audioclip_full", stage="audioclip_full", checkpoint=parent, config={},
-                                 manifests={}), parent)
+    write_lineage(
+        lineage_record(name="audioclip_full", stage="audioclip_full", checkpoint=parent, config={}, manifests={}),
+        parent,
+    )
     recorded = sha256_file(parent)
     data = bytearray(parent.read_bytes())
-    data[8 + int.from_bytes(data[:8], "little")] ^= 0x01   # one bit of the first tensor's data
+    data[8 + int.from_bytes(data[:8], "little")] ^= 0x01  # one bit of the first tensor's data
     parent.write_bytes(bytes(data))
     actual = sha256_file(parent)
 
     train_path = lineage["data"] / "esc50" / "folds" / "2" / "train.parquet"
     df = read_manifest(train_path, lineage["data"])
     entry = manifest_entry(train_path, len(df), store=lineage["data"] / "versions")
-    config = {"stage": "esresnext_finetune", "preset": "audioclip-tiny", "epochs": 1, "batch_size": 4,
-              "max_steps_per_epoch": 1, "clip_seconds": 1.0, "lr": 0.01}
-    spec = StageSpec(name="esresnext_esc50", stage="esresnext_finetune", config=config, workdir=str(tmp_path / "wd"),
-                     tables=[entry["version"]], manifests={"esc50_fold2_train": entry},
-                     classes=sorted(df["class_name"].unique()), init=str(parent),
-                     parent={"path": str(parent), "sha256": actual, "name": "audioclip_full"},
-                     data_root=str(lineage["data"]))
+    config = {
+        "stage": "esresnext_finetune",
+        "preset": "audioclip-tiny",
+        "epochs": 1,
+        "batch_size": 4,
+        "max_steps_per_epoch": 1,
+        "clip_seconds": 1.0,
+        "lr": 0.01,
+    }
+    spec = StageSpec(
+        name="esresnext_esc50",
+        stage="esresnext_finetune",
+        config=config,
+        workdir=str(tmp_path / "wd"),
+        tables=[entry["version"]],
+        manifests={"esc50_fold2_train": entry},
+        classes=sorted(df["class_name"].unique()),
+        init=str(parent),
+        parent={"path": str(parent), "sha256": actual, "name": "audioclip_full"},
+        data_root=str(lineage["data"]),
+    )
     with pytest.raises(ChangedParentError) as err:
         build_stage(spec)
     msg = str(err.value)
