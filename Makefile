@@ -54,7 +54,8 @@ bench: env
 
 ui: env
 	$(PY) -m pipelines.instance
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p $${DAGSTER_PORT:-3000} -w workspace.yaml
+	PYTHONWARNINGS='ignore:Function `dev_command` is superseded' \
+	    $(VENV)/bin/dagster dev -h 127.0.0.1 -p $${DAGSTER_PORT:-3000} -w workspace.yaml
 
 mlflow-ui: env
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --workers 1 --host 127.0.0.1 \

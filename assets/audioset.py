@@ -20,7 +20,7 @@ from audioclip_core.data.manifests import (
 )
 from audioclip_core.files import exclusive, write_parquet
 
-from .metadata import markdown_table, progress_logger
+from .metadata import markdown_table, partitioned_check, pct, progress_logger, status_preview
 from .resources import DataRoot, DatasetSources, YoutubeDownloader
 from .sources import audioset_partitions, dataset_sources
 
@@ -105,9 +105,10 @@ def audioset_segments(
     pool="youtube",
     kinds={"parquet"},
     check_specs=[
-        dg.AssetCheckSpec(
+        partitioned_check(
             "download_success_rate",
-            asset="audioset_downloads",
+            "audioset_downloads",
+            audioset_partitions,
             blocking=True,
             description=f"Share of segments downloaded: a warning below {SUCCESS_WARN:.0%}; "
             f"below {SUCCESS_ERROR:.0%} it fails and blocks the clips and "
@@ -152,12 +153,19 @@ def audioset_downloads(
         check_name="download_success_rate",
         passed=rate >= SUCCESS_WARN,
         severity=severity,
-        metadata={"success_rate": rate, "by_status": counts},
+        metadata={
+            "success_rate_pct": pct(rate),
+            "warn_below_pct": pct(SUCCESS_WARN),
+            "fail_below_pct": pct(SUCCESS_ERROR),
+            "ok": int(counts.get("ok", 0)),
+            "segments": len(table),
+            "by_status": counts,
+        },
     )
     return dg.MaterializeResult(
         metadata={
             "segments": len(table),
-            "success_rate": rate,
+            "success_rate_pct": pct(rate),
             "by_status": counts,
             "attempted_now": int((~table["skipped"].astype(bool)).sum()) if len(table) else 0,
             "deferred": len(deferred),
@@ -165,7 +173,7 @@ def audioset_downloads(
             "seconds_by_phase": {k: round(v, 2) for k, v in seconds.items()},
             "bytes": int(table["bytes"].fillna(0).sum()) if len(table) else 0,
             "path": dg.MetadataValue.path(str(status_path)),
-            "preview": dg.MetadataValue.md(markdown_table(table[["segment_id", "status", "message", "attempts"]])),
+            "preview": dg.MetadataValue.md(status_preview(table, ["segment_id", "status", "message", "attempts"])),
         },
         data_version=dg.DataVersion(digest[:16]),
         check_results=[check],
@@ -178,17 +186,19 @@ def audioset_downloads(
     deps=[audioset_downloads],
     kinds={"parquet"},
     check_specs=[
-        dg.AssetCheckSpec(
+        partitioned_check(
             "no_empty_or_silent_clips",
-            asset="audioset_clips",
+            "audioset_clips",
+            audioset_partitions,
             blocking=True,
             description="Every clip recorded ok has its WAV, and it is neither empty "
             "nor silent (bad media is quarantined, not kept); blocks the "
             "manifest when it fails",
         ),
-        dg.AssetCheckSpec(
+        partitioned_check(
             "ten_frames_per_clip",
-            asset="audioset_clips",
+            "audioset_clips",
+            audioset_partitions,
             blocking=True,
             description="Every clip recorded ok has its 10 JPEG frames; blocks the manifest when it fails",
         ),
@@ -248,9 +258,10 @@ def audioset_clips(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg
     deps=[audioset_segments, audioset_downloads, audioset_clips],
     kinds={"parquet", "duckdb"},
     check_specs=[
-        dg.AssetCheckSpec(
+        partitioned_check(
             "usable_share",
-            asset="audioset_manifest",
+            "audioset_manifest",
+            audioset_partitions,
             blocking=True,
             description="Share of the partition's segments whose clip is ok (config "
             "`min_usable_share`, default "
@@ -281,8 +292,8 @@ def audioset_manifest(
         passed=share >= config.min_usable_share,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
-            "usable_share": round(share, 4),
-            "min_usable_share": config.min_usable_share,
+            "usable_pct": pct(share),
+            "min_usable_pct": pct(config.min_usable_share),
             "usable": int(counts.get("ok", 0)),
             "segments": len(manifest),
             "by_status": counts,
@@ -294,14 +305,14 @@ def audioset_manifest(
             "segments": len(manifest),
             "ok": int(counts.get("ok", 0)),
             "by_status": counts,
-            "success_rate": share,
+            "usable_pct": pct(share),
             "sha256": digest,
             "path": dg.MetadataValue.path(str(out)),
             "version": dg.MetadataValue.path(str(version)),
             "catalog": dg.MetadataValue.path(str(layout.catalog)),
             "duckdb_view": f"audioset_{partition}",
             "preview": dg.MetadataValue.md(
-                markdown_table(manifest[["segment_id", "label_names", "status", "duration"]])
+                status_preview(manifest, ["segment_id", "label_names", "status", "duration"])
             ),
         },
         data_version=dg.DataVersion(digest[:16]),

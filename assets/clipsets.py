@@ -18,7 +18,7 @@ from audioclip_core.data.clipsets import SPECS, ClipSetSpec, count_warnings, fol
 from audioclip_core.data.manifests import relative_paths
 from audioclip_core.files import read_version_parquet
 
-from .metadata import each_partition, markdown_table
+from .metadata import each_partition, status_preview
 from .resources import DataRoot, DatasetSources
 from .shards import clipset_shards
 from .sources import dataset_sources
@@ -69,7 +69,7 @@ def _manifest(spec: ClipSetSpec, context, data_root: DataRoot, sources: DatasetS
             "path": dg.MetadataValue.path(str(out)),
             "duckdb_view": name,
             "version": dg.MetadataValue.path(str(version)),
-            "preview": dg.MetadataValue.md(markdown_table(df[["path", "fold", "class_name", "status", "duration"]])),
+            "preview": dg.MetadataValue.md(status_preview(df, ["path", "fold", "class_name", "status", "duration"])),
         },
         data_version=dg.DataVersion(digest[:16]),
         check_results=checks,

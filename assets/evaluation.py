@@ -156,7 +156,6 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
         for art in [out, layout.table(name, ".md"), *images]:
             mlflow.log_artifact(str(art))
         link = tracking.run_link(run)
-        plot_links = [tracking.artifact_link(run, img.name) for img in images]
     meta = {
         "table": dg.MetadataValue.md(md),
         "rows": len(df),
@@ -166,9 +165,62 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
         "mlflow_run": dg.MetadataValue.url(link),
         "protocol": dg.MetadataValue.json(result.protocol),
     }
-    for img, url in list(zip(images, plot_links))[:6]:  # served by the MLflow UI (make mlflow-ui)
-        meta[f"plot_{img.stem}"] = dg.MetadataValue.url(url)
+    meta.update(figure_metadata(name, df, images, layout.plots_dir))
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(digest[:16]))
+
+
+def _group(stem: str) -> str:
+    """`confusion_<model>_<dataset>_fold<k>` -> `<model>_<dataset>`: one grid per model and data set."""
+    return re.sub(r"_fold\d+$", "", stem.removeprefix("confusion_"))
+
+
+def _fold_number(path) -> int:
+    found = re.search(r"_fold(\d+)$", path.stem)
+    return int(found.group(1)) if found else 0
+
+
+def figure_metadata(name: str, df, images: list, folder) -> dict:
+    """The table's figures where a person looks, with nothing to serve them: each one a small PNG
+    embedded in the metadata (a data URI), so the asset page shows it. A summary bar chart of the
+    table's mean results (the one figure of Table 3); every confusion matrix - one per model, data
+    set and fold - on a grid per model and data set, with the count and the files' folder; the
+    other figures (PR curves, embedding maps) one by one. Full-size PNGs stay in `folder` (and in
+    the MLflow run)."""
+    from pathlib import Path
+
+    from audioclip_core.evaluation.plots import contact_sheet, embedded_png, plot_table_summary
+
+    folder = Path(folder)
+    meta: dict = {"plots_folder": dg.MetadataValue.path(str(folder))}
+    summary = plot_table_summary(df, folder / f"{name}_summary.png", f"{name}: mean results (bars) and chance (|)")
+    if summary is not None:
+        meta["summary_plot"] = dg.MetadataValue.md(embedded_png(summary, f"{name} summary", max_bytes=60_000))
+    confusions = [p for p in images if p.stem.startswith("confusion_")]
+    groups: dict[str, list] = {}
+    for p in confusions:
+        groups.setdefault(_group(p.stem), []).append(p)
+    if confusions:
+        lines = [
+            f"**{len(confusions)} confusion matrices** (one per model, data set and fold) in "
+            f"`{folder}`, as `confusion_<model>_<dataset>_fold<k>.png`; "
+            f"{len(groups)} grid(s) below, one per model and data set.",
+            "",
+        ]
+        for group, paths in groups.items():
+            sheet = contact_sheet(sorted(paths, key=_fold_number), folder / f"{name}_grid_{group}.png", columns=5)
+            lines += [
+                f"### {group}: {len(paths)} fold(s)",
+                "",
+                f"full size: `{sheet}`",
+                "",
+                embedded_png(sheet, f"confusion {group}", max_bytes=60_000),
+                "",
+            ]
+        meta["confusion_matrices"] = dg.MetadataValue.md("\n".join(lines))
+    for p in images:
+        if p not in confusions:
+            meta[f"plot_{p.stem}"] = dg.MetadataValue.md(embedded_png(p, p.stem, max_bytes=60_000))
+    return meta
 
 
 @dg.asset(

@@ -11,18 +11,19 @@ from audioclip_core.data.clipsets import SPECS, ClipSetSpec
 from audioclip_core.data.shards import publish_shards, verify_shards
 
 from .audioset import audioset_manifest
-from .metadata import progress_logger
+from .metadata import partitioned_check, progress_logger
 from .resources import DataRoot
 from .sources import audioset_partitions
 
 GROUP = "shards"
 
 
-def _check(name: str) -> list[dg.AssetCheckSpec]:
+def _check(name: str, partitions_def=None) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec(
+        partitioned_check(
             "shards_match_record",
-            asset=name,
+            name,
+            partitions_def,
             blocking=True,
             description="Every shard and the index are present and hash to the SHA-256 their "
             "record gives (a set packed now was hashed as written, from clips "
@@ -69,7 +70,7 @@ def _materialize(context, layout, name: str, manifest_path) -> dg.MaterializeRes
     group_name=GROUP,
     deps=[audioset_manifest],
     kinds={"tar", "parquet"},
-    check_specs=_check("audioset_shards"),
+    check_specs=_check("audioset_shards", audioset_partitions),
     description="The partition's usable clips (WAV, 10 JPEG frames, labels) packed into WebDataset-style tar "
     "shards with an index (member offsets, clip ids) and a record of digests; a new manifest "
     "version gets new shards, the same version is not packed twice.",

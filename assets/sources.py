@@ -3,9 +3,11 @@
 `dataset_sources` resolves the AudioSet folder and those of the clip sets of
 `audioclip_core.data.clipsets.SPECS` - ESC-50, UrbanSound8K - (generating the built-in demo
 dataset once, under a lock, when none is configured; fetching an official archive when a
-URL is given) and registers one AudioSet partition per segment list that
-exists - `eval`, `balanced_train`, `demo`, and `unbalanced_NN` per 50,000 rows of the
-unbalanced list - so nothing runs, or fails, for a list that is absent. The sensor
+URL is given; with the demo dataset, its class names are written to
+`<data root>/labels/demo_classes.txt` for `audioclip classify --labels-file`) and registers
+one AudioSet partition per segment list that exists - `eval`, `balanced_train`, `demo`, and
+`unbalanced_NN` per 50,000 rows of the unbalanced list - so nothing runs, or fails, for a list
+that is absent. The sensor
 `audioset_partitions_from_sources` (running by default) registers the partitions of a list
 added later, e.g. `unbalanced_train_segments.csv`.
 """
@@ -59,6 +61,12 @@ def dataset_sources(
     partitions = sources.audioset_partitions(layout)
     if new:
         context.log.info(f"AudioSet partitions registered: {', '.join(new)}")
+    labels = {}
+    if any(folder.is_relative_to(layout.demo_source) for folder in folders.values()):
+        from audioclip_core.data.demo_dataset import write_labels_file
+
+        # the demo's class names for `audioclip classify --labels-file` (the README's example)
+        labels["labels_file"] = dg.MetadataValue.path(str(write_labels_file(layout.labels_file("demo_classes"))))
     digests = {}
     for p in partitions:
         name = partition_file(p)
@@ -70,6 +78,7 @@ def dataset_sources(
             "demo": sources.audioset_is_demo(),
             "audioset_partitions": partitions,
             "segment_lists": digests,
+            **labels,
         },
         data_version=dg.DataVersion(hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]),
     )

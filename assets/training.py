@@ -2,14 +2,12 @@
 MLflow. Each asset is thin: its config resolved against a profile, a `StageSpec` assembled by
 `training.assemble` from the data root, run by the `launcher` resource (in-process or torchrun),
 tracked by the `tracking` resource, its blocking gates checked - and a stage that fails one set
-aside here (`_reject`, the one place that rule lives)."""
+aside (`gates.reject`, the one place that rule lives). The run config: `stage_config.StageConfig`."""
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
-from pydantic import Field
 
 from audioclip_core.data.clipsets import SPECS
 from audioclip_core.layout import DataLayout
@@ -22,98 +20,11 @@ from .gates import reject as _reject
 from .metadata import each_partition
 from .resources import DataRoot, DatasetSources, MlflowTracking, TrainingLauncher
 from .shards import CLIPSET_SHARDS, audioset_shards
+from .stage_config import StageConfig
+from .stage_config import profile as _profile
+from .stage_config import train_config as _train_config
 
 GROUP = "training"
-
-
-class StageConfig(dg.Config):
-    """Run config of a training stage. Unset values come from the profile: `paper` (the paper's
-    values) or `demo` (tiny, for the demo data); the default profile is `demo` on the built-in
-    demo data and `paper` otherwise (AUDIOCLIP_TRAIN_PROFILE overrides)."""
-
-    profile: str = ""
-    preset: Optional[str] = None
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    gamma: Optional[float] = None
-    clip_seconds: Optional[float] = Field(
-        default=None,
-        description="AudioSet stages; fine-tuning always uses the "
-        "clip set's protocol (ESC-50 5 s mono, US8K 4 s stereo)",
-    )
-    seed: Optional[int] = Field(default=None, description="default: $AUDIOCLIP_SEED (make demo SEED=n), else 0")
-    max_steps_per_epoch: Optional[int] = None
-    keep_epochs: Optional[list[int]] = Field(
-        default=None,
-        description="also keep the weights after these many "
-        "epochs (Table 1's shorter-trained row); default: the profile's (paper "
-        "stage 1: [5], demo: [8])",
-    )
-    input_scale: Optional[str] = Field(
-        default=None,
-        description="int16 | minmax | unit; default: the profile's "
-        "(int16), and for fine-tuning the clip set's published loader's (ESC-50 "
-        "int16, US8K minmax)",
-    )
-    device: str = "auto"
-    init_checkpoint: str = Field(
-        default="",
-        description="start from this checkpoint (e.g. a released "
-        "AudioCLIP-Full-Training.pt) instead of the upstream asset",
-    )
-    clip_weights: str = Field(default="", description="CLIP.pt or OpenAI RN50.pt for the image/text towers")
-    imagenet_weights: str = Field(default="", description="torchvision resnext50_32x4d state dict for stage 1")
-    audioset_partitions: list[str] = Field(
-        default_factory=list,
-        description="AudioSet partitions to train on; "
-        "empty: every training partition that has a segment list (all but eval; "
-        "the demo's balanced_train)",
-    )
-    allow_random_init: Optional[bool] = Field(
-        default=None,
-        description="let stage 1 start without ImageNet weights "
-        "and stage 2 without CLIP weights (random towers); the demo profile "
-        "sets it, the paper profile refuses",
-    )
-    allow_changed_parent: bool = Field(
-        default=False,
-        description="train from the upstream (or init_checkpoint) "
-        "checkpoint even when its sha256 differs from its own lineage record (the file "
-        "changed after its stage wrote it); by default the stage refuses, naming the "
-        "file and both digests",
-    )
-    nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
-    nnodes: int = Field(
-        default=1,
-        ge=1,
-        description="> 1: torchrun agents on that many nodes, meeting in a c10d "
-        "rendezvous (resource `launcher`; locally, as many agents on this machine)",
-    )
-    freeze_bn: Optional[bool] = None
-    cpu_bf16: bool = Field(default=False, description="bfloat16 autocast on CPU (faster; not bit-reproducible)")
-    dtype: str = Field(
-        default="float32",
-        description="float64: train in double precision (slow; for "
-        "exactness checks such as 1 process against torchrun)",
-    )
-
-
-def _profile(cfg: StageConfig, sources: DatasetSources, layout: DataLayout) -> str:
-    return (
-        cfg.profile
-        or os.environ.get("AUDIOCLIP_TRAIN_PROFILE")
-        or ("demo" if sources.uses_demo_audioset(layout) else "paper")
-    )
-
-
-def _train_config(
-    cfg: StageConfig, stage: str, sources: DatasetSources, layout: DataLayout, clipset: Optional[str] = None
-):
-    from audioclip_core.training.profiles import resolve
-
-    profile = _profile(cfg, sources, layout)
-    return resolve(profile, stage, cfg.model_dump(), clipset=clipset), profile
 
 
 def _execute(
@@ -158,9 +69,19 @@ def _execute(
             "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
             "curves": dg.MetadataValue.url(links["curves"]),
             "curves_file": dg.MetadataValue.path(str(links["curves_file"])),
+            "curves_plot": _curves_plot(links["curves_file"]),
         },
         data_version=dg.DataVersion(sha[:16]),
     )
+
+
+def _curves_plot(path) -> dg.MetadataValue:
+    """The training curves shown on the asset page (a small PNG embedded as a data URI: no
+    server behind it), not only linked."""
+    from audioclip_core.evaluation.plots import embedded_png
+
+    path = Path(path)
+    return dg.MetadataValue.md(embedded_png(path, "training curves") if path.is_file() else f"missing: {path}")
 
 
 def _audioset_stage(

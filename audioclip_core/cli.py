@@ -10,7 +10,8 @@ checkpoint written by a training stage is compared with its lineage record as it
 one whose bytes differ is still used, with a warning on stderr naming both digests.
 Exit status: 0 every input answered, 1 an error (nothing answered), 2 wrong arguments or no
 checkpoint, 3 some inputs failed (each has a row saying why; the others are answered),
-4 `lineage`: a checkpoint of the chain differs from its record (MISMATCH).
+4 `lineage`: a checkpoint of the chain differs from its record (MISMATCH), 5 `lineage --clip`:
+the id is in no manifest of the data root, 141 stdout closed early (`| head`): stopped quietly.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ EXIT_ERROR = 1  # nothing answered: a bad checkpoint, labels, output path, ...
 EXIT_USAGE = 2  # wrong arguments (argparse's own status), or no checkpoint given
 EXIT_PARTIAL = 3  # some inputs failed: their rows say why; every other input is answered
 EXIT_MISMATCH = 4  # `lineage`: a checkpoint's bytes differ from its lineage record (the chain is printed)
+EXIT_UNKNOWN = 5  # `lineage --clip`: the id is in no manifest of the data root (unknown, not merely unused)
+EXIT_PIPE = 141  # stdout was closed early (`| head`): stop quietly, as a process killed by SIGPIPE
 
 
 def _finite(obj):
@@ -115,12 +118,49 @@ def _warn_if_changed(path) -> None:
         print(f"audioclip: warning: {check}; answering with the file as it is", file=sys.stderr)
 
 
+def split_labels(text: str) -> list[str]:
+    """Class names from one --labels value: comma-separated, CSV-style quoting for names that
+    hold a comma (`'"Beep, bleep",Drum'` is two names; `""` inside quotes is one `"`)."""
+    import csv
+    import re
+
+    text = re.sub(r'"\s+(?=,|$)', '"', text.strip())  # spaces after a closing quote: `"a, b" , c`
+    rows = list(csv.reader([text], skipinitialspace=True, strict=True))
+    return [s.strip() for s in (rows[0] if rows else []) if s.strip()]
+
+
+def _warn_split_class_names(names: list[str]) -> None:
+    """Say so when two neighbouring names of an unquoted --labels are one AudioSet class name
+    split at its comma ("Beep, bleep"): the answer is still given, for the names as split."""
+    import csv
+
+    path = Path(__file__).parent / "resources" / "audioset" / "class_labels_indices.csv"
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            known = {row[2] for row in csv.reader(f) if len(row) > 2}
+    except OSError:
+        return
+    for a, b in zip(names, names[1:]):
+        if f"{a}, {b}" in known or f"{a},{b}" in known:
+            print(
+                f"audioclip: warning: --labels split the AudioSet class '{a}, {b}' at its comma into two "
+                f"classes; quote it to keep it whole: --labels '\"{a}, {b}\",...' (or --label '{a}, {b}')",
+                file=sys.stderr,
+            )
+
+
 def _labels(args) -> list[str]:
     from .errors import InputError, check_input_file
 
     labels: list[str] = []
-    if args.labels:
-        labels += [s.strip() for s in args.labels.split(",") if s.strip()]
+    for text in args.labels or []:
+        try:
+            names = split_labels(text)
+        except Exception as exc:  # csv.Error: an unclosed quote, ...
+            raise UserError(f'--labels {text!r}: {exc}; quote a name holding a comma as "Beep, bleep"') from exc
+        _warn_split_class_names(names)
+        labels += names
+    labels += [s.strip() for s in args.label or [] if s.strip()]
     if args.labels_file:
         check_input_file(args.labels_file, "labels file")
         try:
@@ -131,7 +171,10 @@ def _labels(args) -> list[str]:
             ) from exc
         labels += [s.strip() for s in text.splitlines() if s.strip()]
     if not labels:
-        raise UserError("give class names with --labels a,b,c or --labels-file FILE")
+        raise UserError("give class names with --labels a,b,c, --label NAME (repeatable) or --labels-file FILE")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise UserError(f"class names given twice: {', '.join(map(repr, twice))}")
     return labels
 
 
@@ -220,7 +263,7 @@ def cmd_classify(args) -> None:
 
 
 def cmd_query(args) -> None:
-    from .inference import embed_texts, rank, try_embed_files
+    from .inference import embed_texts, rank, score_reference, try_embed_files
 
     if not args.text and not args.query_file:
         raise UserError("query: give --text or --query-file")
@@ -257,10 +300,14 @@ def cmd_query(args) -> None:
         queries, names = q.embeddings[q.ok], [q.paths[i] for i in q.ok]
     ok = cand.ok
     if ok and len(names):
+        everything = queries @ cand.embeddings[ok].T  # each query against every candidate
         scores, idx = rank(queries, cand.embeddings[ok], args.top_k)
         for qi, name in enumerate(names):
+            best = None
             for r, (s, i) in enumerate(zip(scores[qi], idx[qi]), start=1):
                 j = ok[int(i)]
+                mean, std, z = score_reference(everything[qi], int(i))
+                best = z if best is None else best
                 rows.append(
                     {
                         "query": name,
@@ -268,10 +315,28 @@ def cmd_query(args) -> None:
                         "item": cand.paths[j],
                         "modality": cand.kinds[j],
                         "score": round(float(s), 6),
+                        "z": None if z is None else round(z, 2),
+                        "others_mean": None if mean is None else round(mean, 6),
+                        "others_std": None if std is None else round(std, 6),
                         **_status(None),
                     }
                 )
+            print(f"audioclip: query {name!r}: {_verdict(best, len(ok))}", file=sys.stderr)
     _write_rows(rows, args.out)
+
+
+STANDS_OUT = 3.0  # z of the best candidate from which `query` calls it a match, not noise
+
+
+def _verdict(z: Optional[float], n: int) -> str:
+    if z is None:
+        return f"{n} candidates: too few to tell a match from noise (z needs 4 or more)"
+    if z >= STANDS_OUT:
+        return f"the best candidate stands out from the other {n - 1} (z {z:.1f}): likely a match"
+    return (
+        f"no candidate stands out from the other {n - 1} (best z {z:.1f}, under {STANDS_OUT:g}): "
+        "the top scores are within the spread of the rest, no better than a random pairing"
+    )
 
 
 def cmd_convert(args) -> None:
@@ -303,21 +368,34 @@ def cmd_lineage(args) -> None:
         root = DataLayout.at(args.data_root).root
         start = time.perf_counter()
         skipped: list[str] = []
-        hits = checkpoints_for_clip(args.clip, root, skipped)
+        listed: list[str] = []
+        hits = checkpoints_for_clip(args.clip, root, skipped, listed)
         for reason in skipped:
             print(f"audioclip: skipped (damaged): {reason}", file=sys.stderr)
         if skipped:
             args.partial = True
+        if not listed:  # told apart from a clip that is known but unused
+            print(
+                f"audioclip: {args.clip!r} is in none of the {'readable ' if skipped else ''}manifests under "
+                f"{root}: not a clip id this data root knows (an AudioSet YouTube id or segment id, or an "
+                f"ESC-50/US8K file name; exit status {EXIT_PARTIAL if skipped else EXIT_UNKNOWN})",
+                file=sys.stderr,
+            )
+            if not skipped:  # with records skipped the search was partial: status 3, 0 checkpoints
+                args.unknown = True
+                return
         rows = [{"checkpoint": h.checkpoint, "name": h.name, "sha256": h.sha256, "via": h.via} for h in hits]
         if args.out:
             _write_rows(rows, args.out)
         else:
             print(
-                f"{len(hits)} checkpoints trained on {args.clip} (searched {root} in "
-                f"{time.perf_counter() - start:.2f} s):"
+                f"{len(hits)} checkpoints trained on {args.clip} (listed in {len(listed)} manifests; "
+                f"searched {root} in {time.perf_counter() - start:.2f} s){':' if hits else ''}"
             )
+            name_w = max((len(h.name) for h in hits), default=0)
+            path_w = max((len(h.checkpoint) for h in hits), default=0)
             for h in hits:
-                print(f"  {h.name:<22s} {h.checkpoint}  ({h.via})")
+                print(f"  {h.name:<{name_w}}  {h.checkpoint:<{path_w}}  ({h.via})")
         return
     if not args.checkpoint:
         raise UserError("lineage: give a CHECKPOINT, or --clip YTID")
@@ -388,7 +466,9 @@ def _output_file(text: str) -> str:
 EPILOG = f"""exit status: {EXIT_OK} every input answered; {EXIT_ERROR} an error, nothing answered (a bad
 checkpoint, labels or output path); {EXIT_USAGE} wrong arguments or no checkpoint; {EXIT_PARTIAL} some
 inputs failed - each has a row with status "error" and the reason, every other input is answered;
-{EXIT_MISMATCH} lineage: a checkpoint differs from its lineage record (MISMATCH).
+{EXIT_MISMATCH} lineage: a checkpoint differs from its lineage record (MISMATCH); {EXIT_UNKNOWN} lineage
+--clip: the id is in no manifest of the data root (a known clip no checkpoint trained on is 0);
+{EXIT_PIPE} stdout closed early (e.g. piped into head), said nothing more.
 AUDIOCLIP_DEBUG=1 shows tracebacks."""
 
 
@@ -461,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def sub_parser(name, help):
-        return sub.add_parser(name, help=help, epilog=EPILOG)
+        return sub.add_parser(name, help=help, description=help, epilog=EPILOG)
 
     sp = sub_parser("embed", "embed audio/image files and texts")
     model_args(sp)
@@ -472,12 +552,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub_parser("classify", "zero-shot classification of audio/image files")
     model_args(sp)
     sp.add_argument("files", nargs="+")
-    sp.add_argument("--labels", help="comma-separated class names")
-    sp.add_argument("--labels-file", help="file with one class name per line")
+    sp.add_argument(
+        "--labels",
+        action="append",
+        help="comma-separated class names; quote a name that holds a comma, CSV-style: "
+        "--labels '\"Beep, bleep\",Drum' is two classes (repeatable)",
+    )
+    sp.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME",
+        help="one class name, commas kept (repeatable): --label 'Beep, bleep' --label Drum",
+    )
+    sp.add_argument(
+        "--labels-file",
+        help="file with one class name per line, commas kept (the demo's ten classes: "
+        "<data root>/labels/demo_classes.txt)",
+    )
     sp.add_argument("--top-k", type=_positive_int, default=3)
     sp.set_defaults(func=cmd_classify)
 
-    sp = sub_parser("query", "rank files by a text or by a query file")
+    sp = sub_parser(
+        "query",
+        "rank files by a text or by a query file. Each row holds the cosine score and a reference: "
+        "others_mean / others_std, the query's scores on every other candidate (a random pairing "
+        "in this collection), and z = (score - others_mean) / others_std. z near 0: no more a match "
+        "than any other file; 3 or more: it stands out (stderr says which per query). A raw cosine "
+        "alone means little: its level depends on the checkpoint and the modality pair",
+    )
     model_args(sp)
     sp.add_argument("files", nargs="+", help="the collection to search")
     sp.add_argument("--text", action="append", help="query text (repeatable)")
@@ -524,9 +626,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import CheckpointError, InputError, LineageError, TextTooLongError
 
-    args.partial = args.mismatch = False
+    args.partial = args.mismatch = args.unknown = False
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        return _closed_pipe()
     except TextTooLongError as exc:
         return _fail(
             f"text {exc.text[:60]!r} is {exc.tokens} tokens long, more than the text tower's "
@@ -541,7 +646,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     if args.mismatch:
         return EXIT_MISMATCH
+    if args.unknown:
+        return EXIT_UNKNOWN
     return EXIT_PARTIAL if args.partial else EXIT_OK
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`audioclip lineage ... | head`): nothing more to say.
+    Stdout is pointed at /dev/null so that the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (captured stdout in tests)
+        pass
+    return EXIT_PIPE
 
 
 def _fail(message: str, exc: BaseException) -> int:

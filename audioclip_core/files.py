@@ -25,9 +25,10 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is read: the CLI's start-up does without it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ def read_version(path: Path) -> tuple[str, bytes]:
 def read_version_parquet(path: Path, columns: Optional[list[str]] = None) -> pd.DataFrame:
     """A parquet file (a manifest pointer or version) read through `read_version`."""
     import io
+
+    import pandas as pd
 
     return pd.read_parquet(io.BytesIO(read_version(path)[1]), columns=columns)
 

@@ -200,6 +200,22 @@ def rank(queries: torch.Tensor, candidates: torch.Tensor, top_k: int = 5) -> tup
     return top.values, top.indices
 
 
+@torch.no_grad()
+def score_reference(scores: torch.Tensor, index: int) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """(mean, std, z) of the cosine score `scores[index]` of one query against the query's
+    scores on every OTHER candidate - the score of a random pairing in this collection. z is
+    how many standard deviations the candidate stands above the rest: around 0 it is no more a
+    match than any other candidate; 3 or more, it stands out. None with under 3 other candidates
+    (no spread to measure). Leave-one-out, so a real match does not widen its own reference."""
+    s = scores.detach().double().flatten()
+    others = torch.cat([s[:index], s[index + 1 :]])
+    if others.numel() < 3:
+        return None, None, None
+    mean, std = float(others.mean()), float(others.std())
+    z = (float(s[index]) - mean) / std if std > 0 else None
+    return mean, std, z
+
+
 def modality_of(path: PathLike) -> str:
     ext = Path(path).suffix.lower()
     if ext in IMAGE_EXTENSIONS:

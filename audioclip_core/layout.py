@@ -9,6 +9,7 @@ when the package is installed elsewhere); the CLI and the pipeline's resources s
     <root>/
       demo_source/                    the built-in demo dataset (generated on first use)
       sources/<name>/                 archives fetched from AUDIOCLIP_ESC50_URL / _US8K_URL
+      labels/demo_classes.txt         the demo's class names, one per line (classify --labels-file)
       audioset/segments/<p>.parquet   (+ <p>.issues.parquet)
       audioset/downloads/<p>.parquet  audioset/downloads/<p>/   (media files)
       audioset/clips/<p>.parquet      audioset/clips/<p>/       (WAV + 10 JPEG frames)
@@ -66,6 +67,11 @@ class DataLayout:
 
     def fetched_source(self, name: str) -> Path:
         return self.root / "sources" / name
+
+    def labels_file(self, name: str) -> Path:
+        """A list of class names, one per line (`audioclip classify --labels-file`); the demo
+        dataset writes its ten classes to `labels_file("demo_classes")`."""
+        return self.root / "labels" / f"{name}.txt"
 
     # -- AudioSet --------------------------------------------------------------------------
     @property

@@ -159,32 +159,82 @@ def verify_checkpoint(path: Path, *, sha256: Optional[str] = None) -> Verificati
 def verify_chain(checkpoint: Path, records: list[dict]) -> list[Optional[Verification]]:
     """For each entry of `chain(checkpoint)`, its file (the one the chain was followed through)
     against the digest the entry shows - a parent without a record of its own against what its
-    child recorded of it; None where the file is gone."""
-    files = [Path(checkpoint)] + [Path(r["parent"]["path"]) for r in records[:-1]]
-    return [compare_checkpoint(f, r["checkpoint"]["sha256"]) if f.is_file() else None for f, r in zip(files, records)]
+    child recorded of it; None where the file is gone (or there is none: random towers)."""
+    out: list[Optional[Verification]] = []
+    for i, rec in enumerate(records):
+        file = rec.get("file") or (str(checkpoint) if i == 0 else None)
+        recorded = rec["checkpoint"].get("sha256")
+        if not file or not Path(file).is_file():
+            out.append(None)
+        elif recorded is None:
+            out.append(Verification(Path(file), UNRECORDED))
+        else:
+            out.append(compare_checkpoint(Path(file), recorded))
+    return out
+
+
+TOWERS_ROLE = "towers"  # the image and text towers a stage distilled into (`clip_towers`)
+
+
+def parents_of(rec: dict) -> list[tuple[str, dict]]:
+    """(role, {"name", "path", "sha256"}) of every checkpoint `rec` was made from: "parent" (the
+    weights it started from) and "towers" (the image and text towers stage 2 distilled the audio
+    head into: the `clip_towers` entry of its record, else the CLIP file `clip_weights` names)."""
+    out = []
+    if isinstance(rec.get("parent"), dict):
+        out.append(("parent", rec["parent"]))
+    towers = rec.get("clip_towers")
+    if isinstance(towers, dict):
+        out.append(
+            (
+                TOWERS_ROLE,
+                {
+                    "name": "clip_towers",
+                    "path": towers.get("path"),
+                    "sha256": towers.get("sha256"),
+                    "kind": towers.get("kind"),
+                },
+            )
+        )
+    elif isinstance(rec.get("clip_weights"), str) and rec["clip_weights"]:
+        out.append((TOWERS_ROLE, {"name": "clip_weights", "path": rec["clip_weights"], "sha256": None}))
+    return out
 
 
 def chain(checkpoint: Path) -> list[dict]:
-    """The record of `checkpoint`, then its parent's, and so on up to the first stage."""
-    out, seen = [], set()
-    current: Optional[Path] = Path(checkpoint)
-    while current is not None:
-        rec = read_record(current)
+    """The record of `checkpoint`, then, depth first, those of every checkpoint it was made
+    from (`parents_of`: its parent and the towers it distilled into), up to the first stage.
+    Each entry carries `depth` (0 for `checkpoint`), `role` (None, "parent" or "towers") and
+    `file` (the path it was followed through); a parent without a record of its own is an
+    entry with `external: True` holding what its child recorded of it."""
+    out: list[dict] = []
+    seen: set[str] = set()
+
+    def visit(path: Path, depth: int, role: Optional[str]) -> None:
+        rec = read_record(path)
         key = rec["checkpoint"]["sha256"]
-        if key in seen:
-            break
+        if key in seen:  # already shown (or a loop)
+            return
         seen.add(key)
-        out.append(rec)
-        parent = rec.get("parent")
-        current = Path(parent["path"]) if parent and record_path(Path(parent["path"])).is_file() else None
-        if parent and current is None:
+        out.append({**rec, "depth": depth, "role": role, "file": str(path)})
+        for parent_role, parent in parents_of(rec):
+            p = parent.get("path")
+            if p and record_path(Path(p)).is_file():
+                visit(Path(p), depth + 1, parent_role)
+                continue
             out.append(
                 {
                     "name": record_name(parent),
-                    "checkpoint": {"path": parent["path"], "sha256": parent["sha256"]},
+                    "checkpoint": {"path": p, "sha256": parent.get("sha256")},
                     "external": True,
+                    **({"kind": parent["kind"]} if parent.get("kind") else {}),
+                    "depth": depth + 1,
+                    "role": parent_role,
+                    "file": p,
                 }
             )
+
+    visit(Path(checkpoint), 0, None)
     return out
 
 
@@ -222,6 +272,17 @@ def clips_of(checkpoint: Path) -> list[dict]:
     return out
 
 
+def _kept_state(entry: dict) -> str:
+    """Whether the exact version a stage read is still kept, and intact (its bytes hash to the
+    digest the record names)."""
+    version = Path(entry["version"]) if entry.get("version") else None
+    if version is None or not version.is_file():
+        return ""
+    if sha256_file(version) != entry["sha256"]:
+        return "  (version kept, but CHANGED IN PLACE: its bytes no longer hash to its name)"
+    return "  (version kept, intact)"
+
+
 def _manifest_status(entry: dict) -> str:
     path = Path(entry["path"])
     if not path.is_file():
@@ -238,19 +299,25 @@ def _file_state(check: Optional[Verification]) -> str:
 
 
 def format_chain(records: list[dict], checks: Optional[list[Optional[Verification]]] = None) -> str:
-    """The chain as text; with `checks` (`verify_chain`), each file's state beside its digest."""
+    """The chain as text, a parent indented under its child; with `checks` (`verify_chain`),
+    each file's state beside its digest."""
     lines = []
-    for depth, rec in enumerate(records):
+    for i, rec in enumerate(records):
+        depth = rec.get("depth", i)
         pad = "  " * depth
         ck = rec["checkpoint"]
-        state = f"  {_file_state(checks[depth])}" if checks is not None else ""
-        if rec.get("external"):
-            lines.append(
-                f"{pad}<- {record_name(rec)}: {ck['path']}  sha256 {ck['sha256'][:16]}  (no lineage record)" + state
-            )
-            continue
+        role = " (towers distilled into)" if rec.get("role") == TOWERS_ROLE else ""
         arrow = "" if depth == 0 else "<- "
-        lines.append(f"{pad}{arrow}{record_name(rec)}: {ck['path']}")
+        if rec.get("external"):
+            if not ck.get("path"):
+                lines.append(f"{pad}{arrow}{record_name(rec)}{role}: random initialisation (no file)")
+                continue
+            state = f"  {_file_state(checks[i])}" if checks is not None else ""
+            digest = f"sha256 {ck['sha256'][:16]}" if ck.get("sha256") else "no sha256 recorded"
+            lines.append(f"{pad}{arrow}{record_name(rec)}{role}: {ck['path']}  {digest}  (no lineage record)" + state)
+            continue
+        state = f"  {_file_state(checks[i])}" if checks is not None else ""
+        lines.append(f"{pad}{arrow}{record_name(rec)}{role}: {ck['path']}")
         lines.append(f"{pad}   sha256 {ck['sha256']}{state}")
         dag = rec.get("dagster") or {}
         lines.append(
@@ -265,12 +332,19 @@ def format_chain(records: list[dict], checks: Optional[list[Optional[Verificatio
             f"preset {cfg.get('preset')}  seed {rec.get('seed')}  epochs {cfg.get('epochs')}"
         )
         for name, m in (rec.get("manifests") or {}).items():
-            kept = "  (version kept)" if m.get("version") and Path(m["version"]).is_file() else ""
+            kept = _kept_state(m)
             lines.append(
                 f"{pad}   data {name}: {m['rows']} clips  sha256 {m['sha256'][:16]}  {m['path']}  "
                 f"[{_manifest_status(m)}]{kept}"
             )
     return "\n".join(lines)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders the numbers inside a name by value: fold2 before fold10."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
 @dataclass
@@ -298,15 +372,39 @@ def find_records(root: Path, skipped: Optional[list[str]] = None) -> list[tuple[
     return out
 
 
-def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = None) -> list[ClipHit]:
+def root_manifests(root: Path) -> list[Path]:
+    """Every manifest the data root holds, named by a record or not: the kept versions, the
+    AudioSet manifests, the clip sets' manifests and folds (`layout.py`)."""
+    root = Path(root)
+    found = [
+        *root.glob("versions/*.parquet"),
+        *root.glob("audioset/manifests/*.parquet"),
+        *root.glob("*/manifest.parquet"),
+        *root.glob("*/folds/*/*.parquet"),
+    ]
+    return [p for p in found if p.is_file()]
+
+
+def checkpoints_for_clip(
+    clip: str, root: Path, skipped: Optional[list[str]] = None, listed: Optional[list[str]] = None
+) -> list[ClipHit]:
     """Every checkpoint under `root` whose training data held `clip` (an AudioSet ytid or
-    segment id, or an ESC-50/US8K file name) with status ok, directly or through its parents.
-    Damaged records or manifests are left out, their reasons appended to `skipped` (else raised)."""
+    segment id, or an ESC-50/US8K file name) with status ok, directly or through the checkpoints
+    it was made from (`parents_of`: its parent, the towers it distilled into). Damaged records or
+    manifests are left out, their reasons appended to `skipped` (else raised). `listed`, when
+    given, receives every manifest under `root` (`root_manifests`, and those the records name)
+    that lists `clip` in any status: empty, the id is unknown to this data root - told apart from
+    a clip that is known but no checkpoint trained on. Sorted naturally (fold2 before fold10)."""
     import duckdb
 
     records = find_records(root, skipped)
     files = {id(m): manifest_file(m) for _, r in records for m in (r.get("manifests") or {}).values()}
     manifests = sorted({str(f) for f in files.values() if f is not None})
+    if listed is not None:
+        named = {str(Path(m).resolve()) for m in manifests}
+        manifests += sorted(
+            {str(p) for p in root_manifests(root) if str(p.resolve()) not in named and str(p) not in manifests}
+        )
     hit_paths: set[str] = set()
     if manifests:
         con = duckdb.connect()
@@ -328,10 +426,13 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
                     conds.append("(path = $clip OR regexp_extract(path, '[^/]+$') = $clip)")
                 if not conds:
                     continue
-                status = " AND status = 'ok'" if "status" in cols else ""
-                q = f"SELECT count(*) FROM read_parquet($p) WHERE ({' OR '.join(conds)}){status}"
-                if con.execute(q, {"p": path, "clip": clip}).fetchall()[0][0]:
+                ok = "count(*) FILTER (WHERE status = 'ok')" if "status" in cols else "count(*)"
+                q = f"SELECT {ok}, count(*) FROM read_parquet($p) WHERE ({' OR '.join(conds)})"
+                n_ok, n_any = con.execute(q, {"p": path, "clip": clip}).fetchall()[0]
+                if n_ok:
                     hit_paths.add(path)
+                if n_any and listed is not None:
+                    listed.append(path)
         finally:
             con.close()
     by_sha = {r["checkpoint"]["sha256"]: (p, r) for p, r in records}
@@ -348,10 +449,14 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
     for sha, (_, r) in by_sha.items():
         if sha in direct:
             continue
-        parent = (r.get("parent") or {}).get("sha256")
-        trail = []
-        while parent and parent in by_sha:
-            trail.append(parent)
+        # breadth first through every checkpoint it was made from: the nearest one trained on it
+        queue = [p.get("sha256") for _, p in parents_of(r)]
+        seen: set[str] = set()
+        while queue:
+            parent = queue.pop(0)
+            if not parent or parent in seen or parent not in by_sha:
+                continue
+            seen.add(parent)
             if parent in direct:
                 hits.append(
                     ClipHit(
@@ -362,7 +467,5 @@ def checkpoints_for_clip(clip: str, root: Path, skipped: Optional[list[str]] = N
                     )
                 )
                 break
-            parent = (by_sha[parent][1].get("parent") or {}).get("sha256")
-            if parent in trail:
-                break
-    return sorted(hits, key=lambda h: h.checkpoint)
+            queue += [p.get("sha256") for _, p in parents_of(by_sha[parent][1])]
+    return sorted(hits, key=lambda h: natural_key(h.checkpoint))

@@ -57,6 +57,14 @@ mutation Cancel($id: String!) {
   cancelPartitionBackfill(backfillId: $id) { __typename ... on PythonError { message } }
 }"""
 SUCCESS, FAILURE = "SUCCESS", ("FAILURE", "CANCELED")
+# `dagster dev` warns at start-up that `dg dev` supersedes it; `dg` (dagster-dg-cli) is not
+# installed here, and the warning is none of the user's concern: ignored by its message only
+QUIET_DEV = "ignore:Function `dev_command` is superseded"
+
+
+def ui_url() -> str:
+    """The Dagster UI that outlives this command: `make ui`'s address (DAGSTER_PORT, else 3000)."""
+    return f"http://127.0.0.1:{os.environ.get('DAGSTER_PORT') or 3000}"
 
 
 def env() -> dict:
@@ -102,10 +110,12 @@ class LocalDagster:
         cmd += ["-h", "127.0.0.1", "-p", str(self.port), "-w", str(REPO / "workspace.yaml")]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
+        penv = env()
+        penv["PYTHONWARNINGS"] = ",".join(w for w in (penv.get("PYTHONWARNINGS"), QUIET_DEV) if w)
         self.proc = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env=env(),
+            env=penv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -222,6 +232,20 @@ def _run_label(run) -> str:
     return (", ".join(keys) or run.job_name) + (f" [{part}]" if part else "")
 
 
+def _materialized(instance, run_id: str, keys) -> set[tuple[str, Optional[str]]]:
+    """The asset partitions (asset, partition or None) of `keys` that the run materialised,
+    from its event log - written before the run finishes, unlike the backfill's own count,
+    which the daemon updates on its next evaluation."""
+    from dagster import DagsterEventType
+
+    out = set()
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        ev = entry.dagster_event
+        if ev is not None and ev.asset_key is not None and (keys is None or ev.asset_key in keys):
+            out.add((ev.asset_key.to_user_string(), ev.partition))
+    return out
+
+
 def _failure(instance, run_id: str) -> str:
     from dagster import DagsterEventType
 
@@ -253,6 +277,10 @@ class _Bar:
                 bar_format="{n}/{total} {bar} {elapsed} {postfix}",
             )
 
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
     def wrap(self, say: Callable[[str], None]) -> Callable[[str], None]:
         if self._bar is None:
             return say
@@ -280,34 +308,30 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
     seen: set[str] = set()
     failed = 0
     start = time.time()
-    target = None
+    target, keys = None, None
+    done: set[tuple[str, Optional[str]]] = set()  # asset partitions the finished runs materialised
     bar = _Bar()
     say = bar.wrap(say)
     while True:
         backfill = instance.get_backfill(backfill_id)
         if target is None and backfill.asset_backfill_data is not None:
-            target = backfill.asset_backfill_data.target_subset.num_partitions_and_non_partitioned_assets
+            subset = backfill.asset_backfill_data.target_subset
+            target, keys = subset.num_partitions_and_non_partitioned_assets, set(subset.asset_keys)
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
-        if backfill.asset_backfill_data is not None:
-            bar.show(
-                backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets,
-                target,
-                [_run_label(r) for r in runs if r.status.value == "STARTED"],
-            )
+        started = [r for r in runs if r.status.value == "STARTED"]
+        if bar.active:
+            now = done.union(*(_materialized(instance, r.run_id, keys) for r in started))
+            bar.show(len(now), target, [_run_label(r) for r in started])
         for run in sorted(runs, key=lambda r: r.run_id):
             if run.run_id in seen or not run.is_finished:
                 continue
             seen.add(run.run_id)
             ok = run.status.value == SUCCESS
             failed += not ok
-            done = (
-                backfill.asset_backfill_data.materialized_subset.num_partitions_and_non_partitioned_assets
-                if backfill.asset_backfill_data is not None
-                else 0
-            )
+            done |= _materialized(instance, run.run_id, keys)
             line = (
                 f"[{time.time() - start:6.0f} s] {'ok    ' if ok else 'FAILED'} {_run_label(run)}"
-                f"   ({done}/{target or '?'} asset partitions)"
+                f"   ({len(done)}/{target or '?'} asset partitions)"
             )
             say(line + ("" if ok else f"\n          {_failure(instance, run.run_id)}"))
         if backfill.status not in (
@@ -322,10 +346,21 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
     say(
         f"backfill {backfill_id}: {final.status.value}, {len(seen)} runs, {failed} failed"
         f"{' (a failed run that Dagster retried successfully does not fail the backfill)' if failed else ''}, "
-        f"{(time.time() - start) / 60:.1f} min"
+        f"{len(done)}/{target or '?'} asset partitions materialised, {(time.time() - start) / 60:.1f} min"
     )
     # Dagster's verdict: every asset partition materialised, failed runs retried successfully included
     return final.status == BulkActionStatus.COMPLETED_SUCCESS
+
+
+def backfill_links(backfill_id: str, live: str, running: bool) -> str:
+    """Where to follow the backfill: `make ui`'s address, which stays valid, and the address
+    of this command's own server when it differs (it stops with the command)."""
+    page, ui = f"/runs/b/{backfill_id}", ui_url()
+    if running:  # `make ui` serves this instance now
+        return f"  its page: {ui}{page} (make ui)"
+    if live == ui:
+        return f"  its page: {ui}{page} (after this command: make ui)"
+    return f"  its page: {live}{page} while this command runs; after it: make ui -> {ui}{page}"
 
 
 def run_lineage(
@@ -356,7 +391,10 @@ def run_lineage(
             raise SystemExit("--no-wait needs a running daemon for this instance (start `make ui` first)")
         port = int(os.environ["DAGSTER_PORT"]) if os.environ.get("DAGSTER_PORT") and not running else None
         with LocalDagster(log, port=port, daemon=not running) as dagster:
-            say(f"Dagster on {dagster.url} ({'the running daemon' if running else 'dagster dev'}; log: {log})")
+            if running:
+                say(f"Dagster: the running daemon (make ui); launched through a webserver on {dagster.url}")
+            else:
+                say(f"Dagster: `dagster dev` on {dagster.url} while this command runs (log: {log})")
             if running and os.environ.get("AUDIOCLIP_SEED", "0") != "0":
                 say(
                     "note: a running daemon (make ui) launches these runs with its own environment: the seed "
@@ -364,7 +402,8 @@ def run_lineage(
                 )
             cancel_unfinished(instance, dagster, say)
             backfill_id = launch(dagster, label, selection, tags)
-            say(f"backfill {backfill_id}: every asset, all partitions - {dagster.url}/runs/b/{backfill_id}")
+            say(f"backfill {backfill_id}: every asset, all partitions")
+            say(backfill_links(backfill_id, dagster.url, running))
             if not wait:
                 return True
             return follow(instance, backfill_id, say)

@@ -6,8 +6,10 @@ the demo dataset into the data root, once), the AudioSet partitions (downloaded 
 from the stand-in media server on 127.0.0.1 that the `youtube` resource starts for each
 download step), the ESC-50 / UrbanSound8K folds, the training stages and the four tables, in
 dependency order. This script waits, printing a line per finished run, then prints the tables
-and the verdict (audioclip_core/evaluation/verdict.py): whether they show the paper's claims,
-each figure against its chance level.
+(audioclip_core/evaluation/report.py `render_tables`: the legend and the protocol they share
+once, under each table what its rows can show and its own protocol statements) and the verdict
+(audioclip_core/evaluation/verdict.py): whether they show the paper's claims, each figure
+against its chance level.
 
     python -m pipelines.demo [--seed N]   # make demo SEED=N: the data and every stage seeded by N
 `make ui` then shows every run (re-executable) and asset, with its metadata and checks;
@@ -29,6 +31,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     from audioclip_core.data.demo_dataset import SEED_ENV, SeedMismatch, demo_seed, generated_seed
+    from audioclip_core.evaluation.report import render_tables
     from audioclip_core.evaluation.verdict import judge, render
     from audioclip_core.layout import DataLayout
 
@@ -72,10 +75,9 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 1
-    for name in TABLES:
-        print(f"\n## {name}\n")
-        print(layout.table(name, ".md").read_text(encoding="utf-8").split("\n", 2)[2])
-    print(render(judge({name: pd.read_parquet(layout.table(name)) for name in TABLES})) + "\n")
+    # the legend and the shared protocol once, each table with what its rows can show
+    print("\n" + render_tables({name: layout.table(name, ".md").read_text(encoding="utf-8") for name in TABLES}))
+    print("\n" + render(judge({name: pd.read_parquet(layout.table(name)) for name in TABLES})) + "\n")
     from assets.resources.tracking import TRAINING_VIEW, ui_host
 
     mlflow_ui = f"{ui_host()}/#/experiments?{TRAINING_VIEW}"

@@ -1,5 +1,6 @@
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -119,8 +120,12 @@ class MlflowTracking(dg.ConfigurableResource):
         for col in df.columns:  # mlflow's dataset schema wants flat columns
             if df[col].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "tolist")).any():
                 df[col] = df[col].map(lambda v: ", ".join(map(str, list(v))) if v is not None else None)
-        ds = mlflow.data.from_pandas(df, source=_local_source(path), name=f"{name}@{sha256[:12]}")
-        mlflow.log_input(ds, context=context, tags={"sha256": sha256})
+        with warnings.catch_warnings():
+            # MLflow's hint that integer columns cannot hold missing values concerns a model's input
+            # schema enforced at inference; a logged manifest is enforced nowhere (one hint per manifest)
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+            ds = mlflow.data.from_pandas(df, source=_local_source(path), name=f"{name}@{sha256[:12]}")
+            mlflow.log_input(ds, context=context, tags={"sha256": sha256})  # the schema is inferred here too
 
     @staticmethod
     def run_link(run, host: Optional[str] = None) -> str:

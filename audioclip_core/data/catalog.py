@@ -6,7 +6,8 @@ The live catalog is never opened for writing. Each update builds a complete new 
 temporary file beside it - every view and table the data root holds, found by the layout's
 names, plus those the caller names - and renames it into place (under `catalog_lock`, so
 writers take turns). So a process that holds the catalog open never blocks a pipeline step:
-it keeps reading the catalog it opened, whole, and a new connection sees the new one. Read it
+it keeps the catalog it opened (its views and tables; a view reads its manifest's current
+version when queried, a table is a copy), and a new connection sees the new one. Read it
 with ``duckdb.connect(path, read_only=True)``: a read-write connection works too, but what it
 writes is lost at the next update (it writes to a file no longer in place).
 """

@@ -58,6 +58,23 @@ CLASSES = (
 )
 
 
+def write_labels_file(path: Path) -> Path:
+    """The demo's class names (AudioSet display names, commas kept: "Beep, bleep"), one per
+    line, for `audioclip classify --labels-file`; written whole (atomically) and only when its
+    text differs."""
+    from ..files import atomic_write
+
+    path = Path(path)
+    text = "".join(f"{c.name}\n" for c in CLASSES)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)
+    return path
+
+
 def synthesize(cls: DemoClass, seconds: float, rng: np.random.Generator, sr: int = SR) -> np.ndarray:
     """A mono waveform in [-1, 1] with the character of the class, randomised per clip."""
     n = int(seconds * sr)

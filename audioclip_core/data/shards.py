@@ -276,8 +276,9 @@ def _pack(
         more = f"\n... and {len(mismatched) - 20} more" if len(mismatched) > 20 else ""
         raise DigestMismatch(
             f"{len(mismatched)} of {len(rows)} clips do not hash to the SHA-256 their manifest recorded at extraction "
-            f"(changed since?); no shards were published. Restore the files, or extract those clips again and "
-            f"materialise the manifest again:\n" + "\n".join(mismatched[:20]) + more
+            f"(changed since?); no shards were published. Restore the files, or delete them and materialise the "
+            f"clips and the manifest again (a clip whose WAV is gone is extracted again from its download; one "
+            f"on disk is kept as recorded, not read again):\n" + "\n".join(mismatched[:20]) + more
         )
     close()
     index_df = pd.DataFrame(index, columns=["path", "shard", "offset", "size", "key", "member", "sha256"])

@@ -124,3 +124,84 @@ def render_figures(figures, folder: Path) -> list[Path]:
         else:
             raise TypeError(f"not a table figure: {type(fig).__name__}")
     return out
+
+
+def plot_table_summary(rows, path: Path, title: str = "") -> Path | None:
+    """A table's mean results as horizontal bars (one per model, task, data set and metric), each
+    with its chance level as a tick: the figure of a table that has no other (Table 3), and a
+    glance at any. `rows`: the table's long-form frame (columns model, task, dataset, metric,
+    value, chance, fold); None when it holds no mean value."""
+    means = rows[rows["fold"] == "mean"] if "fold" in rows else rows
+    means = means[means["value"].notna()]
+    if not len(means):
+        return None
+    plt = _plt()
+    labels = [f"{r.model} | {r.dataset} {r.metric}" for r in means.itertuples()]
+    values = means["value"].astype(float).to_numpy()
+    scale = 100.0 if np.nanmax(np.abs(values)) <= 1.0 else 1.0
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2))
+    y = np.arange(len(labels))
+    ax.barh(y, values * scale, color="tab:blue")
+    right = np.nanmax(values * scale)
+    if "chance" in means:
+        chance = means["chance"].astype(float).to_numpy() * scale
+        ax.scatter(chance, y, marker="|", s=120, color="tab:red", label="chance", zorder=3)
+        right = max(right, np.nanmax(chance) if np.isfinite(chance).any() else right)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlim(0, right * 1.12 if right > 0 else 1)
+    for yi, v in zip(y, values * scale):
+        ax.text(v, yi, f" {v:.1f}", va="center", fontsize=6)
+    ax.set_yticks(y, labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("%" if scale == 100.0 else "value")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def contact_sheet(images: Sequence[Path], path: Path, columns: int = 6, cell: int = 320) -> Path | None:
+    """Every image of `images` scaled into a cell of a grid, in one PNG: all of a table's
+    confusion matrices on one page. None when there is none."""
+    from PIL import Image
+
+    images = list(images)
+    if not images:
+        return None
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * cell, rows * cell), "white")
+    for i, img_path in enumerate(images):
+        with Image.open(img_path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((cell, cell))
+            r, c = divmod(i, columns)
+            sheet.paste(img, (c * cell + (cell - img.width) // 2, r * cell + (cell - img.height) // 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+    return path
+
+
+def embedded_png(path: Path, alt: str = "", max_bytes: int = 100_000, width: int = 900) -> str:
+    """Markdown that shows the PNG at `path` inline, as a base64 data URI (Dagster's markdown
+    metadata renders it with no server behind it), downscaled until it is under `max_bytes`."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        data = b""
+        while True:
+            if img.width > width:
+                img = img.resize((width, max(1, round(img.height * width / img.width))), Image.LANCZOS)
+            buf = io.BytesIO()
+            img.quantize(colors=128).save(buf, format="PNG", optimize=True)
+            data = buf.getvalue()
+            if len(data) <= max_bytes or width <= 160:
+                break
+            width = int(img.width * 0.75)
+    return f"![{alt or path.stem}](data:image/png;base64,{base64.b64encode(data).decode()})"

@@ -29,6 +29,7 @@ class TrainConfig:
     augment: bool = True
     num_workers: int = 0
     max_steps_per_epoch: Optional[int] = None
+    max_grad_norm: Optional[float] = None  # clip the global gradient norm to this (None: never, as the paper)
     loss_variant: str = "reference"
     device: str = "auto"  # "auto": cuda when available
     amp: bool = True  # bf16 autocast on CUDA

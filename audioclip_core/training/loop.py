@@ -249,6 +249,9 @@ def train(
                 if distributed:
                     for layer in fbsp_layers:
                         layer.normalize_gradients()
+                if cfg.max_grad_norm:
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    terms["grad_norm"] = float(norm)  # before clipping: how often and how far it bites
                 optimizer.step()
                 bs = len(batch["index"]) * world
                 n_samples += bs

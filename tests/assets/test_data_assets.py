@@ -156,6 +156,15 @@ def test_audioset_lineage_statuses_frames_and_catalog(held_out, tmp_path):
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["no_empty_or_silent_clips"] and checks["ten_frames_per_clip"]
     assert checks["download_success_rate"] is False  # 5 of 7 segments: a warning, not a block
+    # each check recorded against the partition it checked, so the UI shows it per partition
+    assert {c.partition for c in result.get_asset_check_evaluations()} == {"eval"}
+    downloads = _meta(result, "audioset_downloads")
+    assert downloads["success_rate_pct"] == 54.5  # 6 ok of 11 segments, a rate read as a percentage
+    # the preview a person opens: the counts per status, then the failures, before any ok row
+    preview = downloads["preview"].splitlines()
+    assert preview[0].startswith("**11 rows** - ok: 6") and "unavailable: 1" in preview[0]
+    statuses = [line.split(" | ")[1] for line in preview[4:]]
+    assert statuses[:3] and "ok" not in statuses[:3] and statuses[-1] == "ok"
     # everything written lies under the data root
     assert not list(tmp_path.glob("*.part")) and {p.name for p in tmp_path.iterdir()} == {"data"}
 

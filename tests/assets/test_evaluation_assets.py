@@ -5,6 +5,28 @@ import pandas as pd
 import torch
 
 
+def _assert_figures_embedded(name: str, meta: dict) -> None:
+    """Every table's figures on its asset page with no server behind them: a summary chart (Table
+    3's one figure), every confusion matrix of Tables 1-2 on grids with their count, each image a
+    small PNG data URI - no link to a port."""
+    import re
+    from pathlib import Path
+
+    values = {k: v.value for k, v in meta.items()}
+    folder = Path(values["plots_folder"])
+    uris = {k: re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", str(v)) for k, v in values.items()}
+    assert uris["summary_plot"], f"{name}: no embedded summary plot"
+    assert all(len(u) * 3 / 4 <= 100_000 for us in uris.values() for u in us), f"{name}: an embedded PNG over 100 KB"
+    assert not any("127.0.0.1:5000" in str(v) for k, v in values.items() if k != "mlflow_run"), name
+    confusions = sorted(folder.glob("confusion_*.png"))
+    if name in ("table1_esresnext", "table2_audioclip"):
+        md = values["confusion_matrices"]
+        count = int(re.search(r"\*\*(\d+) confusion matrices\*\*", md).group(1))
+        assert count >= 1 and len(uris["confusion_matrices"]) >= 1
+        grids = sorted(folder.glob(f"{name}_grid_*.png"))
+        assert len(grids) == len(uris["confusion_matrices"]) and confusions
+
+
 def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_outputs, tmp_path, monkeypatch):
     import duckdb
 
@@ -12,6 +34,9 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
     from assets import evaluation
 
     res = dict(lineage["res"])
+    for stage, meta in stage_outputs.items():  # the training curves embedded, not only linked
+        if isinstance(meta, dict) and "curves_file" in meta:
+            assert meta["curves_plot"].startswith("![training curves](data:image/png;base64,"), stage
     extra = {"ESResNeXt (a copy)": str(stage_outputs["esresnext_audioset"]["checkpoint"])}
     for table in (evaluation.table1_esresnext, evaluation.table2_audioclip, evaluation.table3_zero_shot):
         name = table.key.to_user_string()
@@ -27,6 +52,7 @@ def test_evaluation_tables_from_trained_and_released_checkpoints(lineage, stage_
         assert "| model | task |" in md
         protocol = result.asset_materializations_for_node(name)[-1].metadata["protocol"].value
         assert protocol["clip_seconds"] == {"esc50": 5.0, "us8k": 4.0} and protocol["input_scale"]["us8k"] == "minmax"
+        _assert_figures_embedded(name, result.asset_materializations_for_node(name)[-1].metadata)
     # Table 1: a row for an extra ESResNeXt checkpoint (here the trained one again: the same
     # mAP), and one for the weights kept after 4 epochs (keep_epochs, set by the fixture) - it
     # trains 4, so they are the final weights: the same mAP again

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -130,7 +131,11 @@ def test_clips_of_a_checkpoint_survive_a_manifest_change(tmp_path, capsys):
     assert "OldClip0001_0" in out and "OldClip0002_0" in out
     assert "NewClip0001_0" not in out and "Gone0000001_0" not in out  # only what it trained on (status ok)
     assert sha256_file(entry["version"]) == entry["sha256"]
-    assert "[CHANGED since training]  (version kept)" in format_chain(chain(ck))
+    assert "[CHANGED since training]  (version kept, intact)" in format_chain(chain(ck))
+    kept = Path(entry["version"])  # rewritten in place by its owner: the chain says so
+    kept.chmod(0o644)
+    kept.write_bytes(kept.read_bytes() + b"x")
+    assert "(version kept, but CHANGED IN PLACE" in format_chain(chain(ck))
     # without the kept version and with the manifest changed, it says so instead of guessing
     (tmp_path / "versions" / f"{entry['sha256']}.parquet").unlink()
     assert main(["lineage", str(ck), "--clips"]) != 0

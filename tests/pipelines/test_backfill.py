@@ -41,3 +41,82 @@ def test_the_daemon_runs_the_audioset_lineage_as_named_runs(tmp_path, monkeypatc
     for partition in ("balanced_train", "eval", "demo"):
         assert (tmp_path / "data" / "audioset" / "manifests" / f"{partition}.parquet").is_file()
     assert sum("ok     audioset_clips, audioset_downloads" in line for line in lines) == 3
+
+
+class _Instance:
+    """A Dagster instance as `follow` reads it, step by step: `steps` of (runs, backfill
+    status); the backfill's own count (`materialized_subset`) stays behind at 0, as the
+    daemon's does until its next evaluation."""
+
+    def __init__(self, target, steps):
+        from types import SimpleNamespace as NS
+
+        self._ns, self.steps, self.i = NS, steps, -1
+        keys = {dg.AssetKey(k) for k, _ in target}
+        self.data = NS(
+            target_subset=NS(num_partitions_and_non_partitioned_assets=len(target), asset_keys=keys),
+            materialized_subset=NS(num_partitions_and_non_partitioned_assets=0),
+        )
+
+    def get_backfill(self, backfill_id):
+        self.i = min(self.i + 1, len(self.steps) - 1)
+        return self._ns(asset_backfill_data=self.data, status=self.steps[self.i][1])
+
+    def get_runs(self, filters):
+        return [
+            self._ns(
+                run_id=run_id,
+                status=self._ns(value=status),
+                is_finished=status in ("SUCCESS", "FAILURE"),
+                asset_selection=[dg.AssetKey(k) for k, _ in made],
+                tags={},
+                job_name="j",
+                made=made,
+            )
+            for run_id, status, made in self.steps[self.i][0]
+        ]
+
+    def all_logs(self, run_id, of_type=None):
+        run = next(r for r in self.get_runs(None) if r.run_id == run_id)
+        return [
+            self._ns(dagster_event=self._ns(asset_key=dg.AssetKey(k), partition=p))
+            for k, p in run.made
+            if run.is_finished or run.status.value == "STARTED"
+        ]
+
+
+def test_the_progress_count_follows_the_runs_and_ends_exact():
+    """The count is of the asset partitions the finished runs materialised (their event logs),
+    not the backfill's own count, which lags the runs; the last line says N/N."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from pipelines.backfill import follow
+
+    a = [("sources", None)]
+    b = [("folds", "1"), ("folds", "2")]
+    c = [("table", None)]
+    target = a + b + c
+    steps = [
+        ([("r1", "SUCCESS", a), ("r2", "STARTED", b)], BulkActionStatus.REQUESTED),
+        ([("r1", "SUCCESS", a), ("r2", "SUCCESS", b), ("r3", "STARTED", c)], BulkActionStatus.REQUESTED),
+        ([("r1", "SUCCESS", a), ("r2", "SUCCESS", b), ("r3", "SUCCESS", c)], BulkActionStatus.COMPLETED_SUCCESS),
+    ]
+    lines = []
+    assert follow(_Instance(target, steps), "b1", lines.append, poll=0)
+    counts = [line.rsplit("(", 1)[1] for line in lines if line.startswith("[")]
+    assert counts == ["1/4 asset partitions)", "3/4 asset partitions)", "4/4 asset partitions)"]
+    assert "4/4 asset partitions materialised" in lines[-1] and "3 runs, 0 failed" in lines[-1]
+
+
+def test_the_backfill_link_outlives_the_command(monkeypatch):
+    from pipelines.backfill import backfill_links
+
+    monkeypatch.delenv("DAGSTER_PORT", raising=False)
+    line = backfill_links("abc", "http://127.0.0.1:41125", running=False)
+    assert "make ui -> http://127.0.0.1:3000/runs/b/abc" in line
+    assert "http://127.0.0.1:41125/runs/b/abc while this command runs" in line
+    assert backfill_links("abc", "http://127.0.0.1:45000", running=True) == (
+        "  its page: http://127.0.0.1:3000/runs/b/abc (make ui)"
+    )
+    monkeypatch.setenv("DAGSTER_PORT", "3111")
+    assert "41125" not in backfill_links("abc", "http://127.0.0.1:3111", running=False)

@@ -1,5 +1,8 @@
-"""The Dagster UI on 127.0.0.1, opened in headless Chromium, shows the materialised lineage."""
+"""The Dagster UI on 127.0.0.1, opened in headless Chromium, shows the materialised lineage: the
+latest result of each partition's blocking checks, and figures embedded in an asset's metadata."""
 
+import base64
+import itertools
 import json
 import os
 import shutil
@@ -13,9 +16,12 @@ import dagster as dg
 import pytest
 from conftest import REPO
 
-from assets import clipsets
-from assets.resources import DataRoot, DatasetSources
-from audioclip_core.data.demo_dataset import generate_esc50
+from assets import audioset, clipsets
+from assets.evaluation import figure_metadata
+from assets.resources import DataRoot, DatasetSources, YoutubeDownloader
+from audioclip_core.acquisition.media_server import MediaServer
+from audioclip_core.data.demo_dataset import generate_audioset, generate_esc50
+from audioclip_core.evaluation.plots import plot_confusion
 from audioclip_core.net import free_port
 
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -38,6 +44,140 @@ def _graphql(port: int, query: str) -> dict:
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+class _Page:
+    """One tab of headless Chromium driven over the DevTools protocol: navigate, run a script,
+    wait for a condition of the page, screenshot."""
+
+    def __init__(self, chromium: str, profile: Path):
+        import websocket  # websocket-client, installed with dagster-k8s
+
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--window-size=1400,1000",
+                f"--remote-debugging-port={port}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as resp:
+                    target = next(t for t in json.loads(resp.read()) if t["type"] == "page")
+                break
+            except (OSError, StopIteration):
+                assert self.proc.poll() is None and time.time() < deadline, "Chromium did not start"
+                time.sleep(0.5)
+        self.ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.ids = itertools.count(1)
+        self.call("Page.enable")
+
+    def call(self, method: str, **params) -> dict:
+        i = next(self.ids)
+        self.ws.send(json.dumps({"id": i, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == i:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    def js(self, expr: str):
+        return self.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
+
+    def wait(self, expr: str, what: str, timeout: float = 60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = self.js(expr)
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(
+            f"not shown within {timeout:.0f} s: {what}; the page reads:\n{self.js('document.body.innerText')}"
+        )
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def shot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.ws.close()
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=20)
+
+
+def _text_shows(*parts: str) -> str:
+    return " && ".join(f"document.body.innerText.includes({json.dumps(p)})" for p in parts)
+
+
+_EMBEDDED_IMAGES = (
+    "[...document.querySelectorAll('img')].filter(i => i.src.startsWith('data:image/png;base64,') "
+    "&& i.complete && i.naturalWidth > 100).length"
+)
+
+
+def _show_markdown(key: str) -> str:
+    """A script that opens the markdown of metadata entry `key` (long markdown sits behind a link)."""
+    return (
+        "(() => { const row = [...document.querySelectorAll('tr')]"
+        f".find(r => r.innerText.includes({json.dumps(key)}));"
+        " if (!row) return false;"
+        " const link = [...row.querySelectorAll('*')].find(e => e.children.length === 0"
+        " && e.textContent.includes('Show Markdown'));"
+        " if (link) link.click(); return true; })()"
+    )
+
+
+def _figures_table(tmp_path: Path) -> dict:
+    """The metadata `table3_zero_shot` publishes (assets.evaluation.figure_metadata), for a small
+    made-up table: the asset itself needs trained checkpoints."""
+    import numpy as np
+    import pandas as pd
+
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    rows = pd.DataFrame(
+        [
+            {
+                "model": m,
+                "task": "zero-shot",
+                "dataset": d,
+                "metric": "accuracy",
+                "value": v,
+                "chance": c,
+                "fold": "mean",
+            }
+            for m, d, v, c in [
+                ("AudioCLIP (partial)", "esc50", 0.42, 0.02),
+                ("AudioCLIP (partial)", "us8k", 0.55, 0.1),
+                ("AudioCLIP (full)", "esc50", 0.61, 0.02),
+                ("AudioCLIP (full)", "us8k", 0.64, 0.1),
+            ]
+        ]
+    )
+    rng = np.random.default_rng(0)
+    images = [
+        plot_confusion(
+            rng.integers(0, 5, (4, 4)), list("abcd"), folder / f"confusion_full_us8k_fold{k}.png", f"fold {k}"
+        )
+        for k in (1, 2)
+    ]
+    return figure_metadata("table3_zero_shot", rows, images, folder)
 
 
 @pytest.mark.slow
@@ -63,6 +203,29 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
         }
         assert dg.materialize([clipsets.esc50_manifest], resources=res, instance=instance).success
         assert dg.materialize([clipsets.esc50_folds], resources=res, instance=instance, partition_key="1").success
+        # an AudioSet partition from the demo generator, its videos served from 127.0.0.1: one
+        # segment of a removed video, so the downloads preview has a failure to show first
+        audioset_dir = tmp_path / "audioset"
+        generate_audioset(audioset_dir, train_per_class=0, eval_per_class=1, missing_per_split=1)
+        instance.add_dynamic_partitions(audioset.audioset_partitions.name, ["eval"])
+        with MediaServer(audioset_dir / "videos") as media:
+            aset = {
+                "data_root": res["data_root"],
+                "sources": DatasetSources(audioset_dir=str(audioset_dir)),
+                "youtube": YoutubeDownloader(
+                    url_template=media.url("{ytid}.mp4"), backoff_seconds=0.01, max_attempts=1
+                ),
+            }
+            lineage = [
+                audioset.audioset_segments,
+                audioset.audioset_downloads,
+                audioset.audioset_clips,
+                audioset.audioset_manifest,
+            ]
+            assert dg.materialize(lineage, resources=aset, instance=instance, partition_key="eval").success
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("table3_zero_shot", metadata=_figures_table(tmp_path))
+        )
     port = free_port()
     server = subprocess.Popen(
         [
@@ -130,6 +293,30 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
             timeout=120,
         )
         assert shot.is_file() and shot.stat().st_size > 20_000
+        page = _Page(chromium, tmp_path / "chromium-cdp")
+        try:
+            # each blocking check of a partitioned asset: its latest result, with its partition
+            for asset, checks in [
+                ("audioset_downloads", ["download_success_rate"]),
+                ("audioset_clips", ["no_empty_or_silent_clips", "ten_frames_per_clip"]),
+                ("audioset_manifest", ["usable_share"]),
+            ]:
+                page.open(f"http://127.0.0.1:{port}/assets/{asset}?view=checks")
+                page.wait(_text_shows(*checks, "Latest execution", "Passed", "Partition", "eval"), f"{asset} checks")
+                assert "Not evaluated" not in page.js("document.body.innerText")
+                if asset == "audioset_downloads":
+                    page.wait(_text_shows("success_rate_pct", "90.9"), "the success rate as a percentage")
+                    page.shot(ARTIFACTS / "dagster_ui_partition_checks.png")
+            # the downloads preview: the counts per status, the failed segment first
+            page.open(f"http://127.0.0.1:{port}/assets/audioset_downloads")
+            page.wait(_text_shows("ok: 10, unavailable: 1", "HTTP Error 404"), "the downloads preview")
+            # a figure embedded in the metadata, shown without any server behind it
+            page.open(f"http://127.0.0.1:{port}/assets/table3_zero_shot")
+            page.wait(_show_markdown("summary_plot"), "the summary_plot entry")
+            assert page.wait(_EMBEDDED_IMAGES, "the embedded summary plot") >= 1
+            page.shot(ARTIFACTS / "dagster_ui_embedded_figure.png")
+        finally:
+            page.close()
     finally:
         os.killpg(server.pid, 15)
         try:
