@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 # the Dagster processes import this checkout (the run launcher of dagster.yaml is pipelines.run_health)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: env demo test test-fast lint format bench ui mlflow-ui clean-env help
+.PHONY: env demo test test-fast lint format bench ui mlflow-ui serve clean-env help
 
 help:
 	@echo "make demo       run the main job on the built-in demo data (SEED=n: seed data and training)"
@@ -22,6 +22,7 @@ help:
 	@echo "make format     ruff: format the code and fix what lint can"
 	@echo "make ui         Dagster UI on 127.0.0.1:3000"
 	@echo "make mlflow-ui  MLflow UI on 127.0.0.1:5000"
+	@echo "make serve      MLflow scoring server for models:/audioclip@champion on 127.0.0.1:5001 (MODEL=, SERVE_PORT=)"
 	@echo "make bench      benchmarks (ORIGINAL=DIR: side by side with a checkout of the original code)"
 
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
@@ -60,6 +61,15 @@ ui: env
 mlflow-ui: env
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --workers 1 --host 127.0.0.1 \
 	    --port $${MLFLOW_PORT:-5000} --backend-store-uri sqlite:///$${AUDIOCLIP_DATA_ROOT:-$(CURDIR)/data}/mlflow/mlflow.db
+
+# The model in use, served by MLflow's scoring server in this environment (no new one is built).
+# Requests carry audio and images as base64 bytes: file paths are refused (AUDIOCLIP_SERVE_PATHS=0),
+# so a request cannot read the server's files. MODEL=models:/esresnext@champion (or any models:/ URI).
+serve: env
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$${AUDIOCLIP_DATA_ROOT:-$(CURDIR)/data}/mlflow/mlflow.db} \
+	AUDIOCLIP_SERVE_PATHS=$${AUDIOCLIP_SERVE_PATHS:-0} PATH=$(abspath $(VENV))/bin:$$PATH \
+	    $(VENV)/bin/mlflow models serve -m "$${MODEL:-models:/audioclip@champion}" --env-manager local \
+	    -h $${SERVE_HOST:-127.0.0.1} -p $${SERVE_PORT:-5001}
 
 clean-env:
 	rm -rf $(VENV)

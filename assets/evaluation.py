@@ -3,12 +3,14 @@ checkpoints or from released weights, published as parquet, DuckDB, markdown and
 
 import os
 import re
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
 from audioclip_core.layout import DataLayout
+from audioclip_core.versions import evaluation_code_version
 
 from .audioset import audioset_manifest
 from .clipsets import MANIFESTS
@@ -127,7 +129,46 @@ def _clipsets(layout: DataLayout) -> dict:
     return {name: _tables().clipset_table(layout, name) for name in _tables().CLIPSETS}
 
 
-def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> dg.MaterializeResult:
+def _audioclip_labels(config: EvalConfig, layout: DataLayout) -> dict:
+    """Row model name -> checkpoint of the AudioCLIP models a table evaluates."""
+    return {f"AudioCLIP ({k})": v for k, v in config.audioclip_models(layout).items()}
+
+
+def _run_tags(context, name: str) -> dict:
+    from audioclip_core.lineage import code_version
+
+    code = code_version()
+    return {
+        "dagster.run_id": context.run.run_id,
+        "dagster.asset_key": name,
+        "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+        "kind": "evaluation",
+        "unit": "percent",
+        "git_commit": code["git_commit"],
+        "git_dirty": str(code["git_dirty"]),
+    }
+
+
+def _params(protocol: dict, models: Optional[dict]) -> dict:
+    """The run's parameters: the protocol's scalar settings and the checkpoint of each model."""
+    from .resources.tracking import mlflow_name
+
+    out = {k: v for k, v in (protocol or {}).items() if isinstance(v, (str, int, float, bool)) and v != ""}
+    out.update({f"checkpoint {label}": str(path) for label, path in (models or {}).items() if path})
+    return {mlflow_name(k)[:250]: str(v)[:6000] for k, v in out.items()}
+
+
+def _publish(
+    context,
+    result,
+    layout: DataLayout,
+    tracking: MlflowTracking,
+    models: Optional[dict] = None,
+    audioset_partition: str = "eval",
+) -> dg.MaterializeResult:
+    """Write a table (parquet, DuckDB, markdown, figures) and track it in MLflow: its figures as
+    metrics against the logged models of `models` (row model name -> checkpoint file) and the
+    evaluation manifests they were measured on."""
     from audioclip_core.data.catalog import publish_table
     from audioclip_core.evaluation.plots import render_figures
     from audioclip_core.evaluation.report import render_markdown
@@ -141,17 +182,18 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
     with atomic_write(layout.table(name, ".md")) as tmp:
         tmp.write_text(f"# {name}\n\n{md}\n", encoding="utf-8")
     images = render_figures(result.figures, layout.plots_dir)
-    with tracking.start_run(
-        layout, name, {"dagster.run_id": context.run_id, "dagster.asset_key": name, "kind": "evaluation"}
-    ) as run:
+    with tracking.start_run(layout, name, _run_tags(context, name)) as run:
         import mlflow
 
-        for r in df[df["fold"] == "mean"].itertuples():
-            if r.value is not None and r.value == r.value:
-                key = re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{r.model}.{r.task}.{r.dataset}.{r.metric}").strip("_")
-                mlflow.log_metric(key.replace("@", "_at_")[:250], r.value)
-                if r.chance is not None and r.chance == r.chance:
-                    mlflow.log_metric(key.replace("@", "_at_")[:243] + ".chance", r.chance)
+        from audioclip_core.evaluation.promotion import evaluation_data
+
+        data = evaluation_data(layout, audioset_partition)
+        datasets = {}
+        for ds_name, d in data.items():
+            datasets[ds_name] = tracking.log_manifest(Path(d["version"]), ds_name, d["sha256"], context="evaluation")
+        model_ids = {label: tracking.model_id_for(layout, path) for label, path in (models or {}).items()}
+        mlflow.log_params(_params(result.protocol, models))
+        logged = tracking.log_figures(df, model_ids={k: v for k, v in model_ids.items() if v}, datasets=datasets)
         mlflow.log_dict(result.protocol, "protocol.json")
         for art in [out, layout.table(name, ".md"), *images]:
             mlflow.log_artifact(str(art))
@@ -163,6 +205,8 @@ def _publish(context, result, layout: DataLayout, tracking: MlflowTracking) -> d
         "duckdb_table": name,
         "sha256": digest,
         "mlflow_run": dg.MetadataValue.url(link),
+        "mlflow_figures": logged,
+        "evaluation_data": dg.MetadataValue.json({k: v["sha256"] for k, v in data.items()}),
         "protocol": dg.MetadataValue.json(result.protocol),
     }
     meta.update(figure_metadata(name, df, images, layout.plots_dir))
@@ -226,6 +270,7 @@ def figure_metadata(name: str, df, images: list, folder) -> dict:
 @dg.asset(
     group_name=GROUP,
     deps=[esresnext_audioset, esresnext_esc50, esresnext_us8k, audioset_manifest],
+    code_version=evaluation_code_version("table1_esresnext"),
     kinds=KINDS,
     description="Table 1: ESResNeXt alone - AudioSet mAP of the trained stage and of every checkpoint given "
     "(esresnext_checkpoints: a shorter-trained one, the released ESRNXFBSP.pt); fine-tuned ESC-50 "
@@ -246,7 +291,7 @@ def table1_esresnext(
         [t.finetuned_from_layout(layout, f"esresnext_{n}", n) for n in t.CLIPSETS],
         config.settings(),
     )
-    return _publish(context, result, layout, tracking)
+    return _publish(context, result, layout, tracking, config.esresnext_models(layout), config.audioset_partition)
 
 
 @dg.asset(
@@ -260,6 +305,7 @@ def table1_esresnext(
         audioclip_partial_us8k,
         audioset_manifest,
     ],
+    code_version=evaluation_code_version("table2_audioclip"),
     kinds=KINDS,
     description="Table 2: AudioCLIP after partial and full training - AudioSet mAP (audio, image, "
     "both); ESC-50 / US8K accuracy after cooperative fine-tuning from each.",
@@ -283,12 +329,13 @@ def table2_audioclip(
         ],
         config.settings(),
     )
-    return _publish(context, result, layout, tracking)
+    return _publish(context, result, layout, tracking, _audioclip_labels(config, layout), config.audioset_partition)
 
 
 @dg.asset(
     group_name=GROUP,
     deps=[audioclip_partial, audioclip_full, *MANIFESTS.values()],
+    code_version=evaluation_code_version("table3_zero_shot"),
     kinds=KINDS,
     description="Table 3: zero-shot ESC-50 and US8K accuracy without training on them (all clips, and per fold).",
 )
@@ -297,12 +344,13 @@ def table3_zero_shot(
 ) -> dg.MaterializeResult:
     layout, t = _layout(data_root), _tables()
     result = t.table3_zero_shot(config.audioclip_models(layout), _clipsets(layout), config.settings())
-    return _publish(context, result, layout, tracking)
+    return _publish(context, result, layout, tracking, _audioclip_labels(config, layout), config.audioset_partition)
 
 
 @dg.asset(
     group_name=GROUP,
     deps=[audioclip_partial, audioclip_full, audioset_manifest, *MANIFESTS.values()],
+    code_version=evaluation_code_version("table4_querying"),
     kinds=KINDS,
     description="Table 4: querying - P@1, R@1, mAP for image by text (ImageNet, AudioSet), audio "
     "by text (AudioSet, US8K, ESC-50), audio by image and image by audio (AudioSet).",
@@ -323,4 +371,4 @@ def table4_querying(
         config.settings(),
         audioset_partition=config.audioset_partition,
     )
-    return _publish(context, result, layout, tracking)
+    return _publish(context, result, layout, tracking, _audioclip_labels(config, layout), config.audioset_partition)

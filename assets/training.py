@@ -11,6 +11,7 @@ import dagster as dg
 
 from audioclip_core.data.clipsets import SPECS
 from audioclip_core.layout import DataLayout
+from audioclip_core.versions import stage_code_version
 
 from .audioset import audioset_manifest
 from .clipsets import FOLD_PARTITIONS, FOLDS
@@ -51,6 +52,7 @@ def _execute(
     if failed:
         _reject(result, tracking, layout, spec.mlflow_run_id, failed)
     history, sha = result.history, result.sha256
+    registered = _register(context, spec, tracking, layout, links, result) if partition is None else {}
     return dg.MaterializeResult(
         check_results=checks,
         metadata={
@@ -70,9 +72,35 @@ def _execute(
             "curves": dg.MetadataValue.url(links["curves"]),
             "curves_file": dg.MetadataValue.path(str(links["curves_file"])),
             "curves_plot": _curves_plot(links["curves_file"]),
+            "mlflow_model": dg.MetadataValue.url(links["model"]),
+            "model_uri": links["model_uri"],
+            **registered,
         },
         data_version=dg.DataVersion(sha[:16]),
     )
+
+
+def _register(context, spec, tracking: MlflowTracking, layout: DataLayout, links: dict, result) -> dict:
+    """A stage whose model people use (`registry.REGISTERED`) registers its logged model as a new
+    version, alias `challenger`, tagged with the Dagster run, the asset's data and code versions
+    and the manifest versions it read. Only a stage that passed its gates gets here."""
+    from audioclip_core.registry import REGISTERED
+
+    name = REGISTERED.get(spec.name)
+    if name is None:
+        return {}
+    sha = result.sha256
+    tags = {
+        "dagster.run_id": context.run.run_id,
+        "dagster.asset_key": spec.name,
+        "dagster.data_version": sha[:16],
+        "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+        "sha256": sha,
+        "git_commit": result.lineage.get("code", {}).get("git_commit", ""),
+        **{f"manifest_version.{n}": str(m.get("version") or m["path"]) for n, m in spec.manifests.items()},
+    }
+    version = tracking.register(layout, name, links["model_uri"], tags)
+    return {"registered_model": f"models:/{name}/{version.version}", "alias": "challenger"}
 
 
 def _curves_plot(path) -> dg.MetadataValue:
@@ -126,6 +154,7 @@ def _audioset_stage(
     deps=[audioset_manifest, audioset_shards],
     pool="gpu",
     kinds={"pytorch", "mlflow"},
+    code_version=stage_code_version("clip_standin"),
     check_specs=_checks("clip_towers", True, retrieval=True),
     description="CLIP's image and text towers, which stage 2 distils the audio head into. With `clip_weights` "
     "(the paper: OpenAI's CLIP RN50, or CLIP.pt of the AudioCLIP release) that file, loaded strictly "
@@ -188,6 +217,7 @@ def clip_towers(
     deps=[audioset_manifest, audioset_shards],
     pool="gpu",
     kinds={"pytorch", "mlflow"},
+    code_version=stage_code_version("esresnext_audioset"),
     check_specs=_checks("esresnext_audioset", False),
     description="Stage 1: stand-alone ESResNeXt, multi-label BCE over the 527 AudioSet classes.",
 )
@@ -207,6 +237,7 @@ def esresnext_audioset(
     deps=[esresnext_audioset, clip_towers, audioset_manifest, audioset_shards],
     pool="gpu",
     kinds={"pytorch", "mlflow"},
+    code_version=stage_code_version("audioclip_partial"),
     check_specs=_checks("audioclip_partial", True, retrieval=True),
     description="Stage 2: the audio head (from stage 1, fresh projection) trained under the frozen image and "
     "text towers of clip_towers (CLIP's, or the demo's stand-in), its teachers.",
@@ -229,6 +260,7 @@ def audioclip_partial(
     deps=[audioclip_partial, audioset_manifest, audioset_shards],
     pool="gpu",
     kinds={"pytorch", "mlflow"},
+    code_version=stage_code_version("audioclip_full"),
     check_specs=_checks("audioclip_full", True, retrieval=True),
     description="Stage 3: all three heads trained jointly on AudioSet from the partial checkpoint.",
 )
@@ -281,6 +313,7 @@ def _finetune_asset(name, dataset, upstream_asset, cooperative, description):
         description=description,
         check_specs=_checks(name, cooperative),
         backfill_policy=FOLDS_PER_RUN,
+        code_version=stage_code_version("audioclip_finetune" if cooperative else "esresnext_finetune"),
     )
     def _asset(
         context: dg.AssetExecutionContext,

@@ -124,13 +124,18 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                     raise ValueError(f"{name}: the file ends inside the tensor")
                 got += k
             sd[name] = tensor
+    return sd, _parse_metadata(raw_meta)
+
+
+def _parse_metadata(raw: Mapping[str, str]) -> dict:
+    """A safetensors header's metadata: each value JSON-decoded where it is JSON, else as it is."""
     meta = {}
-    for k, v in raw_meta.items():
+    for k, v in raw.items():
         try:
             meta[k] = json.loads(v)
         except (TypeError, ValueError):
             meta[k] = v
-    return sd, meta
+    return meta
 
 
 def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
@@ -499,6 +504,19 @@ def export_official(module: nn.Module, path: Union[str, os.PathLike], layout: Op
     with atomic_write(path) as tmp:
         torch.save(sd, tmp)
     return path
+
+
+def checkpoint_metadata(path: Union[str, os.PathLike]) -> dict:
+    """The metadata record of one of our safetensors checkpoints (kind, preset, ...), read from
+    its header alone; {} for a file without one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (OSError, ValueError, RuntimeError):
+        return {}
+    return _parse_metadata(raw)
 
 
 def save_checkpoint(

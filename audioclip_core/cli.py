@@ -5,7 +5,8 @@
     audioclip query --checkpoint ckpt.safetensors --text "a dog barking" clips/*.wav
     audioclip convert AudioCLIP-Full-Training.pt full.safetensors
 
-The checkpoint can also be given by the AUDIOCLIP_CHECKPOINT environment variable. A
+The checkpoint can also be given by the AUDIOCLIP_CHECKPOINT environment variable, and as a
+registered model of the data root's MLflow store (`--checkpoint models:/audioclip@champion`). A
 checkpoint written by a training stage is compared with its lineage record as it is loaded:
 one whose bytes differ is still used, with a warning on stderr naming both digests.
 Exit status: 0 every input answered, 1 an error (nothing answered), 2 wrong arguments or no
@@ -479,7 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp):
-        sp.add_argument("--checkpoint", "-c", help="checkpoint file (official .pt or .safetensors)")
+        sp.add_argument(
+            "--checkpoint",
+            "-c",
+            help="checkpoint file (official .pt or .safetensors), or a registered model: models:/audioclip@champion",
+        )
         sp.add_argument(
             "--preset", default=None, help="architecture preset (default: from the checkpoint, else audioclip-rn50)"
         )
@@ -592,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
         "trace a checkpoint to its data and code (each checkpoint file of the chain "
         "VERIFIED or MISMATCH against its record), or a clip to its checkpoints",
     )
-    sp.add_argument("checkpoint", nargs="?", help="a checkpoint written by a training stage")
+    sp.add_argument(
+        "checkpoint", nargs="?", help="a checkpoint written by a training stage, or a models:/ URI of the registry"
+    )
     sp.add_argument("--clip", help="an AudioSet YouTube id (or segment id, or ESC-50/US8K file name)")
     sp.add_argument(
         "--clips",
@@ -628,6 +635,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args.partial = args.mismatch = args.unknown = False
     try:
+        _resolve_model_uris(args)
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
     except BrokenPipeError:
@@ -649,6 +657,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.unknown:
         return EXIT_UNKNOWN
     return EXIT_PARTIAL if args.partial else EXIT_OK
+
+
+def _resolve_model_uris(args) -> None:
+    """A checkpoint given as a `models:/` URI (`models:/audioclip@champion`, `models:/audioclip/3`)
+    - by argument, `convert`'s source or AUDIOCLIP_CHECKPOINT - becomes the checkpoint file of
+    that model in the MLflow store of the data root (downloaded once, its lineage beside it)."""
+    from .registry import is_model_uri, resolve_checkpoint
+
+    for attr in ("checkpoint", "src"):
+        from_env = attr == "checkpoint" and args.func is not cmd_lineage  # lineage never reads the variable
+        value = getattr(args, attr, None) or (os.environ.get("AUDIOCLIP_CHECKPOINT") if from_env else None)
+        if value and is_model_uri(value):
+            setattr(args, attr, str(resolve_checkpoint(value)))
 
 
 def _closed_pipe() -> int:

@@ -299,9 +299,12 @@ class _Bar:
             self._bar.close()
 
 
-def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float = 3.0) -> bool:
+def follow(
+    instance, backfill_id: str, say: Callable[[str], None], poll: float = 3.0, failures: Optional[list] = None
+) -> bool:
     """Print a line per finished run until the backfill is done; True when Dagster says it
-    completed (every asset partition materialised; a run retried successfully counts as done)."""
+    completed (every asset partition materialised; a run retried successfully counts as done).
+    `failures` gets the label of each failed run."""
     from dagster import RunsFilter
     from dagster._core.execution.backfill import BulkActionStatus
 
@@ -328,6 +331,8 @@ def follow(instance, backfill_id: str, say: Callable[[str], None], poll: float =
             seen.add(run.run_id)
             ok = run.status.value == SUCCESS
             failed += not ok
+            if not ok and failures is not None:
+                failures.append(_run_label(run))
             done |= _materialized(instance, run.run_id, keys)
             line = (
                 f"[{time.time() - start:6.0f} s] {'ok    ' if ok else 'FAILED'} {_run_label(run)}"
@@ -369,10 +374,12 @@ def run_lineage(
     say: Callable[[str], None] = print,
     selection: Optional[list[str]] = None,
     tags: Optional[dict] = None,
+    failures: Optional[list] = None,
 ) -> bool:
     """Prepare the instance, launch the backfill of every asset (or of `selection`, asset
     names) through a local Dagster, and (with `wait`) follow it to the end. `tags` go on the
-    backfill and its runs (the demo's seed: `audioclip/seed`)."""
+    backfill and its runs (the demo's seed: `audioclip/seed`); `failures` gets the label of
+    each run that failed."""
     os.environ.setdefault("DAGSTER_HOME", env()["DAGSTER_HOME"])  # this process opens the same instance
     import dagster as dg
 
@@ -406,7 +413,7 @@ def run_lineage(
             say(backfill_links(backfill_id, dagster.url, running))
             if not wait:
                 return True
-            return follow(instance, backfill_id, say)
+            return follow(instance, backfill_id, say, failures=failures)
 
 
 def main(argv=None) -> int:

@@ -6,23 +6,27 @@ launches one run per partition in dependency order through the run queue. Each r
 its steps in its own process (in-process executor); the `youtube` pool bounds concurrent downloads across runs and
 the `gpu` pool serialises training. AUDIOCLIP_DEPLOYMENT=k8s runs every step in a pod instead
 (pipelines/deployment.py; docs/deployment.md);
-pipelines/automation.py for scheduled re-training (off by default).
+pipelines/automation.py for scheduled re-training (on: the `automation` sensor and the
+`refresh_audioset` schedule; the README says how to turn it off).
 """
 
 import dagster as dg
 
-from assets import audioset, clipsets, evaluation, shards, sources, training
+from assets import audioset, clipsets, evaluation, promotion, shards, sources, training
 from assets.resources import DataRoot, DatasetSources, MlflowTracking, TrainingLauncher, YoutubeDownloader
 
-from .automation import retrain_audioset_chain, retrain_on_new_data
+from .automation import CHAIN, audioset_data_job, automation_sensor, refresh_audioset, with_automation
 from .deployment import executor, launcher_settings
 
-all_assets = dg.load_assets_from_modules([sources, audioset, clipsets, shards, training, evaluation])
+all_assets = with_automation(
+    dg.load_assets_from_modules([sources, audioset, clipsets, shards, training, evaluation, promotion])
+)
 
-audioset_data_job = dg.define_asset_job(
-    "audioset_data",
-    selection=dg.AssetSelection.groups(audioset.GROUP),
-    description="segments -> downloads -> clips -> manifest for one AudioSet partition",
+retrain_audioset_chain = dg.define_asset_job(
+    "retrain_audioset_chain",
+    selection=dg.AssetSelection.assets(*CHAIN, promotion.model_promotion),
+    description="Re-train by hand what the `automation` sensor re-trains on its cron: the CLIP towers, "
+    "AudioSet stages 1-3, the tables that read them and the promotion decision",
 )
 
 EVALUATION_TABLES = (
@@ -45,7 +49,8 @@ defs = dg.Definitions(
     executor=executor(),
     asset_checks=[],
     jobs=[audioset_data_job, retrain_audioset_chain, evaluate_released],
-    sensors=[retrain_on_new_data, sources.audioset_partitions_from_sources],
+    sensors=[automation_sensor, sources.audioset_partitions_from_sources],
+    schedules=[refresh_audioset],
     resources={
         "data_root": DataRoot(),
         "sources": DatasetSources(),

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import save_checkpoint
 from ..data.datasets import collate
-from ..files import publish_folder
+from ..files import atomic_write, publish_folder
 from ..layout import snapshot_file
 from ..models.fbsp import LinearFBSP
 from ..perf import tune_malloc
@@ -83,6 +83,30 @@ def freeze_batchnorm(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+RUN_KEY_FILE = "run_key"
+
+
+def _claim_epochs(epochs_dir: Path, run_key: str, log: Callable[[str], None]) -> None:
+    """Keep `epochs_dir`'s states only if they are of run `run_key`; else clear them and claim
+    the folder for it. Rank 0 decides; the other ranks wait for it."""
+    if D.rank() == 0:
+        key_file = epochs_dir / RUN_KEY_FILE
+        have = key_file.read_text(encoding="utf-8").strip() if key_file.is_file() else None
+        if have != run_key:
+            states = [p for p in epochs_dir.iterdir() if p.name != RUN_KEY_FILE]
+            if states:
+                log(
+                    f"the epoch states in {epochs_dir} are of another run (config, data or parent changed): "
+                    "training from the start"
+                )
+            for p in states:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            with atomic_write(key_file) as tmp:
+                tmp.write_text(run_key + "\n", encoding="utf-8")
+    if D.is_distributed():
+        D.barrier()
 
 
 def _latest_epoch(epochs_dir: Path) -> Optional[int]:
@@ -148,8 +172,12 @@ def train(
     on_epoch: Optional[EpochCallback] = None,
     prepare: Optional[Callable[[nn.Module], None]] = None,
     log: Callable[[str], None] = print,
+    run_key: Optional[str] = None,
 ) -> TrainResult:
-    """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any."""
+    """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any
+    of the same run: with `run_key` (a digest of what determines the run - config, data, parent),
+    epoch states written under another key are cleared first, so a re-training on changed data or
+    with another config starts afresh instead of taking up where the last one ended."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
@@ -166,6 +194,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
     epochs_dir = Path(workdir) / "epochs"
     epochs_dir.mkdir(parents=True, exist_ok=True)
+    if run_key is not None:
+        _claim_epochs(epochs_dir, run_key, log)
     for stale in epochs_dir.glob(".epoch_*"):
         shutil.rmtree(stale, ignore_errors=True)
     result = TrainResult(epochs_dir=epochs_dir)

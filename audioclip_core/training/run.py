@@ -16,6 +16,26 @@ from .spec import StageResult, StageSpec
 from .stages import build_stage
 
 
+def run_key(spec: StageSpec) -> str:
+    """What makes two runs of a stage the same run, whose epoch states one may resume from the
+    other: the stage, its resolved config, the digests of the manifests it reads and of the
+    checkpoint and weights it starts from."""
+    import hashlib
+    import json
+
+    what = {
+        "stage": spec.stage,
+        "config": spec.config,
+        "manifests": {n: m.get("sha256") for n, m in sorted(spec.manifests.items())},
+        "parent": (spec.parent or {}).get("sha256"),
+        "init": spec.init,
+        "clip_weights": spec.clip_weights,
+        "imagenet_weights": spec.imagenet_weights,
+        "classes": spec.classes,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = print) -> Optional[StageResult]:
     """Build `spec`'s stage, train it (resumable), then (on rank 0 only) write the final
     checkpoint, its export and lineage; the result on rank 0, None on the other ranks. The
@@ -25,7 +45,15 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
     built = build_stage(spec)
     cfg, workdir = built.config, Path(spec.workdir)
     result = train(
-        built.model, built.dataset, built.step, cfg, workdir, on_epoch=on_epoch, prepare=built.prepare, log=log
+        built.model,
+        built.dataset,
+        built.step,
+        cfg,
+        workdir,
+        on_epoch=on_epoch,
+        prepare=built.prepare,
+        log=log,
+        run_key=run_key(spec),
     )
     if D.rank() != 0:
         D.barrier()

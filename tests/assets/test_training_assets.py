@@ -57,7 +57,12 @@ def test_lineage_names_manifests_code_and_runs(stage_outputs, lineage):
     )
     assert float(run.data.params["lr"]) > 0 and run.inputs.dataset_inputs
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"audioclip_partial.safetensors", "audioclip_partial.lineage.json", "config.json"} <= arts
+    assert {"audioclip_partial.lineage.json", "config.json"} <= arts
+    # the checkpoint is the run's logged model (one copy, not also a run artifact)
+    logged = mlflow.MlflowClient().get_logged_model(meta["model_uri"].removeprefix("models:/"))
+    assert logged.source_run_id == run.info.run_id and logged.tags["sha256"] == meta["sha256"]
+    files = {a.path for a in mlflow.MlflowClient().list_logged_model_artifacts(logged.model_id, "artifacts")}
+    assert "artifacts/audioclip_partial.safetensors" in files and "audioclip_partial.safetensors" not in arts
     # stage 1 also wrote the ESRNXFBSP layout the original code reads
     import audioclip_core as ac
 

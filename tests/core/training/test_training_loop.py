@@ -184,3 +184,49 @@ def test_a_parent_changed_since_its_record_is_refused_unless_allowed(lineage, ti
     assert record["parent"]["sha256"] == actual
     assert record["parent_changed"] == {"recorded_sha256": recorded, "sha256": actual}
     assert record["config"]["allow_changed_parent"] is True
+
+
+def test_epoch_states_are_resumed_only_by_the_same_run(lineage, tmp_path):
+    """A re-run with the same run key takes up where the last one ended; one with another key
+    (its config, data or parent changed - a scheduled re-training on new data) trains from the
+    start, instead of handing back the old weights under a new record."""
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training import builders, steps
+    from audioclip_core.training.builders import audio_options
+    from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.loop import train
+
+    df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
+    classes = sorted(df["class_name"].unique())
+    cfg = TrainConfig(
+        stage="esresnext_finetune",
+        preset="audioclip-tiny",
+        epochs=2,
+        batch_size=8,
+        lr=0.01,
+        clip_seconds=1.0,
+        max_steps_per_epoch=1,
+    )
+    wd = tmp_path / "wd"
+
+    def run(key):
+        said = []
+        result = train(
+            builders.build_classifier(cfg, len(classes)),
+            clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
+            steps.classifier_step,
+            cfg,
+            wd,
+            log=said.append,
+            run_key=key,
+        )
+        return result, said
+
+    first, _ = run("data-a")
+    assert first.resumed_from is None and len(first.history) == 2
+    again, said = run("data-a")
+    assert again.resumed_from == 1 and "resuming after epoch 1" in said
+    changed, said = run("data-b")
+    assert changed.resumed_from is None and any("of another run" in s for s in said)
+    assert [h["epoch"] for h in changed.history] == [0, 1]
+    assert (wd / "epochs" / "run_key").read_text().strip() == "data-b"
