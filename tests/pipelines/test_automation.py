@@ -147,8 +147,11 @@ def test_the_cron_is_configurable_and_checked(monkeypatch):
 
 
 def test_the_refresh_schedule_requests_every_registered_partition():
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=now())
+    # both as context managers: the schedule context opens the instance again from its ref
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=now()) as ctx,
+    ):
         assert isinstance(automation.refresh_audioset(ctx), dg.SkipReason)
         instance.add_dynamic_partitions("audioset_partition", ["balanced_train", "eval"])
         reqs = automation.refresh_audioset(ctx)

@@ -36,12 +36,12 @@ def server(lineage, stage_outputs, tmp_path_factory):
     from assets import promotion
     from audioclip_core.net import free_port
 
-    instance = dg.DagsterInstance.ephemeral()  # held: materialize keeps only a weak reference
-    result = dg.materialize(
-        [promotion.model_promotion], resources=lineage["res"], instance=instance, raise_on_error=False
-    )
-    said = {c.check_name: c.metadata.get("reason") for c in result.get_asset_check_evaluations()}
-    assert result.success, said
+    with dg.instance_for_test() as instance:  # a whole instance (not a weak ephemeral one) for this run
+        result = dg.materialize(
+            [promotion.model_promotion], resources=lineage["res"], instance=instance, raise_on_error=False
+        )
+        said = {c.check_name: c.metadata.get("reason") for c in result.get_asset_check_evaluations()}
+        assert result.success, said
     uri = f"sqlite:///{lineage['data'] / 'mlflow' / 'mlflow.db'}"
     port = free_port()
     env = {
