@@ -5,12 +5,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# the numerical parity fixtures travel with the repository (tests/fixtures/PROVENANCE.md)
-PARITY_DIR = Path(__file__).resolve().parent / "fixtures" / "parity"
 # real media and metadata (videos, ESC-50 / UrbanSound8K / AudioSet files) are not in the repository: they
 # are read from ../shared/data beside the checkout, or from $AUDIOCLIP_SHARED_DIR/data
 SHARED = Path(os.environ.get("AUDIOCLIP_SHARED_DIR") or REPO.parent / "shared")
 SHARED_DATA = SHARED / "data"
+# the numerical parity fixtures recorded with the original code (4.5 MB: kept beside the checkout, not in git)
+PARITY_DIR = SHARED / "parity"
 # one reason for every test that needs them, so that pytest -ra counts them on one line
 SHARED_DATA_REASON = "needs ../shared/data (real media; set AUDIOCLIP_SHARED_DIR)"
 

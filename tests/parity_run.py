@@ -1,7 +1,7 @@
 """Runs our implementation on a parity fixture set and returns {name: array} for compare.py.
 
 Used by tests/core/models/test_parity.py; also runnable by hand:
-    python tests/parity_run.py [PARITY_DIR]      (default: tests/fixtures/parity)
+    python tests/parity_run.py [PARITY_DIR]      (default: ../shared/parity)
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def run_parity(parity_dir: Path, model_cache: dict | None = None) -> tuple[dict,
 
 
 if __name__ == "__main__":
-    d = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "fixtures" / "parity")
+    d = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "parity")
     torch.set_num_threads(2)
     outputs, compare = run_parity(d)
     print(compare.report(compare.compare(outputs, ref=str(d / "reference_outputs.npz"))))
