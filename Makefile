@@ -15,7 +15,8 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 .PHONY: env demo test test-fast lint format bench ui mlflow-ui serve clean-env help
 
 help:
-	@echo "make demo       run the main job on the built-in demo data (SEED=n: seed data and training)"
+	@echo "make demo       run the main job on the built-in demo data (SEED=n: seed data and training;"
+	@echo "                STRICT=1: exit non-zero when a claim of the verdict fails)"
 	@echo "make test       run the whole test suite"
 	@echo "make test-fast  skip tests marked slow"
 	@echo "make lint       ruff: lint and format check (as CI runs it)"
@@ -34,7 +35,7 @@ $(VENV)/.synced: pyproject.toml uv.lock Makefile
 env: $(VENV)/.synced
 
 demo: env
-	$(PY) -m pipelines.demo $(if $(SEED),--seed $(SEED))
+	$(PY) -m pipelines.demo $(if $(SEED),--seed $(SEED)) $(if $(filter-out 0,$(STRICT)),--strict)
 
 test: env
 	$(PY) -m pytest -q

@@ -66,6 +66,7 @@ def _execute(
             "loss_last_epoch": history[-1]["loss"],
             "skipped_items": len(result.skipped_items),
             "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else -1,
+            **_validation_metadata(result.validation),
             "nproc_per_node": nproc,
             "nnodes": nnodes,
             "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
@@ -78,6 +79,26 @@ def _execute(
         },
         data_version=dg.DataVersion(sha[:16]),
     )
+
+
+def _validation_metadata(validation) -> dict:
+    """A fine-tuning's held-out scores on its page: the epoch kept and the curve as a table."""
+    if not validation:
+        return {}
+    rows = "\n".join(
+        f"| {v['epoch']} | {100 * v['accuracy']:.1f} % | {v['loss']:.4f} |"
+        + (" kept |" if v["epoch"] == validation.get("kept_epoch") else " |")
+        for v in validation.get("scores", [])
+    )
+    return {
+        "kept_epoch": validation.get("kept_epoch"),
+        "validation_clips": len(validation.get("clips", [])),
+        "validation": dg.MetadataValue.md(
+            "Held-out clips of the training folds (the lineage names them); the weights kept are the best "
+            f"epoch's ({validation.get('rule', '')}).\n\n| epochs trained | accuracy | loss | |\n|---|---|---|---|\n"
+            + rows
+        ),
+    }
 
 
 def _register(context, spec, tracking: MlflowTracking, layout: DataLayout, links: dict, result) -> dict:

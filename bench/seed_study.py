@@ -1,13 +1,16 @@
 """The demo across seeds: `make demo SEED=n` for several seeds, each on its own data root and
 Dagster home, then min / median / max of every cell of the four tables (fold means), beside
-its chance level, the verdict of each seed (audioclip_core/evaluation/verdict.py) and each
-run's wall time. Not a test: it trains the whole demo lineage once per seed (about 10 min
-each on 2 cores).
+its chance level, the verdict of each seed with each claim's margin
+(audioclip_core/evaluation/verdict.py), the image figures at their ceiling, each run's wall
+time and the machine (CPU model, cores): float rounding differs between CPU families, so a
+figure is only comparable with others from the same kind of machine. Not a test: it trains
+the whole demo lineage once per seed (about 10 min each on 2 cores).
 
     .venv/bin/python bench/seed_study.py                  # seeds 0 1 2, under ./bench-seeds
     .venv/bin/python bench/seed_study.py --seeds 0 1 2 3 --out /tmp/seeds --reuse
 
-Prints a table per demo table and one JSON line ({"seeds", "minutes", "verdict", "cells"}).
+Prints a table per demo table and one JSON line ({"machine", "seeds", "minutes", "verdict",
+"margins", "image_figures_at_100", "cells"}).
 `--reuse` reads the tables of seeds already run under --out instead of running them again.
 """
 
@@ -69,6 +72,35 @@ def run_seed(seed: int, out: Path, reuse: bool) -> dict:
     }
 
 
+def cpu() -> str:
+    """The CPU's model name and the cores this process may use: the figures depend on both."""
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        import platform
+
+        name = platform.processor() or name
+    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+
+
+IMAGE = ("mAP image", "image by text", "image by audio", "audio by image")
+
+
+def image_rows(tables: dict) -> list[tuple[str, float, float]]:
+    """(label, value, chance) of the figures that read images: they should sit between chance
+    and their ceiling (the demo's frames carry a partial class signal)."""
+    out = []
+    for df in tables.values():
+        for r in df[(df["fold"] == "mean") & df["value"].notna()].itertuples():
+            if r.metric in IMAGE or (r.task in IMAGE and r.dataset == "AudioSet"):
+                out.append((f"{r.model} {r.task} {r.dataset} {r.metric}", float(r.value), float(r.chance)))
+    return out
+
+
 def main(argv=None) -> int:
     from audioclip_core.evaluation.verdict import judge
 
@@ -77,13 +109,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench-seeds")
     p.add_argument("--reuse", action="store_true", help="read the tables of seeds already run under --out")
     args = p.parse_args(argv)
+    machine = cpu()
+    print(f"machine: {machine}", flush=True)
     results = [run_seed(s, args.out.resolve(), args.reuse) for s in args.seeds]
     good = [r for r in results if not r.get("failed")]
     cells: dict[tuple, dict] = {}
-    verdicts = {}
+    verdicts, margins, ceiling = {}, {}, {}
     for r in good:
         claims = judge(r["tables"])
         verdicts[r["seed"]] = {c.text: c.holds for c in claims}
+        margins[r["seed"]] = {c.text: None if c.margin is None else round(100 * c.margin, 2) for c in claims}
+        ceiling[r["seed"]] = [label for label, v, _ in image_rows(r["tables"]) if v >= 1 - 1e-9]
         for name, df in r["tables"].items():
             for row in df[(df["fold"] == "mean") & df["value"].notna()].itertuples():
                 cell = cells.setdefault(
@@ -120,9 +156,16 @@ def main(argv=None) -> int:
                 f"| {k[1]} | {k[2]} | {k[3]} | {k[4]} | {100 * min(v):.1f} | {100 * statistics.median(v):.1f} | "
                 f"{100 * max(v):.1f} | {100 * max(c):.1f} |"
             )
-    print("\nverdict per seed:")
+    print(f"\nverdict per seed (margins in points; {machine}):")
     for seed, v in verdicts.items():
-        print(f"  seed {seed}: " + "; ".join(f"{'holds' if ok else 'FAILS'}: {t}" for t, ok in v.items()))
+        print(
+            f"  seed {seed}: "
+            + "; ".join(
+                f"{'holds' if ok else 'FAILS'} ({'—' if margins[seed][t] is None else f'{margins[seed][t]:+.1f}'}): {t}"
+                for t, ok in v.items()
+            )
+        )
+        print(f"    image figures at 100 %: {', '.join(ceiling[seed]) or 'none'}")
     for r in results:
         if r.get("failed"):
             print(f"  seed {r['seed']}: the demo failed (see its log)")
@@ -130,10 +173,13 @@ def main(argv=None) -> int:
         json.dumps(
             {
                 "bench": "seed_study",
+                "machine": machine,
                 "seeds": args.seeds,
                 "minutes": {r["seed"]: r["minutes"] for r in results},
                 "failed": [r["seed"] for r in results if r.get("failed")],
                 "verdict": verdicts,
+                "margins": margins,
+                "image_figures_at_100": ceiling,
                 "cells": summary,
             }
         )

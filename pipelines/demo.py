@@ -11,7 +11,9 @@ once, under each table what its rows can show and its own protocol statements) a
 (audioclip_core/evaluation/verdict.py): whether they show the paper's claims, each figure
 against its chance level.
 
-    python -m pipelines.demo [--seed N]   # make demo SEED=N: the data and every stage seeded by N
+    python -m pipelines.demo [--seed N] [--strict]   # make demo SEED=N STRICT=1
+--seed: the data and every stage seeded by N; --strict (or STRICT=1): exit 3 when a claim of the
+verdict fails (by default the exit status says whether the pipeline ran).
 `make ui` then shows every run (re-executable) and asset, with its metadata and checks;
 `make mlflow-ui` shows the training and evaluation runs.
 """
@@ -43,6 +45,12 @@ def main(argv=None) -> int:
         type=int,
         default=None,
         help=f"seed of the demo data and of every stage (default: ${SEED_ENV}, else 0)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        default=os.environ.get("STRICT", "") not in ("", "0"),
+        help="exit 3 when a claim of the verdict fails (default: 0 once the pipeline ran; $STRICT=1)",
     )
     args = parser.parse_args(argv)
     seed = demo_seed(args.seed)
@@ -83,7 +91,8 @@ def main(argv=None) -> int:
         return 1
     # the legend and the shared protocol once, each table with what its rows can show
     print("\n" + render_tables({name: layout.table(name, ".md").read_text(encoding="utf-8") for name in TABLES}))
-    print("\n" + render(judge({name: pd.read_parquet(layout.table(name)) for name in TABLES})) + "\n")
+    claims = judge({name: pd.read_parquet(layout.table(name)) for name in TABLES})
+    print("\n" + render(claims) + "\n")
     print(promotion["text"] + "\n")
     from assets.resources.tracking import TRAINING_VIEW, ui_host
 
@@ -100,6 +109,10 @@ def main(argv=None) -> int:
         f"    curl -s -H 'Content-Type: application/json' -d @{promotion['example'] or 'REQUEST.json'} "
         f"http://127.0.0.1:{os.environ.get('SERVE_PORT', '5001')}/invocations"
     )
+    failed = [c.text for c in claims if not c.holds]
+    if failed and args.strict:
+        print(f"\nSTRICT: {len(failed)} claim(s) of the verdict failed: {'; '.join(failed)}", file=sys.stderr)
+        return 3
     return 0
 
 

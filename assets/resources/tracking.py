@@ -294,7 +294,21 @@ class StageTracker:
             if h["epoch"] not in self._logged:
                 self.on_epoch(h["epoch"], h)
         workdir = Path(self.spec.workdir)
-        curve = plot_history(result.history, workdir / f"{self.spec.name}.curves.png", title=self.spec.name)
+        if result.validation:  # step = epochs trained (0: the starting model), as the lineage has it
+            for v in result.validation.get("scores", []):
+                mlflow.log_metrics(
+                    {"validation_accuracy": v["accuracy"], "validation_loss": v["loss"]}, step=int(v["epoch"])
+                )
+            mlflow.log_params(
+                {
+                    "validation_kept_epoch": result.validation.get("kept_epoch"),
+                    "validation_clips": len(result.validation.get("clips", [])),
+                }
+            )
+            mlflow.log_dict(result.validation, "validation.json")
+        curve = plot_history(
+            result.history, workdir / f"{self.spec.name}.curves.png", title=self.spec.name, validation=result.validation
+        )
         for path in [p for p in result.files() if p != Path(result.checkpoint)] + [curve]:
             mlflow.log_artifact(str(path))  # the checkpoint itself is in the logged model
         mlflow.log_dict(self.spec.config, "config.json")

@@ -50,6 +50,8 @@ class ClipSetSpec:
     expected_per_class: int | None = None
     input_scale: str = "int16"  # how the published loader scales a clip (audioclip_core.audio)
     audio_layout: str = "audio/"  # where `row` finds the clips, as descriptions show it ("audio/foldN/")
+    # the recording a clip was cut from, by its relative path (clips of one recording stay together)
+    recording: Callable[[str], str] = lambda path: Path(path).stem
 
     @property
     def folds(self) -> tuple[int, ...]:
@@ -78,6 +80,7 @@ ESC50 = ClipSetSpec(
     clip_seconds=5.0,
     channels=1,
     num_classes=50,
+    recording=lambda path: Path(path).stem.split("-")[1] if Path(path).stem.count("-") >= 3 else Path(path).stem,
 )
 US8K = ClipSetSpec(
     name="us8k",
@@ -92,6 +95,7 @@ US8K = ClipSetSpec(
     num_classes=10,
     input_scale="minmax",
     audio_layout="audio/foldN/",
+    recording=lambda path: Path(path).stem.split("-")[0],
 )
 SPECS = {"esc50": ESC50, "us8k": US8K}
 
@@ -101,6 +105,41 @@ def protocol(name: str) -> ClipSetSpec:
     if name not in SPECS:
         raise ValueError(f"unknown clip set {name!r}; one of {sorted(SPECS)}")
     return SPECS[name]
+
+
+def validation_split(table, dataset: str, share: float, seed: int):
+    """(train, validation) rows of a fine-tuning fold's training table: about `share` of each
+    class's clips held out (at least one where the class has two), whole recordings at a time
+    (ESC-50's source file, UrbanSound8K's fsID: takes of one recording never straddle the
+    split), drawn with `seed`. A class keeps at least one clip for training; `share` 0 holds
+    out nothing. Only `ok` rows are split."""
+    import numpy as np
+
+    if not 0 <= share < 1:
+        raise ValueError(f"validation share must be in [0, 1), not {share}")
+    rows = table[table["status"] == "ok"] if "status" in table.columns else table
+    held: list = []
+    if share > 0:
+        spec = protocol(dataset)
+        rng = np.random.default_rng(seed)
+        for name in sorted(rows["class_name"].unique()):
+            clips = rows[rows["class_name"] == name]
+            by_rec: dict[str, list] = {}
+            for idx, path in zip(clips.index, clips["path"]):
+                by_rec.setdefault(spec.recording(str(path)), []).append(idx)
+            want = int(round(share * len(clips)))
+            recs = sorted(by_rec)
+            taken: list = []
+            for i in rng.permutation(len(recs)):
+                group = by_rec[recs[int(i)]]
+                if len(clips) - len(taken) - len(group) < 1:
+                    continue  # a class keeps a clip to train on
+                closer = abs(len(taken) + len(group) - want) < abs(len(taken) - want)
+                if closer or (not taken and want >= 1):  # whole recordings, as near `want` as they go
+                    taken += group
+            held += taken
+    val = rows.loc[sorted(held)]
+    return rows.drop(index=val.index), val
 
 
 def class_names(manifest) -> list[str]:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -18,17 +18,27 @@ def _plt():
     return plt
 
 
-def plot_history(history: Sequence[dict], path: Path, title: str = "") -> Path:
-    """Loss terms and learning rate per epoch."""
+def plot_history(history: Sequence[dict], path: Path, title: str = "", validation: Optional[dict] = None) -> Path:
+    """Loss terms and learning rate per epoch; with `validation` (a fine-tuning's held-out
+    scores, `TrainResult.validation`), its accuracy per epoch trained and the epoch kept."""
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3 if validation else 2, figsize=(13 if validation else 9, 3.2))
+    ax1, ax2 = axes[0], axes[1]
+    epochs = [h["epoch"] + 1 for h in history]  # epochs trained when the figures were taken
     keys = sorted({k for h in history for k in h if k.startswith("loss")})
     for k in keys:
         ax1.plot(epochs, [h.get(k, np.nan) for h in history], marker="o", label=k)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(fontsize=7)
     ax2.plot(epochs, [h.get("lr", np.nan) for h in history], marker="o", color="tab:gray")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("learning rate")
+    if validation:
+        scores = validation.get("scores", [])
+        ax3 = axes[2]
+        ax3.plot([v["epoch"] for v in scores], [100 * v["accuracy"] for v in scores], marker="o", label="accuracy")
+        kept = validation.get("kept_epoch")
+        ax3.axvline(kept, color="tab:green", linestyle="--", label=f"kept: epoch {kept}")
+        ax3.set_xlabel("epochs trained (0: start)"), ax3.set_ylabel("validation accuracy, %")
+        ax3.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -187,7 +187,7 @@ def finetune_spec(
         classes=classes,
         init=init,
         parent=parent,
-        extra_lineage={"fold": int(fold), "classes": classes},
+        extra_lineage={"fold": int(fold), "classes": classes, "dataset": dataset},
         data_root=str(layout.root),
         shards=[shards],
     )

@@ -44,6 +44,9 @@ class TrainConfig:
     # (snapshots/after_NNN_epochs.safetensors; Table 1's 5-epoch row)
     allow_random_init: bool = False  # stage 1 without ImageNet weights / stage 2 without CLIP weights
     # start from random weights instead of refusing (the demo)
+    validation_share: float = 0.0  # fine-tuning: hold out this share of each class's training clips,
+    # score the starting model and every epoch on them and keep the best (0: off, train to the end;
+    # the paper does not say)
     allow_changed_parent: bool = False  # train from a parent checkpoint whose bytes differ from its own
     # lineage record (stages.require_unchanged_parent) instead of refusing
     extra: dict = field(default_factory=dict)
@@ -55,6 +58,13 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and lr must be positive")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', not {self.dtype!r}")
+        if not 0 <= self.validation_share < 1:
+            raise ValueError(f"validation_share must be in [0, 1), not {self.validation_share}")
+        if self.validation_share and self.stage not in ("esresnext_finetune", "audioclip_finetune"):
+            raise ValueError(
+                f"validation_share: only fine-tuning holds out validation clips (its training folds); "
+                f"{self.stage} trains on AudioSet"
+            )
         if self.dtype == "float64" and self.cpu_bf16:
             raise ValueError("cpu_bf16 autocast and dtype='float64' exclude each other")
 

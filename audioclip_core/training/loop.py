@@ -1,5 +1,10 @@
 """The training loop: seeded, resumable at any point, AMP on CUDA, one checkpoint per epoch.
 
+With a `Validation` (fine-tuning: clips held out of the training folds), the starting model
+and the model after every epoch are scored on it, and the best of them is what the run
+returns: highest accuracy, then lowest loss, then the earliest. The scores and the kept
+epoch are in `TrainResult.validation`.
+
 A run killed at any moment resumes from the last completed epoch and reaches the same
 weights as a run never interrupted (on CPU): the batch order of an epoch and every
 augmentation are functions of (seed, epoch, index), and the epoch checkpoint holds the
@@ -39,12 +44,25 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
+class Validation:
+    """Held-out clips and how a model scores them: `logits(model, batch)` -> [batch, classes],
+    compared with `batch["target"]` (accuracy, cross-entropy). `clips` names them (lineage)."""
+
+    dataset: Dataset
+    logits: Callable[[nn.Module, dict], torch.Tensor]
+    clips: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)
     resumed_from: Optional[int] = None
     skipped_items: list[str] = field(default_factory=list)
     epochs_dir: Optional[Path] = None
     model: Optional[nn.Module] = None  # the trained module (after any BatchNorm conversion)
+    # with a Validation: {"scores": [{"epoch": epochs trained (0: the start), "accuracy", "loss",
+    # "clips"}], "kept_epoch": the epoch whose weights were returned}
+    validation: Optional[dict] = None
 
 
 def no_decay(name: str) -> bool:
@@ -114,7 +132,7 @@ def _latest_epoch(epochs_dir: Path) -> Optional[int]:
     return done[-1] if done else None
 
 
-def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, history, skipped) -> None:
+def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, history, skipped, validation=None) -> None:
     # written in `.epoch_NNN.<random>` (swept by `train` on start-up) and renamed into place
     with publish_folder(epochs_dir / f"epoch_{epoch:03d}") as tmp:
         save_checkpoint(model, tmp / "model.safetensors", metadata={"epoch": epoch})
@@ -126,12 +144,68 @@ def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, histo
                 "torch_rng": torch.get_rng_state(),
                 "history": history,
                 "skipped": skipped,
+                "validation": validation,
             },
             tmp / "state.pt",
         )
     for old in epochs_dir.glob("epoch_*"):  # keep the last two complete epochs
         if old.is_dir() and int(old.name.split("_")[1]) < epoch - 1:
             shutil.rmtree(old, ignore_errors=True)
+    if validation is not None:  # the best weights the state names stay; earlier bests go
+        keep = _best_file(epochs_dir, validation["kept_epoch"]).name
+        for old in (epochs_dir / BEST_DIR).glob("after_*"):
+            if old.name != keep:
+                old.unlink(missing_ok=True)
+
+
+BEST_DIR = "best"
+
+
+def _best_file(epochs_dir: Path, epochs: int) -> Path:
+    return epochs_dir / BEST_DIR / f"after_{epochs:03d}_epochs.safetensors"
+
+
+@torch.no_grad()
+def _score(model: nn.Module, validation: Validation, cfg: TrainConfig, device, dtype, epochs: int) -> dict:
+    """Accuracy and mean cross-entropy of `model` on the held-out clips (eval mode, no
+    augmentation); `epochs`: how many epochs it has trained."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        validation.dataset,
+        batch_sampler=epoch_batches(len(validation.dataset), cfg.batch_size, 0, 0, shuffle=False),
+        collate_fn=collate,
+        num_workers=0,
+    )
+    correct, loss, n = 0, 0.0, 0
+    try:
+        for batch in loader:
+            if not len(batch["index"]):
+                continue
+            batch = {
+                k: (v.to(device, dtype=dtype if v.is_floating_point() else None) if isinstance(v, torch.Tensor) else v)
+                for k, v in batch.items()
+            }
+            logits = validation.logits(model, batch).double()
+            target = batch["target"].view(-1)
+            correct += int((logits.argmax(-1) == target).sum())
+            loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            n += len(target)
+    finally:
+        model.train(was_training)
+    return {
+        "epoch": epochs,
+        "accuracy": correct / n if n else math.nan,
+        "loss": loss / n if n else math.nan,
+        "clips": n,
+    }
+
+
+def _better(a: dict, b: Optional[dict]) -> bool:
+    """Whether score `a` beats `b`: higher accuracy, then lower loss (ties keep `b`, the earlier)."""
+    if b is None:
+        return True
+    return (a["accuracy"], -a["loss"]) > (b["accuracy"], -b["loss"])
 
 
 def _snapshot(model: nn.Module, cfg: TrainConfig, epochs: int, dest: Path) -> None:
@@ -159,7 +233,7 @@ def _load_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler):
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    return state["history"], state["skipped"]
+    return state["history"], state["skipped"], state.get("validation")
 
 
 def train(
@@ -173,11 +247,15 @@ def train(
     prepare: Optional[Callable[[nn.Module], None]] = None,
     log: Callable[[str], None] = print,
     run_key: Optional[str] = None,
+    validation: Optional[Validation] = None,
 ) -> TrainResult:
     """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any
     of the same run: with `run_key` (a digest of what determines the run - config, data, parent),
     epoch states written under another key are cleared first, so a re-training on changed data or
-    with another config starts afresh instead of taking up where the last one ended."""
+    with another config starts afresh instead of taking up where the last one ended.
+
+    With `validation`, the starting model and each epoch's are scored on its clips, the best
+    weights kept (`epochs/best/`, resumable too) and returned (`result.validation`)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
@@ -204,10 +282,22 @@ def train(
     if latest is None:  # a fresh run: snapshots of an earlier one are not of this one
         shutil.rmtree(Path(workdir) / "snapshots", ignore_errors=True)
     if latest is not None:
-        result.history, result.skipped_items = _load_epoch(epochs_dir, latest, model, optimizer, scheduler)
+        result.history, result.skipped_items, result.validation = _load_epoch(
+            epochs_dir, latest, model, optimizer, scheduler
+        )
         result.resumed_from = latest
         start = latest + 1
         log(f"resuming after epoch {latest}")
+    if validation is not None and result.validation is None:  # the starting model's score: epoch 0
+        shutil.rmtree(epochs_dir / BEST_DIR, ignore_errors=True)
+        first = _score(model, validation, cfg, device, dtype, 0)
+        result.validation = {"scores": [first], "kept_epoch": 0}
+        if D.rank() == 0:
+            _keep_best(model, epochs_dir, 0)
+        log(
+            f"validation before training: accuracy {first['accuracy']:.3f}, loss {first['loss']:.4g} "
+            f"({first['clips']} clips)"
+        )
     amp = dtype == torch.float32 and ((cfg.amp and device.type == "cuda") or (cfg.cpu_bf16 and device.type == "cpu"))
     net: nn.Module = model
     fbsp_layers = [m for m in model.modules() if isinstance(m, LinearFBSP)]
@@ -299,8 +389,30 @@ def train(
             )
             scheduler.step()
             result.history.append(metrics)
+            if validation is not None:
+                score = _score(model, validation, cfg, device, dtype, epoch + 1)
+                scores = result.validation["scores"]
+                best = next(s for s in scores if s["epoch"] == result.validation["kept_epoch"])
+                scores.append(score)
+                if _better(score, best):
+                    result.validation["kept_epoch"] = epoch + 1
+                    if D.rank() == 0:
+                        _keep_best(model, epochs_dir, epoch + 1)
+                log(
+                    f"validation after epoch {epoch + 1}: accuracy {score['accuracy']:.3f}, loss {score['loss']:.4g}"
+                    f" (best: after {result.validation['kept_epoch']} epochs)"
+                )
             if D.rank() == 0:
-                _save_epoch(epochs_dir, epoch, model, optimizer, scheduler, result.history, result.skipped_items)
+                _save_epoch(
+                    epochs_dir,
+                    epoch,
+                    model,
+                    optimizer,
+                    scheduler,
+                    result.history,
+                    result.skipped_items,
+                    result.validation,
+                )
                 if epoch + 1 in cfg.keep_epochs:
                     _snapshot(model, cfg, epoch + 1, snapshot_file(workdir, epoch + 1))
             D.barrier()
@@ -310,5 +422,20 @@ def train(
     finally:  # the layers go back to normalising in their own hook, whatever happened
         for layer in fbsp_layers:
             layer.normalize_in_hook = True
+    if validation is not None:
+        kept = result.validation["kept_epoch"]
+        if kept != cfg.epochs:  # the best epoch's weights, not the last
+            from safetensors.torch import load_file
+
+            D.barrier()
+            model.load_state_dict(load_file(str(_best_file(epochs_dir, kept)), device=str(device)), strict=True)
+        log(f"kept the weights after {kept} of {cfg.epochs} epochs (best validation score)")
     result.model = model
     return result
+
+
+def _keep_best(model: nn.Module, epochs_dir: Path, epochs: int) -> None:
+    """The weights after `epochs` epochs, kept as the best so far (written whole, then renamed)."""
+    dest = _best_file(epochs_dir, epochs)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, dest, metadata={"epoch": epochs})

@@ -1,5 +1,11 @@
-"""Named training profiles - the paper's values, and a tiny one for the demo data on a CPU -
+"""Named training profiles - the paper's values, and a small one for the demo data on a CPU -
 and `resolve`, which turns a profile, a stage and a run's overrides into its `TrainConfig`.
+
+A profile is a data file, `configs/<name>.json` beside this module (as the model presets are
+`models/configs/<name>.json`): a `summary` and, per stage, `TrainConfig` values. Every key is
+checked against `TrainConfig`'s fields and their types when the file is read: an unknown or
+mistyped key is an error naming the file, the stage and the key, never ignored. Why the demo's
+values are what they are (the measurements) is in docs/profiles.md.
 
 Fine-tuning always follows the clip set's protocol (`data.clipsets.protocol`: ESC-50 5.0 s
 mono, UrbanSound8K 4.0 s stereo; the input scale of its published loader - ESC-50 int16,
@@ -8,119 +14,116 @@ the clips it is evaluated on.
 
 The paper profile never starts from random weights without being told: stage 1 wants
 ImageNet weights and stage 2 CLIP weights (`stages.require_initialisation`), unless
-`allow_random_init` is set. The demo profile sets it: its towers are trained from scratch, the image and text towers
-first by `clip_standin`, the demo's stand-in for CLIP's pre-training.
+`allow_random_init` is set. The demo profile sets it: its towers are trained from scratch, the
+image and text towers first by `clip_standin`, the demo's stand-in for CLIP's pre-training.
 
 A run that sets no seed takes $AUDIOCLIP_SEED (`make demo SEED=n`), else 0.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import typing
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..data.clipsets import protocol
 from ..data.demo_dataset import demo_seed
 from .config import TrainConfig
+from .spec import STAGE_NAMES
 
-_PAPER_AUDIOSET = dict(preset="audioclip-rn50", epochs=30, batch_size=64, lr=1e-4, gamma=0.95, clip_seconds=10.0)
-# Table 1 compares the original 5-epoch ESResNeXt AudioSet training with the extended one
-_PAPER_STAGE1 = dict(_PAPER_AUDIOSET, keep_epochs=[5])
-_DEMO = "audioclip-demo"
-_PAPER_FINETUNE = dict(preset="audioclip-rn50", epochs=50, batch_size=64, lr=5e-5, gamma=0.98)
-
-PROFILES = {
-    # the paper: SGD + Nesterov 0.9, wd 5e-4, batch 64; AudioSet stages 1e-4 / 0.95 / 30 epochs,
-    # fine-tuning 5e-5 / 0.98 / 50 epochs
-    "paper": {
-        "esresnext_audioset": _PAPER_STAGE1,
-        "audioclip_partial": _PAPER_AUDIOSET,
-        "audioclip_full": _PAPER_AUDIOSET,
-        "esresnext_finetune": _PAPER_FINETUNE,
-        "audioclip_finetune": _PAPER_FINETUNE,
-    },
-    # the demo data (ten synthetic classes, 4 s clips, towers trained from scratch; preset
-    # audioclip-demo): minutes on 2 cores. `clip_standin` first trains the image and text
-    # towers on frame-caption pairs (the demo's stand-in for CLIP's pre-training), which
-    # stage 2 then distils the audio head into, as the paper does with OpenAI's CLIP.
-    # BatchNorm statistics stay frozen where the stage starts from trained weights and batches
-    # are tiny, otherwise a few noisy batches undo the alignment; and with ten classes most
-    # batches hold several clips of one class, so the contrastive stages use the corrected
-    # loss (identical captions are positives, not negatives). Fine-tuning runs without the
-    # paper's augmentations: the demo's classes differ by pitch, which time scaling by up to
-    # 1.5x moves onto another class's, and with 16-18 clips per class that costs more than it
-    # adds (measured on 3-4 folds of a demo root: ESResNeXt ESC-50 84 % without against 67 %
-    # with; cooperative 82 % against 52-68 %, zero-shot 68 %). Two cooperative epochs score
-    # as three (80 % on four US8K folds) at two thirds of the time. Cooperative lr 0.002: at
-    # 0.003 a weak partial model (seed 1: zero-shot 31 %) thrashed on three ESC-50 folds
-    # (20 %; its first-epoch loss 10-14 against 5.0 at uniform logits) - 0.002 gives 65 % there
-    # and 85 % from the full model (0.001: 63 % and 70 %).
-    "demo": {
-        "clip_standin": dict(
-            preset=_DEMO,
-            epochs=6,
-            batch_size=32,
-            lr=0.02,
-            gamma=0.9,
-            clip_seconds=4.0,
-            loss_variant="corrected",
-            allow_random_init=True,
-        ),
-        "esresnext_audioset": dict(
-            preset=_DEMO,
-            epochs=20,
-            batch_size=16,
-            lr=0.02,
-            gamma=0.9,
-            clip_seconds=4.0,
-            allow_random_init=True,
-            keep_epochs=[8],
-        ),
-        # the gradient's global norm clipped at 5 (typical norms 3-5 after the first epochs, 28-49
-        # in the first): without it, seed 0 on an Intel Xeon diverged (pair terms 17 against 5.45
-        # at uniform logits) to NaN at epoch 6; with it the same run ends at 2.0 (in-batch
-        # audio-to-caption retrieval 0.85-0.88)
-        "audioclip_partial": dict(
-            preset=_DEMO,
-            epochs=20,
-            batch_size=16,
-            lr=0.02,
-            gamma=0.95,
-            clip_seconds=4.0,
-            loss_variant="corrected",
-            allow_random_init=True,
-            max_grad_norm=5.0,
-        ),
-        "audioclip_full": dict(
-            preset=_DEMO,
-            epochs=10,
-            batch_size=16,
-            lr=0.0005,
-            gamma=0.95,
-            clip_seconds=4.0,
-            freeze_bn=True,
-            loss_variant="corrected",
-        ),
-        "esresnext_finetune": dict(preset=_DEMO, epochs=3, batch_size=12, lr=0.01, gamma=0.9, augment=False),
-        "audioclip_finetune": dict(
-            preset=_DEMO,
-            epochs=2,
-            batch_size=12,
-            lr=0.002,
-            gamma=0.9,
-            augment=False,
-            freeze_bn=True,
-            loss_variant="corrected",
-        ),
-    },
-}
+PROFILE_DIR = Path(__file__).parent / "configs"
 FINETUNE_STAGES = ("esresnext_finetune", "audioclip_finetune")
 
 
+class ProfileError(ValueError):
+    """A profile file that does not describe `TrainConfig` values."""
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def _type_ok(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def check_stage_values(values: Mapping[str, Any], where: str) -> dict:
+    """`values` as `TrainConfig` fields of a stage: each key a field (not `stage`), each value of
+    its type; else `ProfileError` naming `where` and the key."""
+    import difflib
+
+    hints = typing.get_type_hints(TrainConfig)
+    names = {f.name for f in fields(TrainConfig)} - {"stage"}
+    for key, value in values.items():
+        if key not in names:
+            near = difflib.get_close_matches(key, sorted(names), n=1)
+            raise ProfileError(
+                f"{where}: unknown key {key!r}"
+                + (f" (did you mean {near[0]!r}?)" if near else "")
+                + f"; a stage's keys are TrainConfig fields: {', '.join(sorted(names))}"
+            )
+        if not _type_ok(value, hints[key]):
+            raise ProfileError(f"{where}: {key} = {value!r} is not of type {hints[key]}")
+    return dict(values)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str) -> dict:
+    path = PROFILE_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown training profile {name!r}; one of {available_profiles()}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or set(doc) - {"summary", "stages"} or not isinstance(doc.get("stages"), dict):
+        raise ProfileError(f"{path}: a profile is an object with 'summary' and 'stages' (stage -> TrainConfig values)")
+    stages = {}
+    for stage, values in doc["stages"].items():
+        if stage not in STAGE_NAMES:
+            raise ProfileError(f"{path}: unknown stage {stage!r}; one of {STAGE_NAMES}")
+        if not isinstance(values, dict):
+            raise ProfileError(f"{path}: stage {stage!r} must map TrainConfig fields to values")
+        stages[stage] = check_stage_values(values, f"{path}, stage {stage!r}")
+        try:  # the config's own checks (ranges, combinations)
+            TrainConfig(stage=stage, **stages[stage])
+        except ValueError as exc:
+            raise ProfileError(f"{path}, stage {stage!r}: {exc}") from exc
+    return stages
+
+
+def profile_stages(profile: str) -> dict:
+    """{stage: values} of a profile, read and checked (`configs/<profile>.json`)."""
+    return {k: dict(v) for k, v in _load(profile).items()}
+
+
 def profile_values(profile: str, stage: str) -> dict:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown training profile {profile!r}; one of {sorted(PROFILES)}")
-    return dict(PROFILES[profile][stage])
+    stages = _load(profile)
+    if stage not in stages:
+        raise ProfileError(
+            f"training profile {profile!r} has no values for stage {stage!r} ({PROFILE_DIR / profile}.json)"
+        )
+    return dict(stages[stage])
 
 
 def resolve(

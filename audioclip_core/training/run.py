@@ -54,6 +54,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         prepare=built.prepare,
         log=log,
         run_key=run_key(spec),
+        validation=built.validation,
     )
     if D.rank() != 0:
         D.barrier()
@@ -89,6 +90,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
             "skipped_items": result.skipped_items,
             "resumed_from_epoch": result.resumed_from,
             "official_export": str(official) if official else None,
+            "validation": _validation_record(cfg, built.validation, result.validation),
             **built.extra_lineage,
         },
     )
@@ -102,7 +104,21 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         resumed_from=result.resumed_from,
         skipped_items=list(result.skipped_items),
         world_size=D.world_size(),
+        validation=_validation_record(cfg, built.validation, result.validation),
     )
+
+
+def _validation_record(cfg, validation, scores: Optional[dict]) -> Optional[dict]:
+    """What the lineage says of the held-out clips: the share asked for, the clips (their
+    paths in the set), each score (epoch 0: the starting model) and the epoch kept."""
+    if validation is None:
+        return None
+    return {
+        "share": cfg.validation_share,
+        "rule": "highest accuracy, then lowest cross-entropy, then the earliest epoch",
+        "clips": list(validation.clips),
+        **(scores or {}),
+    }
 
 
 def _plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:

@@ -69,7 +69,8 @@ class StageSpec:
 class StageResult:
     """What a stage run wrote: the checkpoint (and its export in the original code's layout for
     ESResNeXt), its lineage record, the per-epoch history, where a resumed run took up, the
-    items that failed to load, and how many processes trained it."""
+    items that failed to load, how many processes trained it and, for fine-tuning with held-out
+    clips, their scores per epoch and the epoch kept."""
 
     checkpoint: str
     lineage_path: str
@@ -78,6 +79,7 @@ class StageResult:
     resumed_from: Optional[int] = None
     skipped_items: list = field(default_factory=list)
     world_size: int = 1
+    validation: Optional[dict] = None  # fine-tuning with held-out clips: their scores, the epoch kept
 
     @property
     def lineage(self) -> dict:

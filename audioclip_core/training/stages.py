@@ -26,22 +26,33 @@ dataset and a step (`builders`, `steps`), after the start-up rules below.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pandas as pd
 from torch import nn
 
+from ..data.clipsets import validation_split
 from ..data.datasets import AudioSetDataset, ClipSetDataset, ImageCaptionDataset, clipset_dataset
 from ..data.manifests import read_manifest
 from ..lineage import MISMATCH, verify_checkpoint
 from .builders import audio_options, build_audioclip, build_classifier
 from .config import TrainConfig
+from .loop import Validation
 from .spec import STAGE_NAMES, StageSpec
-from .steps import audioclip_step, classifier_step, image_text_step, keep_frozen_in_eval
+from .steps import (
+    audioclip_step,
+    class_name_logits,
+    classifier_logits,
+    classifier_step,
+    image_text_step,
+    keep_frozen_in_eval,
+)
 
-Built = tuple[nn.Module, object, Callable]  # model, dataset, step
+# model, dataset, step, and (fine-tuning) the held-out clips that pick the epoch kept
+Built = tuple[nn.Module, object, Callable, Optional[Validation]]
 
 
 # -- the stages ------------------------------------------------------------------------------
@@ -78,10 +89,22 @@ def _audioset_data(spec: StageSpec, cfg: TrainConfig, *, with_image: bool, image
     )
 
 
-def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> ClipSetDataset:
-    """An ESC-50 / US8K train split, augmented as `cfg` says."""
+def _clipset_data(spec: StageSpec, cfg: TrainConfig) -> tuple[ClipSetDataset, Optional[ClipSetDataset]]:
+    """An ESC-50 / US8K train split, augmented as `cfg` says, and the clips it holds out for
+    validation (`cfg.validation_share`; None without), read unaugmented."""
     table = pd.concat(_tables(spec), ignore_index=True)
-    return _read_from(spec, clipset_dataset(table, spec.classes, audio_options(cfg), train=True, seed=cfg.seed))
+    train, held = validation_split(table, spec.extra_lineage.get("dataset", ""), cfg.validation_share, cfg.seed)
+    data = _read_from(spec, clipset_dataset(train, spec.classes, audio_options(cfg), train=True, seed=cfg.seed))
+    if not len(held):
+        return data, None
+    plain = dataclasses.replace(audio_options(cfg), augment=False)
+    return data, _read_from(spec, clipset_dataset(held, spec.classes, plain, train=False, seed=cfg.seed))
+
+
+def _validation(dataset: Optional[ClipSetDataset], logits) -> Optional[Validation]:
+    if dataset is None:
+        return None
+    return Validation(dataset, logits, [str(p) for p in dataset.df["path"]])
 
 
 IMAGENET_SOURCE = (
@@ -158,37 +181,40 @@ def _clip_standin(spec: StageSpec, cfg: TrainConfig) -> Built:
     tables = _tables(spec)
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     data = _read_from(spec, ImageCaptionDataset(df, train=True, seed=cfg.seed, image_size=model.visual.image_size))
-    return model, data, image_text_step(cfg.loss_variant)
+    return model, data, image_text_step(cfg.loss_variant), None
 
 
 def _esresnext_audioset(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_classifier(cfg, len(spec.class_ids), init=spec.init, imagenet=spec.imagenet_weights)
-    return model, _audioset_data(spec, cfg, with_image=False), classifier_step
+    return model, _audioset_data(spec, cfg, with_image=False), classifier_step, None
 
 
 def _audioclip_partial(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_audioclip(cfg, audio_head=spec.init, clip_weights=spec.clip_weights)
     model.freeze(image=True, text=True)  # CLIP's towers are the teachers
     data = _audioset_data(spec, cfg, with_image=True, image_size=model.visual.image_size)
-    return model, data, audioclip_step(use_image=True, loss_variant=cfg.loss_variant)
+    return model, data, audioclip_step(use_image=True, loss_variant=cfg.loss_variant), None
 
 
 def _audioclip_full(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_audioclip(cfg, init=spec.init)
     data = _audioset_data(spec, cfg, with_image=True, image_size=model.visual.image_size)
-    return model, data, audioclip_step(use_image=True, loss_variant=cfg.loss_variant)
+    return model, data, audioclip_step(use_image=True, loss_variant=cfg.loss_variant), None
 
 
 def _esresnext_finetune(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_classifier(cfg, len(spec.classes), init=spec.init)
-    return model, _clipset_data(spec, cfg), classifier_step
+    data, held = _clipset_data(spec, cfg)
+    return model, data, classifier_step, _validation(held, classifier_logits)
 
 
 def _audioclip_finetune(spec: StageSpec, cfg: TrainConfig) -> Built:
     model = build_audioclip(cfg, init=spec.init)
     model.freeze(image=True, text=True)  # cooperative: only the audio head ...
     model.logit_scale.requires_grad_(False)  # ... and the two audio scales update
-    return model, _clipset_data(spec, cfg), audioclip_step(use_image=False, loss_variant=cfg.loss_variant)
+    data, held = _clipset_data(spec, cfg)
+    step = audioclip_step(use_image=False, loss_variant=cfg.loss_variant)
+    return model, data, step, _validation(held, class_name_logits(spec.classes))
 
 
 @dataclass(frozen=True)
@@ -252,6 +278,7 @@ class BuiltStage:
     step: Callable
     prepare: Callable[[nn.Module], None]
     extra_lineage: dict
+    validation: Optional[Validation] = None
 
 
 def build_stage(spec: StageSpec) -> BuiltStage:
@@ -267,7 +294,7 @@ def build_stage(spec: StageSpec) -> BuiltStage:
         if parent is not None and parent.state == MISMATCH
         else {}
     )
-    model, dataset, step = STAGES[spec.stage].build(spec, cfg)
+    model, dataset, step, validation = STAGES[spec.stage].build(spec, cfg)
     return BuiltStage(
         spec,
         cfg,
@@ -276,4 +303,5 @@ def build_stage(spec: StageSpec) -> BuiltStage:
         step,
         keep_frozen_in_eval,
         {**spec.extra_lineage, "clip_weights": spec.clip_weights, "imagenet_weights": spec.imagenet_weights, **changed},
+        validation,
     )

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.audioclip import AudioCLIP
+from ..models.audioclip import AudioCLIP, clamp_scale
 from ..models.esresnext import ESResNeXt
 
 
@@ -114,6 +114,25 @@ def caption_retrieval(logits: Optional[torch.Tensor], texts: list, world: int = 
     same = cls[:, None] == cls[None, :]
     hit = same[torch.arange(len(texts), device=cls.device), logits.detach().argmax(1)]
     return {key: float(hit.float().mean()), "acc_chance": float(same.float().mean())}
+
+
+def classifier_logits(model: ESResNeXt, batch: dict) -> torch.Tensor:
+    """A fine-tuned ESResNeXt's class scores (validation)."""
+    return _head(model)(batch["audio"])
+
+
+def class_name_logits(classes: list[str]):
+    """Cooperative fine-tuning's class scores (validation): each clip's audio embedding against
+    the class names' text embeddings, at the model's audio-text scale - the zero-shot rule the
+    evaluation applies to the fine-tuned model."""
+
+    def logits(model: AudioCLIP, batch: dict) -> torch.Tensor:
+        head = _head(model)
+        audio = F.normalize(head.encode_audio(batch["audio"]), dim=-1)
+        text = F.normalize(head.encode_text(list(classes)), dim=-1).to(audio.dtype)
+        return clamp_scale(head.logit_scale_at) * audio @ text.T
+
+    return logits
 
 
 def keep_frozen_in_eval(model: nn.Module) -> None:

@@ -67,14 +67,14 @@ def test_chance_accuracy_is_the_mean_over_all_score_orders():
     assert chance_accuracy(4) == pytest.approx(sum(accs) / len(accs))
 
 
-def _row(table, model, task, dataset, metric, value, chance):
+def _row(table, model, task, dataset, metric, value, chance, fold="mean"):
     return {
         "table": table,
         "model": model,
         "task": task,
         "dataset": dataset,
         "metric": metric,
-        "fold": "mean",
+        "fold": fold,
         "value": value,
         "chance": chance,
         "n": 10,
@@ -130,7 +130,36 @@ def test_the_verdict_names_what_fails():
     claims = {c.text: c for c in verdict.judge(_tables(fine_tuned=0.45, r_at_1=0.07))}
     assert not claims["fine-tuning beats zero-shot"].holds
     assert not claims["all four querying directions beat chance"].holds
-    assert "R@1: 7.0 (chance 4.0)" in "\n".join(claims["all four querying directions beat chance"].evidence)
+    assert "R@1: 7.0 (bar 8.0: -1.0)" in "\n".join(claims["all four querying directions beat chance"].evidence)
+
+
+def test_fine_tuning_is_judged_paired_per_fold_with_its_margin():
+    """Fine-tuned against zero-shot on the same test folds: the mean per-fold difference must be
+    positive, and the evidence says how many folds improved and the worst fold's change."""
+
+    def tables(fine):
+        t = _tables()
+        rows = []
+        for model in ("partial", "full"):
+            for fold, (ft, zs) in enumerate(fine, start=1):
+                rows.append(
+                    _row("table2", f"AudioCLIP ({model})", "fine-tuned", "ESC50", "accuracy", ft, 0.1, str(fold))
+                )
+                rows.append(
+                    _row("table3", f"AudioCLIP ({model})", "zero-shot", "ESC50", "accuracy", zs, 0.1, str(fold))
+                )
+        extra = pd.DataFrame(rows)
+        t["table2_audioclip"] = pd.concat([t["table2_audioclip"], extra[extra["table"] == "table2"]])
+        t["table3_zero_shot"] = pd.concat([t["table3_zero_shot"], extra[extra["table"] == "table3"]])
+        return {c.text: c for c in verdict.judge(t)}["fine-tuning beats zero-shot"]
+
+    claim = tables([(0.7, 0.5), (0.6, 0.6), (0.4, 0.5)])  # +20, 0, -10 points: +3.3 on average
+    assert claim.holds and abs(claim.margin - 0.1 / 3) < 1e-12
+    assert "paired over 3 folds (1 better, 1 equal, 1 worse; worst fold -10.0)" in claim.evidence[0]
+    claim = tables([(0.7, 0.5), (0.3, 0.6)])  # +20, -30: -5 on average, although one fold gained
+    assert not claim.holds and abs(claim.margin + 0.05) < 1e-12
+    rendered = verdict.render([claim])
+    assert "[FAILS] fine-tuning beats zero-shot  (margin -5.0)" in rendered
 
 
 def test_above_chance_rule():

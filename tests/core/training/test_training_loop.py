@@ -230,3 +230,122 @@ def test_epoch_states_are_resumed_only_by_the_same_run(lineage, tmp_path):
     assert changed.resumed_from is None and any("of another run" in s for s in said)
     assert [h["epoch"] for h in changed.history] == [0, 1]
     assert (wd / "epochs" / "run_key").read_text().strip() == "data-b"
+
+
+def test_validation_keeps_the_best_epoch_and_resumes_with_it(lineage, tmp_path):
+    """With held-out clips, the starting model (epoch 0) and every epoch are scored, and the
+    weights returned are the best epoch's - here epoch 1 of 3, by a scripted score - also when
+    the run is stopped and resumed between epochs."""
+    from safetensors.torch import load_file
+
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training import builders, steps
+    from audioclip_core.training.builders import audio_options
+    from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.loop import Validation, train
+
+    df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
+    classes = sorted(df["class_name"].unique())
+
+    def config(epochs):
+        return TrainConfig(
+            stage="esresnext_finetune",
+            preset="audioclip-tiny",
+            epochs=epochs,
+            batch_size=8,
+            lr=0.01,
+            clip_seconds=1.0,
+            max_steps_per_epoch=1,
+        )
+
+    held = clipset_dataset(df.iloc[:4], classes, audio_options(config(1)), train=False)
+    # accuracy per scoring (epochs trained 0 to 4): 1 of 4 right, then 3, 2, 3 and 2 of 4 -
+    # epoch 3 ties epoch 1 on accuracy and must lose on loss (its wrong clip more confidently wrong)
+    right = {0: 1, 1: 3, 2: 2, 3: 3, 4: 2}
+    calls = []
+
+    def scripted(model, batch):
+        epochs = len(calls)
+        calls.append(epochs)
+        target = batch["target"].view(-1)
+        logits = torch.zeros(len(target), len(classes), dtype=torch.float64)
+        for i, t in enumerate(target.tolist()):
+            logits[i, t if i < right[epochs] else (t + 1) % len(classes)] = 5.0 if epochs != 3 else 9.0
+        return logits
+
+    wd = tmp_path / "wd"
+    model = builders.build_classifier(config(1), len(classes))
+    data = clipset_dataset(df, classes, audio_options(config(1)), train=True)
+    val = Validation(held, scripted, ["a", "b", "c", "d"])
+    first = train(model, data, steps.classifier_step, config(2), wd, log=lambda m: None, validation=val)
+    assert [s["epoch"] for s in first.validation["scores"]] == [0, 1, 2]
+    assert first.validation["kept_epoch"] == 1
+    # resumed with more epochs: the scores so far and the best weights come back from the state
+    model = builders.build_classifier(config(1), len(classes))
+    again = train(model, data, steps.classifier_step, config(4), wd, log=lambda m: None, validation=val)
+    assert again.resumed_from == 1
+    scores = again.validation["scores"]
+    assert [s["epoch"] for s in scores] == [0, 1, 2, 3, 4] and len(calls) == 5
+    assert [round(s["accuracy"], 2) for s in scores[:4]] == [0.25, 0.75, 0.5, 0.75]
+    assert scores[3]["loss"] > scores[1]["loss"] and again.validation["kept_epoch"] == 1
+    kept = load_file(str(wd / "epochs" / "best" / "after_001_epochs.safetensors"))
+    got = again.model.state_dict()
+    assert kept and all(torch.equal(got[k].cpu(), v) for k, v in kept.items())
+    last = load_file(str(wd / "epochs" / "epoch_003" / "model.safetensors"))
+    assert any(not torch.equal(got[k].cpu(), v) for k, v in last.items() if v.is_floating_point())
+
+
+def test_fine_tuning_holds_out_whole_recordings_per_class_and_records_them(lineage, tmp_path):
+    """A fine-tuning stage with `validation_share` holds out about that share of each class's
+    training clips (never the test fold's), names them in its lineage with a score for the
+    starting model and every epoch, and writes the kept epoch's weights as its checkpoint."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from audioclip_core.data.clipsets import ESC50, US8K, validation_split
+    from audioclip_core.layout import DataLayout
+    from audioclip_core.training.assemble import finetune_spec
+    from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.run import run_stage
+
+    layout = DataLayout.at(lineage["data"])
+    cfg = TrainConfig(
+        stage="esresnext_finetune",
+        preset="audioclip-tiny",
+        epochs=2,
+        batch_size=8,
+        lr=0.01,
+        clip_seconds=1.0,
+        max_steps_per_epoch=1,
+        augment=False,
+        validation_share=0.25,
+    )
+    spec = finetune_spec(layout, "esresnext_esc50", "esc50", 2, cfg, upstream=None)
+    spec.workdir = str(tmp_path / "wd")
+    result = run_stage(spec, log=lambda m: None)
+    record = result.lineage["validation"]
+    train = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
+    test = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "test.parquet", lineage["data"])
+    held = train[train["path"].isin(record["clips"])]
+    assert len(held) == len(record["clips"]) and not set(record["clips"]) & set(test["path"])
+    per_class = held["class_name"].value_counts()
+    assert set(per_class.index) == set(train["class_name"]) and (per_class == 1).all()  # 4 per class * 0.25
+    assert [s["epoch"] for s in record["scores"]] == [0, 1, 2] and record["kept_epoch"] in (0, 1, 2)
+    assert result.validation == record
+    kept = load_file(str(tmp_path / "wd" / "epochs" / "best" / f"after_{record['kept_epoch']:03d}_epochs.safetensors"))
+    written = load_file(result.checkpoint)
+    assert all(torch.equal(written[k], v) for k, v in kept.items())
+    # whole recordings: UrbanSound8K slices of one fsID, ESC-50 takes of one source, stay together
+    us8k = pd.DataFrame(
+        {
+            "path": [f"audio/fold1/{fs}-0-0-{k}.wav" for fs in (100, 101, 102, 103) for k in range(3)],
+            "class_name": ["dog"] * 12,
+            "status": ["ok"] * 12,
+        }
+    )
+    kept_rows, held_rows = validation_split(us8k, "us8k", 0.3, seed=3)
+    rec = {US8K.recording(p) for p in held_rows["path"]}
+    assert len(held_rows) == 3 and len(rec) == 1 and not rec & {US8K.recording(p) for p in kept_rows["path"]}
+    assert ESC50.recording("audio/1-100032-A-0.wav") == "100032"
+    assert validation_split(us8k, "us8k", 0.3, seed=3)[1].equals(held_rows)  # seeded
+    assert validation_split(us8k, "us8k", 0.0, seed=3)[1].empty
