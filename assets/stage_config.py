@@ -42,6 +42,12 @@ class StageConfig(dg.Config):
         "(int16), and for fine-tuning the clip set's published loader's (ESC-50 "
         "int16, US8K minmax)",
     )
+    validation_share: Optional[float] = Field(
+        default=None,
+        description="fine-tuning: hold out this share of each class's training clips (whole "
+        "recordings), score the start and every epoch on them and keep the best; default: the "
+        "profile's (demo 0.2, paper 0: train to the last epoch)",
+    )
     device: str = "auto"
     init_checkpoint: str = Field(
         default="",

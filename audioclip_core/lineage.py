@@ -331,6 +331,13 @@ def format_chain(records: list[dict], checks: Optional[list[Optional[Verificatio
             f"{pad}   code {code.get('git_commit')}{' (dirty)' if code.get('git_dirty') else ''}  "
             f"preset {cfg.get('preset')}  seed {rec.get('seed')}  epochs {cfg.get('epochs')}"
         )
+        val = rec.get("validation")
+        if val and val.get("scores"):
+            curve = ", ".join(f"{v['epoch']}: {100 * v['accuracy']:.1f} %" for v in val["scores"])
+            lines.append(
+                f"{pad}   validation on {len(val.get('clips', []))} held-out clips, accuracy after N epochs "
+                f"(0: the start) {curve}; kept: {val.get('kept_epoch')}"
+            )
         for name, m in (rec.get("manifests") or {}).items():
             kept = _kept_state(m)
             lines.append(

@@ -84,10 +84,12 @@ class TrainingLauncher(dg.ConfigurableResource):
 
         log = log or context.log.info
         if nproc * nnodes <= 1:
-            from audioclip_core.perf import share_cpu_threads
+            from audioclip_core.perf import CoreShare
 
-            log(f"{share_cpu_threads()} CPU thread(s)")  # the other training slot's run gets the other cores
-            return run_stage(spec, on_epoch=on_epoch, log=log)
+            # its slot's share of the cores while other runs are in progress, all of them while none is
+            fit = CoreShare(lambda: other_runs(context), log=log)
+            fit()
+            return run_stage(spec, on_epoch=on_epoch, log=log, before_step=fit)
         workdir = Path(spec.workdir)
         spec_path = spec.to_json(workdir / "spec.json")
         result_path = workdir / "result.json"
@@ -158,3 +160,12 @@ class TrainingLauncher(dg.ConfigurableResource):
             env=env,
             base_pod_spec={"volumes": volumes, "containers": [container]},
         )
+
+
+def other_runs(context) -> int:
+    """How many runs of this Dagster instance other than `context`'s are starting or in progress."""
+    import dagster as dg
+
+    statuses = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    runs = context.instance.get_run_ids(filters=dg.RunsFilter(statuses=statuses), limit=50)
+    return sum(1 for run_id in runs if run_id != context.run.run_id)

@@ -127,10 +127,10 @@ def row_notes(table: list[str]) -> list[str]:
         notes.append("mAP both: the mean of the audio-text and image-text cosines (ours; the paper leaves it open).")
     if any("image" in c for c in cols) or tasks & {"image by text", "image by audio", "audio by image"}:
         notes.append(
-            "image rows and columns: one frame per clip (the middle one). In the demo's frames a class's colour band "
-            "is on about 40 % of the frames and White noise is never seen, so figures from images sit between chance "
-            "and their ceiling: an image says the class only some of the time, and audio and image together (mAP "
-            "both) can beat either alone."
+            "image rows and columns: one frame per clip (the middle one). Each of the demo's frames shows the "
+            "clip's class as a colour band beside the band of another class drawn at random, so a frame leaves two "
+            "candidates: figures from images sit between chance and their ceiling, and since audio confuses other "
+            "classes than the frames do, audio and image together (mAP both) can beat either alone."
         )
     if any(c.endswith("R@1") for c in cols):
         notes.append("R@1: its ceiling is 1 / (relevant items), so a low figure can be the best possible.")

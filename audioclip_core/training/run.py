@@ -36,10 +36,13 @@ def run_key(spec: StageSpec) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = print) -> Optional[StageResult]:
+def run_stage(
+    spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = print, before_step=None
+) -> Optional[StageResult]:
     """Build `spec`'s stage, train it (resumable), then (on rank 0 only) write the final
     checkpoint, its export and lineage; the result on rank 0, None on the other ranks. The
-    in-process path and every torchrun worker run this same function."""
+    in-process path and every torchrun worker run this same function (`before_step`: called
+    before every training step, e.g. to fit the CPU threads to what else runs)."""
     from . import distributed as D
 
     built = build_stage(spec)
@@ -55,6 +58,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         log=log,
         run_key=run_key(spec),
         validation=built.validation,
+        before_step=before_step,
     )
     if D.rank() != 0:
         D.barrier()

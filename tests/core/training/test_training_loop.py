@@ -1,5 +1,7 @@
 """The core training loop on bad input: a clip that fails mid-epoch, a loss that becomes NaN."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -335,6 +337,10 @@ def test_fine_tuning_holds_out_whole_recordings_per_class_and_records_them(linea
     kept = load_file(str(tmp_path / "wd" / "epochs" / "best" / f"after_{record['kept_epoch']:03d}_epochs.safetensors"))
     written = load_file(result.checkpoint)
     assert all(torch.equal(written[k], v) for k, v in kept.items())
+    from audioclip_core.lineage import chain, format_chain
+
+    said = format_chain(chain(Path(result.checkpoint)))  # what `audioclip lineage` prints of it
+    assert f"validation on {len(held)} held-out clips" in said and f"kept: {record['kept_epoch']}" in said
     # whole recordings: UrbanSound8K slices of one fsID, ESC-50 takes of one source, stay together
     us8k = pd.DataFrame(
         {
