@@ -10,7 +10,9 @@ noise, Chirp tone, Clicking, Siren, Buzz, Drum, Beep, bleep and Whistle - become
   listed ids have no video, as on YouTube; the local media server serves the folder and
   yt-dlp downloads from it through the production path.
 * ``esc50/`` and ``us8k/``: small datasets in the official ESC-50 and UrbanSound8K layouts
-  (5 and 10 folds) whose class names are the same sounds, so zero-shot has something to find.
+  (5 and 10 folds) of the same sounds, named as AudioSet names them ("beep, bleep" with its
+  comma): the demo's text tower knows only the texts it was trained on, so zero-shot transfer
+  is to new clips of known words, not to words it never saw.
 
 Frames carry a real but partial class signal, as video does: every frame shows each class
 the clip holds as a vertical colour band of varying width (occluded), beside the band of
@@ -46,6 +48,15 @@ class DemoClass:
     name: str  # AudioSet display name
     short: str  # ESC-50 / US8K style category (underscores)
     color: tuple[int, int, int]  # its band in the frames
+
+    @property
+    def category(self) -> str:
+        """Its ESC-50 / UrbanSound8K category: the AudioSet name, lower case, spaces as underscores
+        ("beep,_bleep"), so its class name there ("beep, bleep") is the text the towers were
+        trained on. The demo's text tower knows no other text: a name it never saw (e.g. "beep
+        bleep" without the comma) embeds anywhere, and in some runs drew most clips to it
+        (docs/profiles.md)."""
+        return self.name.lower().replace(" ", "_")
 
 
 CLASSES = (
@@ -320,6 +331,11 @@ def generate_audioset(
     return counts
 
 
+def _csv(field: str) -> str:
+    """A CSV field, quoted when it holds a comma or a quote."""
+    return '"' + field.replace('"', '""') + '"' if ("," in field or '"' in field) else field
+
+
 def generate_esc50(root: Path, *, per_fold_class: int = 4, seed: int = 1) -> int:
     """ESC-50 layout: meta/esc50.csv + audio/{fold}-{src}-{take}-{target}.wav, 5 s mono 44.1 kHz."""
     rng = np.random.default_rng(seed)
@@ -334,7 +350,7 @@ def generate_esc50(root: Path, *, per_fold_class: int = 4, seed: int = 1) -> int
                 src += 1
                 name = f"{fold}-{src}-{take}-{target}.wav"
                 sf.write(root / "audio" / name, synthesize(cls, 5.0, rng), SR, subtype="PCM_16")
-                lines.append(f"{name},{fold},{target},{cls.short},False,{src},{take}")
+                lines.append(f"{name},{fold},{target},{_csv(cls.category)},False,{src},{take}")
     (root / "meta" / "esc50.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines) - 1
 
@@ -361,7 +377,7 @@ def generate_us8k(root: Path, *, per_fold_class: int = 2, seed: int = 2) -> int:
                     y = np.stack([y, 0.8 * y], 1)
                 name = f"{fsid}-{class_id}-0-{i}.wav"
                 sf.write(folder / name, y, sr, subtype="PCM_16")
-                lines.append(f"{name},{fsid},0.0,{seconds:.6f},1,{fold},{class_id},{cls.short}")
+                lines.append(f"{name},{fsid},0.0,{seconds:.6f},1,{fold},{class_id},{_csv(cls.category)}")
     (root / "metadata" / "UrbanSound8K.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines) - 1
 
