@@ -12,7 +12,9 @@ noise, Chirp tone, Clicking, Siren, Buzz, Drum, Beep, bleep and Whistle - become
 * ``esc50/`` and ``us8k/``: small datasets in the official ESC-50 and UrbanSound8K layouts
   (5 and 10 folds) of the same sounds, named as AudioSet names them ("beep, bleep" with its
   comma): the demo's text tower knows only the texts it was trained on, so zero-shot transfer
-  is to new clips of known words, not to words it never saw.
+  is to new clips of known words, not to words it never saw. As field recordings, they carry a
+  background of rumble and mains hum that the AudioSet clips lack (`_field_recording`): a
+  domain shift that zero-shot meets and fine-tuning adapts to.
 
 Frames carry a real but partial class signal, as video does: every frame shows each class
 the clip holds as a vertical colour band of varying width (occluded), beside the band of
@@ -331,6 +333,31 @@ def generate_audioset(
     return counts
 
 
+# ESC-50 and UrbanSound8K are field recordings, AudioSet's demo clips are not: the demo's two
+# clip sets carry a background - a low rumble and mains hum at 50-60 Hz with its harmonics -
+# that the AudioSet clips the towers trained on never have. Zero-shot meets a shifted domain
+# (the rumble is near pink noise, the hum near buzz) and fine-tuning on the set adapts to it,
+# as in the paper, where zero-shot ESC-50 is 69 % and fine-tuned 97 %. Without it the demo's
+# zero-shot sat at the ceiling and fine-tuning had nothing to add (docs/profiles.md).
+RUMBLE, HUM = 0.3, 0.2
+
+
+def _field_recording(y: np.ndarray, rng: np.random.Generator, sr: int = SR) -> np.ndarray:
+    """`y` with a background of rumble (brown noise, drawn at 1 kHz and interpolated) and hum,
+    each at a random level up to `RUMBLE` / `HUM` of full scale, scaled back to `y`'s peak."""
+    n = len(y)
+    coarse = max(8, int(n * 1000 / sr))
+    rumble = np.cumsum(rng.standard_normal(coarse))
+    rumble -= np.convolve(rumble, np.ones(51) / 51, mode="same")  # no drift: above ~20 Hz
+    rumble = np.interp(np.linspace(0, coarse - 1, n), np.arange(coarse), rumble)
+    rumble /= np.abs(rumble).max() + 1e-9
+    phase = 2 * np.pi * rng.uniform(50, 60) * np.arange(n) / sr + rng.uniform(0, 2 * np.pi)
+    hum = np.sin(phase) + np.sin(2 * phase) / 2 + np.sin(3 * phase) / 3
+    hum /= np.abs(hum).max() + 1e-9
+    out = y + RUMBLE * rng.uniform(0.5, 1.0) * rumble + HUM * rng.uniform(0.5, 1.0) * hum
+    return (out * (np.abs(y).max() / (np.abs(out).max() + 1e-9))).astype(np.float32)
+
+
 def _csv(field: str) -> str:
     """A CSV field, quoted when it holds a comma or a quote."""
     return '"' + field.replace('"', '""') + '"' if ("," in field or '"' in field) else field
@@ -349,7 +376,7 @@ def generate_esc50(root: Path, *, per_fold_class: int = 4, seed: int = 1) -> int
             for take in "ABCDEFGH"[:per_fold_class]:
                 src += 1
                 name = f"{fold}-{src}-{take}-{target}.wav"
-                sf.write(root / "audio" / name, synthesize(cls, 5.0, rng), SR, subtype="PCM_16")
+                sf.write(root / "audio" / name, _field_recording(synthesize(cls, 5.0, rng), rng), SR, subtype="PCM_16")
                 lines.append(f"{name},{fold},{target},{_csv(cls.category)},False,{src},{take}")
     (root / "meta" / "esc50.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines) - 1
@@ -372,7 +399,7 @@ def generate_us8k(root: Path, *, per_fold_class: int = 2, seed: int = 2) -> int:
                 fsid += 1
                 seconds = float(rng.uniform(2.5, 4.0))
                 sr = int(rates[int(rng.integers(len(rates)))])
-                y = synthesize(cls, seconds, rng, sr)
+                y = _field_recording(synthesize(cls, seconds, rng, sr), rng, sr)
                 if rng.random() < 0.5:
                     y = np.stack([y, 0.8 * y], 1)
                 name = f"{fsid}-{class_id}-0-{i}.wav"
