@@ -120,10 +120,11 @@ def _beats(t2: pd.DataFrame, t3: pd.DataFrame) -> Claim:
         margins.append(mean)
         # figures are shares of a fold's clips stored in float32: closer than 1e-6 is equal
         better, worse = sum(d > 1e-6 for d in diffs), sum(d < -1e-6 for d in diffs)
+        worst = min(diffs) if abs(min(diffs)) > 1e-6 else 0.0
         evidence.append(
             f"{r.model} {r.dataset}: fine-tuned {_pts(sum(a for a, _ in pairs) / len(pairs))} vs zero-shot "
             f"{_pts(sum(b for _, b in pairs) / len(pairs))}: {_signed(mean)} points, {basis} "
-            f"({better} better, {len(pairs) - better - worse} equal, {worse} worse; worst fold {_signed(min(diffs) if abs(min(diffs)) > 1e-6 else 0.0)})"
+            f"({better} better, {len(pairs) - better - worse} equal, {worse} worse; worst fold {_signed(worst)})"
         )
     holds = bool(margins) and min(margins) > 1e-12
     return Claim(
