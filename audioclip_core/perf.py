@@ -19,7 +19,7 @@ import ctypes.util
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -56,48 +56,21 @@ def training_slots() -> int:
     return max(1, torch.cuda.device_count() or 2)
 
 
-def share_cpu_threads(alone: bool = False) -> int:
-    """Give a CPU training run its share of the cores: cores / training slots threads, or every
-    core when it runs `alone` (no other run in progress), unless OMP_NUM_THREADS says otherwise.
-    Two runs that each start one thread per core put two spinning OpenMP threads on every core;
-    measured on 2 cores, a demo US8K fold took 20-57 s that way against 5.3 s alone - so a run
-    takes all cores only while nothing else runs (`CoreShare` looks again every few seconds).
+def share_cpu_threads() -> int:
+    """Give a CPU training run its share of the cores: cores / training slots threads (unless
+    OMP_NUM_THREADS says otherwise). Two runs that each start one thread per core put two
+    spinning OpenMP threads on every core; measured on 2 cores, a demo US8K fold took 20-57 s
+    that way against 5.3 s alone. The count is fixed, not fitted to what else runs: a CPU run's
+    float sums depend on it, and a resumed run must reach the same weights as one never
+    interrupted (taking every core while alone gained only ~10 % on the demo's solo stages).
     Returns the thread count set."""
     import torch
 
     if os.environ.get("OMP_NUM_THREADS") or torch.cuda.is_available():  # told, or the work is on the GPUs
         return torch.get_num_threads()
-    cores = os.cpu_count() or 1
-    threads = cores if alone else max(1, cores // training_slots())
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    threads = max(1, (os.cpu_count() or 1) // training_slots())
+    torch.set_num_threads(threads)
     return threads
-
-
-class CoreShare:
-    """A training run's CPU threads, kept fitted to what else runs: called before every step, it
-    asks `others()` (how many other runs are in progress) at most every `every` seconds and takes
-    all cores while there are none, its slot's share otherwise. A run started meanwhile finds
-    this one in progress and takes its share; this one gives the extra cores back within
-    `every` seconds."""
-
-    def __init__(self, others: Callable[[], int], every: float = 2.0, log: Optional[Callable[[str], None]] = None):
-        self.others, self.every, self.log = others, every, log
-        self.last, self.threads = -float("inf"), None
-
-    def __call__(self) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        try:
-            alone = self.others() == 0
-        except Exception:  # the instance cannot say: share, as if another run were in progress
-            alone = False
-        threads = share_cpu_threads(alone)
-        if threads != self.threads and self.log is not None:
-            self.log(f"{threads} CPU thread(s)" + (" (no other run in progress)" if alone else ""))
-        self.threads = threads
 
 
 @contextlib.contextmanager

@@ -84,12 +84,10 @@ class TrainingLauncher(dg.ConfigurableResource):
 
         log = log or context.log.info
         if nproc * nnodes <= 1:
-            from audioclip_core.perf import CoreShare
+            from audioclip_core.perf import share_cpu_threads
 
-            # its slot's share of the cores while other runs are in progress, all of them while none is
-            fit = CoreShare(lambda: other_runs(context), log=log)
-            fit()
-            return run_stage(spec, on_epoch=on_epoch, log=log, before_step=fit)
+            log(f"{share_cpu_threads()} CPU thread(s)")  # the other training slot's run gets the other cores
+            return run_stage(spec, on_epoch=on_epoch, log=log)
         workdir = Path(spec.workdir)
         spec_path = spec.to_json(workdir / "spec.json")
         result_path = workdir / "result.json"
@@ -160,12 +158,3 @@ class TrainingLauncher(dg.ConfigurableResource):
             env=env,
             base_pod_spec={"volumes": volumes, "containers": [container]},
         )
-
-
-def other_runs(context) -> int:
-    """How many runs of this Dagster instance other than `context`'s are starting or in progress."""
-    import dagster as dg
-
-    statuses = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-    runs = context.instance.get_run_ids(filters=dg.RunsFilter(statuses=statuses), limit=50)
-    return sum(1 for run_id in runs if run_id != context.run.run_id)

@@ -248,7 +248,6 @@ def train(
     log: Callable[[str], None] = print,
     run_key: Optional[str] = None,
     validation: Optional[Validation] = None,
-    before_step: Optional[Callable[[], None]] = None,
 ) -> TrainResult:
     """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any
     of the same run: with `run_key` (a digest of what determines the run - config, data, parent),
@@ -256,8 +255,7 @@ def train(
     with another config starts afresh instead of taking up where the last one ended.
 
     With `validation`, the starting model and each epoch's are scored on its clips, the best
-    weights kept (`epochs/best/`, resumable too) and returned (`result.validation`).
-    `before_step` is called before every step (e.g. `perf.CoreShare`, fitting the threads)."""
+    weights kept (`epochs/best/`, resumable too) and returned (`result.validation`)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
@@ -340,8 +338,6 @@ def train(
             sums: dict[str, float] = {}
             n_samples, t0 = 0, time.perf_counter()
             for i, batch in enumerate(loader):
-                if before_step is not None:
-                    before_step()
                 for err in batch["errors"]:
                     log(f"skipped a sample that failed to load: {err}")
                     result.skipped_items.append(err)

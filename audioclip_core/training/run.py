@@ -36,13 +36,10 @@ def run_key(spec: StageSpec) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_stage(
-    spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = print, before_step=None
-) -> Optional[StageResult]:
+def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = print) -> Optional[StageResult]:
     """Build `spec`'s stage, train it (resumable), then (on rank 0 only) write the final
     checkpoint, its export and lineage; the result on rank 0, None on the other ranks. The
-    in-process path and every torchrun worker run this same function (`before_step`: called
-    before every training step, e.g. to fit the CPU threads to what else runs)."""
+    in-process path and every torchrun worker run this same function."""
     from . import distributed as D
 
     built = build_stage(spec)
@@ -58,7 +55,6 @@ def run_stage(
         log=log,
         run_key=run_key(spec),
         validation=built.validation,
-        before_step=before_step,
     )
     if D.rank() != 0:
         D.barrier()
