@@ -409,9 +409,13 @@ def cmd_lineage(args) -> None:
         else:
             for name in dict.fromkeys(r["manifest"] for r in rows):
                 mine = [r for r in rows if r["manifest"] == name]
-                print(f"{name} (sha256 {mine[0]['sha256'][:16]}): {len(mine)} clips")
+                held = [r for r in mine if r.get("use") != "trained on"]
+                print(
+                    f"{name} (sha256 {mine[0]['sha256'][:16]}): {len(mine) - len(held)} clips trained on"
+                    + (f", {len(held)} held out for validation (marked *)" if held else "")
+                )
                 for r in mine:
-                    print(f"  {r['clip']}")
+                    print(f"  {r['clip']}" + (" *" if r.get("use") != "trained on" else ""))
         return
     records = chain(Path(args.checkpoint))
     checks = verify_chain(Path(args.checkpoint), records)

@@ -250,12 +250,17 @@ def manifest_file(entry: dict) -> Optional[Path]:
     return None
 
 
+HELD_OUT = "held out for validation"
+
+
 def clips_of(checkpoint: Path) -> list[dict]:
     """The clips (AudioSet segment ids, ESC-50 / US8K file paths) with status ok in each
     manifest the checkpoint was trained on, read from the version its record names - the same
-    list after the manifest has moved on. Rows: manifest, sha256, clip."""
+    list after the manifest has moved on. Rows: manifest, sha256, clip, use ("trained on", or
+    `HELD_OUT`: a fine-tuning's validation clips, which chose its epoch but were not trained on)."""
 
     rec = read_record(checkpoint)
+    held = set((rec.get("validation") or {}).get("clips") or [])
     out = []
     for name, m in (rec.get("manifests") or {}).items():
         src = manifest_file(m)
@@ -268,7 +273,15 @@ def clips_of(checkpoint: Path) -> list[dict]:
         if "status" in df:
             df = df[df["status"] == "ok"]
         ids = df["segment_id"] if "segment_id" in df else df["path"]
-        out += [{"manifest": name, "sha256": m["sha256"], "clip": str(c)} for c in ids]
+        out += [
+            {
+                "manifest": name,
+                "sha256": m["sha256"],
+                "clip": str(c),
+                "use": HELD_OUT if str(c) in held else "trained on",
+            }
+            for c in ids
+        ]
     return out
 
 
@@ -448,8 +461,18 @@ def checkpoints_for_clip(
         for sha, (_, r) in by_sha.items()
         if any(str(files.get(id(m))) in hit_paths for m in (r.get("manifests") or {}).values())
     }
+
+    def held_out(r: dict) -> bool:
+        clips = (r.get("validation") or {}).get("clips") or []
+        return any(c == clip or Path(c).name == clip for c in clips)
+
     hits = [
-        ClipHit(r["checkpoint"]["path"], record_name(r), sha, "trained on it")
+        ClipHit(
+            r["checkpoint"]["path"],
+            record_name(r),
+            sha,
+            f"{HELD_OUT} (chose its epoch)" if held_out(r) else "trained on it",
+        )
         for sha, (_, r) in by_sha.items()
         if sha in direct
     ]

@@ -341,6 +341,14 @@ def test_fine_tuning_holds_out_whole_recordings_per_class_and_records_them(linea
 
     said = format_chain(chain(Path(result.checkpoint)))  # what `audioclip lineage` prints of it
     assert f"validation on {len(held)} held-out clips" in said and f"kept: {record['kept_epoch']}" in said
+    # an auditor asking which checkpoints a clip went into is told it was held out, not trained on
+    from audioclip_core.lineage import HELD_OUT, checkpoints_for_clip, clips_of
+
+    rows = clips_of(Path(result.checkpoint))
+    assert {r["clip"] for r in rows if r["use"] == HELD_OUT} == set(record["clips"])
+    assert checkpoints_for_clip(record["clips"][0], tmp_path / "wd")[0].via.startswith(HELD_OUT)
+    trained = next(r["clip"] for r in rows if r["use"] == "trained on")
+    assert checkpoints_for_clip(trained, tmp_path / "wd")[0].via == "trained on it"
     # whole recordings: UrbanSound8K slices of one fsID, ESC-50 takes of one source, stay together
     us8k = pd.DataFrame(
         {
