@@ -13,6 +13,7 @@ SHARED_DATA = SHARED / "data"
 PARITY_DIR = SHARED / "parity"
 # one reason for every test that needs them, so that pytest -ra counts them on one line
 SHARED_DATA_REASON = "needs ../shared/data (real media; set AUDIOCLIP_SHARED_DIR)"
+PARITY_REASON = "needs ../shared/parity (parity fixtures; set AUDIOCLIP_SHARED_DIR)"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -64,6 +64,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         model = _plain_batchnorm(model)
     model.cpu().eval()
     checkpoint = workdir / f"{spec.name}.safetensors"
+    validation = _validation_record(cfg, built.validation, result.validation)
     meta = {
         "name": spec.name,
         "stage": cfg.stage,
@@ -90,7 +91,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
             "skipped_items": result.skipped_items,
             "resumed_from_epoch": result.resumed_from,
             "official_export": str(official) if official else None,
-            "validation": _validation_record(cfg, built.validation, result.validation),
+            "validation": validation,
             **built.extra_lineage,
         },
     )
@@ -104,7 +105,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         resumed_from=result.resumed_from,
         skipped_items=list(result.skipped_items),
         world_size=D.world_size(),
-        validation=_validation_record(cfg, built.validation, result.validation),
+        validation=validation,
     )
 
 

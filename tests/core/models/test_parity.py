@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import PARITY_DIR, SHARED_DATA_REASON, ci_requires_shared_data
+from conftest import PARITY_DIR, PARITY_REASON, ci_requires_shared_data
 from parity_run import run_parity
 
 DIRS = [Path(p) for p in (os.environ.get("AUDIOCLIP_PARITY_DIR") or str(PARITY_DIR)).split(os.pathsep) if p]
@@ -20,7 +20,7 @@ def test_parity_fixtures(parity_dir):
     if not (parity_dir / "reference_outputs.npz").is_file():
         if ci_requires_shared_data() or os.environ.get("AUDIOCLIP_PARITY_DIR"):
             pytest.fail(f"no parity fixtures in {parity_dir}", pytrace=False)
-        pytest.skip(SHARED_DATA_REASON.replace("../shared/data (real media", "../shared/parity (parity fixtures"))
+        pytest.skip(PARITY_REASON)
     outputs, compare = run_parity(parity_dir)
     ref = compare.load_reference(str(parity_dir / "reference_outputs.npz"))
     results = compare.compare(outputs, ref=ref)
