@@ -8,7 +8,7 @@ static partition per official fold, from the spec's fold count) and, in `assets/
 after this module was imported (as a test does).
 """
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import dagster as dg
 import pandas as pd
@@ -18,7 +18,7 @@ from audioclip_core.data.clipsets import SPECS, ClipSetSpec, count_warnings, fol
 from audioclip_core.data.manifests import relative_paths
 from audioclip_core.files import read_version_parquet
 
-from .metadata import each_partition, status_preview
+from .metadata import each_partition, partitioned_check, status_preview
 from .resources import DataRoot, DatasetSources
 from .shards import clipset_shards
 from .sources import dataset_sources
@@ -76,8 +76,8 @@ def _manifest(spec: ClipSetSpec, context, data_root: DataRoot, sources: DatasetS
     )
 
 
-def _folds(name: str, context, data_root: DataRoot) -> dg.MaterializeResult:
-    return each_partition(context, lambda key: _fold(name, int(key), data_root))
+def _folds(name: str, context, data_root: DataRoot) -> Iterator:
+    yield from each_partition(context, lambda key: _fold(name, int(key), data_root))
 
 
 def _fold(name: str, fold: int, data_root: DataRoot) -> dg.MaterializeResult:
@@ -181,12 +181,14 @@ def folds_asset(
         deps=[manifest],
         kinds={"parquet"},
         backfill_policy=ALL_FOLDS_IN_ONE_RUN,
-        check_specs=[dg.AssetCheckSpec("disjoint_and_covering", asset=name, blocking=True, description=_FOLD_CHECK)],
+        check_specs=[
+            partitioned_check("disjoint_and_covering", name, partitions, blocking=True, description=_FOLD_CHECK)
+        ],
         description=f"Official {spec.title} fold k: test = fold k, train = the other "
         f"{_COUNTS[others] if others < len(_COUNTS) else others}.",
     )
     def _asset(context: dg.AssetExecutionContext, data_root: DataRoot):
-        return _folds(spec.name, context, data_root)
+        yield from _folds(spec.name, context, data_root)
 
     return _asset
 

@@ -9,6 +9,7 @@ import dagster as dg
 
 from audioclip_core.layout import DataLayout
 
+from .metadata import partitioned_check
 from .resources import MlflowTracking
 
 COLLAPSE_CHECK = (
@@ -28,8 +29,12 @@ CHANCE_CHECK = (
 )
 
 
-def check_specs(name: str, contrastive: bool, retrieval: bool = False) -> list[dg.AssetCheckSpec]:
+def check_specs(name: str, contrastive: bool, retrieval: bool = False, partitions_def=None) -> list[dg.AssetCheckSpec]:
+    """The gates of stage `name`; with `partitions_def` (a fine-tuning's folds) each fold's
+    result is recorded against its fold."""
     specs = [FINITE_CHECK] + ([COLLAPSE_CHECK] if contrastive else []) + ([CHANCE_CHECK] if retrieval else [])
+    if partitions_def is not None:
+        return [partitioned_check(c, name, partitions_def, blocking=True, description=d) for c, d in specs]
     return [dg.AssetCheckSpec(check, asset=name, blocking=True, description=desc) for check, desc in specs]
 
 

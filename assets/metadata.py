@@ -37,46 +37,64 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 10) -> str:
     return "\n".join(lines)
 
 
-def each_partition(context, materialize) -> "dg.MaterializeResult":
+def each_partition(context, materialize):
     """Run `materialize(partition_key)` for every partition of the run - one, or a range when
-    the asset's backfill policy batches partitions into one run (the fold assets: one process
-    instead of one per fold) - and return one result: a single partition's as it is; for a
-    range, each partition's metadata under its key, every check passed only when it passed
-    for all, and a data version of them all."""
+    the asset's backfill policy batches partitions into one run (the fold assets and the
+    fine-tunings: one process instead of one per fold) - and yield what Dagster records per
+    partition: a single partition's result as it is; for a range, each partition's own metadata
+    (`add_asset_metadata`), each partition's own check results (evaluations carrying the
+    partition, so the UI shows every fold's latest result, and a failed blocking one fails the
+    step), and one data version of them all (Dagster takes one per output)."""
     import hashlib
 
     import dagster as dg
 
     keys = list(context.partition_keys)
+    if len(keys) == 1:
+        yield materialize(keys[0])
+        return
     results = [materialize(k) for k in keys]
-    if len(results) == 1:
-        return results[0]
-
-    def plain(meta) -> dict:
-        return {k: (v.value if hasattr(v, "value") else v) for k, v in (meta or {}).items()}
-
-    checks: dict[str, list] = {}
+    for key, res in zip(keys, results):
+        context.add_asset_metadata(dict(res.metadata or {}), partition_key=key)
+    versions = "".join(r.data_version.value if r.data_version else "" for r in results)
+    yield dg.MaterializeResult(
+        metadata={"run_partitions": dg.MetadataValue.text(f"{len(keys)} in one run: {', '.join(keys)}")},
+        data_version=dg.DataVersion(hashlib.sha256(versions.encode()).hexdigest()[:16]),
+    )
+    specs = {s.name: s for s in context.assets_def.check_specs}
     for key, res in zip(keys, results):
         for c in res.check_results or []:
-            checks.setdefault(c.check_name, []).append((key, c))
-    merged = [
-        dg.AssetCheckResult(
-            check_name=name,
-            passed=all(c.passed for _, c in got),
-            metadata={
-                f"partition {k}": dg.MetadataValue.json({"passed": c.passed, **plain(c.metadata)}) for k, c in got
-            },
-        )
-        for name, got in checks.items()
-    ]
-    versions = "".join(r.data_version.value if r.data_version else "" for r in results)
-    return dg.MaterializeResult(
-        metadata={
-            "partitions": keys,
-            **{f"partition {k}": dg.MetadataValue.json(plain(r.metadata)) for k, r in zip(keys, results)},
-        },
-        check_results=merged,
-        data_version=dg.DataVersion(hashlib.sha256(versions.encode()).hexdigest()[:16]),
+            spec = specs[c.check_name]
+            yield dg.AssetCheckEvaluation(
+                asset_key=spec.asset_key,
+                check_name=c.check_name,
+                passed=c.passed,
+                metadata=c.metadata,
+                severity=c.severity,
+                description=c.description,
+                blocking=spec.blocking,
+                partition=key,
+                target_materialization_data=_materialization_of(context, spec.asset_key, key),
+            )
+    for spec in specs.values():  # each check's output: its evaluations went out above
+        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(spec.key))
+
+
+def _materialization_of(context, asset_key, partition: str):
+    """The partition's materialisation just recorded, which its check evaluation is about."""
+    import dagster as dg
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    mat = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=mat.event_log_entry.run_id, storage_id=mat.storage_id, timestamp=mat.timestamp
     )
 
 

@@ -332,7 +332,7 @@ def _finetune_asset(name, dataset, upstream_asset, cooperative, description):
         pool="gpu",
         kinds={"pytorch", "mlflow"},
         description=description,
-        check_specs=_checks(name, cooperative),
+        check_specs=_checks(name, cooperative, partitions_def=FOLD_PARTITIONS[dataset]),
         backfill_policy=FOLDS_PER_RUN,
         code_version=stage_code_version("audioclip_finetune" if cooperative else "esresnext_finetune"),
     )
@@ -343,8 +343,8 @@ def _finetune_asset(name, dataset, upstream_asset, cooperative, description):
         sources: DatasetSources,
         tracking: MlflowTracking,
         launcher: TrainingLauncher,
-    ) -> dg.MaterializeResult:
-        return each_partition(
+    ):
+        yield from each_partition(
             context,
             lambda fold: _finetune(
                 context,

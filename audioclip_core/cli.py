@@ -307,7 +307,7 @@ def cmd_query(args) -> None:
             best = None
             for r, (s, i) in enumerate(zip(scores[qi], idx[qi]), start=1):
                 j = ok[int(i)]
-                mean, std, z = score_reference(everything[qi], int(i))
+                median, spread, z = score_reference(everything[qi], int(i))
                 best = z if best is None else best
                 rows.append(
                     {
@@ -317,8 +317,8 @@ def cmd_query(args) -> None:
                         "modality": cand.kinds[j],
                         "score": round(float(s), 6),
                         "z": None if z is None else round(z, 2),
-                        "others_mean": None if mean is None else round(mean, 6),
-                        "others_std": None if std is None else round(std, 6),
+                        "others_median": None if median is None else round(median, 6),
+                        "others_spread": None if spread is None else round(spread, 6),
                         **_status(None),
                     }
                 )
@@ -331,7 +331,7 @@ STANDS_OUT = 3.0  # z of the best candidate from which `query` calls it a match,
 
 def _verdict(z: Optional[float], n: int) -> str:
     if z is None:
-        return f"{n} candidates: too few to tell a match from noise (z needs 4 or more)"
+        return f"{n} candidates: too few to tell a match from noise (z needs 4 or more that differ)"
     if z >= STANDS_OUT:
         return f"the best candidate stands out from the other {n - 1} (z {z:.1f}): likely a match"
     return (
@@ -584,10 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub_parser(
         "query",
         "rank files by a text or by a query file. Each row holds the cosine score and a reference: "
-        "others_mean / others_std, the query's scores on every other candidate (a random pairing "
-        "in this collection), and z = (score - others_mean) / others_std. z near 0: no more a match "
-        "than any other file; 3 or more: it stands out (stderr says which per query). A raw cosine "
-        "alone means little: its level depends on the checkpoint and the modality pair",
+        "others_median / others_spread, the median of the query's scores on every other candidate "
+        "(a random pairing in this collection) and their median absolute deviation scaled to a "
+        "standard deviation, and z = (score - others_median) / others_spread. z near 0: no more a "
+        "match than any other file; 3 or more: it stands out (stderr says which per query). A raw "
+        "cosine alone means little: its level depends on the checkpoint and the modality pair",
     )
     model_args(sp)
     sp.add_argument("files", nargs="+", help="the collection to search")

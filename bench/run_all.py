@@ -12,8 +12,10 @@ HERE = Path(__file__).parent
 for script in ("bench_encoders.py", "bench_train.py", "bench_data.py", "bench_long_audio.py"):
     print(f"\n### {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *sys.argv[1:]], check=True)
-for script, args in [("bench_audioset_path.py", ["--segments", "300"]), ("bench_loader.py", [])] + (
-    [("bench_gpu.py", ["--compile"])] if torch.cuda.is_available() else []
-):
+for script, args in [
+    ("bench_audioset_path.py", ["--segments", "300"]),
+    ("bench_loader.py", []),
+    ("bench_cli_startup.py", []),
+] + ([("bench_gpu.py", ["--compile"])] if torch.cuda.is_available() else []):
     print(f"\n### {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *args], check=True)

@@ -235,8 +235,8 @@ def test_esc50_us8k_manifests_and_folds(tmp_path):
         r = _mat([clipsets.esc50_folds], res, str(k))
         assert _meta(r, "esc50_folds")["test"] == 10 and _meta(r, "esc50_folds")["train"] == 40
         assert all(c.passed for c in r.get_asset_check_evaluations())
-    # a backfill writes all folds of a set in one run (backfill policy): one result per run,
-    # each fold's figures under its key, each fold's files written
+    # a backfill writes all folds of a set in one run (backfill policy): each fold's own figures
+    # and its own check result, recorded against the fold; each fold's files written
     assert clipsets.us8k_folds.backfill_policy == dg.BackfillPolicy.single_run()
     r = dg.materialize(
         [clipsets.us8k_folds],
@@ -245,12 +245,17 @@ def test_esc50_us8k_manifests_and_folds(tmp_path):
         tags={"dagster/asset_partition_range_start": "1", "dagster/asset_partition_range_end": "10"},
     )
     assert r.success
-    meta = _meta(r, "us8k_folds")
-    assert meta["partitions"] == [str(k) for k in range(1, 11)]
-    assert meta["partition 3"]["test"] == 20 and meta["partition 3"]["train"] == n_us - 20  # 2 per class
-    assert {e.partition for e in r.asset_materializations_for_node("us8k_folds")} == {str(k) for k in range(1, 11)}
-    (check,) = r.get_asset_check_evaluations()
-    assert check.passed and check.metadata["partition 10"].value["passed"]
+    events = r.asset_materializations_for_node("us8k_folds")
+    mats = {e.partition: {k: v.value for k, v in e.metadata.items()} for e in events}
+    assert set(mats) == {str(k) for k in range(1, 11)}
+    # 2 per class in each test fold
+    assert all(m["fold"] == int(k) and m["test"] == 20 and m["train"] == n_us - 20 for k, m in mats.items())
+    assert mats["3"]["run_partitions"] == "10 in one run: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+    evals = r.get_asset_check_evaluations()
+    assert sorted((e.partition, e.check_name, e.passed) for e in evals) == sorted(
+        (str(k), "disjoint_and_covering", True) for k in range(1, 11)
+    )
+    assert all(e.metadata["test"].value == 20 and e.target_materialization_data for e in evals)
     layout = res["data_root"].layout
     assert all(layout.fold("us8k", k, "test").is_file() for k in range(1, 11))
     con = duckdb.connect(str(tmp_path / "data" / "catalog.duckdb"), read_only=True)

@@ -209,14 +209,24 @@ def test_lineage_piped_into_head_has_no_broken_pipe_error(tmp_path):
 
 
 # -- query scores beside a reference -----------------------------------------------------------
-def test_score_reference_is_a_leave_one_out_z():
+def test_score_reference_is_a_robust_leave_one_out_z():
     scores = torch.tensor([0.90, 0.10, 0.12, 0.11, 0.09, 0.105])
-    mean, std, z = score_reference(scores, 0)
+    median, spread, z = score_reference(scores, 0)
     others = scores[1:].double()
-    assert mean == pytest.approx(float(others.mean())) and std == pytest.approx(float(others.std()))
-    assert z > 50  # a match stands far above the rest
+    mad = float((others - others.median()).abs().median())
+    assert median == pytest.approx(float(others.median())) and spread == pytest.approx(1.4826 * mad)
+    assert z == pytest.approx((0.90 - median) / spread) and z > 50  # a match stands far above the rest
     assert abs(score_reference(scores, 2)[2]) < 3  # so does no ordinary candidate
     assert score_reference(torch.tensor([0.3, 0.2, 0.1]), 0) == (None, None, None)  # too few to tell
+    # a query with four matches among 40: each match stands out against the median of the
+    # others, where against their mean and standard deviation the other matches hid it
+    matches = [0.090, 0.087, 0.075, 0.074]
+    rest = [0.015 * ((7 * k) % 11 - 5) / 5 for k in range(36)]  # -0.015 .. 0.015
+    collection = torch.tensor(matches + rest, dtype=torch.float64)
+    zs = [score_reference(collection, i)[2] for i in range(4)]
+    assert min(zs) > 3 and max(score_reference(collection, i)[2] for i in range(4, 40)) < 3
+    others = torch.cat([collection[:3], collection[4:]])
+    assert (0.074 - float(others.mean())) / float(others.std()) < 3  # the mean reference missed it
 
 
 def test_query_rows_carry_the_reference(shared_data, tiny_checkpoint, tmp_path, capsys):
@@ -225,8 +235,8 @@ def test_query_rows_carry_the_reference(shared_data, tiny_checkpoint, tmp_path, 
     assert main(["query", "-c", str(tiny_checkpoint), "--text", "Siren", "--top-k", "3", "-o", str(out), *files]) == 0
     rows = json.loads(out.read_text())
     for r in rows:
-        assert r["z"] == pytest.approx((r["score"] - r["others_mean"]) / r["others_std"], abs=0.01)
+        assert r["z"] == pytest.approx((r["score"] - r["others_median"]) / r["others_spread"], abs=0.01)
     assert "query 'Siren':" in capsys.readouterr().err
-    assert "z = (score - others_mean) / others_std" in build_parser()._subparsers._group_actions[0].choices[
+    assert "z = (score - others_median) / others_spread" in build_parser()._subparsers._group_actions[0].choices[
         "query"
     ].format_help().replace("\n", " ").replace("  ", " ")

@@ -202,7 +202,13 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
             "sources": DatasetSources(esc50_dir=env["AUDIOCLIP_ESC50_DIR"]),
         }
         assert dg.materialize([clipsets.esc50_manifest], resources=res, instance=instance).success
-        assert dg.materialize([clipsets.esc50_folds], resources=res, instance=instance, partition_key="1").success
+        # every fold in one run, as a backfill writes them: each fold's check result is its own
+        assert dg.materialize(
+            [clipsets.esc50_folds],
+            resources=res,
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": "1", "dagster/asset_partition_range_end": "5"},
+        ).success
         # an AudioSet partition from the demo generator, its videos served from 127.0.0.1: one
         # segment of a removed video, so the downloads preview has a failure to show first
         audioset_dir = tmp_path / "audioset"
@@ -296,14 +302,29 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
         page = _Page(chromium, tmp_path / "chromium-cdp")
         try:
             # each blocking check of a partitioned asset: its latest result, with its partition
-            for asset, checks in [
-                ("audioset_downloads", ["download_success_rate"]),
-                ("audioset_clips", ["no_empty_or_silent_clips", "ten_frames_per_clip"]),
-                ("audioset_manifest", ["usable_share"]),
+            for asset, checks, partition in [
+                ("audioset_downloads", ["download_success_rate"], "eval"),
+                ("audioset_clips", ["no_empty_or_silent_clips", "ten_frames_per_clip"], "eval"),
+                ("audioset_manifest", ["usable_share"], "eval"),
+                ("esc50_folds", ["disjoint_and_covering"], "usable"),  # the folds' ranged run; its figures
             ]:
                 page.open(f"http://127.0.0.1:{port}/assets/{asset}?view=checks")
-                page.wait(_text_shows(*checks, "Latest execution", "Passed", "Partition", "eval"), f"{asset} checks")
+                page.wait(_text_shows(*checks, "Latest execution", "Passed", "Partition", partition), f"{asset} checks")
                 assert "Not evaluated" not in page.js("document.body.innerText")
+                if asset == "esc50_folds":
+                    page.shot(ARTIFACTS / "dagster_ui_fold_checks.png")
+                    # the check's partitions: all five folds evaluated and passed
+                    page.js(
+                        "[...document.querySelectorAll('button, a, [role=tab]')]"
+                        ".find(e => e.innerText.trim() === 'Partitions' && e.getBoundingClientRect().left > 800)"
+                        ".click()"
+                    )
+                    page.wait(
+                        r"/Passed\s*\(5\)/.test(document.body.innerText) && "
+                        r"/Missing\s*\(0\)/.test(document.body.innerText)",
+                        "five folds passed, none missing",
+                    )
+                    page.shot(ARTIFACTS / "dagster_ui_fold_check_partitions.png")
                 if asset == "audioset_downloads":
                     page.wait(_text_shows("success_rate_pct", "90.9"), "the success rate as a percentage")
                     page.shot(ARTIFACTS / "dagster_ui_partition_checks.png")
