@@ -137,6 +137,7 @@ def audioset_downloads(
             options,
             max_workers=youtube.max_workers or None,
             per_host=youtube.per_host,
+            per_host_per_minute=youtube.per_host_per_minute,
             retry_after=youtube.retry_after_seconds,
             keep=intact_clips(_read(layout.clips(partition)), layout.root),
             progress=progress_logger(context, f"downloads {partition}"),

@@ -34,6 +34,44 @@ class YoutubeDownloader(dg.ConfigurableResource):
     )
     max_workers: int = Field(default=0, ge=0, description="parallel downloads within one run (0: 4 per core, 4 to 16)")
     per_host: int = Field(default=8, ge=1, description="at most this many downloads in flight to one host")
+    per_host_per_minute: float = Field(
+        default=0.0,
+        ge=0,
+        description="request budget: at most this many downloads started per minute per host "
+        "(each is 2-4 HTTP requests); 0: no budget",
+    )
+    proxy: Optional[str] = Field(
+        default=None,
+        description="http://, https:// or socks5:// proxy for every request; with credentials, "
+        "pass it as an environment variable (dg.EnvVar) so the run config does not show it",
+    )
+    sleep_interval: float = Field(default=0.0, ge=0, description="seconds to wait before each download")
+    max_sleep_interval: float = Field(
+        default=0.0, ge=0, description="with sleep_interval: wait a random time up to this instead"
+    )
+    player_client: list[str] = Field(
+        default_factory=list, description="YouTube player clients to try in order, e.g. ['web_safari', 'mweb']"
+    )
+    po_token: list[str] = Field(
+        default_factory=list, description="static proof-of-origin tokens, 'CLIENT.CONTEXT+TOKEN' (yt-dlp's format)"
+    )
+    pot_provider_url: Optional[str] = Field(
+        default=None,
+        description="a bgutil-ytdlp-pot-provider HTTP server that mints tokens (the `youtube` extra "
+        "installs its yt-dlp plugin), e.g. http://127.0.0.1:4416",
+    )
+    extractor_args: dict[str, dict[str, list[str]]] = Field(
+        default_factory=dict, description="any other yt-dlp extractor arguments: {'youtube': {'lang': ['en']}}"
+    )
+    min_range_rate: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="bytes/s under which a range download counts as throttled and the whole file is "
+        "fetched instead (YouTube drips ranges of long videos at ~32 KiB/s); 0: never",
+    )
+    range_grace_seconds: float = Field(
+        default=8.0, gt=0, description="how long a range download runs before its rate is judged"
+    )
     retry_after_seconds: float = Field(
         default=600.0,
         ge=0,
@@ -86,4 +124,13 @@ class YoutubeDownloader(dg.ConfigurableResource):
             js_runtime=self.js_runtime,
             socket_timeout=self.socket_timeout,
             tail_tolerance=self.tail_tolerance_seconds,
+            proxy=self.proxy,
+            sleep_interval=self.sleep_interval,
+            max_sleep_interval=self.max_sleep_interval,
+            player_client=tuple(self.player_client),
+            po_token=tuple(self.po_token),
+            pot_provider_url=self.pot_provider_url,
+            extractor_args=dict(self.extractor_args),
+            min_range_rate=self.min_range_rate,
+            range_grace_seconds=self.range_grace_seconds,
         )

@@ -9,12 +9,13 @@ into place only when complete), so a run killed at any point resumes where it st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
 import pandas as pd
@@ -129,15 +130,28 @@ def default_workers() -> int:
 
 
 class _HostLimit:
-    """At most `n` downloads in flight to one host."""
+    """At most `n` downloads in flight to one host, and - with `per_minute` - at most that many
+    started per minute (a request budget: starts are spaced 60 / per_minute s apart per host)."""
 
-    def __init__(self, n: int):
-        self.n, self._lock, self._sems = n, threading.Lock(), {}
+    def __init__(self, n: int, per_minute: float = 0.0, clock=time.monotonic, sleep=time.sleep):
+        self.n, self._lock, self._sems, self._next = n, threading.Lock(), {}, {}
+        self.gap = 60.0 / per_minute if per_minute else 0.0
+        self._clock, self._sleep = clock, sleep
 
-    def __call__(self, url: str) -> threading.Semaphore:
+    @contextlib.contextmanager
+    def __call__(self, url: str) -> Iterator[None]:
         host = urlsplit(url).netloc
         with self._lock:
-            return self._sems.setdefault(host, threading.BoundedSemaphore(self.n))
+            sem = self._sems.setdefault(host, threading.BoundedSemaphore(self.n))
+        with sem:
+            if self.gap:
+                with self._lock:  # reserve the host's next start slot
+                    slot = max(self._clock(), self._next.get(host, 0.0))
+                    self._next[host] = slot + self.gap
+                wait = slot - self._clock()
+                if wait > 0:
+                    self._sleep(wait)
+            yield
 
 
 MAX_RETRY_AFTER = 86400.0  # a day: the longest a transient failure waits for the next try
@@ -156,6 +170,7 @@ def run_downloads(
     *,
     max_workers: Optional[int] = None,
     per_host: int = 8,
+    per_host_per_minute: float = 0.0,
     keep: frozenset[str] | set[str] = frozenset(),
     retry_after: float = 0.0,
     progress: Progress = None,
@@ -167,7 +182,8 @@ def run_downloads(
     A segment in `keep` (its clip is intact) that was downloaded `ok` stays `ok` even when its
     download file is gone: nothing is fetched again, and no later failure can demote it.
     `max_workers` downloads run at once (default: `default_workers()`), at most `per_host` of
-    them to one host. A transient failure (throttled, error, a stalled transfer) is retried on
+    them to one host, and with `per_host_per_minute` at most that many started per minute per
+    host. A transient failure (throttled, error, a stalled transfer) is retried on
     a later run once `retry_after` seconds have passed, doubling with each run it fails again
     (at most a day): until then a re-run skips it, so re-running a finished partition costs
     seconds even when some of its sources hang. `seconds` collects wall time per phase, summed
@@ -233,7 +249,7 @@ def run_downloads(
     total = len(segments)
     if progress:
         progress(done, total)
-    limit = _HostLimit(per_host)
+    limit = _HostLimit(per_host, per_host_per_minute)
 
     def fetch(seg):
         with limit(options.url_template.format(ytid=seg.ytid)):

@@ -9,8 +9,13 @@ the segment is fetched again whole, and a segment the whole media does not hold 
 `invalid_media` with the reason.
 
 Failures become a status: ``unavailable``, ``private``, ``age_restricted``, ``geo_blocked``,
-``invalid_media`` (final: the media's own fault), ``throttled`` or ``error``; ``throttled`` and
-``error`` are transient and retried with exponential backoff and jitter. A fault of this
+``invalid_media`` (final: the media's own fault), ``throttled``, ``bot_check`` (the host asks
+to "confirm you're not a bot": this client, not the video) or ``error``; the last three are
+transient and retried with exponential backoff and jitter, and by later runs.
+
+A range download that the host throttles (YouTube drips `--download-sections` of long videos
+at ~32 KiB/s) is watched: below `min_range_rate` bytes/s after `range_grace_seconds`, it is
+stopped and the whole file is fetched instead, which such hosts serve at full speed. A fault of this
 machine (no space, no permission) is ``error`` with `environment` set: not the source's
 failure, so it is retried by the next run without back-off, and the step fails.
 """
@@ -22,6 +27,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +52,19 @@ from .media import (
 YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
 # audio plus a small video stream (frames are resized to 224 px on the short side later)
 DEFAULT_FORMAT = "bv*[height<=360]+ba/b[height<=360]/bv*+ba/b"
-STATUSES = ("ok", "unavailable", "private", "age_restricted", "geo_blocked", "invalid_media", "throttled", "error")
+STATUSES = (
+    "ok",
+    "unavailable",
+    "private",
+    "age_restricted",
+    "geo_blocked",
+    "invalid_media",
+    "throttled",
+    "bot_check",
+    "error",
+)
 PIECE_SUFFIX = ".cut.mkv"  # a finished download: `<segment id>.cut.mkv`
-TRANSIENT = ("throttled", "error")
+TRANSIENT = ("throttled", "bot_check", "error")
 
 
 @dataclass
@@ -64,6 +80,52 @@ class DownloadOptions:
     cookies_file: Optional[str] = None  # what real YouTube needs for age-gated or busy periods
     js_runtime: Optional[str] = None  # e.g. "node" or "deno": full YouTube support needs one
     tail_tolerance: float = TAIL_TOLERANCE  # seconds a segment may end past the media's end
+    proxy: Optional[str] = None  # yt-dlp `proxy`: http://, https:// or socks5:// URL
+    sleep_interval: float = 0.0  # seconds to wait before each download (yt-dlp `sleep_interval`)
+    max_sleep_interval: float = 0.0  # with sleep_interval: a random wait in [sleep_interval, this]
+    player_client: tuple[str, ...] = ()  # YouTube player clients to try, e.g. ("web_safari", "mweb")
+    po_token: tuple[str, ...] = ()  # static proof-of-origin tokens, "CLIENT.CONTEXT+TOKEN"
+    pot_provider_url: Optional[str] = None  # a bgutil-ytdlp-pot-provider HTTP server to mint tokens
+    extractor_args: dict = field(default_factory=dict)  # any other: {"youtube": {"lang": ["en"]}}
+    min_range_rate: int = 64 * 1024  # bytes/s below which a range download counts as throttled; 0: never
+    range_grace_seconds: float = 8.0  # how long a range download runs before its rate is judged
+
+
+def ydl_extractor_args(options: DownloadOptions) -> dict:
+    """yt-dlp's `extractor_args` of `options`: the named YouTube settings merged into any given
+    ones (values are lists of strings, as yt-dlp's own --extractor-args parses them)."""
+    out = {ie: {k: list(v) for k, v in args.items()} for ie, args in (options.extractor_args or {}).items()}
+    youtube = out.setdefault("youtube", {})
+    if options.player_client:
+        youtube["player_client"] = list(options.player_client)
+    if options.po_token:
+        youtube["po_token"] = list(options.po_token)
+    if options.pot_provider_url:
+        out.setdefault("youtubepot-bgutilhttp", {})["base_url"] = [options.pot_provider_url]
+    return {ie: args for ie, args in out.items() if args}
+
+
+def ydl_network_options(options: DownloadOptions) -> dict:
+    """The options of `options` that say how yt-dlp talks to the host, as yt-dlp names them."""
+    opts: dict = {}
+    if options.sleep_requests:
+        opts["sleep_interval_requests"] = options.sleep_requests
+    if options.sleep_interval:
+        opts["sleep_interval"] = options.sleep_interval
+        if options.max_sleep_interval > options.sleep_interval:
+            opts["max_sleep_interval"] = options.max_sleep_interval
+    if options.rate_limit:
+        opts["ratelimit"] = options.rate_limit
+    if options.cookies_file:
+        opts["cookiefile"] = options.cookies_file
+    if options.js_runtime:
+        opts["js_runtimes"] = {options.js_runtime: {}}
+    if options.proxy:
+        opts["proxy"] = options.proxy
+    extractor_args = ydl_extractor_args(options)
+    if extractor_args:
+        opts["extractor_args"] = extractor_args
+    return opts
 
 
 @dataclass
@@ -97,6 +159,8 @@ def classify_error(exc: BaseException) -> tuple[str, str]:
     name = type(inner).__name__
     if name == "GeoRestrictedError" or "available in your country" in low or "geo restrict" in low:
         return "geo_blocked", message
+    if "not a bot" in low or "not a robot" in low:  # "Sign in to confirm you're not a bot"
+        return "bot_check", message
     if status_code == 429 or "rate-limited" in low or "too many requests" in low:
         return "throttled", message
     if "private video" in low:
@@ -246,14 +310,10 @@ def _download(
         if not whole:
             ydl_opts["download_ranges"] = download_range_func(None, [(lo, hi)])
             ydl_opts["fixup"] = "never"  # a fix-up remux would move the piece back to a time line from 0
-        if options.sleep_requests:
-            ydl_opts["sleep_interval_requests"] = options.sleep_requests
-        if options.rate_limit:
-            ydl_opts["ratelimit"] = options.rate_limit
-        if options.cookies_file:
-            ydl_opts["cookiefile"] = options.cookies_file
-        if options.js_runtime:
-            ydl_opts["js_runtimes"] = {options.js_runtime: {}}
+        elif options.min_range_rate:
+            ydl_opts["throttledratelimit"] = options.min_range_rate  # yt-dlp's own re-extraction
+        ydl_opts.update(ydl_network_options(options))
+        watch = RangeWatch(tmp, options.min_range_rate, options.range_grace_seconds)
         try:
             with yt_dlp.YoutubeDL(ydl_opts) as ydl:
                 with timed(result.seconds, "request"):
@@ -261,7 +321,8 @@ def _download(
                 refused = _refusal(info or {})
                 if refused:
                     raise NotMedia(refused)
-                with timed(result.seconds, "download"):
+                watching = watch if not whole and options.min_range_rate else _no_watch()
+                with timed(result.seconds, "download"), watching:
                     ydl.process_ie_result(info, download=True)
             files = [p for p in tmp.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl"))]
             if not files:
@@ -292,7 +353,9 @@ def _download(
                 raise RuntimeError(f"the range does not hold the segment ({problem}); retrying with the whole file")
             final = dest_dir / f"{name}{PIECE_SUFFIX}"
             os.replace(media, final)
-            result.status, result.message, result.path = "ok", "", str(final)
+            result.status, result.path = "ok", str(final)
+            # an ok after a fallback says why the whole file was fetched (a throttled range, ...)
+            result.message = f"ok with the whole file after: {result.message}" if whole and result.message else ""
             result.info = seen
             result.media_duration, result.audio_channels = seen.audio[1] - seen.audio[0], seen.channels
             with timed(result.seconds, "hash"):
@@ -306,7 +369,11 @@ def _download(
             result.status, result.message, result.environment = "error", str(exc), str(exc)
         except DownloadError as exc:
             result.status, result.message = classify_error(exc)
-            if not whole and result.status == "error" and "ffmpeg exited" in result.message:
+            if watch.tripped:
+                # the host drips the range: the whole file comes at full speed (no backoff)
+                result.status, result.message = "throttled", watch.tripped + "; retrying with the whole file"
+                whole = switched = True
+            elif not whole and result.status == "error" and "ffmpeg exited" in result.message:
                 # ffmpeg could not write the range into the container the URL suggests (e.g. VP8 in a
                 # URL ending .mp4): the whole file needs no remuxing, and the cut here keeps any codec
                 whole = switched = True
@@ -323,7 +390,11 @@ def _download(
             if result.environment not in result.message:
                 result.message = f"{result.message} ({result.environment})"
             break  # not the source's failure: the next run tries again
-        if result.status in TRANSIENT and result.seconds.get("download", 0.0) - waited >= 0.9 * options.socket_timeout:
+        if (
+            result.status in TRANSIENT
+            and not watch.tripped  # a throttled range took its time by design: the whole file is next
+            and result.seconds.get("download", 0.0) - waited >= 0.9 * options.socket_timeout
+        ):
             result.message = (
                 f"stalled: the transfer waited {options.socket_timeout:g} s for data and failed "
                 f"({result.message}); not retried in this run"
@@ -337,6 +408,107 @@ def _download(
         sleep(delay * (0.5 + random.random()))
     result.finished_at = time.time()
     return result
+
+
+@contextlib.contextmanager
+def _no_watch() -> Iterator[None]:
+    yield
+
+
+STALL_BYTES = 1024  # a transfer that receives less than this in ~2 s is stalled, not throttled
+
+
+class RangeWatch:
+    """Watches a range download writing into `folder`: once `grace` seconds have passed, a
+    transfer still receiving but averaging under `min_rate` bytes/s is stopped (its ffmpeg,
+    found by the folder in its command line, is killed) and `tripped` says why. What ffmpeg has
+    read is taken from /proc (Linux; elsewhere, what it has written). A transfer that receives
+    nothing is a stall, left to the read timeouts. yt-dlp's own `throttledratelimit` covers only
+    its native downloader; a range goes through ffmpeg."""
+
+    def __init__(self, folder: Path, min_rate: int, grace: float, poll: float = 0.5):
+        self.folder, self.min_rate, self.grace, self.poll = Path(folder), min_rate, grace, poll
+        self.tripped = ""
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "RangeWatch":
+        self._start = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"range-watch {self.folder.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _received(self) -> int:
+        pids = _ffmpeg_writing_into(self.folder)
+        if pids:
+            return sum(_bytes_read(pid) for pid in pids)
+        try:
+            return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        last, grew = 0, self._start  # bytes received when they last grew by STALL_BYTES, and when
+        while not self._stop.wait(self.poll):
+            now, received = time.monotonic(), self._received()
+            if received >= last + STALL_BYTES:  # a reconnect's headers are not data arriving
+                last, grew = received, now
+            elapsed = now - self._start
+            stalled = now - grew > 2 * self.poll + 1.0
+            if elapsed < self.grace or stalled or received / elapsed >= self.min_rate:
+                continue
+            killed = _kill(_ffmpeg_writing_into(self.folder))
+            self.tripped = (
+                f"range download throttled: {received / elapsed / 1024:.1f} KiB/s after {elapsed:.0f} s, under "
+                f"min_range_rate {self.min_rate / 1024:g} KiB/s ({killed} ffmpeg stopped)"
+            )
+            return
+
+
+def _ffmpeg_writing_into(folder: Path) -> list[int]:
+    """The ffmpeg processes whose command line names `folder` (a range download's)."""
+    needle, out = str(folder).encode(), []
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        program = Path(argv[0].decode(errors="replace")).name if argv else ""
+        if "ffmpeg" in program and any(needle in a for a in argv):
+            out.append(pid)
+    return out
+
+
+def _bytes_read(pid: int) -> int:
+    """Bytes process `pid` has read (sockets included), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def _kill(pids: list[int]) -> int:
+    import signal
+
+    killed = 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
+    return killed
 
 
 MIN_FREE_BYTES = 16 << 20  # a download folder with less free space than this is full

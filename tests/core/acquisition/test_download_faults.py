@@ -19,6 +19,8 @@ class Faults(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     cut: dict[str, int] = {}  # name -> bytes sent before the connection closes
     stall: dict[str, int] = {}  # name -> bytes sent before the body stalls
+    drip: dict[str, int] = {}  # name -> bytes/s sent to ffmpeg (a range download), as YouTube throttles ranges
+    seen: list[dict] = []  # path and headers of every request
 
     def log_message(self, *args):
         pass
@@ -31,6 +33,7 @@ class Faults(BaseHTTPRequestHandler):
 
     def _serve(self, body: bool):
         name = self.path.lstrip("/").split("?")[0]
+        self.seen.append({"path": name, **{k.lower(): v for k, v in self.headers.items()}})
         if name.endswith(".html"):
             page = b'<html><body><video src="/Chaplin0001.mp4"></video></body></html>'
             self.send_response(200)
@@ -64,6 +67,13 @@ class Faults(BaseHTTPRequestHandler):
             self.wfile.write(chunk[: max(0, self.cut[name] - start)])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if name in self.drip and self.headers.get("Icy-MetaData"):  # ffmpeg's http client asks for it
+            step = max(1, self.drip[name] // 10)
+            for i in range(0, len(chunk), step):
+                self.wfile.write(chunk[i : i + step])
+                self.wfile.flush()
+                time.sleep(0.1)
             return
         if name in self.stall:
             self.wfile.write(chunk[: max(0, self.stall[name] - start)])
@@ -105,7 +115,9 @@ def server(shared_data, tmp_path_factory):
         "LiveWebm001.webm": live.read_bytes(),
         # a WebM (VP8 + Vorbis) at a URL ending .mp4: ffmpeg cannot write its range as MP4
         "WebmAsMp401.mp4": (shared_data / "video" / "big_buck_bunny_0_30.webm").read_bytes(),
+        "Dripping001.mp4": chaplin,
     }
+    Faults.drip = {"Dripping001.mp4": 8 * 1024}
     Faults.cut = {"Truncated01.mp4": int(len(chaplin) * 0.4)}
     Faults.stall = {"Stalled0001.mp4": int(len(chaplin) * 0.4)}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Faults)
@@ -180,3 +192,206 @@ def test_a_range_ffmpeg_cannot_write_is_fetched_whole_and_cut_to_the_frame(serve
     _holds_the_piece_not_the_file(res)
     assert probe(Path(res.path)).channels == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_throttled_range_falls_back_to_the_whole_file_in_bounded_time(server, tmp_path):
+    """The host drips the range download (ffmpeg) at 8 KiB/s and serves whole files at full
+    speed, as YouTube does for ranges of long videos: after the grace period the range is
+    stopped and the whole file fetched and cut here, far sooner than the drip would end."""
+    size = len(Faults.files["Dripping001.mp4"])
+    res, seconds = _get(server, "Dripping001", "mp4", tmp_path, min_range_rate=32 * 1024, range_grace_seconds=2.0)
+    assert res.status == "ok" and res.attempts == 2, res.message
+    assert "range download throttled" in res.message and "whole file" in res.message, res.message
+    _holds_the_piece_not_the_file(res)
+    drip_alone = size / (8 * 1024)  # what waiting for the dripped transfer could cost, at most
+    assert seconds < 2.0 + 20, (seconds, drip_alone)  # the grace, the whole file, the cut
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not _ffmpeg_writing_into(tmp_path)  # the stopped range's ffmpeg is gone
+
+
+def _ffmpeg_writing_into(folder: Path) -> list[int]:
+    import os
+
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"ffmpeg" in argv[0] and any(str(folder).encode() in a for a in argv):
+            out.append(int(pid))
+    return out
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forwarding HTTP proxy that counts what passes through it."""
+
+    through: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        import http.client
+        from urllib.parse import urlsplit
+
+        self.through.append(self.path)
+        url = urlsplit(self.path)  # a proxy is sent the absolute URL
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+        conn.request("GET", url.path + (f"?{url.query}" if url.query else ""), headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_proxy_and_cookies_reach_the_host(server, tmp_path):
+    """Every request goes through the configured proxy, and the cookies file's cookies are sent."""
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tSESSION\tsecret-cookie\n")
+    Faults.seen.clear()
+    _Proxy.through.clear()
+    try:
+        res, _ = _get(
+            server,
+            "Chaplin0001",
+            "mp4",
+            tmp_path / "out",
+            proxy=f"http://127.0.0.1:{proxy.server_address[1]}",
+            cookies_file=str(cookies),
+        )
+    finally:
+        proxy.shutdown()
+    assert res.status == "ok", res.message
+    media = [r for r in Faults.seen if r["path"] == "Chaplin0001.mp4"]
+    assert media and len(_Proxy.through) == len(Faults.seen)  # nothing went around the proxy
+    assert all(p.endswith("/Chaplin0001.mp4") for p in _Proxy.through)
+    assert any("SESSION=secret-cookie" in r.get("cookie", "") for r in media)
+
+
+def test_youtube_settings_reach_yt_dlp_as_its_own_options(tmp_path, monkeypatch):
+    """Player clients, proof-of-origin tokens, a token provider, extractor arguments, sleeps
+    and the JavaScript runtime are handed to yt-dlp under its own names, and its YouTube
+    extractor reads them back as configured."""
+    import yt_dlp
+
+    from audioclip_core.acquisition.youtube import ydl_network_options
+
+    opts = DownloadOptions(
+        player_client=("web_safari", "mweb"),
+        po_token=("mweb.gvs+TOKEN",),
+        pot_provider_url="http://127.0.0.1:4416",
+        extractor_args={"youtube": {"lang": ["en"]}, "generic": {"impersonate": ["chrome"]}},
+        sleep_interval=2.0,
+        max_sleep_interval=5.0,
+        sleep_requests=0.5,
+        js_runtime="node",
+        proxy="socks5://127.0.0.1:1080",
+    )
+    params = ydl_network_options(opts)
+    assert params["sleep_interval"] == 2.0 and params["max_sleep_interval"] == 5.0
+    assert params["sleep_interval_requests"] == 0.5 and params["proxy"] == "socks5://127.0.0.1:1080"
+    assert params["js_runtimes"] == {"node": {}}
+    with yt_dlp.YoutubeDL({**params, "quiet": True}) as ydl:
+        youtube = ydl.get_info_extractor("Youtube")
+        assert youtube._configuration_arg("player_client") == ["web_safari", "mweb"]
+        assert youtube._configuration_arg("po_token", casesense=True) == ["mweb.gvs+TOKEN"]
+        assert youtube._configuration_arg("lang") == ["en"]
+        assert ydl.params["extractor_args"]["youtubepot-bgutilhttp"] == {"base_url": ["http://127.0.0.1:4416"]}
+        assert ydl.params["extractor_args"]["generic"] == {"impersonate": ["chrome"]}
+
+    # and a download hands yt-dlp exactly these
+    seen = []
+
+    class Recording(yt_dlp.YoutubeDL):
+        def __init__(self, params=None, *a, **kw):
+            seen.append(dict(params or {}))
+            super().__init__(params, *a, **kw)
+
+    monkeypatch.setattr(yt_dlp, "YoutubeDL", Recording)
+    download_segment(
+        "abcdefghijk",
+        0.0,
+        1.0,
+        tmp_path,
+        options=DownloadOptions(
+            url_template="http://127.0.0.1:9/{ytid}.mp4",
+            max_attempts=1,
+            **{
+                k: getattr(opts, k)
+                for k in (
+                    "player_client",
+                    "po_token",
+                    "pot_provider_url",
+                    "extractor_args",
+                    "sleep_interval",
+                    "max_sleep_interval",
+                )
+            },
+        ),
+    )
+    assert seen and all(seen[0][k] == v for k, v in ydl_network_options(opts).items() if k in seen[0])
+    assert seen[0]["extractor_args"] == params["extractor_args"] and seen[0]["sleep_interval"] == 2.0
+
+
+def test_a_bot_check_is_its_own_transient_status_with_backoff(tmp_path, monkeypatch):
+    """YouTube's "Sign in to confirm you're not a bot" is not the video's fault: `bot_check`,
+    retried with backoff in the run and by later runs, never `unavailable`."""
+    import yt_dlp
+    from yt_dlp.utils import DownloadError
+
+    def refuse(self, url, *a, **kw):
+        raise DownloadError(
+            "ERROR: [youtube] abcdefghijk: Sign in to confirm you\u2019re not a bot. Use --cookies-from-browser "
+            "or --cookies for the authentication."
+        )
+
+    monkeypatch.setattr(yt_dlp.YoutubeDL, "extract_info", refuse)
+    delays = []
+    opts = DownloadOptions(max_attempts=3, backoff_seconds=1.0)
+    res = download_segment("abcdefghijk", 0.0, 5.0, tmp_path, options=opts, sleep=delays.append)
+    assert res.status == "bot_check" and res.attempts == 3 and "not a bot" in res.message
+    assert len(delays) == 2 and delays[1] > delays[0] * 0.6  # exponential, with jitter
+
+    import pandas as pd
+
+    from audioclip_core.acquisition.audioset import run_downloads
+
+    segments = pd.DataFrame([{"segment_id": "abcdefghijk_0", "ytid": "abcdefghijk", "start": 0.0, "end": 5.0}])
+    table = run_downloads(
+        segments, tmp_path / "dl", None, DownloadOptions(max_attempts=1), retry_after=600.0, max_workers=1
+    )
+    row = table.iloc[0]
+    assert row["status"] == "bot_check" and row["failed_runs"] == 1 and row["next_attempt_at"] > time.time() + 500
+
+
+def test_a_per_host_request_budget_spaces_the_starts():
+    """`per_host_per_minute`: starts to one host are 60 / budget seconds apart; another host
+    has its own budget."""
+    from audioclip_core.acquisition.audioset import _HostLimit
+
+    now = [100.0]
+    starts = []
+
+    def sleep(s):
+        now[0] += s
+
+    limit = _HostLimit(8, per_minute=30.0, clock=lambda: now[0], sleep=sleep)
+    for url in ["http://a.test/1", "http://a.test/2", "http://b.test/1", "http://a.test/3"]:
+        with limit(url):
+            starts.append((url.split("/")[2], now[0]))
+    assert starts == [("a.test", 100.0), ("a.test", 102.0), ("b.test", 102.0), ("a.test", 104.0)]
+    waits = []
+    unlimited = _HostLimit(8, clock=lambda: now[0], sleep=waits.append)
+    with unlimited("http://a.test/1"), unlimited("http://a.test/2"):
+        assert unlimited._sems["a.test"]._value == 6  # no budget: two in flight at once
+    assert waits == []  # and no wait
