@@ -99,6 +99,32 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def share_identical(copy: Path, original: Path, sha256: Optional[str] = None) -> bool:
+    """Make file `copy` a hard link to `original` when their bytes are the same (by digest;
+    `sha256`: the original's, when known), so that one set of bytes is stored: MLflow copies a
+    model's checkpoint into its artifact store, and a `models:/` URI into the model cache. True
+    when they are (now) one file; False when the bytes differ or the file system cannot link
+    (another device, a remote store): the copy is kept as it is."""
+    copy, original = Path(copy), Path(original)
+    try:
+        if os.path.samefile(copy, original):
+            return True
+        if copy.stat().st_size != original.stat().st_size:
+            return False
+    except OSError:
+        return False
+    if sha256_file(copy) != (sha256 or sha256_file(original)):
+        return False
+    tmp = copy.with_name(f".{copy.name}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(original, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, copy)  # the copy's name now holds the original's bytes, never neither
+    return True
+
+
 def folder_sizes(folders) -> dict[str, int]:
     """path -> size of every file in `folders`, from one listing of each (no stat per path asked
     about: a partition's clip folder holds ~550,000 files)."""

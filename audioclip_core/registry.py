@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import InputError
+from .files import share_identical
 from .layout import DataLayout
 
 MODELS_SCHEME = "models:/"
@@ -131,9 +132,25 @@ def resolve_checkpoint(text: str, layout: Optional[DataLayout] = None, store: Op
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)  # whole or not at all
         found = sorted((dest / WEIGHTS_DIR).glob("*.safetensors"))
+        stored = local_folder(client(store, layout=layout).get_logged_model(model_id).artifact_location)
+        for f in found if stored is not None else []:  # the cache holds no second copy of the bytes
+            share_identical(f, stored / WEIGHTS_DIR / f.name)
     if not found:
         raise InputError(f"{text}: the model {model_id} holds no checkpoint under {WEIGHTS_DIR}/")
     return found[0]
+
+
+def local_folder(location: str) -> Optional[Path]:
+    """An artifact location (a logged model's `artifact_location`) as a local folder, or None for
+    a remote store."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    parts = urlsplit(location)
+    if parts.scheme not in ("", "file"):
+        return None
+    path = Path(url2pathname(parts.path) if parts.scheme == "file" else location)
+    return path if path.is_dir() else None
 
 
 def aliases(name: str, layout: Optional[DataLayout] = None, store: Optional[str] = None) -> dict:

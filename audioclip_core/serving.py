@@ -262,7 +262,7 @@ def log_checkpoint_model(
             artifacts["lineage"] = str(lineage)
         with warnings.catch_warnings():  # type hints would replace the signature given here
             warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-            return _log(
+            info = _log(
                 name=name,
                 python_model=str(code),
                 artifacts=artifacts,
@@ -273,6 +273,22 @@ def log_checkpoint_model(
                 params=params,
                 model_type=kind,
             )
+    _share_weights(info.model_id, Path(checkpoint), card.get("sha256"))
+    return info
+
+
+def _share_weights(model_id: str, checkpoint: Path, sha256: Optional[str]) -> None:
+    """The artifact store's copy of the checkpoint becomes a hard link to the content-addressed
+    checkpoint (same bytes, checked by digest): one set of bytes per model, where MLflow's copy
+    doubled every checkpoint. Left a copy where the store is remote or on another device."""
+    import mlflow
+
+    from .files import share_identical
+    from .registry import WEIGHTS_DIR, local_folder
+
+    stored = local_folder(mlflow.get_logged_model(model_id).artifact_location)  # the active store
+    if stored is not None:
+        share_identical(stored / WEIGHTS_DIR / checkpoint.name, checkpoint, sha256)
 
 
 def _log(**kwargs):

@@ -5,6 +5,7 @@ the caller's error, and a registered version resolves to the very checkpoint fil
 import base64
 import io
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -167,9 +168,28 @@ def test_a_registered_version_resolves_to_its_checkpoint(logged, store, tiny_che
     stamp = path.stat().st_mtime_ns
     assert resolve_checkpoint(f"models:/tiny/{version.version}") == path  # cached: not downloaded again
     assert path.stat().st_mtime_ns == stamp
+    # one set of bytes: the artifact store's copy and the cache's are the checkpoint itself
+    stored = next((store / "artifacts").rglob(tiny_checkpoint.name))
+    assert os.path.samefile(stored, tiny_checkpoint) and os.path.samefile(path, tiny_checkpoint)
     with pytest.raises(InputError, match="nope"):
         resolve_checkpoint("models:/tiny@nope")
     clip = store / "clip.wav"
     assert main(["embed", "--checkpoint", "models:/tiny@champion", str(clip), "--out", str(store / "e.json")]) == 0
     rows = json.loads((store / "e.json").read_text())
     assert len(rows) == 1 and rows[0]["status"] == "ok"
+
+
+def test_identical_files_are_shared_and_different_ones_kept(tmp_path):
+    from audioclip_core.files import sha256_file, share_identical
+
+    original = tmp_path / "a.safetensors"
+    original.write_bytes(b"weights" * 1000)
+    same, other = tmp_path / "copy1", tmp_path / "copy2"
+    same.write_bytes(original.read_bytes())
+    other.write_bytes(b"weightz" * 1000)  # same size, other bytes
+    assert share_identical(same, original, sha256_file(original))
+    assert os.path.samefile(same, original) and same.read_bytes() == original.read_bytes()
+    assert not share_identical(other, original) and not os.path.samefile(other, original)
+    assert other.read_bytes() == b"weightz" * 1000  # kept as it was
+    assert share_identical(same, original)  # already one file: nothing to do
+    assert not list(tmp_path.glob(".*"))  # no temporary left
