@@ -44,7 +44,9 @@ def gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheckR
     bad = non_finite_tensors(checkpoint)
     out = [
         dg.AssetCheckResult(
-            check_name=FINITE_CHECK[0], passed=not bad, metadata={"non_finite_tensors": bad[:20] or ["none"]}
+            check_name=FINITE_CHECK[0],
+            passed=not bad,
+            metadata={"non_finite_tensors": len(bad), "first_non_finite": bad[:20]},
         )
     ]
     if any(spec.name == COLLAPSE_CHECK[0] for spec in context.assets_def.check_specs):

@@ -196,7 +196,7 @@ def _markdown(results: list[dict]) -> str:
         lines += [f"### {r['registered']}: {r['outcome']}", "", r["reason"], ""]
         if r.get("challenger"):
             lines += [
-                f"challenger {r['challenger']}, champion before {r.get('champion_before')}, "
+                f"challenger {r['challenger']}, champion before {r.get('champion_before') or 'none'}, "
                 f"champion now {r.get('champion')}",
                 "",
                 f"rule: {r['rule']}",

@@ -121,7 +121,8 @@ def _register(context, spec, tracking: MlflowTracking, layout: DataLayout, links
         **{f"manifest_version.{n}": str(m.get("version") or m["path"]) for n, m in spec.manifests.items()},
     }
     version = tracking.register(layout, name, links["model_uri"], tags)
-    return {"registered_model": f"models:/{name}/{version.version}", "alias": "challenger"}
+    # the alias when registered; `model_promotion` may move champion to it later (its metadata says)
+    return {"registered_model": f"models:/{name}/{version.version}", "alias_at_registration": "challenger"}
 
 
 def _curves_plot(path) -> dg.MetadataValue:

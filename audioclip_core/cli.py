@@ -9,8 +9,8 @@ The checkpoint can also be given by the AUDIOCLIP_CHECKPOINT environment variabl
 registered model of the data root's MLflow store (`--checkpoint models:/audioclip@champion`). A
 checkpoint written by a training stage is compared with its lineage record as it is loaded:
 one whose bytes differ is still used, with a warning on stderr naming both digests.
-Exit status: 0 every input answered, 1 an error (nothing answered), 2 wrong arguments or no
-checkpoint, 3 some inputs failed (each has a row saying why; the others are answered),
+Exit status: 0 every input answered, 1 an error (nothing answered), 2 wrong arguments or a
+missing one (no checkpoint, labels or query), 3 some inputs failed (each has a row saying why; the others are answered),
 4 `lineage`: a checkpoint of the chain differs from its record (MISMATCH), 5 `lineage --clip`:
 the id is in no manifest of the data root, 141 stdout closed early (`| head`): stopped quietly.
 """
@@ -46,7 +46,7 @@ OUTPUT_FORMATS = (".json", ".csv", ".parquet")
 # exit statuses (also in the README)
 EXIT_OK = 0  # every input answered
 EXIT_ERROR = 1  # nothing answered: a bad checkpoint, labels, output path, ...
-EXIT_USAGE = 2  # wrong arguments (argparse's own status), or no checkpoint given
+EXIT_USAGE = 2  # wrong arguments (argparse's own status), or a missing one: checkpoint, labels, query
 EXIT_PARTIAL = 3  # some inputs failed: their rows say why; every other input is answered
 EXIT_MISMATCH = 4  # `lineage`: a checkpoint's bytes differ from its lineage record (the chain is printed)
 EXIT_UNKNOWN = 5  # `lineage --clip`: the id is in no manifest of the data root (unknown, not merely unused)
@@ -172,7 +172,7 @@ def _labels(args) -> list[str]:
             ) from exc
         labels += [s.strip() for s in text.splitlines() if s.strip()]
     if not labels:
-        raise UserError("give class names with --labels a,b,c, --label NAME (repeatable) or --labels-file FILE")
+        raise MissingArgument("give class names with --labels a,b,c, --label NAME (repeatable) or --labels-file FILE")
     twice = sorted({x for x in labels if labels.count(x) > 1})
     if twice:
         raise UserError(f"class names given twice: {', '.join(map(repr, twice))}")
@@ -187,6 +187,7 @@ def _audio_options(args, model) -> dict:
         "window_seconds": args.window,
         "hop_seconds": args.hop,
         "batch_size": args.batch_size,
+        "progress": sys.stderr.isatty(),  # bars for a person watching, none in a redirected log
     }
 
 
@@ -267,7 +268,7 @@ def cmd_query(args) -> None:
     from .inference import embed_texts, rank, score_reference, try_embed_files
 
     if not args.text and not args.query_file:
-        raise UserError("query: give --text or --query-file")
+        raise MissingArgument("query: give --text or --query-file")
     model = _load(args)
     cand = try_embed_files(model, args.files, **_audio_options(args, model))
     rows = [
@@ -361,7 +362,7 @@ def cmd_convert(args) -> None:
 def cmd_lineage(args) -> None:
     import time
 
-    from .lineage import MISMATCH, chain, checkpoints_for_clip, format_chain, verify_chain
+    from .lineage import HELD_OUT, MISMATCH, chain, checkpoints_for_clip, format_chain, verify_chain
 
     if args.clip:
         from .layout import DataLayout
@@ -389,8 +390,14 @@ def cmd_lineage(args) -> None:
         if args.out:
             _write_rows(rows, args.out)
         else:
+            trained = sum(h.via == "trained on it" for h in hits)
+            held = sum(h.via.startswith(HELD_OUT) for h in hits)
+            uses = f"{trained} trained on it" + (f", {held} held it out for validation" if held else "")
+            if len(hits) - trained - held:
+                uses += f", {len(hits) - trained - held} descend from one of those"
+            manifests = f"{len(listed)} manifest{'s' if len(listed) != 1 else ''}"
             print(
-                f"{len(hits)} checkpoints trained on {args.clip} (listed in {len(listed)} manifests; "
+                f"{len(hits)} checkpoints from data holding {args.clip}: {uses} (listed in {manifests}; "
                 f"searched {root} in {time.perf_counter() - start:.2f} s){':' if hits else ''}"
             )
             name_w = max((len(h.name) for h in hits), default=0)
@@ -399,7 +406,7 @@ def cmd_lineage(args) -> None:
                 print(f"  {h.name:<{name_w}}  {h.checkpoint:<{path_w}}  ({h.via})")
         return
     if not args.checkpoint:
-        raise UserError("lineage: give a CHECKPOINT, or --clip YTID")
+        raise MissingArgument("lineage: give a CHECKPOINT, or --clip YTID")
     if args.clips:
         from .lineage import clips_of
 
@@ -431,6 +438,11 @@ def cmd_lineage(args) -> None:
 
 class UserError(Exception):
     """A mistake in how the command was called: one line, no traceback, exit status 1."""
+
+
+class MissingArgument(UserError):
+    """A required input of the command not given (labels, a query, a checkpoint): exit status 2,
+    as argparse's for wrong arguments."""
 
 
 def _positive_int(text: str) -> int:
@@ -578,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file with one class name per line, commas kept (the demo's ten classes: "
         "<data root>/labels/demo_classes.txt)",
     )
-    sp.add_argument("--top-k", type=_positive_int, default=3)
+    sp.add_argument("--top-k", type=_positive_int, default=3, help="labels per file (default: 3)")
     sp.set_defaults(func=cmd_classify)
 
     sp = sub_parser(
@@ -594,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", help="the collection to search")
     sp.add_argument("--text", action="append", help="query text (repeatable)")
     sp.add_argument("--query-file", action="append", help="query audio/image file (repeatable)")
-    sp.add_argument("--top-k", type=_positive_int, default=5)
+    sp.add_argument("--top-k", type=_positive_int, default=5, help="results per query (default: 5)")
     sp.set_defaults(func=cmd_query)
 
     sp = sub_parser(
@@ -653,7 +665,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except (CheckpointError, InputError, LineageError, UserError, OSError, ValueError) as exc:
         # ValueError: what the library says of a bad value (an unknown preset, ...)
-        return _fail(str(exc), exc)
+        return _fail(str(exc), exc, EXIT_USAGE if isinstance(exc, MissingArgument) else EXIT_ERROR)
     except KeyboardInterrupt:
         print("audioclip: interrupted", file=sys.stderr)
         return 130
@@ -689,14 +701,14 @@ def _closed_pipe() -> int:
     return EXIT_PIPE
 
 
-def _fail(message: str, exc: BaseException) -> int:
+def _fail(message: str, exc: BaseException, status: int = EXIT_ERROR) -> int:
     if os.environ.get("AUDIOCLIP_DEBUG"):
         raise exc
     lines = message.strip().splitlines() or [type(exc).__name__]
     print(f"audioclip: error: {lines[0]}", file=sys.stderr)
     for line in lines[1:]:
         print(f"  {line}", file=sys.stderr)
-    return EXIT_ERROR
+    return status
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def atomic_write(path: os.PathLike | str) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o644)  # readable by all, as the file written in place would be (a temporary is private)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -471,7 +471,7 @@ def checkpoints_for_clip(
             r["checkpoint"]["path"],
             record_name(r),
             sha,
-            f"{HELD_OUT} (chose its epoch)" if held_out(r) else "trained on it",
+            f"{HELD_OUT}; chose its epoch" if held_out(r) else "trained on it",
         )
         for sha, (_, r) in by_sha.items()
         if sha in direct

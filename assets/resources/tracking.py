@@ -279,7 +279,8 @@ class StageTracker:
     def on_epoch(self, epoch: int, metrics: dict) -> None:
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        # step = epochs trained (1 after the first), the validation scores' steps (0: the start)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
         self._logged.add(epoch)
 
     def finish(self, result) -> dict:
@@ -295,9 +296,15 @@ class StageTracker:
                 self.on_epoch(h["epoch"], h)
         workdir = Path(self.spec.workdir)
         if result.validation:  # step = epochs trained (0: the starting model), as the lineage has it
-            for v in result.validation.get("scores", []):
+            scores = result.validation.get("scores", [])
+            for v in scores:
                 mlflow.log_metrics(
                     {"validation_accuracy": v["accuracy"], "validation_loss": v["loss"]}, step=int(v["epoch"])
+                )
+            kept = [v for v in scores if v["epoch"] == result.validation.get("kept_epoch")]
+            if kept:  # the weights the checkpoint holds (validation_* end at the last epoch)
+                mlflow.log_metrics(
+                    {"kept_validation_accuracy": kept[0]["accuracy"], "kept_validation_loss": kept[0]["loss"]}
                 )
             mlflow.log_params(
                 {
@@ -307,7 +314,10 @@ class StageTracker:
             )
             mlflow.log_dict(result.validation, "validation.json")
         curve = plot_history(
-            result.history, workdir / f"{self.spec.name}.curves.png", title=self.spec.name, validation=result.validation
+            result.history,
+            workdir / f"{self.spec.name}.curves.png",
+            title=self.run.info.run_name or self.spec.name,  # a fine-tuning's names its fold
+            validation=result.validation,
         )
         for path in [p for p in result.files() if p != Path(result.checkpoint)] + [curve]:
             mlflow.log_artifact(str(path))  # the checkpoint itself is in the logged model

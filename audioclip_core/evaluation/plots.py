@@ -28,9 +28,9 @@ def plot_history(history: Sequence[dict], path: Path, title: str = "", validatio
     keys = sorted({k for h in history for k in h if k.startswith("loss")})
     for k in keys:
         ax1.plot(epochs, [h.get(k, np.nan) for h in history], marker="o", label=k)
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(fontsize=7)
+    ax1.set_xlabel("epochs trained"), ax1.set_ylabel("loss")
     ax2.plot(epochs, [h.get("lr", np.nan) for h in history], marker="o", color="tab:gray")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("learning rate")
+    ax2.set_xlabel("epochs trained"), ax2.set_ylabel("learning rate")
     if validation:
         scores = validation.get("scores", [])
         ax3 = axes[2]
@@ -39,6 +39,11 @@ def plot_history(history: Sequence[dict], path: Path, title: str = "", validatio
         ax3.axvline(kept, color="tab:green", linestyle="--", label=f"kept: epoch {kept}")
         ax3.set_xlabel("epochs trained (0: start)"), ax3.set_ylabel("validation accuracy, %")
         ax3.legend(fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:  # whole epochs
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.legend(fontsize=7, loc="best", framealpha=0.6)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +151,8 @@ def plot_table_summary(rows, path: Path, title: str = "") -> Path | None:
     if not len(means):
         return None
     plt = _plt()
-    labels = [f"{r.model} | {r.dataset} {r.metric}" for r in means.itertuples()]
+    task = "task" in means and means["task"].nunique() > 1  # Table 4: the query direction tells rows apart
+    labels = [f"{r.model} | {f'{r.task} | ' if task else ''}{r.dataset} {r.metric}" for r in means.itertuples()]
     values = means["value"].astype(float).to_numpy()
     scale = 100.0 if np.nanmax(np.abs(values)) <= 1.0 else 1.0
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2))
@@ -167,7 +173,7 @@ def plot_table_summary(rows, path: Path, title: str = "") -> Path | None:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the long labels and the legend whole
     plt.close(fig)
     return path
 

@@ -25,7 +25,7 @@ def test_stages_log_models_register_and_link_their_data(lineage, stage_outputs, 
     data = lineage["data"]
     cl = _client(data)
     full = stage_outputs["audioclip_full"]
-    assert full["registered_model"].startswith("models:/audioclip/") and full["alias"] == "challenger"
+    assert full["registered_model"].startswith("models:/audioclip/") and full["alias_at_registration"] == "challenger"
     version = cl.get_model_version("audioclip", full["registered_model"].rsplit("/", 1)[1])
     assert version.tags["sha256"] == full["sha256"] and version.tags["dagster.data_version"] == full["sha256"][:16]
     assert version.tags["dagster.run_id"] and len(version.tags["dagster.code_version"]) == 16

@@ -334,3 +334,20 @@ def test_clip_towers_in_the_paper_profile_load_clip_weights_or_refuse(stage_outp
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert not result.success and "truncated.pt" in _error(result)
+
+
+def test_a_fine_tuning_run_logs_validation_on_the_training_steps(stage_outputs, lineage):
+    """MLflow steps are epochs trained for every metric (validation 0 = the starting model), so
+    the charts line up; the kept epoch's scores are logged apart from the last epoch's."""
+    import mlflow
+
+    meta = stage_outputs["audioclip_esc50"]
+    cl = mlflow.MlflowClient(tracking_uri=f"sqlite:///{lineage['data'] / 'mlflow' / 'mlflow.db'}")
+    run_id = meta["mlflow_run_id"]
+    epochs = meta["epochs"]
+    assert sorted(m.step for m in cl.get_metric_history(run_id, "loss")) == list(range(1, epochs + 1))
+    val = {m.step: m.value for m in cl.get_metric_history(run_id, "validation_accuracy")}
+    assert sorted(val) == list(range(0, epochs + 1))
+    metrics = cl.get_run(run_id).data.metrics
+    assert metrics["kept_validation_accuracy"] == val[meta["kept_epoch"]]
+    assert metrics["kept_validation_accuracy"] == max(val.values())  # the rule: best accuracy first

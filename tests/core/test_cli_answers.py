@@ -158,7 +158,9 @@ def test_an_unknown_clip_is_told_from_an_unused_one(stages, capsys):
     assert "not a clip id this data root knows" in captured.err and captured.out == ""
     # listed in a manifest but never downloaded: known, and no checkpoint trained on it
     assert main(["lineage", "--clip", "Listed00001", "--data-root", str(root)]) == 0
-    assert "0 checkpoints trained on Listed00001 (listed in 1 manifests" in capsys.readouterr().out
+    assert "0 checkpoints from data holding Listed00001: 0 trained on it (listed in 1 manifest;" in (
+        capsys.readouterr().out
+    )
 
 
 def test_clip_hits_sort_naturally_in_aligned_columns(stages, capsys):

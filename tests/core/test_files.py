@@ -1,4 +1,4 @@
-"""One atomic folder publish (`files.publish_folder`) and one free port (`net.free_port`)."""
+"""Atomic writes (`files.atomic_write`), an atomic folder publish (`files.publish_folder`), a free port."""
 
 import socket
 
@@ -47,3 +47,17 @@ def test_free_port_can_be_bound():
     assert 1024 <= port <= 65535
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_an_atomic_write_is_readable_by_all_like_a_plain_write(tmp_path):
+    """The temporary an atomic write renames into place is private (mkstemp: 0600); the file
+    published is 0644, as tables, checkpoints and records are read by other users and pods."""
+    import stat
+
+    from audioclip_core.files import atomic_write
+
+    target = tmp_path / "table.parquet"
+    with atomic_write(target) as tmp:
+        assert stat.S_IMODE(tmp.stat().st_mode) == 0o600
+        tmp.write_bytes(b"rows")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_bytes() == b"rows"

@@ -78,7 +78,9 @@ def test_clip_to_checkpoints_over_two_million_rows(big_lineage, capsys):
     assert checkpoints_for_clip("NotThere123", root) == []
     assert [h.name for h in checkpoints_for_clip("1-100032-A-0.wav", root)] == ["audioclip_esc50"]
     assert main(["lineage", "--clip", "NeedleClip1", "--data-root", str(root)]) == 0
-    assert "3 checkpoints trained on NeedleClip1" in capsys.readouterr().out
+    assert "3 checkpoints from data holding NeedleClip1: 2 trained on it, 1 descend from one of those" in (
+        capsys.readouterr().out
+    )
 
 
 def test_checkpoint_to_data_and_code(big_lineage, capsys):
