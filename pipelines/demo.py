@@ -94,6 +94,10 @@ def main(argv=None) -> int:
     claims = judge({name: pd.read_parquet(layout.table(name)) for name in TABLES})
     print("\n" + render(claims) + "\n")
     print(promotion["text"] + "\n")
+    warned = warned_checks()
+    if warned:
+        print("Checks that warned (severity WARN: recorded, not blocking; make ui shows them):")
+        print("\n".join(f"  {line}" for line in warned) + "\n")
     from assets.resources.tracking import TRAINING_VIEW, ui_host
 
     mlflow_ui = f"{ui_host()}/#/experiments?{TRAINING_VIEW}"
@@ -143,6 +147,35 @@ def promotion_summary(layout) -> dict:
     if figures:
         lines += ["", "The last promotion decision (model_promotion's metadata; make ui shows it):", figures]
     return {"text": "\n".join(lines), "rejected": rejected, "example": example}
+
+
+def warned_checks() -> list[str]:
+    """The asset checks whose latest result failed with severity WARN (not blocking, so the run
+    is green): each with its figures, e.g. a clip set smaller than the published one."""
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    keys = list(defs.get_repository_def().asset_graph.asset_check_keys)
+    with dg.DagsterInstance.get() as instance:
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    out = []
+    for key, record in sorted(latest.items(), key=lambda kv: kv[0].to_user_string()):
+        evaluation = record.event.dagster_event.event_specific_data if record.event is not None else None
+        if not isinstance(evaluation, dg.AssetCheckEvaluation) or evaluation.passed:
+            continue
+        if evaluation.severity != dg.AssetCheckSeverity.WARN:
+            continue
+        figures = ", ".join(f"{k}: {_brief(getattr(v, 'value', v))}" for k, v in list(evaluation.metadata.items())[:4])
+        where = f" [{evaluation.partition}]" if evaluation.partition else ""
+        out.append(f"{key.asset_key.to_user_string()}{where} {key.name}: {evaluation.description or figures}")
+    return out
+
+
+def _brief(value) -> str:
+    if isinstance(value, (list, tuple)) and len(value) > 1:
+        return f"{value[0]} (and {len(value) - 1} more)"
+    return str(value[0] if isinstance(value, (list, tuple)) and value else value)
 
 
 def _decision_figures() -> str:

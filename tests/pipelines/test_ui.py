@@ -181,7 +181,7 @@ def _figures_table(tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_dagster_ui_shows_materialised_lineage(tmp_path):
+def test_dagster_ui_shows_materialised_lineage(tmp_path, monkeypatch):
     chromium = _chromium()
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -232,6 +232,13 @@ def test_dagster_ui_shows_materialised_lineage(tmp_path):
         instance.report_runless_asset_event(
             dg.AssetMaterialization("table3_zero_shot", metadata=_figures_table(tmp_path))
         )
+    # what the demo's terminal says of checks that warned (the small set against the published counts)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    from pipelines.demo import warned_checks
+
+    assert "esc50_manifest published_counts: differences: esc50: 50 clips, published 2000 (and 6 more)" in (
+        warned_checks()
+    )
     port = free_port()
     server = subprocess.Popen(
         [
