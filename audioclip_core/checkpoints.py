@@ -138,8 +138,77 @@ def _parse_metadata(raw: Mapping[str, str]) -> dict:
     return meta
 
 
-def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read any supported file (or mapping) into (state dict, metadata) without running code."""
+DELTA_KEY = "delta_of"  # metadata of a checkpoint that stores only what differs from its parent
+
+
+def read_checkpoint(source: Source, *, parent: Optional[Source] = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read any supported file (or mapping) into (state dict, metadata) without running code.
+
+    A checkpoint saved as a delta (`save_checkpoint(..., parent=...)`: a cooperative fine-tuning
+    stores its audio head, not the whole model) is completed from its parent: `parent` when given,
+    else a file of the parent's name beside it (a logged model's artifacts), else the path it
+    recorded; the parent's SHA-256 must be the one recorded."""
+    sd, meta = _read_checkpoint(source)
+    if isinstance(meta.get(DELTA_KEY), dict):
+        sd = {**_parent_state(Path(source), meta[DELTA_KEY], parent), **sd}
+    return sd, meta
+
+
+def _parent_state(path: Path, record: dict, given: Optional[Source]) -> dict[str, torch.Tensor]:
+    return read_checkpoint(find_parent(path, record, given))[0]
+
+
+def find_parent(path: Path, record: Optional[dict] = None, given: Optional[Source] = None) -> Path:
+    """The parent file of delta checkpoint `path` (its `delta_of` record), checked by digest:
+    `given`, else a file of the parent's name beside it, else the recorded path."""
+    from .files import sha256_file
+
+    record = record if record is not None else checkpoint_metadata(path).get(DELTA_KEY) or {}
+    want, name = record.get("sha256"), record.get("file") or ""
+    candidates = (
+        [Path(given)]
+        if given is not None
+        else [c for c in (path.parent / name if name else None, _recorded(path, record.get("path"))) if c]
+    )
+    seen = []
+    for cand in candidates:
+        if cand.is_file() and cand.resolve() != path.resolve():
+            got = sha256_file(cand)
+            if got == want:
+                return cand
+            seen.append(f"{cand} (sha256 {got[:16]})")
+    where = "; found " + ", ".join(seen) if seen else f"; looked at {', '.join(map(str, candidates)) or 'nothing'}"
+    raise CheckpointError(
+        f"{path}: stores only what its training changed and needs its parent {name or '?'} "
+        f"(sha256 {str(want)[:16]}), which is not there or has changed{where}. A logged model holds "
+        "its parent beside it (models:/...); a data root keeps it at the recorded path until it is re-trained"
+    )
+
+
+def ancestors(path: Union[str, os.PathLike]) -> list[Path]:
+    """The files a checkpoint needs besides itself: its parent if it is a delta, that one's, ..."""
+    out, cur = [], Path(path)
+    while isinstance(checkpoint_metadata(cur).get(DELTA_KEY), dict):
+        cur = find_parent(cur)
+        out.append(cur)
+    return out
+
+
+def _recorded(path: Path, recorded: Optional[str]) -> Optional[Path]:
+    """The recorded parent path: absolute as it is; relative, against the folders above `path`
+    (a data root moved whole keeps its checkpoints' relative places)."""
+    if not recorded:
+        return None
+    rec = Path(recorded)
+    if rec.is_absolute():
+        return rec
+    for up in path.resolve().parents:
+        if (up / rec).is_file():
+            return up / rec
+    return rec
+
+
+def _read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(source, Mapping):
         return _clean_keys({str(k): _to_tensor(str(k), v) for k, v in source.items()}), {}
     path = Path(source)
@@ -520,9 +589,20 @@ def checkpoint_metadata(path: Union[str, os.PathLike]) -> dict:
 
 
 def save_checkpoint(
-    module: nn.Module, path: Union[str, os.PathLike], *, metadata: Optional[Mapping[str, Any]] = None
+    module: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    metadata: Optional[Mapping[str, Any]] = None,
+    parent: Optional[Union[str, os.PathLike]] = None,
+    data_root: Optional[Union[str, os.PathLike]] = None,
 ) -> Path:
-    """Our own format: safetensors (loads without executing code) plus a metadata record."""
+    """Our own format: safetensors (loads without executing code) plus a metadata record.
+
+    With `parent` (a checkpoint of the same architecture), only the tensors that differ from the
+    parent's are stored, with the parent's name, SHA-256 and path (relative to `data_root` when
+    it is under it) in the metadata: `read_checkpoint` completes them from the parent, so the
+    model loaded is the same, bit for bit. A cooperative fine-tuning trains the audio head only:
+    its checkpoint is that head, not a second copy of the towers."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -536,11 +616,25 @@ def save_checkpoint(
     else:
         raise CheckpointError(f"cannot save a {type(module).__name__}")
     record = {"format": FORMAT, "kind": kind, "preset": preset, "architecture": arch, **dict(metadata or {})}
-    meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in record.items()}
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if parent is not None:
+        from .files import sha256_file
+
+        parent = Path(parent)
+        base = read_checkpoint(parent)[0]
+        sd = {k: v for k, v in sd.items() if k not in base or not _same(v, base[k])}
+        where = parent.resolve()
+        if data_root is not None and where.is_relative_to(Path(data_root).resolve()):
+            where = where.relative_to(Path(data_root).resolve())
+        record[DELTA_KEY] = {"file": parent.name, "sha256": sha256_file(parent), "path": str(where)}
+    meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in record.items()}
     with atomic_write(path) as tmp:
         save_file(sd, str(tmp), metadata=meta)
     return path
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
 
 def convert(

@@ -156,7 +156,17 @@ def resolve_checkpoint(text: str, layout: Optional[DataLayout] = None, store: Op
             share_identical(f, stored / WEIGHTS_DIR / f.name)
     if not found:
         raise InputError(f"{text}: the model {model_id} holds no checkpoint under {WEIGHTS_DIR}/")
-    return found[0]
+    return _model_weights(found)
+
+
+def _model_weights(files: list[Path]) -> Path:
+    """The model's own checkpoint among a logged model's safetensors files: the one no other
+    names as its parent (a fine-tuning that stores its head keeps its parent beside it)."""
+    from .checkpoints import DELTA_KEY, checkpoint_metadata
+
+    parents = {(checkpoint_metadata(f).get(DELTA_KEY) or {}).get("file") for f in files}
+    own = [f for f in files if f.name not in parents]
+    return own[0] if own else files[0]
 
 
 def local_folder(location: str) -> Optional[Path]:

@@ -258,6 +258,11 @@ def log_checkpoint_model(
         card_path = Path(tmp) / MODEL_CARD
         card_path.write_text(json.dumps({**card, "kind": kind, "name": name}, indent=2), encoding="utf-8")
         artifacts = {"weights": str(checkpoint), "card": str(card_path)}
+        from .checkpoints import ancestors
+
+        # a fine-tuning that stores its head only: the model it completes it from, beside it
+        parents = ancestors(checkpoint)
+        artifacts.update({f"parent_{i}": str(p) for i, p in enumerate(parents)})
         if lineage is not None and Path(lineage).is_file():
             artifacts["lineage"] = str(lineage)
         with warnings.catch_warnings():  # type hints would replace the signature given here
@@ -274,6 +279,8 @@ def log_checkpoint_model(
                 model_type=kind,
             )
     _share_weights(info.model_id, Path(checkpoint), card.get("sha256"))
+    for p in parents:  # the parents' copies too: each one set of bytes
+        _share_weights(info.model_id, p, None)
     return info
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import save_checkpoint
+from ..checkpoints import read_checkpoint, save_checkpoint
 from ..data.datasets import collate
 from ..files import atomic_write, publish_folder
 from ..layout import snapshot_file
@@ -132,10 +132,12 @@ def _latest_epoch(epochs_dir: Path) -> Optional[int]:
     return done[-1] if done else None
 
 
-def _save_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler, history, skipped, validation=None) -> None:
+def _save_epoch(
+    epochs_dir: Path, epoch: int, model, optimizer, scheduler, history, skipped, validation=None, parent=None
+) -> None:
     # written in `.epoch_NNN.<random>` (swept by `train` on start-up) and renamed into place
     with publish_folder(epochs_dir / f"epoch_{epoch:03d}") as tmp:
-        save_checkpoint(model, tmp / "model.safetensors", metadata={"epoch": epoch})
+        save_checkpoint(model, tmp / "model.safetensors", metadata={"epoch": epoch}, parent=parent)
         torch.save(
             {
                 "epoch": epoch,
@@ -208,7 +210,7 @@ def _better(a: dict, b: Optional[dict]) -> bool:
     return (a["accuracy"], -a["loss"]) > (b["accuracy"], -b["loss"])
 
 
-def _snapshot(model: nn.Module, cfg: TrainConfig, epochs: int, dest: Path) -> None:
+def _snapshot(model: nn.Module, cfg: TrainConfig, epochs: int, dest: Path, parent=None) -> None:
     """Keep the weights after `epochs` epochs (`keep_epochs`) with the metadata a finished
     stage's checkpoint has (stage, config, input scale), so they are evaluated the same way."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -221,14 +223,13 @@ def _snapshot(model: nn.Module, cfg: TrainConfig, epochs: int, dest: Path) -> No
             "config": cfg.to_dict(),
             "input_scale": cfg.input_scale,
         },
+        parent=parent,
     )
 
 
 def _load_epoch(epochs_dir: Path, epoch: int, model, optimizer, scheduler):
-    from safetensors.torch import load_file
-
     folder = epochs_dir / f"epoch_{epoch:03d}"
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    model.load_state_dict(read_checkpoint(folder / "model.safetensors")[0], strict=True)
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -248,6 +249,7 @@ def train(
     log: Callable[[str], None] = print,
     run_key: Optional[str] = None,
     validation: Optional[Validation] = None,
+    delta_base: Optional[Path] = None,
 ) -> TrainResult:
     """Train `model` for `cfg.epochs` epochs, resuming from `workdir/epochs` when it holds any
     of the same run: with `run_key` (a digest of what determines the run - config, data, parent),
@@ -255,7 +257,10 @@ def train(
     with another config starts afresh instead of taking up where the last one ended.
 
     With `validation`, the starting model and each epoch's are scored on its clips, the best
-    weights kept (`epochs/best/`, resumable too) and returned (`result.validation`)."""
+    weights kept (`epochs/best/`, resumable too) and returned (`result.validation`).
+
+    With `delta_base` (the checkpoint the model started from), every weights file this run
+    writes stores only the tensors that differ from it (`save_checkpoint(parent=...)`)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
@@ -293,7 +298,7 @@ def train(
         first = _score(model, validation, cfg, device, dtype, 0)
         result.validation = {"scores": [first], "kept_epoch": 0}
         if D.rank() == 0:
-            _keep_best(model, epochs_dir, 0)
+            _keep_best(model, epochs_dir, 0, delta_base)
         log(
             f"validation before training: accuracy {first['accuracy']:.3f}, loss {first['loss']:.4g} "
             f"({first['clips']} clips)"
@@ -397,7 +402,7 @@ def train(
                 if _better(score, best):
                     result.validation["kept_epoch"] = epoch + 1
                     if D.rank() == 0:
-                        _keep_best(model, epochs_dir, epoch + 1)
+                        _keep_best(model, epochs_dir, epoch + 1, delta_base)
                 log(
                     f"validation after epoch {epoch + 1}: accuracy {score['accuracy']:.3f}, loss {score['loss']:.4g}"
                     f" (best: after {result.validation['kept_epoch']} epochs)"
@@ -412,9 +417,10 @@ def train(
                     result.history,
                     result.skipped_items,
                     result.validation,
+                    delta_base,
                 )
                 if epoch + 1 in cfg.keep_epochs:
-                    _snapshot(model, cfg, epoch + 1, snapshot_file(workdir, epoch + 1))
+                    _snapshot(model, cfg, epoch + 1, snapshot_file(workdir, epoch + 1), delta_base)
             D.barrier()
             log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
             if on_epoch is not None:
@@ -425,17 +431,15 @@ def train(
     if validation is not None:
         kept = result.validation["kept_epoch"]
         if kept != cfg.epochs:  # the best epoch's weights, not the last
-            from safetensors.torch import load_file
-
             D.barrier()
-            model.load_state_dict(load_file(str(_best_file(epochs_dir, kept)), device=str(device)), strict=True)
+            model.load_state_dict(read_checkpoint(_best_file(epochs_dir, kept))[0], strict=True)
         log(f"kept the weights after {kept} of {cfg.epochs} epochs (best validation score)")
     result.model = model
     return result
 
 
-def _keep_best(model: nn.Module, epochs_dir: Path, epochs: int) -> None:
+def _keep_best(model: nn.Module, epochs_dir: Path, epochs: int, parent=None) -> None:
     """The weights after `epochs` epochs, kept as the best so far (written whole, then renamed)."""
     dest = _best_file(epochs_dir, epochs)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, dest, metadata={"epoch": epochs})
+    save_checkpoint(model, dest, metadata={"epoch": epochs}, parent=parent)

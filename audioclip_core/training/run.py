@@ -36,6 +36,15 @@ def run_key(spec: StageSpec) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def delta_base(spec: StageSpec, cfg) -> Optional[Path]:
+    """The checkpoint a cooperative fine-tuning's weights files store their difference from: the
+    model it starts from (the audio head trains; the towers stay as they are, so a fold's
+    checkpoint is its head, not a second copy of them). None for every other stage."""
+    if cfg.stage != "audioclip_finetune" or not spec.init or not Path(spec.init).is_file():
+        return None
+    return Path(spec.init)
+
+
 def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = print) -> Optional[StageResult]:
     """Build `spec`'s stage, train it (resumable), then (on rank 0 only) write the final
     checkpoint, its export and lineage; the result on rank 0, None on the other ranks. The
@@ -44,6 +53,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
 
     built = build_stage(spec)
     cfg, workdir = built.config, Path(spec.workdir)
+    base = delta_base(spec, cfg)
     result = train(
         built.model,
         built.dataset,
@@ -55,6 +65,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         log=log,
         run_key=run_key(spec),
         validation=built.validation,
+        delta_base=base,
     )
     if D.rank() != 0:
         D.barrier()
@@ -73,7 +84,7 @@ def run_stage(spec: StageSpec, *, on_epoch=None, log: Callable[[str], None] = pr
         "manifests": {k: v["sha256"] for k, v in spec.manifests.items()},
         "parent_sha256": (spec.parent or {}).get("sha256"),
     }
-    save_checkpoint(model, checkpoint, metadata=meta)
+    save_checkpoint(model, checkpoint, metadata=meta, parent=base, data_root=spec.data_root)
     official = None
     if isinstance(model, ESResNeXt):  # also in the ESRNXFBSP layout the original code reads
         official = export_official(model, workdir / f"{spec.name}.esrnxfbsp.pt")

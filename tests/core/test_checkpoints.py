@@ -321,3 +321,59 @@ def test_convert_cli_roundtrip(tmp_path, tiny_model):
     )
     head = torch.load(tmp_path / "head.pt", weights_only=True)
     assert detect_layout(head) == "esrnxfbsp" and "fbsp.m" in head
+
+
+def test_a_delta_checkpoint_stores_what_changed_and_loads_the_same_model(tmp_path, tiny_model):
+    """`save_checkpoint(parent=...)` stores only the tensors that differ from the parent (a
+    cooperative fine-tuning's audio head); reading it completes them from the parent, verified by
+    digest, bit for bit - from the recorded path, a file of the parent's name beside it, or one
+    given; a changed or missing parent is an error that names it."""
+    import shutil
+
+    from audioclip_core.checkpoints import checkpoint_metadata
+    from audioclip_core.files import sha256_file
+
+    parent = ac.save_checkpoint(tiny_model, tmp_path / "root" / "full" / "full.safetensors")
+    child_model = ac.load_model(parent)
+    with torch.no_grad():
+        for p in child_model.audio.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # the head trains; the towers stay
+    child = ac.save_checkpoint(
+        child_model, tmp_path / "root" / "ft" / "fold1" / "ft.safetensors", parent=parent, data_root=tmp_path / "root"
+    )
+    meta = checkpoint_metadata(child)
+    assert meta["delta_of"] == {
+        "file": "full.safetensors",
+        "sha256": sha256_file(parent),
+        "path": "full/full.safetensors",
+    }
+    from audioclip_core.checkpoints import _read_checkpoint
+
+    stored = _read_checkpoint(child)[0]
+    assert stored and all(k.startswith("audio.") for k in stored)  # the head only
+    assert child.stat().st_size < parent.stat().st_size / 2
+    full = child_model.state_dict()
+    got = read_checkpoint(child)[0]
+    assert set(got) == set(full) and all(torch.equal(got[k], full[k]) for k in full)
+    loaded = ac.load_model(child)
+    assert all(torch.equal(v, full[k]) for k, v in loaded.state_dict().items())
+
+    # the data root moved whole: the relative record still finds the parent
+    shutil.move(tmp_path / "root", tmp_path / "moved")
+    moved = tmp_path / "moved" / "ft" / "fold1" / "ft.safetensors"
+    assert torch.equal(read_checkpoint(moved)[0]["logit_scale"], full["logit_scale"])
+    # a logged model keeps the parent beside the child; or a caller names it
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(moved, alone / "ft.safetensors")
+    with pytest.raises(CheckpointError, match=r"needs its parent full.safetensors \(sha256 [0-9a-f]{16}\)"):
+        read_checkpoint(alone / "ft.safetensors")
+    assert set(
+        read_checkpoint(alone / "ft.safetensors", parent=tmp_path / "moved" / "full" / "full.safetensors")[0]
+    ) == set(full)
+    shutil.copy(tmp_path / "moved" / "full" / "full.safetensors", alone / "full.safetensors")
+    assert set(read_checkpoint(alone / "ft.safetensors")[0]) == set(full)
+    # a parent re-trained since: refused, naming what was found
+    ac.save_checkpoint(ac.build_model("audioclip-tiny"), alone / "full.safetensors")
+    with pytest.raises(CheckpointError, match="not there or has changed; found .*full.safetensors"):
+        read_checkpoint(alone / "ft.safetensors")
