@@ -188,7 +188,7 @@ def find_parent(path: Path, record: Optional[dict] = None, given: Optional[Sourc
 def ancestors(path: Union[str, os.PathLike]) -> list[Path]:
     """The files a checkpoint needs besides itself: its parent if it is a delta, that one's, ..."""
     out, cur = [], Path(path)
-    while isinstance(checkpoint_metadata(cur).get(DELTA_KEY), dict):
+    while cur.suffix == ".safetensors" and isinstance(checkpoint_metadata(cur).get(DELTA_KEY), dict):
         cur = find_parent(cur)
         out.append(cur)
     return out
@@ -583,7 +583,7 @@ def checkpoint_metadata(path: Union[str, os.PathLike]) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-    except (OSError, ValueError, RuntimeError):
+    except Exception:  # not a safetensors file (an official .pt), or unreadable: no record
         return {}
     return _parse_metadata(raw)
 
@@ -622,11 +622,13 @@ def save_checkpoint(
 
         parent = Path(parent)
         base = read_checkpoint(parent)[0]
-        sd = {k: v for k, v in sd.items() if k not in base or not _same(v, base[k])}
-        where = parent.resolve()
-        if data_root is not None and where.is_relative_to(Path(data_root).resolve()):
-            where = where.relative_to(Path(data_root).resolve())
-        record[DELTA_KEY] = {"file": parent.name, "sha256": sha256_file(parent), "path": str(where)}
+        changed = {k: v for k, v in sd.items() if k not in base or not _same(v, base[k])}
+        if len(changed) < len(sd):  # a parent in another layout (a released .pt) shares nothing: saved whole
+            sd = changed
+            where = parent.resolve()
+            if data_root is not None and where.is_relative_to(Path(data_root).resolve()):
+                where = where.relative_to(Path(data_root).resolve())
+            record[DELTA_KEY] = {"file": parent.name, "sha256": sha256_file(parent), "path": str(where)}
     meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in record.items()}
     with atomic_write(path) as tmp:
         save_file(sd, str(tmp), metadata=meta)

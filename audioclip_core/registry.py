@@ -10,9 +10,7 @@ when a function here is called (the `pipeline` extra installs it).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -105,22 +103,6 @@ def version_model_id(version) -> str:
     return source[len(MODELS_SCHEME) :].strip("/") if source.startswith(MODELS_SCHEME) else source
 
 
-@contextlib.contextmanager
-def _progress_bar(on: bool):
-    """MLflow's artifact download bar on or off for one call (it reads the variable each time)."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as VAR
-
-    before = os.environ.get(VAR.name)
-    os.environ[VAR.name] = "true" if on else "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(VAR.name, None)
-        else:
-            os.environ[VAR.name] = before
-
-
 def resolve_checkpoint(text: str, layout: Optional[DataLayout] = None, store: Optional[str] = None) -> Path:
     """A checkpoint argument as a file: a path as it is; a `models:/` URI (`models:/audioclip@champion`,
     `models:/audioclip/3`, `models:/m-<id>`) as the checkpoint of that logged model, downloaded once
@@ -144,8 +126,7 @@ def resolve_checkpoint(text: str, layout: Optional[DataLayout] = None, store: Op
         tmp = layout.ensure(dest.parent) / f".{model_id}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            with _progress_bar(sys.stderr.isatty()):  # none in a redirected log
-                mlflow.artifacts.download_artifacts(artifact_uri=f"{MODELS_SCHEME}{model_id}", dst_path=str(tmp))
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{MODELS_SCHEME}{model_id}", dst_path=str(tmp))
         except MlflowException as exc:
             raise InputError(f"{text}: {exc.message}") from exc
         shutil.rmtree(dest, ignore_errors=True)

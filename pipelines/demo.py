@@ -30,6 +30,9 @@ TABLES = ("table1_esresnext", "table2_audioclip", "table3_zero_shot", "table4_qu
 def main(argv=None) -> int:
     import argparse
 
+    if not sys.stderr.isatty():  # MLflow's download bar (the champion's example) not in a redirected log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
     import pandas as pd
 
     from audioclip_core.data.demo_dataset import SEED_ENV, SeedMismatch, demo_seed, generated_seed

@@ -113,10 +113,17 @@ def plot_embedding_map(
             label=mod,
         )
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[n], label=n) for n in names]
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    ax.set_title(title or "embeddings (PCA): o audio, s image, * text", fontsize=9)
+    shapes = [
+        plt.Line2D([], [], marker=markers.get(m, "o"), linestyle="", color="0.5", markeredgecolor="k", label=m)
+        for m in points
+    ]
+    classes = ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="label")
+    ax.add_artist(classes)
+    ax.legend(handles=shapes, fontsize=7, loc="lower left", bbox_to_anchor=(1.0, 0.0), title="modality")
+    ax.set_xlabel("principal component 1"), ax.set_ylabel("principal component 2")
+    ax.set_title(title or "embeddings (PCA of all modalities together)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
