@@ -193,3 +193,39 @@ def test_identical_files_are_shared_and_different_ones_kept(tmp_path):
     assert other.read_bytes() == b"weightz" * 1000  # kept as it was
     assert share_identical(same, original)  # already one file: nothing to do
     assert not list(tmp_path.glob(".*"))  # no temporary left
+
+
+def test_a_fine_tuning_that_stores_its_head_is_logged_with_its_parent(store, tiny_checkpoint, tmp_path):
+    """A delta checkpoint (the audio head of a cooperative fine-tuning) is logged with its parent
+    beside it, both hard links to the files of the data root; the served model answers as the
+    library's model loaded from the data root, and models:/ resolves to the fold's own file."""
+    import mlflow
+
+    import audioclip_core as ac
+    from audioclip_core.inference import AudioEmbedder
+    from audioclip_core.registry import resolve_checkpoint
+    from audioclip_core.serving import log_checkpoint_model
+
+    tuned = ac.load_model(tiny_checkpoint)
+    with torch.no_grad():
+        for p in tuned.audio.parameters():
+            p.add_(0.01)
+    child = ac.save_checkpoint(tuned, tmp_path / "fold1" / "tiny_esc50.safetensors", parent=tiny_checkpoint)
+    assert child.stat().st_size < tiny_checkpoint.stat().st_size / 2
+    clip = store / "clip.wav"
+    clip.write_bytes(wav_bytes())
+    with mlflow.start_run():
+        info = log_checkpoint_model(
+            child, kind="audioclip", name="tiny_esc50", card={}, example_audio=clip, labels=["a"], tags={}
+        )
+    stored = {p.name: p for p in (store / "artifacts").rglob("*.safetensors") if info.model_id in str(p)}
+    assert os.path.samefile(stored[child.name], child) and os.path.samefile(
+        stored[tiny_checkpoint.name], tiny_checkpoint
+    )
+    out = mlflow.pyfunc.load_model(info.model_uri).predict(
+        pd.DataFrame([{"audio": base64.b64encode(wav_bytes()).decode()}])
+    )
+    expected = AudioEmbedder(ac.load_model(child)).embed_file(clip)
+    assert torch.equal(torch.tensor(out["embedding"][0]), expected)
+    assert not torch.equal(expected, AudioEmbedder(ac.load_model(tiny_checkpoint)).embed_file(clip))  # the head's
+    assert resolve_checkpoint(f"models:/{info.model_id}").name == child.name
