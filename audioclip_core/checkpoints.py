@@ -195,17 +195,21 @@ def ancestors(path: Union[str, os.PathLike]) -> list[Path]:
 
 
 def _recorded(path: Path, recorded: Optional[str]) -> Optional[Path]:
-    """The recorded parent path: absolute as it is; relative, against the folders above `path`
-    (a data root moved whole keeps its checkpoints' relative places)."""
+    """The recorded parent path: absolute as it is; relative (to the data root it was written
+    in), against the folders above `path` - a data root moved whole keeps its checkpoints'
+    relative places - then against the configured data root (`AUDIOCLIP_DATA_ROOT`)."""
     if not recorded:
         return None
     rec = Path(recorded)
     if rec.is_absolute():
         return rec
-    for up in path.resolve().parents:
+    from .layout import DataLayout
+
+    # the folders above the file (a data root moved whole), then the configured data root (a copy)
+    for up in [*path.resolve().parents, DataLayout.at(None).root]:
         if (up / rec).is_file():
             return up / rec
-    return rec
+    return DataLayout.at(None).root / rec
 
 
 def _read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], dict]:

@@ -249,6 +249,7 @@ def log_checkpoint_model(
     tags: dict,
     params: Optional[dict] = None,
     lineage: Optional[Path] = None,
+    step: int = 0,
 ):
     """Log `checkpoint` as an MLflow LoggedModel with the pyfunc flavour, in the active run.
     Returns the `ModelInfo` (its `model_id`, `model_uri`)."""
@@ -277,6 +278,7 @@ def log_checkpoint_model(
                 tags=tags,
                 params=params,
                 model_type=kind,
+                step=step,  # the run's metrics at this step are the model's (its epochs trained)
             )
     _share_weights(info.model_id, Path(checkpoint), card.get("sha256"))
     for p in parents:  # the parents' copies too: each one set of bytes

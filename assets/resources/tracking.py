@@ -304,7 +304,8 @@ class StageTracker:
             kept = [v for v in scores if v["epoch"] == result.validation.get("kept_epoch")]
             if kept:  # the weights the checkpoint holds (validation_* end at the last epoch)
                 mlflow.log_metrics(
-                    {"kept_validation_accuracy": kept[0]["accuracy"], "kept_validation_loss": kept[0]["loss"]}
+                    {"kept_validation_accuracy": kept[0]["accuracy"], "kept_validation_loss": kept[0]["loss"]},
+                    step=model_step(result),
                 )
             mlflow.log_params(
                 {
@@ -362,11 +363,23 @@ class StageTracker:
             labels=labels,
             tags=tags,
             lineage=Path(result.lineage_path),
+            step=model_step(result),
         )
         loss = float(result.history[-1]["loss"])
         for ds in self.datasets.values():
-            mlflow.log_metric("training_loss_last_epoch", loss, model_id=info.model_id, dataset=ds)
+            mlflow.log_metric(
+                "training_loss_last_epoch", loss, model_id=info.model_id, dataset=ds, step=len(result.history)
+            )
         return info
+
+
+def model_step(result) -> int:
+    """The step (epochs trained) of the weights a stage's checkpoint holds: the kept epoch of a
+    fine-tuning that chose one on held-out clips, else the last. MLflow links a logged model to
+    the run's metrics at its step, so the model page shows the kept weights' scores, not those
+    of the starting model (step 0)."""
+    kept = (result.validation or {}).get("kept_epoch")
+    return int(kept) if kept is not None else len(result.history)
 
 
 def _example_clip(layout: DataLayout, spec) -> Optional[Path]:

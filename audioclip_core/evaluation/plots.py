@@ -27,7 +27,15 @@ def plot_history(history: Sequence[dict], path: Path, title: str = "", validatio
     epochs = [h["epoch"] + 1 for h in history]  # epochs trained when the figures were taken
     keys = sorted({k for h in history for k in h if k.startswith("loss")})
     for k in keys:
-        ax1.plot(epochs, [h.get(k, np.nan) for h in history], marker="o", label=k)
+        reference = k == "loss_uniform"  # 2 ln n, the value of uniform logits: a line to stay below
+        ax1.plot(
+            epochs,
+            [h.get(k, np.nan) for h in history],
+            marker="" if reference else "o",
+            linestyle="--" if reference else "-",
+            color="0.5" if reference else None,
+            label="loss at uniform logits" if reference else k,
+        )
     ax1.set_xlabel("epochs trained"), ax1.set_ylabel("loss")
     ax2.plot(epochs, [h.get("lr", np.nan) for h in history], marker="o", color="tab:gray")
     ax2.set_xlabel("epochs trained"), ax2.set_ylabel("learning rate")
@@ -43,11 +51,11 @@ def plot_history(history: Sequence[dict], path: Path, title: str = "", validatio
 
     for ax in axes:  # whole epochs
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax1.legend(fontsize=7, loc="best", framealpha=0.6)
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend below the loss panel, off its lines
     plt.close(fig)
     return path
 
@@ -123,7 +131,8 @@ def plot_embedding_map(
     ax.set_xlabel("principal component 1"), ax.set_ylabel("principal component 2")
     ax.set_title(title or "embeddings (PCA of all modalities together)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    # both legends whole (given extra artists replace the default ones: the title is named too)
+    fig.savefig(path, dpi=110, bbox_inches="tight", bbox_extra_artists=[classes, ax.get_legend(), ax.title])
     plt.close(fig)
     return path
 

@@ -351,3 +351,8 @@ def test_a_fine_tuning_run_logs_validation_on_the_training_steps(stage_outputs, 
     metrics = cl.get_run(run_id).data.metrics
     assert metrics["kept_validation_accuracy"] == val[meta["kept_epoch"]]
     assert metrics["kept_validation_accuracy"] == max(val.values())  # the rule: best accuracy first
+    # the logged model is linked to the run's metrics at its step: the kept weights' scores
+    model_id = meta["mlflow_model"].rsplit("/models/", 1)[1].split("?")[0]
+    linked = {m.key: m for m in cl.get_logged_model(model_id).metrics or []}
+    assert linked["validation_accuracy"].step == meta["kept_epoch"]
+    assert linked["validation_accuracy"].value == val[meta["kept_epoch"]]

@@ -377,3 +377,25 @@ def test_a_delta_checkpoint_stores_what_changed_and_loads_the_same_model(tmp_pat
     ac.save_checkpoint(ac.build_model("audioclip-tiny"), alone / "full.safetensors")
     with pytest.raises(CheckpointError, match="not there or has changed; found .*full.safetensors"):
         read_checkpoint(alone / "ft.safetensors")
+
+
+def test_a_copied_delta_finds_its_parent_in_the_configured_data_root(tmp_path, tiny_model, monkeypatch):
+    """A fold checkpoint copied out of its data root records its parent relative to that root:
+    found again through AUDIOCLIP_DATA_ROOT."""
+    import shutil
+
+    root = tmp_path / "root"
+    parent = ac.save_checkpoint(tiny_model, root / "checkpoints" / "full" / "full.safetensors")
+    tuned = ac.load_model(parent)
+    with torch.no_grad():
+        next(tuned.audio.parameters()).add_(1.0)
+    child = ac.save_checkpoint(tuned, root / "checkpoints" / "ft" / "ft.safetensors", parent=parent, data_root=root)
+    copy = tmp_path / "elsewhere" / "ft.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(child, copy)
+    monkeypatch.setenv("AUDIOCLIP_DATA_ROOT", str(tmp_path / "other"))
+    with pytest.raises(CheckpointError, match="needs its parent full.safetensors"):
+        read_checkpoint(copy)
+    monkeypatch.setenv("AUDIOCLIP_DATA_ROOT", str(root))
+    got = read_checkpoint(copy)[0]
+    assert all(torch.equal(got[k], v) for k, v in tuned.state_dict().items())
