@@ -13,11 +13,13 @@ Failures become a status: ``unavailable``, ``private``, ``age_restricted``, ``ge
 to "confirm you're not a bot": this client, not the video) or ``error``; the last three are
 transient and retried with exponential backoff and jitter, and by later runs.
 
-A range download that the host throttles (YouTube drips `--download-sections` of long videos
-at ~32 KiB/s) is watched: below `min_range_rate` bytes/s after `range_grace_seconds`, it is
-stopped and the whole file is fetched instead, which such hosts serve at full speed. A fault of this
-machine (no space, no permission) is ``error`` with `environment` set: not the source's
-failure, so it is retried by the next run without back-off, and the step fails.
+A fault of this machine (no space, no permission) is ``error`` with `environment` set: not the
+source's failure, so it is retried by the next run without back-off, and the step fails.
+
+A range download is watched (`RangeWatch`): one the host throttles (YouTube drips
+`--download-sections` of long videos at ~32 KiB/s) - under `min_range_rate` bytes/s after
+`range_grace_seconds` - is stopped and the whole file fetched instead, which such hosts serve
+at full speed; one that receives nothing for a read timeout is stopped as a stall.
 """
 
 from __future__ import annotations
