@@ -150,18 +150,14 @@ def read_checkpoint(source: Source, *, parent: Optional[Source] = None) -> tuple
     recorded; the parent's SHA-256 must be the one recorded."""
     sd, meta = _read_checkpoint(source)
     if isinstance(meta.get(DELTA_KEY), dict):
-        sd = {**_parent_state(Path(source), meta[DELTA_KEY], parent), **sd}
+        sd = {**read_checkpoint(find_parent(Path(source), meta[DELTA_KEY], parent))[0], **sd}
     return sd, meta
-
-
-def _parent_state(path: Path, record: dict, given: Optional[Source]) -> dict[str, torch.Tensor]:
-    return read_checkpoint(find_parent(path, record, given))[0]
 
 
 def find_parent(path: Path, record: Optional[dict] = None, given: Optional[Source] = None) -> Path:
     """The parent file of delta checkpoint `path` (its `delta_of` record), checked by digest:
     `given`, else a file of the parent's name beside it, else the recorded path."""
-    from .files import sha256_file
+    from .files import file_digest
 
     record = record if record is not None else checkpoint_metadata(path).get(DELTA_KEY) or {}
     want, name = record.get("sha256"), record.get("file") or ""
@@ -173,7 +169,7 @@ def find_parent(path: Path, record: Optional[dict] = None, given: Optional[Sourc
     seen = []
     for cand in candidates:
         if cand.is_file() and cand.resolve() != path.resolve():
-            got = sha256_file(cand)
+            got = file_digest(cand)
             if got == want:
                 return cand
             seen.append(f"{cand} (sha256 {got[:16]})")
@@ -622,7 +618,7 @@ def save_checkpoint(
     record = {"format": FORMAT, "kind": kind, "preset": preset, "architecture": arch, **dict(metadata or {})}
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if parent is not None:
-        from .files import sha256_file
+        from .files import file_digest
 
         parent = Path(parent)
         base = read_checkpoint(parent)[0]
@@ -632,7 +628,7 @@ def save_checkpoint(
             where = parent.resolve()
             if data_root is not None and where.is_relative_to(Path(data_root).resolve()):
                 where = where.relative_to(Path(data_root).resolve())
-            record[DELTA_KEY] = {"file": parent.name, "sha256": sha256_file(parent), "path": str(where)}
+            record[DELTA_KEY] = {"file": parent.name, "sha256": file_digest(parent), "path": str(where)}
     meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in record.items()}
     with atomic_write(path) as tmp:
         save_file(sd, str(tmp), metadata=meta)

@@ -362,7 +362,7 @@ def cmd_convert(args) -> None:
 def cmd_lineage(args) -> None:
     import time
 
-    from .lineage import HELD_OUT, MISMATCH, chain, checkpoints_for_clip, format_chain, verify_chain
+    from .lineage import HELD_OUT, MISMATCH, TRAINED_ON_IT, chain, checkpoints_for_clip, format_chain, verify_chain
 
     if args.clip:
         from .layout import DataLayout
@@ -390,7 +390,7 @@ def cmd_lineage(args) -> None:
         if args.out:
             _write_rows(rows, args.out)
         else:
-            trained = sum(h.via == "trained on it" for h in hits)
+            trained = sum(h.via == TRAINED_ON_IT for h in hits)
             held = sum(h.via.startswith(HELD_OUT) for h in hits)
             uses = f"{trained} trained on it" + (f", {held} held it out for validation" if held else "")
             if len(hits) - trained - held:

@@ -251,6 +251,7 @@ def manifest_file(entry: dict) -> Optional[Path]:
 
 
 HELD_OUT = "held out for validation"
+TRAINED_ON_IT = "trained on it"  # a checkpoint whose own training data held the clip (`checkpoints_for_clip`)
 
 
 def clips_of(checkpoint: Path) -> list[dict]:
@@ -471,7 +472,7 @@ def checkpoints_for_clip(
             r["checkpoint"]["path"],
             record_name(r),
             sha,
-            f"{HELD_OUT}; chose its epoch" if held_out(r) else "trained on it",
+            f"{HELD_OUT}; chose its epoch" if held_out(r) else TRAINED_ON_IT,
         )
         for sha, (_, r) in by_sha.items()
         if sha in direct

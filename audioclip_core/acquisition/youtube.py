@@ -328,7 +328,7 @@ def _download(
                 refused = _refusal(info or {})
                 if refused:
                     raise NotMedia(refused)
-                watching = watch if not whole else _no_watch()
+                watching = watch if not whole else contextlib.nullcontext()
                 with timed(result.seconds, "download"), watching:
                     ydl.process_ie_result(info, download=True)
             files = [p for p in tmp.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl"))]
@@ -417,11 +417,6 @@ def _download(
         sleep(delay * (0.5 + random.random()))
     result.finished_at = time.time()
     return result
-
-
-@contextlib.contextmanager
-def _no_watch() -> Iterator[None]:
-    yield
 
 
 STALL_BYTES = 1024  # a transfer that receives less than this in ~2 s is stalled, not throttled

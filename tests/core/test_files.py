@@ -61,3 +61,22 @@ def test_an_atomic_write_is_readable_by_all_like_a_plain_write(tmp_path):
         assert stat.S_IMODE(tmp.stat().st_mode) == 0o600
         tmp.write_bytes(b"rows")
     assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_bytes() == b"rows"
+
+
+def test_a_file_is_hashed_once_per_version(tmp_path, monkeypatch):
+    """`file_digest` hashes a file once per version; a new version (renamed into place, as
+    every write here is) is hashed again."""
+    import hashlib
+
+    import audioclip_core.files as files
+
+    path = tmp_path / "parent.safetensors"
+    path.write_bytes(b"one")
+    calls = []
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert files.file_digest(path) == files.file_digest(path) == hashlib.sha256(b"one").hexdigest()
+    assert len(calls) == 1
+    with files.atomic_write(path) as tmp:
+        tmp.write_bytes(b"two, longer")
+    assert files.file_digest(path) == hashlib.sha256(b"two, longer").hexdigest() and len(calls) == 2

@@ -204,25 +204,14 @@ def test_a_throttled_range_falls_back_to_the_whole_file_in_bounded_time(server, 
     res, seconds = _get(server, "Dripping001", "mp4", tmp_path, min_range_rate=32 * 1024, range_grace_seconds=2.0)
     assert res.status == "ok" and res.attempts == 2, res.message
     assert "range download throttled" in res.message and "whole file" in res.message, res.message
+    assert "(1 ffmpeg stopped)" in res.message, res.message  # the range's own ffmpeg, found and stopped
     _holds_the_piece_not_the_file(res)
     drip_alone = size / (8 * 1024)  # what waiting for the dripped transfer could cost, at most
     assert seconds < 2.0 + 20, (seconds, drip_alone)  # the grace, the whole file, the cut
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    from audioclip_core.acquisition.youtube import _ffmpeg_writing_into
+
     assert not _ffmpeg_writing_into(tmp_path)  # the stopped range's ffmpeg is gone
-
-
-def _ffmpeg_writing_into(folder: Path) -> list[int]:
-    import os
-
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and b"ffmpeg" in argv[0] and any(str(folder).encode() in a for a in argv):
-            out.append(int(pid))
-    return out
 
 
 class _Proxy(BaseHTTPRequestHandler):
