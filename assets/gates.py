@@ -38,8 +38,19 @@ def check_specs(name: str, contrastive: bool, retrieval: bool = False, partition
     return [dg.AssetCheckSpec(check, asset=name, blocking=True, description=desc) for check, desc in specs]
 
 
-def gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheckResult]:
+QUALITY_GATES = ("block", "record")
+
+
+def gates(context, history: list[dict], checkpoint: Path, quality: str = "block") -> list[dg.AssetCheckResult]:
+    """The gates' results. `quality` "record" (run config `quality_gates`; a rehearsal of the
+    pipeline on untrained weights) records a failed `not_collapsed` / `above_chance` as a
+    warning that blocks nothing; `finite_weights` always blocks."""
     from audioclip_core.training.health import at_chance, collapse, non_finite_tensors
+
+    if quality not in QUALITY_GATES:
+        raise ValueError(f"quality_gates must be one of {', '.join(QUALITY_GATES)}, got {quality!r}")
+    severity = dg.AssetCheckSeverity.ERROR if quality == "block" else dg.AssetCheckSeverity.WARN
+    note = {} if quality == "block" else {"quality_gates": "record: a failure is recorded, not blocking"}
 
     bad = non_finite_tensors(checkpoint)
     out = [
@@ -62,7 +73,10 @@ def gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheckR
         )
         out.append(
             dg.AssetCheckResult(
-                check_name=COLLAPSE_CHECK[0], passed=not (report and report["collapsed"]), metadata=meta
+                check_name=COLLAPSE_CHECK[0],
+                passed=not (report and report["collapsed"]),
+                metadata={**meta, **note},
+                severity=severity,
             )
         )
     if any(spec.name == CHANCE_CHECK[0] for spec in context.assets_def.check_specs):
@@ -73,7 +87,12 @@ def gates(context, history: list[dict], checkpoint: Path) -> list[dg.AssetCheckR
             else {"note": "no in-batch retrieval recorded"}
         )
         out.append(
-            dg.AssetCheckResult(check_name=CHANCE_CHECK[0], passed=not (report and report["at_chance"]), metadata=meta)
+            dg.AssetCheckResult(
+                check_name=CHANCE_CHECK[0],
+                passed=not (report and report["at_chance"]),
+                metadata={**meta, **note},
+                severity=severity,
+            )
         )
     return out
 

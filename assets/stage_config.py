@@ -75,6 +75,12 @@ class StageConfig(dg.Config):
         "changed after its stage wrote it); by default the stage refuses, naming the "
         "file and both digests",
     )
+    quality_gates: str = Field(
+        default="block",
+        description="block: a stage that fails `not_collapsed` or `above_chance` is set aside and "
+        "nothing starts from it; record: the failure is recorded as a warning and the stage is "
+        "published (a rehearsal of the pipeline on untrained weights). `finite_weights` always blocks",
+    )
     nproc_per_node: int = Field(default=1, ge=1, description="> 1: launch torchrun (DDP) through Dagster Pipes")
     nnodes: int = Field(
         default=1,

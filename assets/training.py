@@ -15,6 +15,7 @@ from audioclip_core.versions import stage_code_version
 
 from .audioset import audioset_manifest
 from .clipsets import FOLD_PARTITIONS, FOLDS
+from .gates import QUALITY_GATES
 from .gates import check_specs as _checks
 from .gates import gates as _gates
 from .gates import reject as _reject
@@ -42,13 +43,15 @@ def _execute(
     from audioclip_core.training.config import TrainConfig
     from audioclip_core.training.stages import require_unchanged_parent
 
+    if config.quality_gates not in QUALITY_GATES:  # before hours of training, not after
+        raise ValueError(f"quality_gates must be one of {', '.join(QUALITY_GATES)}, got {config.quality_gates!r}")
     nproc, nnodes = config.nproc_per_node, config.nnodes
     require_unchanged_parent(spec, TrainConfig(**spec.config))  # before anything is tracked
     with tracking.stage_run(layout, context, spec, profile=profile, partition=partition, nproc=nproc) as tracker:
         result = launcher.run_stage(context, spec, nproc=nproc, nnodes=nnodes, on_epoch=tracker.on_epoch)
         links = tracker.finish(result)
-    checks = _gates(context, result.history, Path(result.checkpoint))
-    failed = [c for c in checks if not c.passed]
+    checks = _gates(context, result.history, Path(result.checkpoint), config.quality_gates)
+    failed = [c for c in checks if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
     if failed:
         _reject(result, tracking, layout, spec.mlflow_run_id, failed)
     history, sha = result.history, result.sha256
@@ -65,6 +68,7 @@ def _execute(
             "loss_first_epoch": history[0]["loss"],
             "loss_last_epoch": history[-1]["loss"],
             "skipped_items": len(result.skipped_items),
+            **_cost_metadata(history),
             "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else -1,
             **_validation_metadata(result.validation),
             "nproc_per_node": nproc,
@@ -79,6 +83,15 @@ def _execute(
         },
         data_version=dg.DataVersion(sha[:16]),
     )
+
+
+def _cost_metadata(history: list[dict]) -> dict:
+    """What the training cost per sample and at most in memory (the epochs of this history)."""
+    samples = sum(h.get("samples", 0) for h in history)
+    seconds = sum(h["samples"] / h["samples_per_s"] for h in history if h.get("samples") and h.get("samples_per_s"))
+    peaks = [h["peak_rss_mb"] for h in history if h.get("peak_rss_mb")]
+    out = {"seconds_per_sample": round(seconds / samples, 4)} if samples and seconds else {}
+    return {**out, **({"peak_rss_mb": max(peaks)} if peaks else {})}
 
 
 def _validation_metadata(validation) -> dict:

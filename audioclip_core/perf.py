@@ -88,3 +88,31 @@ def add_seconds(into: Optional[dict], more: dict) -> None:
     if into is not None:
         for k, v in more.items():
             into[k] = into.get(k, 0.0) + v
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident memory afresh (Linux: /proc/self/clear_refs), so that
+    `peak_rss_mb` reports one stage's peak, not the largest of every stage this process ran
+    (several stages run in one Dagster run process). False where it cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB since `reset_peak_rss` (Linux's VmHWM), else
+    since it started (getrusage: KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)

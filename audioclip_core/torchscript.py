@@ -152,3 +152,41 @@ def _collect(obj: ScriptObject, prefix: str, slots: dict[str, set[str]], out: di
             _collect(value, f"{prefix}{key}.", slots, out, path)
         elif isinstance(value, torch.Tensor) and (names is None or key in names):
             out[f"{prefix}{key}"] = value.detach().clone()
+
+
+def write_torchscript_state(state: dict[str, torch.Tensor], path) -> Path:
+    """A TorchScript archive holding `state` under its names, as OpenAI's RN50.pt holds CLIP's
+    weights: floating-point tensors as half-precision parameters, the rest (OpenAI's scalars
+    `input_resolution`, `context_length`, `vocab_size`) as buffers, and a `forward` that returns
+    its input. For files in that layout without OpenAI's (a rehearsal's random weights, tests)."""
+    from torch import nn
+
+    root = nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, nn.Module())
+            module = getattr(module, part)
+        if value.is_floating_point() and value.dim() > 0:
+            module.register_parameter(leaf, nn.Parameter(value.half(), requires_grad=False))
+        else:
+            module.register_buffer(leaf, value)
+
+    class Archive(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            for name, child in inner.named_children():
+                self.add_module(name, child)
+            for name, p in inner.named_parameters(recurse=False):
+                self.register_parameter(name, p)
+            for name, b in inner.named_buffers(recurse=False):
+                self.register_buffer(name, b)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    path = Path(path)
+    torch.jit.save(torch.jit.script(Archive(root)), str(path))
+    return path

@@ -96,6 +96,17 @@ class _Served(_RangeHandler):
             self.bytes_sent[ytid] += source.tell() - pos
 
 
+class MediaServer(ThreadingHTTPServer):
+    """The stand-in host: a client that hangs up mid-body (a range read that has what it needs,
+    a stopped download) is no error worth a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 YOUTUBE_360P = [
     "-c:v",
     "libx264",
@@ -314,8 +325,7 @@ def main() -> None:
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
 
     _Served.media, _Served.stalled = served, stalled
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Served)
-    httpd.daemon_threads = True
+    httpd = MediaServer(("127.0.0.1", 0), _Served)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     env = {
         **os.environ,

@@ -10,6 +10,7 @@ named job runs of the code location, so the UI can re-execute any of them.
 
     python -m pipelines.backfill            # launch, wait, exit 0 when every run succeeded
     python -m pipelines.backfill --no-wait  # launch and leave it to a running `make ui`
+    python -m pipelines.backfill --config run.yaml  # every run with this run config
 
 An earlier backfill of this command that a killed process left unfinished is cancelled first;
 runs whose process is gone are marked failed at start-up (pipelines/instance.py), so their
@@ -208,7 +209,11 @@ def cancel_unfinished(instance, dagster: LocalDagster, say: Callable[[str], None
 
 
 def launch(
-    dagster: LocalDagster, label: str, selection: Optional[list[str]] = None, tags: Optional[dict] = None
+    dagster: LocalDagster,
+    label: str,
+    selection: Optional[list[str]] = None,
+    tags: Optional[dict] = None,
+    run_config: Optional[dict] = None,
 ) -> str:
     keys = [[k] for k in selection] if selection else asset_keys()
     params = {
@@ -217,6 +222,8 @@ def launch(
         "title": f"AudioCLIP lineage ({label})",
         "tags": [{"key": TAG, "value": label}] + [{"key": k, "value": v} for k, v in (tags or {}).items()],
     }
+    if run_config:  # every run of the backfill gets it; each takes the entries of its own assets
+        params["runConfigData"] = run_config
     res = dagster.graphql(LAUNCH, {"params": params})["launchPartitionBackfill"]
     if res["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"the backfill was not launched: {res}")
@@ -375,11 +382,13 @@ def run_lineage(
     selection: Optional[list[str]] = None,
     tags: Optional[dict] = None,
     failures: Optional[list] = None,
+    run_config: Optional[dict] = None,
 ) -> bool:
     """Prepare the instance, launch the backfill of every asset (or of `selection`, asset
     names) through a local Dagster, and (with `wait`) follow it to the end. `tags` go on the
-    backfill and its runs (the demo's seed: `audioclip/seed`); `failures` gets the label of
-    each run that failed."""
+    backfill and its runs (the demo's seed: `audioclip/seed`); `run_config` is every run's
+    config (`{"ops": {asset: {"config": ...}}}`: a run takes its own assets' entries);
+    `failures` gets the label of each run that failed."""
     os.environ.setdefault("DAGSTER_HOME", env()["DAGSTER_HOME"])  # this process opens the same instance
     import dagster as dg
 
@@ -408,7 +417,7 @@ def run_lineage(
                     "it was started with applies (stop it to use this one)"
                 )
             cancel_unfinished(instance, dagster, say)
-            backfill_id = launch(dagster, label, selection, tags)
+            backfill_id = launch(dagster, label, selection, tags, run_config)
             say(f"backfill {backfill_id}: every asset, all partitions")
             say(backfill_links(backfill_id, dagster.url, running))
             if not wait:
@@ -421,8 +430,29 @@ def main(argv=None) -> int:
     p.add_argument("--no-wait", action="store_true", help="launch the backfill and return")
     p.add_argument("--label", default="cli")
     p.add_argument("--select", nargs="+", metavar="ASSET", help="only these assets (all their partitions)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="run config (YAML or JSON) for every run, e.g. the weights files of the paper profile: "
+        "ops: {esresnext_audioset: {config: {imagenet_weights: ...}}, clip_towers: {config: {clip_weights: ...}}}",
+    )
     a = p.parse_args(argv)
-    return 0 if run_lineage(a.label, wait=not a.no_wait, selection=a.select) else 1
+    run_config = read_run_config(a.config) if a.config else None
+    return 0 if run_lineage(a.label, wait=not a.no_wait, selection=a.select, run_config=run_config) else 1
+
+
+def read_run_config(path: Path) -> dict:
+    """A run config file (YAML, of which JSON is a part) as a mapping; a clear error otherwise."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"--config {path}: cannot be read as YAML or JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {path}: a run config is a mapping (ops: {{asset: {{config: ...}}}}), got {data!r}")
+    return data
 
 
 if __name__ == "__main__":

@@ -356,3 +356,32 @@ def test_a_fine_tuning_run_logs_validation_on_the_training_steps(stage_outputs, 
     linked = {m.key: m for m in cl.get_logged_model(model_id).metrics or []}
     assert linked["validation_accuracy"].step == meta["kept_epoch"]
     assert linked["validation_accuracy"].value == val[meta["kept_epoch"]]
+
+
+def test_quality_gates_record_warns_and_blocks_nothing_but_non_finite_weights_still_block(tmp_path):
+    """`quality_gates: record` (a rehearsal on untrained weights): a stage at chance gets a failed
+    WARN check - recorded, nothing set aside - while `block` (the default) fails it with ERROR;
+    NaN weights are an ERROR either way."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from assets.gates import check_specs, gates
+
+    context = SimpleNamespace(assets_def=SimpleNamespace(check_specs=check_specs("audioclip_partial", True, True)))
+    history = [{"loss_audio_text": 4.15888, "loss_uniform": 2 * 1.3863, "acc_audio_text": 0.5, "acc_chance": 0.5}]
+    history[0]["samples"] = 8
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    save_file({"w": torch.ones(3)}, str(good))
+    save_file({"w": torch.tensor([1.0, float("nan")])}, str(bad))
+
+    blocked = {c.check_name: c for c in gates(context, history, good)}
+    assert not blocked["above_chance"].passed and blocked["above_chance"].severity == dg.AssetCheckSeverity.ERROR
+    recorded = {c.check_name: c for c in gates(context, history, good, "record")}
+    assert not recorded["above_chance"].passed and recorded["above_chance"].severity == dg.AssetCheckSeverity.WARN
+    assert "record" in recorded["above_chance"].metadata["quality_gates"].value
+    assert recorded["finite_weights"].passed
+    nan = {c.check_name: c for c in gates(context, history, bad, "record")}
+    assert not nan["finite_weights"].passed and nan["finite_weights"].severity == dg.AssetCheckSeverity.ERROR
+    with pytest.raises(ValueError, match="quality_gates must be one of block, record"):
+        gates(context, history, good, "off")

@@ -8,6 +8,7 @@ from torch import nn
 
 import audioclip_core as ac
 from audioclip_core.checkpoints import CheckpointError, detect_layout, official_state_dict, read_checkpoint
+from audioclip_core.torchscript import write_torchscript_state
 
 
 def _official(model, layout=None):
@@ -207,44 +208,13 @@ def test_esrnxfbsp_layout_classifier_and_audio_head(tiny_model):
         ac.load_audio_classifier(sd, preset="audioclip-tiny")
 
 
-def _scripted_from_state(sd):
-    """A TorchScript archive whose parameters carry the given names, as OpenAI's RN50.pt does."""
-    root = nn.Module()
-    for key, value in sd.items():
-        *path, leaf = key.split(".")
-        mod = root
-        for part in path:
-            if not hasattr(mod, part):
-                mod.add_module(part, nn.Module())
-            mod = getattr(mod, part)
-        if value.is_floating_point() and value.dim() > 0:
-            mod.register_parameter(leaf, nn.Parameter(value.half(), requires_grad=False))
-        else:
-            mod.register_buffer(leaf, value)
-
-    class Wrapper(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            for name, child in inner.named_children():
-                self.add_module(name, child)
-            for name, p in inner.named_parameters(recurse=False):
-                self.register_parameter(name, p)
-            for name, b in inner.named_buffers(recurse=False):
-                self.register_buffer(name, b)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    return torch.jit.script(Wrapper(root))
-
-
 def test_openai_torchscript_rn50_layout(tmp_path, tiny_model):
     clip_sd = _official(tiny_model, "clip")
     clip_sd.update(
         {"input_resolution": torch.tensor(224), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}
     )
     path = tmp_path / "RN50.pt"
-    torch.jit.save(_scripted_from_state(clip_sd), str(path))
+    write_torchscript_state(clip_sd, path)
     sd, meta = read_checkpoint(path)
     assert meta["source_format"] == "torchscript"
     model = ac.build_model("audioclip-tiny", clip_weights=path)
@@ -295,10 +265,9 @@ def test_torchscript_archive_is_read_without_running_its_code(tmp_path, tiny_mod
     assert not marker.exists()
     # the plain RN50 layout (parameters and buffers only) still loads, tensors bit for bit
     plain = tmp_path / "plain.pt"
-    scripted = _scripted_from_state(_official(tiny_model, "clip"))
-    torch.jit.save(scripted, str(plain))
+    write_torchscript_state(_official(tiny_model, "clip"), plain)
     sd, _ = read_checkpoint(plain)
-    ref = scripted.state_dict()
+    ref = torch.jit.load(str(plain)).state_dict()  # torch's own reader, on an archive of ours
     assert list(sd) == list(ref) and all(torch.equal(sd[k], ref[k]) and sd[k].dtype == ref[k].dtype for k in ref)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(plain.read_bytes()[: plain.stat().st_size // 2])

@@ -23,7 +23,9 @@ def test_the_daemon_runs_the_audioset_lineage_as_named_runs(tmp_path, monkeypatc
     for var in ("AUDIOCLIP_AUDIOSET_DIR", "AUDIOCLIP_YOUTUBE_URL_TEMPLATE", "DAGSTER_PORT"):
         monkeypatch.delenv(var, raising=False)
     lines = []
-    assert run_lineage("test", say=lines.append, selection=DATA_ASSETS), "\n".join(lines)
+    # a run config for every run (`--config`): each run takes its own assets' entries
+    config = {"ops": {"audioset_manifest": {"config": {"min_usable_share": 0.25}}}}
+    assert run_lineage("test", say=lines.append, selection=DATA_ASSETS, run_config=config), "\n".join(lines)
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
@@ -38,6 +40,12 @@ def test_the_daemon_runs_the_audioset_lineage_as_named_runs(tmp_path, monkeypatc
         assert {k.to_user_string() for k in first.asset_selection} == {"dataset_sources"}
         done = instance.get_materialized_partitions(dg.AssetKey("audioset_manifest"))
         assert done == {"balanced_train", "eval", "demo"}
+        assert all(r.run_config == config for r in runs)  # the root's run too, which has no manifest
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("audioset_manifest"), "usable_share"), limit=10
+        )
+        evaluations = [c.event.dagster_event.event_specific_data for c in checks]
+        assert len(evaluations) == 3 and all(e.metadata["min_usable_pct"].value == 25.0 for e in evaluations)
     for partition in ("balanced_train", "eval", "demo"):
         assert (tmp_path / "data" / "audioset" / "manifests" / f"{partition}.parquet").is_file()
     assert sum("ok     audioset_clips, audioset_downloads" in line for line in lines) == 3
