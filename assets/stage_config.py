@@ -75,6 +75,12 @@ class StageConfig(dg.Config):
         "changed after its stage wrote it); by default the stage refuses, naming the "
         "file and both digests",
     )
+    augment_on: Optional[str] = Field(
+        default=None,
+        description="worker | device: where the training augmentations and the frame's JPEG decode run - "
+        "in the DataLoader workers, or batched on the training device (the workers then only read "
+        "files and draw the parameters); default: the profile's (worker)",
+    )
     quality_gates: str = Field(
         default="block",
         description="block: a stage that fails `not_collapsed` or `above_chance` is set aside and "

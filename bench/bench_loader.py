@@ -9,7 +9,16 @@ each (steady state: workers started, one epoch read first), then the cores one G
 the model's FLOPs per training sample (counted
 here, paper preset, 5 s audio + one image + its caption, forward x 3 for a training step)
 against a stated GPU throughput (H200 bf16 dense peak 989 TFLOP/s at 40 % utilisation, both
-`--gpu-tflops` / `--mfu`), divided by the best per-worker rate. One JSON line at the end.
+`--gpu-tflops` / `--mfu`), times the CPU time a clip costs. One JSON line at the end.
+
+Both placements of the augmentations (`AudioOptions.augment_on`) are read: ``worker`` - the
+workers decode, augment, decode and crop the frame - and ``device`` - the workers only read
+the files' bytes (the WAV's samples, the JPEG's header) and draw the parameters, and the
+batch is augmented on the training device (`augment_batch`). That device work is timed
+apart, on this CPU, one thread, per sample; on a GPU it leaves the CPU, so the device
+placement's cores per GPU count the CPU time of the workers and of the main process, which
+unpacks the batches they send (measured from /proc over the timed epochs, one worker, the
+cheapest source).
 
     .venv/bin/python bench/bench_loader.py [--clips 48] [--workers 1 2 4]
 """
@@ -17,6 +26,7 @@ against a stated GPU throughput (H200 bf16 dense peak 989 TFLOP/s at 40 % utilis
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -33,6 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("files", "shards", "shard_stream")
 sys.path.insert(0, str(REPO))
 
 from audioclip_core.data.datasets import AudioOptions, AudioSetDataset, collate  # noqa: E402
@@ -69,15 +80,36 @@ def make_clips(root: Path, n: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def rate(loader, epochs: int) -> float:
-    """Steady-state clips/s: one epoch to start the (persistent) workers, then `epochs` timed."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rate(loader, epochs: int) -> tuple[float, float]:
+    """Steady-state clips/s and CPU ms per clip - the worker processes' and this (main)
+    process's CPU time together, which unpacks the batches: one epoch to start the persistent
+    workers, then `epochs` timed."""
     for _ in loader:
         pass
-    n, t = 0, time.perf_counter()
+    pids = [os.getpid()] + [w.pid for w in loader._iterator._workers]
+    n, t, cpu = 0, time.perf_counter(), sum(map(_cpu_seconds, pids))
     for _ in range(epochs):
         for batch in loader:
             n += len(batch["index"])
-    return n / (time.perf_counter() - t)
+    wall, cpu = time.perf_counter() - t, sum(map(_cpu_seconds, pids)) - cpu
+    return n / wall, 1e3 * cpu / n
+
+
+def device_work_ms(ds, batch_size: int, batches: int = 4) -> float:
+    """CPU milliseconds per sample of `augment_batch` (the device placement's batched work) here."""
+    items = [ds[i % len(ds)] for i in range(batch_size * batches)]
+    collated = [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    ds.augment_batch(collated[0], "cpu")  # first call: allocations
+    t = time.perf_counter()
+    for batch in collated:
+        ds.augment_batch(batch, "cpu")
+    return (time.perf_counter() - t) * 1e3 / len(items)
 
 
 def flops_per_sample() -> float:
@@ -111,48 +143,66 @@ def main() -> None:
         df = make_clips(work, args.clips)
         shards_dir = work / "shards"
         write_shards(df, work, shards_dir, target_bytes=64 * 1024**2)
-        opts = AudioOptions(clip_seconds=5.0, channels=1, augment=True)
 
-        def dataset(store=None):
+        def dataset(store=None, placement="worker"):
+            opts = AudioOptions(clip_seconds=5.0, channels=1, augment=True, augment_on=placement)
             ds = AudioSetDataset(df, ["/m/09x0r"], train=True, seed=0, audio=opts, image_size=224)
             ds.store = store
             return ds
 
         rows = []
-        for workers in sorted(set(args.workers)):
-            for source in ("files", "shards", "shard_stream"):
-                store = ShardStore(shards_dir, work) if source != "files" else None
-                ds = dataset(store)
-                if source == "shard_stream":
-                    stream = ShardStream(
-                        ds, [store.shard_of(p) for p in ds.df["audio_path"]], batch_size=args.batch_size, seed=0
-                    )
-                    loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=True)
-                else:
-                    loader = DataLoader(
-                        ds,
-                        batch_size=args.batch_size,
-                        shuffle=True,
-                        collate_fn=collate,
-                        num_workers=workers,
-                        persistent_workers=True,
-                    )
-                r = rate(loader, args.epochs)
-                rows.append(
-                    {
-                        "source": source,
-                        "workers": workers,
-                        "clips_per_s": round(r, 1),
-                        "clips_per_s_per_worker": round(r / workers, 1),
-                    }
+        for placement, workers, source in itertools.product(("worker", "device"), sorted(set(args.workers)), SOURCES):
+            store = ShardStore(shards_dir, work) if source != "files" else None
+            ds = dataset(store, placement)
+            if source == "shard_stream":
+                stream = ShardStream(
+                    ds, [store.shard_of(p) for p in ds.df["audio_path"]], batch_size=args.batch_size, seed=0
                 )
-                print(f"{source:13s} {workers} worker(s): {r:7.1f} clips/s, {r / workers:6.1f} per worker", flush=True)
+                loader = DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=True)
+            else:
+                loader = DataLoader(
+                    ds,
+                    batch_size=args.batch_size,
+                    shuffle=True,
+                    collate_fn=collate,
+                    num_workers=workers,
+                    persistent_workers=True,
+                )
+            r, cpu_ms = rate(loader, args.epochs)
+            rows.append(
+                {
+                    "placement": placement,
+                    "source": source,
+                    "workers": workers,
+                    "clips_per_s": round(r, 1),
+                    "clips_per_s_per_worker": round(r / workers, 1),
+                    "cpu_ms_per_clip": round(cpu_ms, 2),
+                }
+            )
+            print(
+                f"{placement:6s} {source:13s} {workers} worker(s): {r:7.1f} clips/s, {r / workers:6.1f} per worker, "
+                f"{cpu_ms:5.2f} CPU ms per clip (workers + main process)",
+                flush=True,
+            )
+        device_ms = device_work_ms(dataset(placement="device"), args.batch_size)
+        print(f"device work, measured on this CPU (on a GPU it leaves the CPU): {device_ms:.2f} ms per sample")
 
         flops = flops_per_sample()
         step_flops = 3 * flops
         gpu_rate = args.gpu_tflops * 1e12 * args.mfu / step_flops
-        best = max(r["clips_per_s_per_worker"] for r in rows if r["workers"] == 1)
-        single = {r["source"]: r["clips_per_s_per_worker"] for r in rows if r["workers"] == 1}
+        placements = {}
+        for placement in ("worker", "device"):
+            mine = [r for r in rows if r["workers"] == 1 and r["placement"] == placement]
+            cpu_ms = min(r["cpu_ms_per_clip"] for r in mine)  # the cheapest source
+            placements[placement] = {
+                "clips_per_s_per_worker": max(r["clips_per_s_per_worker"] for r in mine),
+                "cpu_ms_per_sample": cpu_ms,
+                "cpu_cores_per_gpu": round(gpu_rate * cpu_ms / 1e3, 1),
+            }
+        placements["device"]["device_work_ms_per_sample_on_this_cpu"] = round(device_ms, 2)
+        single = {
+            r["source"]: r["clips_per_s_per_worker"] for r in rows if r["workers"] == 1 and r["placement"] == "worker"
+        }
         out = {
             "bench": "loader",
             "clips": args.clips,
@@ -162,13 +212,23 @@ def main() -> None:
             "forward_gflop_per_sample": round(flops / 1e9, 2),
             "assumed_gpu": {"tflops_bf16": args.gpu_tflops, "mfu": args.mfu},
             "gpu_samples_per_s": round(gpu_rate),
-            "cpu_cores_per_gpu": round(gpu_rate / best, 1),
+            "cpu_cores_per_gpu": placements["worker"]["cpu_cores_per_gpu"],
+            "placements": placements,
         }
         print(
             f"\nforward {flops / 1e9:.1f} GFLOP per sample (paper preset), training step x3 -> one GPU at "
-            f"{args.gpu_tflops:g} TFLOP/s x {args.mfu:.0%} takes {gpu_rate:.0f} samples/s; at {best:.1f} clips/s "
-            f"per worker that is {gpu_rate / best:.0f} CPU cores of loading"
+            f"{args.gpu_tflops:g} TFLOP/s x {args.mfu:.0%} takes {gpu_rate:.0f} samples/s"
         )
+        for placement, v in placements.items():
+            extra = (
+                f" (+ {device_ms:.2f} ms of device work, measured on this CPU; on a GPU it leaves the CPU)"
+                if placement == "device"
+                else ""
+            )
+            print(
+                f"{placement} placement: {v['cpu_ms_per_sample']:.2f} CPU ms per sample{extra} -> "
+                f"{v['cpu_cores_per_gpu']:.1f} CPU cores per GPU"
+            )
         print(json.dumps(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)

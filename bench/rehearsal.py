@@ -398,9 +398,7 @@ def main() -> None:
             f"  {row['stage']:20s} {row['gflop_per_sample']:6.1f} GFLOP/sample, {row['samples_per_s_per_gpu']:,} "
             f"samples/s per GPU; an epoch: {hours} GPU(s) (linear scaling assumed)"
         )
-    print(
-        "  30 epochs per stage (the paper): x30. The loader must keep up: see bench/bench_loader.py's cores per GPU."
-    )
+    print("  30 epochs per stage (the paper): x30. The loader must keep up: see bench/bench_loader.py's cores per GPU.")
     print(
         f"Storage: the data root {sizes['data_root_gb']:.2f} GB, of it checkpoints {sizes['checkpoints_gb']:.2f} GB "
         f"and MLflow {sizes['mlflow_gb']:.2f} GB (hard links counted once)"

@@ -26,6 +26,7 @@ def audio_options(cfg: TrainConfig) -> AudioOptions:
         augment=cfg.augment,
         inversion=cfg.inversion,
         noise_p=cfg.noise_p,
+        augment_on=cfg.augment_on,
     )
 
 

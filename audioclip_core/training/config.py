@@ -27,6 +27,8 @@ class TrainConfig:
     inversion: str = "time"  # "time" (paper) or "channels" (the original code)
     noise_p: float = 0.25
     augment: bool = True
+    augment_on: str = "worker"  # "worker": DataLoader workers augment; "device": they read the files
+    # and draw the parameters, the batch is augmented on the training device (data.datasets)
     num_workers: int = 0
     max_steps_per_epoch: Optional[int] = None
     max_grad_norm: Optional[float] = None  # clip the global gradient norm to this (None: never, as the paper)
@@ -56,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"unknown stage {self.stage!r}; one of {STAGE_NAMES}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
+        if self.augment_on not in ("worker", "device"):
+            raise ValueError(f"augment_on must be 'worker' or 'device', not {self.augment_on!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', not {self.dtype!r}")
         if not 0 <= self.validation_share < 1:

@@ -91,6 +91,7 @@ def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
     wd = tmp_path / "wd"
     (wd / "snapshots").mkdir(parents=True)
     (wd / "snapshots" / "after_009_epochs.safetensors").write_bytes(b"an earlier run's")
+    states = {}  # each epoch's state as it was written (a finished run keeps only the last)
     train(
         builders.build_classifier(cfg, len(classes)),
         clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
@@ -98,11 +99,15 @@ def test_kept_epochs_are_snapshots_of_those_epochs(lineage, tmp_path):
         cfg,
         wd,
         log=lambda m: None,
+        on_epoch=lambda e, m: states.setdefault(
+            e, load_file(str(wd / "epochs" / f"epoch_{e:03d}" / "model.safetensors"))
+        ),
     )
     assert sorted(p.name for p in (wd / "snapshots").iterdir()) == ["after_002_epochs.safetensors"]
     kept = load_file(str(wd / "snapshots" / "after_002_epochs.safetensors"))
-    epoch1 = load_file(str(wd / "epochs" / "epoch_001" / "model.safetensors"))  # 0-based: the 2nd epoch
+    epoch1 = states[1]  # 0-based: the 2nd epoch
     assert kept.keys() == epoch1.keys() and all(torch.equal(kept[k], epoch1[k]) for k in kept)
+    assert sorted(p.name for p in (wd / "epochs").glob("epoch_*")) == ["epoch_002"]  # the last state resumes
 
 
 def test_fbsp_hook_flag_is_restored_when_training_fails(monkeypatch, tmp_path):
@@ -363,3 +368,43 @@ def test_fine_tuning_holds_out_whole_recordings_per_class_and_records_them(linea
     assert ESC50.recording("audio/1-100032-A-0.wav") == "100032"
     assert validation_split(us8k, "us8k", 0.3, seed=3)[1].equals(held_rows)  # seeded
     assert validation_split(us8k, "us8k", 0.0, seed=3)[1].empty
+
+
+def test_device_augmentation_trains_as_worker_augmentation(lineage, tmp_path):
+    """augment_on="device": the workers read and draw, the loop augments the batch on its device;
+    on a CPU the batches, so the losses and weights, are those of the worker placement."""
+    from audioclip_core.data.datasets import clipset_dataset
+    from audioclip_core.training import builders, steps
+    from audioclip_core.training.builders import audio_options
+    from audioclip_core.training.config import TrainConfig
+    from audioclip_core.training.loop import train
+
+    df = read_manifest(lineage["data"] / "esc50" / "folds" / "2" / "train.parquet", lineage["data"])
+    classes = sorted(df["class_name"].unique())
+    results = {}
+    for placement in ("worker", "device"):
+        cfg = TrainConfig(
+            stage="esresnext_finetune",
+            preset="audioclip-tiny",
+            epochs=1,
+            batch_size=8,
+            lr=0.01,
+            clip_seconds=1.0,
+            max_steps_per_epoch=2,
+            noise_p=0.5,
+            augment_on=placement,
+        )
+        torch.manual_seed(0)
+        results[placement] = train(
+            builders.build_classifier(cfg, len(classes)),
+            clipset_dataset(df, classes, audio_options(cfg), train=True, seed=cfg.seed),
+            steps.classifier_step,
+            cfg,
+            tmp_path / placement,
+            log=lambda m: None,
+        )
+    worker, device = results["worker"], results["device"]
+    assert device.history[0]["samples"] == worker.history[0]["samples"] == 16
+    assert device.history[0]["loss"] == worker.history[0]["loss"]
+    w, d = worker.model.state_dict(), device.model.state_dict()
+    assert all(torch.equal(w[k], d[k]) for k in w)
