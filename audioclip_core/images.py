@@ -59,16 +59,22 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def clip_preprocess_jpegs(jpegs: Sequence[torch.Tensor], crops: torch.Tensor, size: int, device=None) -> torch.Tensor:
+def clip_preprocess_jpegs(
+    jpegs: Sequence[torch.Tensor], crops: torch.Tensor, size: int, device=None, *, any_format: bool = False
+) -> torch.Tensor:
     """JPEG bytes (uint8 tensors on the CPU) -> `[B, 3, size, size]` CLIP inputs on `device`:
     decoded there, the short side resized to `size` (bicubic, antialiased), cropped at
-    `crops` `[B, 2]` (left, top; `draw_crop` of the resized size), normalised."""
+    `crops` `[B, 2]` (left, top; `draw_crop` of the resized size), normalised. `any_format`:
+    decoded on the CPU by the image's own format (a PNG or WebP frame), as PIL would read it."""
     import torchvision.transforms.functional as TF
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
     from torchvision.transforms import InterpolationMode
 
     device = torch.device(device or "cpu")
-    images = decode_jpeg(list(jpegs), mode=ImageReadMode.RGB, device=device)
+    if any_format:
+        images = [decode_image(j, mode=ImageReadMode.RGB).to(device) for j in jpegs]
+    else:
+        images = decode_jpeg(list(jpegs), mode=ImageReadMode.RGB, device=device)
     out = []
     for image, (left, top) in zip(images, crops.tolist()):
         width, height = resized_size(image.shape[-1], image.shape[-2], size)

@@ -204,14 +204,15 @@ class _Base(Dataset):
             crops = torch.tensor(raw["crop"])
             try:
                 images = clip_preprocess_jpegs(jpegs, crops, self.image_size, device)
-            except RuntimeError:  # one bad frame: decode them one by one and drop those that fail
+            except RuntimeError:  # a frame that is not a whole JPEG: one by one, by its own format
                 images, keep = [], []
                 batch["errors"] = list(batch["errors"])
                 for i, jpeg in enumerate(jpegs):
                     try:
-                        images.append(clip_preprocess_jpegs([jpeg], crops[i : i + 1], self.image_size, device))
+                        one = clip_preprocess_jpegs([jpeg], crops[i : i + 1], self.image_size, device, any_format=True)
+                        images.append(one)
                         keep.append(i)
-                    except RuntimeError as exc:
+                    except RuntimeError as exc:  # one that cannot be read costs its sample
                         batch["errors"].append(f"item {batch['index'][i]}: frame: {exc}")
                 images = torch.cat(images) if images else None
                 batch = _subset(batch, keep)
