@@ -26,7 +26,7 @@ help:
 	@echo "make serve      MLflow scoring server for models:/audioclip@champion on 127.0.0.1:5001 (MODEL=, SERVE_PORT=)"
 	@echo "make bench      benchmarks (ORIGINAL=DIR: side by side with a checkout of the original code)"
 	@echo "make rehearsal  the paper profile at full model size through Dagster on real media (random weights;"
-	@echo "                ~30 min on 2 cores; WORKDIR=dir keeps its data root)"
+	@echo "                ~20 min on 2 cores, ~25 GB of disk; WORKDIR=dir keeps its data root)"
 
 # The environment is (re)built whenever pyproject.toml or uv.lock changes.
 $(VENV)/.synced: pyproject.toml uv.lock Makefile

@@ -28,7 +28,7 @@ stated throughput (`--gpu-tflops`, `--mfu`). One JSON line at the end.
 
     .venv/bin/python bench/rehearsal.py [--workdir DIR] [--batch-size 4] [--steps 2]    # make rehearsal
 
-Not in `make test`: about half an hour on 2 cores.
+Not in `make test`: about 20 minutes on 2 cores, and ~25 GB of disk (30 GB free are asked for).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ TRAINING = (
     "audioclip_us8k",
 )
 TABLES = ("table1_esresnext", "table2_audioclip", "table3_zero_shot", "table4_querying")
+NEEDS_GB = 30  # free disk: the data root of one rehearsal is ~25 GB (45 fine-tuned folds at full size)
 # one epoch of "the full AudioSet" below: the paper's ~1.8M training clips
 FULL_AUDIOSET = 1_800_000
 
@@ -332,6 +333,10 @@ def main() -> None:
 
     shared = Path(os.environ.get("AUDIOCLIP_SHARED_DIR", REPO.parent / "shared")) / "data"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rehearsal-"))
+    work.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work).free / 1e9
+    if free < NEEDS_GB:  # a full disk mid-run fails the stages that write then, not at the start
+        raise SystemExit(f"{work}: {free:.0f} GB free; the rehearsal's data root takes about 25 GB (need {NEEDS_GB})")
     for sub in ("audioset", "esc50", "us8k", "data", "dagster_home"):
         shutil.rmtree(work / sub, ignore_errors=True)
     t0 = time.perf_counter()

@@ -443,17 +443,23 @@ def main(argv=None) -> int:
 
 
 def read_run_config(path: Path) -> dict:
-    """A run config file (YAML, of which JSON is a part) as a mapping; a clear error otherwise."""
+    """A run config file (YAML, of which JSON is a part) as a mapping, checked against every
+    asset's config before anything is launched (a misspelt key is an error now, not when the
+    run that reads it starts, hours later); a clear error otherwise."""
+    import dagster as dg
     import yaml
+
+    from pipelines.definitions import defs
 
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise SystemExit(f"--config {path}: cannot be read as YAML or JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise SystemExit(f"--config {path}: a run config is a mapping (ops: {{asset: {{config: ...}}}}), got {data!r}")
+    try:
+        dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), data)
+    except dg.DagsterInvalidConfigError as exc:
+        problems = "; ".join(e.message.splitlines()[0] for e in exc.errors)
+        raise SystemExit(f"--config {path}: {problems}") from exc
     return data
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -128,3 +128,26 @@ def test_the_backfill_link_outlives_the_command(monkeypatch):
     )
     monkeypatch.setenv("DAGSTER_PORT", "3111")
     assert "41125" not in backfill_links("abc", "http://127.0.0.1:3111", running=False)
+
+
+def test_a_run_config_file_is_checked_before_anything_is_launched(tmp_path):
+    from pipelines.backfill import read_run_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text("ops:\n  clip_towers: {config: {clip_weights: /w/RN50.pt, epochs: 1}}\n")
+    assert read_run_config(good)["ops"]["clip_towers"]["config"]["clip_weights"] == "/w/RN50.pt"
+    cases = {
+        "typo.yaml": ("ops:\n  clip_towers: {config: {clip_weigths: x}}\n", 'unexpected config entry "clip_weigths"'),
+        "list.yaml": ("- ops\n", "a run config is a mapping"),
+        "bad.yaml": ("ops: {clip_towers: [\n", "cannot be read as YAML or JSON"),
+        "latin1.yaml": (None, "cannot be read as YAML or JSON"),
+        "missing.yaml": (False, "cannot be read as YAML or JSON"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        if text is None:
+            path.write_bytes("ops: {clip_towers: {config: {clip_weights: caf\xe9}}}".encode("latin-1"))
+        elif text:
+            path.write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            read_run_config(path)
