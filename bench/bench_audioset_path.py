@@ -107,6 +107,15 @@ class MediaServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def serve(media: dict[str, Path], stalled=()) -> tuple[MediaServer, str]:
+    """Serve `media` (id -> file; `stalled` ids stop mid-body) on 127.0.0.1 in a thread; returns
+    the server and the URL template the `youtube` resource takes (AUDIOCLIP_YOUTUBE_URL_TEMPLATE)."""
+    _Served.media, _Served.stalled = media, set(stalled)
+    httpd = MediaServer(("127.0.0.1", 0), _Served)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/{{ytid}}"
+
+
 YOUTUBE_360P = [
     "-c:v",
     "libx264",
@@ -324,16 +333,14 @@ def main() -> None:
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
 
-    _Served.media, _Served.stalled = served, stalled
-    httpd = MediaServer(("127.0.0.1", 0), _Served)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd, url = serve(served, stalled)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "AUDIOCLIP_DATA_ROOT": str(work / "data"),
         "AUDIOCLIP_AUDIOSET_DIR": str(work / "audioset"),
         "PYTHONPATH": str(REPO),
-        "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": f"http://127.0.0.1:{httpd.server_address[1]}/{{ytid}}",
+        "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": url,
     }  # type from the header
     subprocess.run([sys.executable, "-m", "pipelines.instance"], cwd=REPO, env=env, check=True, capture_output=True)
 

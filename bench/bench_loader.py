@@ -2,12 +2,13 @@
 
 Clips as the pipeline makes them (10 s, 44.1 kHz stereo 16-bit WAV, 10 JPEG frames with a
 256-pixel short side) are read by the AudioSet training dataset - decode, the paper's
-augmentations (time scaling, inversion, crop to 5 s, noise), one frame decoded, cropped and
-resized to 224 - with 1, 2 and N DataLoader workers, from the files, from the shards
+augmentations (time scaling, inversion, crop to `--clip-seconds`: 10 s as the paper profile's
+AudioSet stages train, or 5 s), one frame decoded, cropped and resized to 224 - with 1, 2 and N
+DataLoader workers, from the files, from the shards
 (positioned reads), and as the shard stream. Printed: clips/s and clips/s per worker for
 each (steady state: workers started, one epoch read first), then the cores one GPU step needs:
 the model's FLOPs per training sample (counted
-here, paper preset, 5 s audio + one image + its caption, forward x 3 for a training step)
+here, paper preset, the crop's audio + one image + its caption, forward x 3 for a training step)
 against a stated GPU throughput (H200 bf16 dense peak 989 TFLOP/s at 40 % utilisation, both
 `--gpu-tflops` / `--mfu`), times the CPU time a clip costs. One JSON line at the end.
 
@@ -112,14 +113,14 @@ def device_work_ms(ds, batch_size: int, batches: int = 4) -> float:
     return (time.perf_counter() - t) * 1e3 / len(items)
 
 
-def flops_per_sample() -> float:
-    """Forward FLOPs of the paper preset for one sample (5 s audio, 224 px image, a caption)."""
+def flops_per_sample(seconds: float) -> float:
+    """Forward FLOPs of the paper preset for one sample (`seconds` of audio, 224 px image, a caption)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     import audioclip_core as ac
 
     model = ac.build_model("audioclip-rn50").eval()
-    audio = torch.randn(1, 1, 5 * 44100)
+    audio = torch.randn(1, 1, int(seconds * 44100))
     image = torch.randn(1, 3, 224, 224)
     text = [["Speech"]]
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
@@ -132,6 +133,12 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=48)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, os.cpu_count() or 2])
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--clip-seconds",
+        type=float,
+        default=10.0,
+        help="training crop: 10 (the paper profile's AudioSet stages, default) or 5 (ESC-50's length)",
+    )
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--gpu-tflops", type=float, default=989.0, help="GPU peak, dense bf16 (H200: 989)")
     ap.add_argument("--mfu", type=float, default=0.40, help="share of the peak a training step reaches")
@@ -145,7 +152,7 @@ def main() -> None:
         write_shards(df, work, shards_dir, target_bytes=64 * 1024**2)
 
         def dataset(store=None, placement="worker"):
-            opts = AudioOptions(clip_seconds=5.0, channels=1, augment=True, augment_on=placement)
+            opts = AudioOptions(clip_seconds=args.clip_seconds, channels=1, augment=True, augment_on=placement)
             ds = AudioSetDataset(df, ["/m/09x0r"], train=True, seed=0, audio=opts, image_size=224)
             ds.store = store
             return ds
@@ -187,7 +194,7 @@ def main() -> None:
         device_ms = device_work_ms(dataset(placement="device"), args.batch_size)
         print(f"device work, measured on this CPU (on a GPU it leaves the CPU): {device_ms:.2f} ms per sample")
 
-        flops = flops_per_sample()
+        flops = flops_per_sample(args.clip_seconds)
         step_flops = 3 * flops
         gpu_rate = args.gpu_tflops * 1e12 * args.mfu / step_flops
         placements = {}
@@ -206,6 +213,7 @@ def main() -> None:
         out = {
             "bench": "loader",
             "clips": args.clips,
+            "clip_seconds": args.clip_seconds,
             "cpus": os.cpu_count(),
             "rows": rows,
             "clips_per_s_per_worker": single,
@@ -216,8 +224,8 @@ def main() -> None:
             "placements": placements,
         }
         print(
-            f"\nforward {flops / 1e9:.1f} GFLOP per sample (paper preset), training step x3 -> one GPU at "
-            f"{args.gpu_tflops:g} TFLOP/s x {args.mfu:.0%} takes {gpu_rate:.0f} samples/s"
+            f"\nforward {flops / 1e9:.1f} GFLOP per sample (paper preset, {args.clip_seconds:g} s), training step "
+            f"x3 -> one GPU at {args.gpu_tflops:g} TFLOP/s x {args.mfu:.0%} takes {gpu_rate:.0f} samples/s"
         )
         for placement, v in placements.items():
             extra = (

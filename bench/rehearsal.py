@@ -41,7 +41,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -51,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_audioset_path import LABELS, MediaServer, _Served, make_real_media, ytid_of  # noqa: E402
+from bench_audioset_path import LABELS, make_real_media, serve, ytid_of  # noqa: E402
 
 PRESET = "audioclip-rn50"
 TRAINING = (
@@ -356,9 +355,7 @@ def main() -> None:
         flush=True,
     )
 
-    _Served.media, _Served.stalled = served, set()
-    httpd = MediaServer(("127.0.0.1", 0), _Served)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd, url = serve(served)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -367,7 +364,7 @@ def main() -> None:
         "AUDIOCLIP_ESC50_DIR": str(work / "esc50"),
         "AUDIOCLIP_US8K_DIR": str(work / "us8k"),
         "AUDIOCLIP_TRAIN_PROFILE": "paper",
-        "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": f"http://127.0.0.1:{httpd.server_address[1]}/{{ytid}}",
+        "AUDIOCLIP_YOUTUBE_URL_TEMPLATE": url,
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "PYTHONPATH": str(REPO),
     }

@@ -26,6 +26,7 @@ audio of the worker placement exactly (on a CPU) and the image up to the resampl
 from __future__ import annotations
 
 import io
+import os
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -76,17 +77,17 @@ def _pcm16_wav(data: bytes) -> Optional[np.ndarray]:
     return None
 
 
-def clip_samples(data: bytes, channels: int) -> torch.Tensor:
+def clip_samples(data: bytes | bytearray, channels: int) -> torch.Tensor:
     """What a worker of the device placement sends for a file's audio: a PCM 16-bit WAV at
-    44.1 kHz as its samples, int16 `[T, C]` as stored (half the bytes of float32, no work
-    here; `device_audio` converts them on the device), anything else decoded by
+    44.1 kHz as its samples, int16 `[T, C]` as stored (no work here; `device_audio` converts
+    them on the device; read from a `bytearray`, without a copy), anything else decoded by
     `load_clip_audio`, float32 `[T, channels]`."""
     pcm = _pcm16_wav(data)
     if pcm is None:
         return load_clip_audio(io.BytesIO(data), channels).T.contiguous()
     if pcm.shape[0] == 0:
         raise ValueError("no samples")
-    return torch.from_numpy(pcm.copy())
+    return torch.from_numpy(pcm if pcm.flags.writeable and pcm.flags.aligned else pcm.copy())
 
 
 def device_audio(samples: torch.Tensor, channels: int) -> torch.Tensor:
@@ -139,11 +140,14 @@ def _source(store, path):
     return path if store is None else store.open(path)
 
 
-def _read(store, path) -> bytes:
-    """The bytes of the file at `path`, from disk or from the shards of `store`."""
+def _read(store, path) -> bytes | bytearray:
+    """The bytes of the file at `path`: from disk into a `bytearray` (its samples can then be
+    used in place), or from the shards of `store`."""
     if store is None:
         with open(path, "rb") as f:
-            return f.read()
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            got = f.readinto(data)
+        return data if got == len(data) else data[:got]
     return store.read(path)
 
 
