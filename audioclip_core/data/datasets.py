@@ -96,19 +96,18 @@ def device_audio(samples: torch.Tensor, channels: int) -> torch.Tensor:
     wave = samples.transpose(1, 2)
     if wave.dtype == torch.int16:
         wave = wave.float().mul_(1.0 / 32768.0)
-    if wave.shape[1] > channels:
-        wave = wave.mean(1, keepdim=True) if channels == 1 else wave[:, :channels]
-    if wave.shape[1] < channels:
-        wave = wave.repeat(1, channels // wave.shape[1] + 1, 1)[:, :channels]
-    return wave.contiguous()
+    return _to_channels(wave, channels).contiguous()
 
 
 def _to_channels(wave: torch.Tensor, channels: int) -> torch.Tensor:
-    """`[C, T]` mixed down (mono: the channels' mean) or repeated to `channels`."""
-    if wave.shape[0] > channels:
-        wave = wave.mean(0, keepdim=True) if channels == 1 else wave[:channels]
-    if wave.shape[0] < channels:
-        wave = wave.repeat(channels // wave.shape[0] + 1, 1)[:channels]
+    """`[..., C, T]` mixed down (mono: the channels' mean) or repeated to `channels`."""
+    have = wave.shape[-2]
+    if have > channels:
+        wave = wave.mean(-2, keepdim=True) if channels == 1 else wave[..., :channels, :]
+    if have < channels:
+        reps = [1] * wave.dim()
+        reps[-2] = channels // have + 1
+        wave = wave.repeat(*reps)[..., :channels, :]
     return wave
 
 
@@ -370,7 +369,10 @@ def collate(items: list[dict]) -> dict:
         if "jpeg" in good[0]:
             sizes = [len(it["jpeg"]) for it in good]
             blob = _batch_tensor((sum(sizes),), torch.uint8)
-            blob.numpy()[:] = np.frombuffer(b"".join(it["jpeg"] for it in good), dtype=np.uint8)
+            view, start = blob.numpy(), 0
+            for it, size in zip(good, sizes):  # each frame's bytes straight into the shared batch
+                view[start : start + size] = np.frombuffer(it["jpeg"], dtype=np.uint8)
+                start += size
             batch["raw"].update(jpeg=blob, jpeg_sizes=sizes, crop=[it["crop"] for it in good])
     return batch
 
